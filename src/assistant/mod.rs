@@ -1,0 +1,2 @@
+//! Definitions (stub).
+pub mod model;

@@ -1,0 +1,385 @@
+//! The one typed configuration (DESIGN invariant 10): embedded defaults < `config.toml` <
+//! environment (`PARLEY_*`) < command line. No other module reads the environment, except that
+//! LLM API keys are read from the variable a provider's `api_key_env` names, through
+//! [`LlmConfig::api_key`].
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::assistant::model::ToolSpec;
+
+/// The repository's `config.toml`, compiled into the binary: the embedded defaults.
+pub const EMBEDDED_DEFAULTS: &str = include_str!("../config.toml");
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub storage: StorageConfig,
+    pub assistants: AssistantsConfig,
+    #[serde(default)]
+    pub llm: BTreeMap<String, LlmConfig>,
+    #[serde(default)]
+    pub auth: AuthConfig,
+    /// Tools shared by every assistant (an assistant's own `tools` win on a name clash).
+    #[serde(default)]
+    pub tools: BTreeMap<String, ToolSpec>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    pub listen: String,
+    /// Largest WebSocket frame or HTTP body accepted, in bytes.
+    #[serde(default = "d_max_frame")]
+    pub max_frame_bytes: usize,
+    /// Longest message `content`, in characters.
+    #[serde(default = "d_max_message")]
+    pub max_message_chars: usize,
+    /// Largest `args` object, in bytes of JSON.
+    #[serde(default = "d_max_args")]
+    pub max_args_bytes: usize,
+    /// Conversations one socket may be subscribed to at once.
+    #[serde(default = "d_max_subs")]
+    pub max_subscriptions_per_socket: usize,
+    /// Events buffered for one socket before it is closed as too slow.
+    #[serde(default = "d_outbound")]
+    pub socket_outbound_buffer: usize,
+    /// Runs active at once across the server.
+    #[serde(default = "d_max_runs")]
+    pub max_concurrent_runs: usize,
+    /// Synchronous invocations at once; more are refused with `rate_limited`.
+    #[serde(default = "d_max_sync")]
+    pub max_concurrent_invokes: usize,
+    /// Default and cap of `timeoutSeconds` for synchronous invocation.
+    #[serde(default = "d_invoke_timeout")]
+    pub invoke_timeout_seconds: u64,
+    #[serde(default = "d_invoke_timeout_max")]
+    pub invoke_timeout_max_seconds: u64,
+    /// Default `sessionTimeout` (idle seconds before an actor leaves memory).
+    #[serde(default = "d_session_timeout")]
+    pub session_timeout_seconds: u64,
+    /// Node executions allowed in one run unless the assistant says otherwise.
+    #[serde(default = "d_max_steps")]
+    pub max_steps: u32,
+    /// Seconds between WebSocket pings; a socket silent for 3 intervals is closed.
+    #[serde(default = "d_heartbeat")]
+    pub heartbeat_seconds: u64,
+    /// New conversations per user per minute (0 = unlimited).
+    #[serde(default)]
+    pub conversations_per_minute: u32,
+    /// Messages per user per minute (0 = unlimited).
+    #[serde(default)]
+    pub messages_per_minute: u32,
+}
+
+fn d_max_frame() -> usize {
+    256 * 1024
+}
+fn d_max_message() -> usize {
+    32 * 1024
+}
+fn d_max_args() -> usize {
+    64 * 1024
+}
+fn d_max_subs() -> usize {
+    256
+}
+fn d_outbound() -> usize {
+    4096
+}
+fn d_max_runs() -> usize {
+    10_000
+}
+fn d_max_sync() -> usize {
+    1024
+}
+fn d_invoke_timeout() -> u64 {
+    60
+}
+fn d_invoke_timeout_max() -> u64 {
+    600
+}
+fn d_session_timeout() -> u64 {
+    3600
+}
+fn d_max_steps() -> u32 {
+    1000
+}
+fn d_heartbeat() -> u64 {
+    15
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    pub data_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AssistantsConfig {
+    pub dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LlmProviderKind {
+    Builtin,
+    Openai,
+}
+
+/// One `[llm.<name>]` section.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LlmConfig {
+    pub provider: LlmProviderKind,
+    /// e.g. `https://api.openai.com/v1` or `http://localhost:11434/v1` (Ollama).
+    #[serde(default)]
+    pub base_url: Option<String>,
+    #[serde(default)]
+    pub model: Option<String>,
+    /// Name of the environment variable holding the API key (the key itself is never in the file).
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    #[serde(default)]
+    pub temperature: Option<f32>,
+    #[serde(default)]
+    pub max_tokens: Option<u32>,
+    #[serde(default = "d_llm_timeout")]
+    pub timeout_seconds: u64,
+    /// Requests in flight to this provider at once.
+    #[serde(default = "d_llm_concurrency")]
+    pub max_concurrency: usize,
+    /// Retries on 429, 5xx and connection errors (never after tokens were streamed).
+    #[serde(default = "d_llm_retries")]
+    pub max_retries: u32,
+    /// Ask for structured output with `response_format: json_schema` (else `json_object`).
+    #[serde(default)]
+    pub json_schema: bool,
+    /// Built-in model only: milliseconds between streamed tokens (0 = as fast as possible).
+    #[serde(default)]
+    pub pace_ms: u64,
+}
+
+fn d_llm_timeout() -> u64 {
+    120
+}
+fn d_llm_concurrency() -> usize {
+    16
+}
+fn d_llm_retries() -> u32 {
+    3
+}
+
+impl LlmConfig {
+    /// The API key, read from the environment variable named by `api_key_env`.
+    pub fn api_key(&self) -> Option<String> {
+        self.api_key_env
+            .as_deref()
+            .and_then(|name| std::env::var(name).ok())
+            .filter(|k| !k.is_empty())
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// Everyone is the user `local`; only loopback listen addresses are allowed.
+    #[default]
+    None,
+    /// Bearer tokens mapped to user ids.
+    Token,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    #[serde(default)]
+    pub mode: AuthMode,
+    /// Token hashes: `[[auth.tokens]] user = "alice", sha256 = "…"`.
+    #[serde(default)]
+    pub tokens: Vec<TokenEntry>,
+    /// Origins allowed to open the WebSocket and (if set) to make CORS requests.
+    /// Empty: same-origin pages only.
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenEntry {
+    pub user: String,
+    pub sha256: String,
+}
+
+/// Overrides from the environment and the command line (already merged by the caller: a
+/// command-line flag wins over its environment variable; clap does this with `env = ...`).
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub listen: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub assistants_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is invalid: {message}")]
+    Parse { path: String, message: String },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// The embedded defaults alone.
+    pub fn embedded() -> Self {
+        // The embedded file is part of the binary and covered by a test; it always parses.
+        toml::from_str(EMBEDDED_DEFAULTS).unwrap_or_else(|e| panic!("embedded config.toml: {e}"))
+    }
+
+    /// Load: embedded defaults, then `file` (if given) merged over them, then overrides.
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Self, ConfigError> {
+        let mut base: toml::Value =
+            toml::from_str(EMBEDDED_DEFAULTS).map_err(|e| ConfigError::Parse {
+                path: "<embedded>".into(),
+                message: e.to_string(),
+            })?;
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.to_path_buf(),
+                source,
+            })?;
+            let top: toml::Value = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+                path: path.display().to_string(),
+                message: e.to_string(),
+            })?;
+            merge(&mut base, top);
+        }
+        let mut cfg: Config = base.try_into().map_err(|e: toml::de::Error| ConfigError::Parse {
+            path: file.map_or("<embedded>".into(), |p| p.display().to_string()),
+            message: e.to_string(),
+        })?;
+        if let Some(l) = &overrides.listen {
+            cfg.server.listen = l.clone();
+        }
+        if let Some(d) = &overrides.data_dir {
+            cfg.storage.data_dir = d.clone();
+        }
+        if let Some(d) = &overrides.assistants_dir {
+            cfg.assistants.dir = d.clone();
+        }
+        cfg.check()?;
+        Ok(cfg)
+    }
+
+    /// Checks that span fields.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        let addr: SocketAddr = self.server.listen.parse().map_err(|_| {
+            ConfigError::Invalid(format!(
+                "server.listen '{}' is not an address like 127.0.0.1:8080",
+                self.server.listen
+            ))
+        })?;
+        if self.auth.mode == AuthMode::None && !addr.ip().is_loopback() {
+            return Err(ConfigError::Invalid(format!(
+                "auth.mode = \"none\" only allows a loopback listen address, not {addr}; \
+                 set [auth] mode = \"token\" to listen on other interfaces"
+            )));
+        }
+        if self.auth.mode == AuthMode::Token && self.auth.tokens.is_empty() {
+            return Err(ConfigError::Invalid(
+                "auth.mode = \"token\" needs at least one [[auth.tokens]] entry (see `parley token new USER`)".into(),
+            ));
+        }
+        if !self.llm.contains_key("default") {
+            return Err(ConfigError::Invalid("an [llm.default] section is required".into()));
+        }
+        for (name, l) in &self.llm {
+            if l.provider == LlmProviderKind::Openai && l.base_url.is_none() {
+                return Err(ConfigError::Invalid(format!(
+                    "[llm.{name}] uses provider \"openai\" and needs base_url"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn listen_addr(&self) -> SocketAddr {
+        // `check` validated it.
+        self.server
+            .listen
+            .parse()
+            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 8080)))
+    }
+}
+
+/// Deep-merge TOML tables: `over` wins.
+fn merge(base: &mut toml::Value, over: toml::Value) {
+    match (base, over) {
+        (toml::Value::Table(b), toml::Value::Table(o)) => {
+            for (k, v) in o {
+                match b.get_mut(&k) {
+                    Some(slot) => merge(slot, v),
+                    None => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (slot, v) => *slot = v,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_defaults_parse_and_check() {
+        let c = Config::load(None, &Overrides::default()).unwrap();
+        assert_eq!(c.server.listen, "127.0.0.1:8080");
+        assert_eq!(c.llm["default"].provider, LlmProviderKind::Builtin);
+    }
+
+    #[test]
+    fn file_then_overrides() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(&f, "[server]\nlisten = \"127.0.0.1:9000\"\n[storage]\ndata_dir = \"/x\"\n").unwrap();
+        let c = Config::load(Some(&f), &Overrides::default()).unwrap();
+        assert_eq!(c.server.listen, "127.0.0.1:9000");
+        assert_eq!(c.storage.data_dir, PathBuf::from("/x"));
+        let o = Overrides {
+            listen: Some("127.0.0.1:9100".into()),
+            ..Default::default()
+        };
+        let c = Config::load(Some(&f), &o).unwrap();
+        assert_eq!(c.server.listen, "127.0.0.1:9100");
+    }
+
+    #[test]
+    fn refuses_public_bind_without_auth() {
+        let o = Overrides {
+            listen: Some("0.0.0.0:8080".into()),
+            ..Default::default()
+        };
+        let e = Config::load(None, &o).unwrap_err().to_string();
+        assert!(e.contains("loopback"), "{e}");
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(&f, "[server]\nlisten_typo = 1\n").unwrap();
+        assert!(Config::load(Some(&f), &Overrides::default()).is_err());
+    }
+}

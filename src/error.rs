@@ -1,0 +1,163 @@
+//! The one error vocabulary of Parley (CONTRACT §2, DESIGN invariant 9).
+//!
+//! Every refusal that reaches a client, over HTTP or WebSocket, carries one [`ErrorCode`].
+//! Internal errors convert into an [`ApiError`] at the edge with a message a person can act on.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Stable, machine-readable error codes. The wire form is `snake_case`.
+///
+/// The first group is the contract's list (WebSocket `error` frames and HTTP error bodies). The
+/// second group only appears as the `code` of a `RUN_ERROR` event: why a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    BadRequest,
+    Unauthorized,
+    Forbidden,
+    UnknownAssistant,
+    ConversationNotFound,
+    InvalidArgs,
+    ConversationBusy,
+    InterruptNotPending,
+    AssistantNotAutomated,
+    PayloadTooLarge,
+    RateLimited,
+    RunTimeout,
+    LlmError,
+    Internal,
+    // ---- run outcomes (RUN_ERROR only) ----
+    /// The run was stopped by a `cancel`.
+    Cancelled,
+    /// The server stopped while the run was active; the run was not continued.
+    Interrupted,
+    /// A tool call failed (HTTP error, timeout, bad result).
+    ToolError,
+    /// A step failed: a template could not render, an output did not match its type, ...
+    StepFailed,
+    /// The run exceeded its step limit (a loop that does not end).
+    StepLimit,
+}
+
+impl ErrorCode {
+    /// The wire name, e.g. `conversation_busy`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::UnknownAssistant => "unknown_assistant",
+            ErrorCode::ConversationNotFound => "conversation_not_found",
+            ErrorCode::InvalidArgs => "invalid_args",
+            ErrorCode::ConversationBusy => "conversation_busy",
+            ErrorCode::InterruptNotPending => "interrupt_not_pending",
+            ErrorCode::AssistantNotAutomated => "assistant_not_automated",
+            ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::RunTimeout => "run_timeout",
+            ErrorCode::LlmError => "llm_error",
+            ErrorCode::Internal => "internal",
+            ErrorCode::Cancelled => "cancelled",
+            ErrorCode::Interrupted => "interrupted",
+            ErrorCode::ToolError => "tool_error",
+            ErrorCode::StepFailed => "step_failed",
+            ErrorCode::StepLimit => "step_limit",
+        }
+    }
+
+    /// The HTTP status that goes with the code.
+    pub fn http_status(self) -> u16 {
+        match self {
+            ErrorCode::BadRequest => 400,
+            ErrorCode::Unauthorized => 401,
+            ErrorCode::Forbidden => 403,
+            ErrorCode::UnknownAssistant | ErrorCode::ConversationNotFound => 404,
+            ErrorCode::ConversationBusy
+            | ErrorCode::InterruptNotPending
+            | ErrorCode::AssistantNotAutomated => 409,
+            ErrorCode::PayloadTooLarge => 413,
+            ErrorCode::InvalidArgs => 422,
+            ErrorCode::RateLimited => 429,
+            ErrorCode::RunTimeout => 504,
+            ErrorCode::LlmError | ErrorCode::ToolError => 502,
+            ErrorCode::Cancelled => 409,
+            ErrorCode::StepFailed | ErrorCode::StepLimit => 422,
+            ErrorCode::Interrupted => 503,
+            ErrorCode::Internal => 500,
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An error as clients see it: a code, a message for a person, optional structured details
+/// (for `invalid_args`, the list of bad fields).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct ApiError {
+    pub code: ErrorCode,
+    pub message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub details: Option<Value>,
+}
+
+impl ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        ApiError {
+            code,
+            message: message.into(),
+            details: None,
+        }
+    }
+
+    pub fn with_details(mut self, details: Value) -> Self {
+        self.details = Some(details);
+        self
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::BadRequest, message)
+    }
+
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::Internal, message)
+    }
+
+    pub fn conversation_not_found(id: &str) -> Self {
+        Self::new(
+            ErrorCode::ConversationNotFound,
+            format!("conversation '{id}' does not exist"),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_names_match_serde() {
+        for code in [
+            ErrorCode::BadRequest,
+            ErrorCode::ConversationBusy,
+            ErrorCode::AssistantNotAutomated,
+            ErrorCode::StepLimit,
+        ] {
+            let json = serde_json::to_value(code).unwrap();
+            assert_eq!(json, Value::String(code.as_str().to_string()));
+        }
+    }
+
+    #[test]
+    fn statuses() {
+        assert_eq!(ErrorCode::InvalidArgs.http_status(), 422);
+        assert_eq!(ErrorCode::AssistantNotAutomated.http_status(), 409);
+        assert_eq!(ErrorCode::RunTimeout.http_status(), 504);
+        assert_eq!(ErrorCode::UnknownAssistant.http_status(), 404);
+    }
+}

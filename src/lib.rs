@@ -1,0 +1,10 @@
+//! Parley: a server that runs AI assistants as durable processes.
+//!
+//! See `ARCHITECTURE.md` for the code map and the invariants.
+
+pub mod assistant;
+pub mod config;
+pub mod error;
+pub mod llm;
+pub mod store;
+pub mod template;

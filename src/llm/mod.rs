@@ -1,0 +1,222 @@
+//! Language-model providers behind one trait.
+//!
+//! The engine asks an [`LlmProvider`] for a chat completion and receives a stream of
+//! [`LlmDelta`]s (text, reasoning, tool-call pieces), ending with [`LlmDelta::Done`]. Dropping the
+//! stream aborts the request (that is how `cancel` stops a model mid-answer).
+//!
+//! - [`builtin`]: the offline, deterministic model (`provider = "builtin"`), the embedded default.
+//! - [`openai`]: any OpenAI-compatible chat-completions endpoint (OpenAI, Ollama, vLLM,
+//!   llama.cpp server, DeepSeek, ...), streaming over SSE.
+//!
+//! [`LlmRegistry`] holds the named providers of `config.toml` (`[llm.default]`, `[llm.fast]`, ...).
+
+pub mod builtin;
+pub mod openai;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use futures_util::stream::BoxStream;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Who said a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    System,
+    User,
+    Assistant,
+    Tool,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::System => "system",
+            Role::User => "user",
+            Role::Assistant => "assistant",
+            Role::Tool => "tool",
+        }
+    }
+}
+
+/// One message of a chat request (OpenAI's shape, simplified).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ChatMessage {
+    pub role: Role,
+    #[serde(default)]
+    pub content: String,
+    /// Tool calls the assistant asked for (role `assistant`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCall>,
+    /// The call this message answers (role `tool`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+}
+
+impl ChatMessage {
+    pub fn new(role: Role, content: impl Into<String>) -> Self {
+        ChatMessage {
+            role,
+            content: content.into(),
+            tool_calls: Vec::new(),
+            tool_call_id: None,
+        }
+    }
+    pub fn system(content: impl Into<String>) -> Self {
+        Self::new(Role::System, content)
+    }
+    pub fn user(content: impl Into<String>) -> Self {
+        Self::new(Role::User, content)
+    }
+    pub fn assistant(content: impl Into<String>) -> Self {
+        Self::new(Role::Assistant, content)
+    }
+    pub fn tool_result(call_id: impl Into<String>, content: impl Into<String>) -> Self {
+        ChatMessage {
+            role: Role::Tool,
+            content: content.into(),
+            tool_calls: Vec::new(),
+            tool_call_id: Some(call_id.into()),
+        }
+    }
+}
+
+/// A complete tool call: `arguments` is the JSON text the model produced.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ToolCall {
+    pub id: String,
+    pub name: String,
+    pub arguments: String,
+}
+
+/// A tool offered to the model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ToolDef {
+    pub name: String,
+    pub description: String,
+    /// JSON Schema of the arguments.
+    pub parameters: Value,
+}
+
+/// What shape the answer must have.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum ResponseFormat {
+    #[default]
+    Text,
+    /// A JSON object matching `schema` (JSON Schema). Providers use JSON mode / structured output
+    /// when the endpoint supports it; the engine validates the result either way.
+    Json { schema: Value },
+}
+
+/// One chat-completion request.
+#[derive(Debug, Clone, Default)]
+pub struct ChatRequest {
+    pub messages: Vec<ChatMessage>,
+    pub tools: Vec<ToolDef>,
+    pub response_format: ResponseFormat,
+    pub temperature: Option<f32>,
+    pub max_tokens: Option<u32>,
+}
+
+/// Tokens used by one call.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Usage {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub total_tokens: u64,
+}
+
+impl Usage {
+    pub fn add(&mut self, other: Usage) {
+        self.prompt_tokens += other.prompt_tokens;
+        self.completion_tokens += other.completion_tokens;
+        self.total_tokens += other.total_tokens;
+    }
+}
+
+/// A piece of a streamed answer.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LlmDelta {
+    /// Answer text.
+    Text(String),
+    /// Reasoning text (`reasoning_content`), when the model returns it.
+    Reasoning(String),
+    /// A tool call begins. `index` identifies the call among this answer's calls.
+    ToolCallStart { index: usize, id: String, name: String },
+    /// More of a tool call's JSON arguments.
+    ToolCallArgs { index: usize, delta: String },
+    /// The answer is complete.
+    Done { usage: Usage, finish_reason: Option<String> },
+}
+
+/// Why a model call failed. The message is for a person: it says what to fix.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum LlmError {
+    #[error("the model provider refused the API key ({0}); check the key in the environment variable named by api_key_env")]
+    Auth(String),
+    #[error("the model provider does not know this model: {0}")]
+    UnknownModel(String),
+    #[error("the model provider is rate limiting us: {0}")]
+    RateLimited(String),
+    #[error("the model provider timed out after {0} s")]
+    Timeout(u64),
+    #[error("could not reach the model provider: {0}")]
+    Connection(String),
+    #[error("the model provider refused the request: {0}")]
+    Refused(String),
+    #[error("the model provider answered something we cannot read: {0}")]
+    Protocol(String),
+    #[error("no LLM named '{0}' is configured")]
+    NotConfigured(String),
+}
+
+pub type DeltaStream = BoxStream<'static, Result<LlmDelta, LlmError>>;
+
+/// A language model.
+#[async_trait::async_trait]
+pub trait LlmProvider: Send + Sync + std::fmt::Debug {
+    /// Start a chat completion. Retries (before any delta was produced) happen inside; the
+    /// returned stream yields deltas and ends with `Done`, or with an error. Dropping the stream
+    /// aborts the request.
+    async fn chat(&self, req: ChatRequest) -> Result<DeltaStream, LlmError>;
+
+    /// True for the offline built-in model (the demo page says so).
+    fn is_builtin(&self) -> bool {
+        false
+    }
+}
+
+/// The named providers of `config.toml`.
+#[derive(Debug, Clone, Default)]
+pub struct LlmRegistry {
+    providers: BTreeMap<String, Arc<dyn LlmProvider>>,
+}
+
+impl LlmRegistry {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn insert(&mut self, name: impl Into<String>, p: Arc<dyn LlmProvider>) {
+        self.providers.insert(name.into(), p);
+    }
+
+    pub fn get(&self, name: &str) -> Result<Arc<dyn LlmProvider>, LlmError> {
+        self.providers
+            .get(name)
+            .cloned()
+            .ok_or_else(|| LlmError::NotConfigured(name.to_string()))
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.providers.keys().map(String::as_str)
+    }
+
+    pub fn is_builtin(&self, name: &str) -> bool {
+        self.providers.get(name).is_some_and(|p| p.is_builtin())
+    }
+}

@@ -1,0 +1,1 @@
+//! OpenAI-compatible provider (to be written).
