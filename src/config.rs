@@ -263,10 +263,12 @@ impl Config {
             })?;
             merge(&mut base, top);
         }
-        let mut cfg: Config = base.try_into().map_err(|e: toml::de::Error| ConfigError::Parse {
-            path: file.map_or("<embedded>".into(), |p| p.display().to_string()),
-            message: e.to_string(),
-        })?;
+        let mut cfg: Config = base
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Parse {
+                path: file.map_or("<embedded>".into(), |p| p.display().to_string()),
+                message: e.to_string(),
+            })?;
         if let Some(l) = &overrides.listen {
             cfg.server.listen = l.clone();
         }
@@ -300,7 +302,9 @@ impl Config {
             ));
         }
         if !self.llm.contains_key("default") {
-            return Err(ConfigError::Invalid("an [llm.default] section is required".into()));
+            return Err(ConfigError::Invalid(
+                "an [llm.default] section is required".into(),
+            ));
         }
         for (name, l) in &self.llm {
             if l.provider == LlmProviderKind::Openai && l.base_url.is_none() {
@@ -353,7 +357,11 @@ mod tests {
     fn file_then_overrides() {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("c.toml");
-        std::fs::write(&f, "[server]\nlisten = \"127.0.0.1:9000\"\n[storage]\ndata_dir = \"/x\"\n").unwrap();
+        std::fs::write(
+            &f,
+            "[server]\nlisten = \"127.0.0.1:9000\"\n[storage]\ndata_dir = \"/x\"\n",
+        )
+        .unwrap();
         let c = Config::load(Some(&f), &Overrides::default()).unwrap();
         assert_eq!(c.server.listen, "127.0.0.1:9000");
         assert_eq!(c.storage.data_dir, PathBuf::from("/x"));

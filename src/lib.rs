@@ -4,7 +4,9 @@
 
 pub mod assistant;
 pub mod config;
+pub mod engine;
 pub mod error;
 pub mod llm;
+pub mod schema;
 pub mod store;
 pub mod template;

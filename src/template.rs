@@ -134,7 +134,8 @@ impl Templates {
         if text.is_empty() {
             return Ok(Value::Null);
         }
-        serde_json::from_str(&text).map_err(|e| format!("expression '{expr}' gave no JSON value: {e}"))
+        serde_json::from_str(&text)
+            .map_err(|e| format!("expression '{expr}' gave no JSON value: {e}"))
     }
 
     /// Evaluate a condition by Jinja truthiness.
@@ -209,9 +210,18 @@ mod tests {
         let t = Templates::new();
         assert_eq!(t.eval("{{ start.n }}", &ctx()).unwrap(), json!(3));
         assert_eq!(t.eval("{{ list }}", &ctx()).unwrap(), json!([1, 2]));
-        assert_eq!(t.eval(" {{ check }} ", &ctx()).unwrap(), json!({"score": 0.9}));
-        assert_eq!(t.eval("{{ start.userInput }}", &ctx()).unwrap(), json!("hi <b>"));
-        assert_eq!(t.eval("{{ missing.deep.path }}", &ctx()).unwrap(), json!(null));
+        assert_eq!(
+            t.eval(" {{ check }} ", &ctx()).unwrap(),
+            json!({"score": 0.9})
+        );
+        assert_eq!(
+            t.eval("{{ start.userInput }}", &ctx()).unwrap(),
+            json!("hi <b>")
+        );
+        assert_eq!(
+            t.eval("{{ missing.deep.path }}", &ctx()).unwrap(),
+            json!(null)
+        );
     }
 
     #[test]
@@ -219,12 +229,16 @@ mod tests {
         let mut t = Templates::new();
         t.register("n={{ start.n }} of {{ start.dept }}").unwrap();
         assert_eq!(
-            t.eval("n={{ start.n }} of {{ start.dept }}", &ctx()).unwrap(),
+            t.eval("n={{ start.n }} of {{ start.dept }}", &ctx())
+                .unwrap(),
             json!("n=3 of sales")
         );
         assert_eq!(t.eval("plain", &ctx()).unwrap(), json!("plain"));
         // No HTML escaping: this is not a web template.
-        assert_eq!(t.render_text("{{ start.userInput }}!", &ctx()).unwrap(), "hi <b>!");
+        assert_eq!(
+            t.render_text("{{ start.userInput }}!", &ctx()).unwrap(),
+            "hi <b>!"
+        );
     }
 
     #[test]
@@ -258,7 +272,10 @@ mod tests {
     #[test]
     fn runaway_loops_run_out_of_fuel() {
         let t = Templates::new();
-        let r = t.eval("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}", &ctx());
+        let r = t.eval(
+            "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+            &ctx(),
+        );
         assert!(r.is_err());
     }
 }

@@ -103,7 +103,9 @@ impl ArgType {
         match self {
             ArgType::String => v.is_string(),
             ArgType::Number => v.is_number(),
-            ArgType::Integer => v.is_i64() || v.is_u64() || v.as_f64().is_some_and(|f| f.fract() == 0.0),
+            ArgType::Integer => {
+                v.is_i64() || v.is_u64() || v.as_f64().is_some_and(|f| f.fract() == 0.0)
+            }
             ArgType::Boolean => v.is_boolean(),
             ArgType::Object => v.is_object(),
             ArgType::Array => v.is_array(),

@@ -146,11 +146,18 @@ pub enum LlmDelta {
     /// Reasoning text (`reasoning_content`), when the model returns it.
     Reasoning(String),
     /// A tool call begins. `index` identifies the call among this answer's calls.
-    ToolCallStart { index: usize, id: String, name: String },
+    ToolCallStart {
+        index: usize,
+        id: String,
+        name: String,
+    },
     /// More of a tool call's JSON arguments.
     ToolCallArgs { index: usize, delta: String },
     /// The answer is complete.
-    Done { usage: Usage, finish_reason: Option<String> },
+    Done {
+        usage: Usage,
+        finish_reason: Option<String>,
+    },
 }
 
 /// Why a model call failed. The message is for a person: it says what to fix.

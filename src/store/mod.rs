@@ -72,9 +72,16 @@ pub struct MessageRecord {
 pub enum WriteOp {
     /// Insert or replace the conversation record (and move it in the owner/activity index).
     PutConversation(ConversationRecord),
-    AppendMessage { conversation: String, message: MessageRecord },
+    AppendMessage {
+        conversation: String,
+        message: MessageRecord,
+    },
     /// `json` is the event object exactly as sent to clients.
-    AppendEvent { conversation: String, seq: u64, json: Bytes },
+    AppendEvent {
+        conversation: String,
+        seq: u64,
+        json: Bytes,
+    },
     /// Replace the conversation's checkpoint (opaque bytes).
     PutCheckpoint { conversation: String, data: Bytes },
     /// Remove the conversation, its messages, events and checkpoint.
