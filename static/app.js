@@ -131,6 +131,7 @@
     builtinModel: false, // from GET /api/info
     conversations: [],
     conversationTitle: null,
+    renaming: null, // id of the conversation being renamed inline
     running: false,
     sending: false,
     view: null, // what the chat shows for the current conversation (see resetView)
@@ -250,6 +251,7 @@
   const STATUS_LABELS = { running: "Running", paused: "Waiting", failed: "Failed", cancelled: "Stopped" };
 
   function renderConversationList(errorText) {
+    if (state.renaming) return; // redrawn when the inline edit ends
     const list = $("conversation-list");
     const current = client.conversationId;
     list.replaceChildren(...state.conversations.map((c) => conversationItem(c, c.id === current)));
@@ -305,10 +307,12 @@
       maxlength: "200",
     });
     let done = false;
+    state.renaming = c.id;
     const finish = async (save) => {
       if (done) return;
       done = true;
       const title = input.value.trim();
+      const wasFocused = document.activeElement === input;
       if (save && title && title !== c.title) {
         try {
           await api("/api/conversations/" + encodeURIComponent(c.id), { method: "PATCH", body: { title } });
@@ -317,13 +321,19 @@
           toast("Rename failed: " + err.message);
         }
       }
+      state.renaming = null;
       renderConversationList();
+      if (wasFocused) {
+        const button = document.querySelector(`.conversation-item[data-id="${CSS.escape(c.id)}"] [data-testid="rename-button"]`);
+        if (button) button.focus();
+      }
     };
     input.addEventListener("keydown", (e) => {
       if (e.key === "Enter") {
         e.preventDefault();
         finish(true);
       } else if (e.key === "Escape") {
+        e.stopPropagation(); // do not close the drawer too
         finish(false);
       }
     });
