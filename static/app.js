@@ -946,12 +946,8 @@
    */
   function actionCard(interrupt, meta) {
     const conversationId = meta.conversationId;
-    const buttons =
-      Array.isArray(interrupt.buttons) && interrupt.buttons.length
-        ? interrupt.buttons
-        : interrupt.reason === "tool_confirmation"
-          ? ["approve", "reject"]
-          : ["approve", "reject"];
+    // Buttons come with the interrupt; approve/reject if it names none (tool confirmations).
+    const buttons = Array.isArray(interrupt.buttons) && interrupt.buttons.length ? interrupt.buttons : ["approve", "reject"];
     const isTool = interrupt.reason === "tool_confirmation";
     const card = el("div", {
       class: "action-card",
