@@ -1,0 +1,1367 @@
+/*
+ * app.js — Parley's demo page. Plain JavaScript, no build step; uses window.ParleyClient from
+ * /static/parley.js. The chat is rendered only from the conversation's events (live or
+ * replayed), keyed by seq, so a reconnect or a reopen never shows a message twice.
+ *
+ * Sections: DOM helpers · HTTP API · state · connection pill · assistants · conversations ·
+ * input args form · chat rendering · action cards · Action in Page (claim form) · composer ·
+ * drawers · boot.
+ */
+(function () {
+  "use strict";
+
+  // ======================================================================== DOM helpers
+
+  const $ = (id) => document.getElementById(id);
+
+  /** el("div", {class: "x", dataset: {a: 1}, onclick: fn}, child, "text", ...) */
+  function el(tag, attrs, ...children) {
+    const node = document.createElement(tag);
+    for (const [key, value] of Object.entries(attrs || {})) {
+      if (value === undefined || value === null || value === false) continue;
+      if (key === "class") node.className = value;
+      else if (key === "dataset") Object.assign(node.dataset, value);
+      else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
+      else if (key === "text") node.textContent = value;
+      else if (value === true) node.setAttribute(key, "");
+      else node.setAttribute(key, String(value));
+    }
+    for (const child of children.flat()) {
+      if (child === null || child === undefined || child === false) continue;
+      node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+    }
+    return node;
+  }
+
+  function icon(name) {
+    const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
+    svg.setAttribute("aria-hidden", "true");
+    const use = document.createElementNS("http://www.w3.org/2000/svg", "use");
+    use.setAttribute("href", "#i-" + name);
+    svg.append(use);
+    return svg;
+  }
+
+  function prettyJson(value) {
+    try {
+      return JSON.stringify(value, null, 2);
+    } catch (_) {
+      return String(value);
+    }
+  }
+
+  /** "draft_reply" → "Draft reply" */
+  function humanize(name) {
+    const s = String(name).replace(/[_-]+/g, " ").trim();
+    return s.charAt(0).toUpperCase() + s.slice(1);
+  }
+
+  function relativeTime(value) {
+    if (!value) return "";
+    const t = typeof value === "number" ? (value < 1e12 ? value * 1000 : value) : Date.parse(value);
+    if (!Number.isFinite(t)) return "";
+    const s = Math.round((Date.now() - t) / 1000);
+    if (s < 45) return "just now";
+    if (s < 3600) return Math.round(s / 60) + " min ago";
+    if (s < 86400) return Math.round(s / 3600) + " h ago";
+    if (s < 7 * 86400) return Math.round(s / 86400) + " d ago";
+    return new Date(t).toLocaleDateString();
+  }
+
+  /** Toast notifications (errors and confirmations). */
+  function toast(message, kind = "error") {
+    const node = el("div", { class: "toast toast-" + kind, role: kind === "error" ? "alert" : "status" }, message);
+    $("toasts").append(node);
+    setTimeout(() => node.classList.add("toast-out"), 4500);
+    setTimeout(() => node.remove(), 5000);
+  }
+
+  // ======================================================================== HTTP API
+
+  const params = new URLSearchParams(location.search);
+  const token = params.get("token") || safeStorage(() => localStorage.getItem("parley.token"));
+
+  function safeStorage(fn) {
+    try {
+      return fn();
+    } catch (_) {
+      return null;
+    }
+  }
+
+  class ApiError extends Error {
+    constructor(status, code, message, details) {
+      super(message || code);
+      this.status = status;
+      this.code = code;
+      this.details = details;
+    }
+  }
+
+  /** fetch JSON from the server; throws ApiError (status 0 = the server cannot be reached). */
+  async function api(path, { method = "GET", body } = {}) {
+    const headers = { Accept: "application/json" };
+    if (body !== undefined) headers["Content-Type"] = "application/json";
+    if (token) headers.Authorization = "Bearer " + token;
+    let res;
+    try {
+      res = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+    } catch (err) {
+      throw new ApiError(0, "unreachable", "Cannot reach the server");
+    }
+    const text = await res.text();
+    let data = null;
+    try {
+      data = text ? JSON.parse(text) : null;
+    } catch (_) {
+      if (res.ok) throw new ApiError(res.status, "bad_response", "The server sent something that is not JSON");
+    }
+    if (!res.ok) {
+      const e = (data && data.error) || {};
+      throw new ApiError(res.status, e.code || "http_" + res.status, e.message || res.statusText, e.details);
+    }
+    return data;
+  }
+
+  // ======================================================================== state
+
+  const state = {
+    assistants: [],
+    assistant: null, // the selected assistant object
+    builtinModel: false, // from GET /api/info
+    conversations: [],
+    conversationTitle: null,
+    renaming: null, // id of the conversation being renamed inline
+    running: false,
+    sending: false,
+    view: null, // what the chat shows for the current conversation (see resetView)
+  };
+
+  const client = new window.ParleyClient({ token: token || undefined });
+  window.parleyApp = { client, state };
+
+  // ======================================================================== connection pill
+
+  const CONN_LABELS = { connecting: "connecting", open: "open", reconnecting: "reconnecting", closed: "closed" };
+
+  client.on("connection", ({ state: s }) => {
+    const pill = $("conn-state");
+    pill.dataset.state = s;
+    pill.textContent = CONN_LABELS[s] || s;
+    pill.title = "WebSocket connection: " + s;
+    // The server is back after the page could not load: load what is missing.
+    if (s === "open" && booted && state.assistants.length === 0) retryLoad();
+  });
+
+  client.on("error", (err) => {
+    toast((err && err.message) || String(err));
+  });
+
+  // ======================================================================== assistants
+
+  async function loadAssistants() {
+    const select = $("assistant-select");
+    try {
+      const data = await api("/api/assistants");
+      const list = Array.isArray(data) ? data : (data && data.items) || [];
+      state.assistants = list;
+      $("server-banner").hidden = true;
+      select.replaceChildren(...list.map((a) => el("option", { value: a.id }, a.title || a.id)));
+      select.disabled = list.length === 0;
+      if (list.length === 0) {
+        select.append(el("option", { value: "" }, "No assistants"));
+        showUnavailable("No assistants are installed", "Add assistant files to the assistants directory.");
+        return false;
+      }
+      const wanted = params.get("assistant") || safeStorage(() => localStorage.getItem("parley.assistant"));
+      const initial = list.find((a) => a.id === wanted) || list[0];
+      selectAssistant(initial.id, { keepConversation: true });
+      return true;
+    } catch (err) {
+      select.replaceChildren(el("option", { value: "" }, "Unavailable"));
+      select.disabled = true;
+      $("server-banner").hidden = false;
+      $("server-banner-detail").textContent =
+        err.status === 0
+          ? "Check that parley serve is running, then retry."
+          : `GET /api/assistants answered HTTP ${err.status}: ${err.message}`;
+      showUnavailable("Cannot reach the server", "The assistants could not be loaded. Retry when the server is up.");
+      $("conversation-empty").hidden = false;
+      $("conversation-empty").textContent = "Cannot reach the server.";
+      $("args-hint").textContent = "Shown once the assistants are loaded.";
+      return false;
+    }
+  }
+
+  async function loadInfo() {
+    try {
+      const info = await api("/api/info");
+      state.builtinModel = !!(info && info.builtinModel);
+    } catch (_) {
+      state.builtinModel = false; // 404 or older server: no notice unless the assistant says so
+    }
+    updateBuiltinNotice();
+  }
+
+  function updateBuiltinNotice() {
+    $("builtin-notice").hidden = !(state.builtinModel || (state.assistant && state.assistant.builtinModel));
+  }
+
+  /** Switch the page to an assistant: header, welcome, args form, conversation list. */
+  function selectAssistant(id, { keepConversation = false } = {}) {
+    const assistant = state.assistants.find((a) => a.id === id);
+    if (!assistant) return;
+    state.assistant = assistant;
+    client.assistant = assistant.id;
+    $("assistant-select").value = assistant.id;
+    safeStorage(() => localStorage.setItem("parley.assistant", assistant.id));
+    updateBuiltinNotice();
+    $("chat-subtitle").textContent = assistant.description || "";
+    renderArgsForm(assistant.inputArgs || []);
+    if (!keepConversation) startNewConversation();
+    else renderEmptyState();
+    loadConversations();
+  }
+
+  $("assistant-select").addEventListener("change", (e) => selectAssistant(e.target.value));
+
+  // ======================================================================== conversations
+
+  let listRefreshTimer = null;
+
+  /** Reload the sidebar soon (coalesces bursts of triggers). */
+  function refreshConversationsSoon(delay = 250) {
+    clearTimeout(listRefreshTimer);
+    listRefreshTimer = setTimeout(loadConversations, delay);
+  }
+
+  async function loadConversations() {
+    if (!state.assistant) return;
+    const q = new URLSearchParams({ assistant: state.assistant.id, limit: "50" });
+    try {
+      const data = await api("/api/conversations?" + q);
+      state.conversations = (data && data.items) || (Array.isArray(data) ? data : []);
+      renderConversationList();
+    } catch (err) {
+      state.conversations = [];
+      renderConversationList(err.status === 0 ? "Cannot reach the server." : err.message);
+    }
+  }
+
+  const STATUS_LABELS = { running: "Running", paused: "Waiting", failed: "Failed", cancelled: "Stopped" };
+
+  function renderConversationList(errorText) {
+    if (state.renaming) return; // redrawn when the inline edit ends
+    const list = $("conversation-list");
+    const current = client.conversationId;
+    list.replaceChildren(...state.conversations.map((c) => conversationItem(c, c.id === current)));
+    const empty = $("conversation-empty");
+    empty.hidden = state.conversations.length > 0;
+    empty.textContent = errorText || "No conversations yet.";
+    const mine = state.conversations.find((c) => c.id === current);
+    if (mine) setChatTitle(mine.title);
+  }
+
+  function conversationItem(c, active) {
+    const status = STATUS_LABELS[c.status];
+    const open = el(
+      "button",
+      { type: "button", class: "conv-open", onclick: () => openConversation(c.id), "aria-current": active ? "true" : null },
+      el("span", { class: "conv-title" }, c.title || "Untitled"),
+      el(
+        "span",
+        { class: "conv-meta" },
+        relativeTime(c.updatedAt),
+        status ? el("span", { class: "conv-status conv-status-" + c.status }, status) : null
+      )
+    );
+    const rename = el(
+      "button",
+      { type: "button", class: "icon-btn icon-btn-small", "data-testid": "rename-button", "aria-label": "Rename", title: "Rename" },
+      icon("pencil")
+    );
+    const del = el(
+      "button",
+      { type: "button", class: "icon-btn icon-btn-small icon-btn-danger", "data-testid": "delete-button", "aria-label": "Delete", title: "Delete" },
+      icon("trash")
+    );
+    const item = el(
+      "li",
+      { class: "conversation-item" + (active ? " active" : ""), "data-testid": "conversation-item", dataset: { id: c.id } },
+      open,
+      el("span", { class: "conv-actions" }, rename, del)
+    );
+    rename.addEventListener("click", () => beginRename(item, c));
+    del.addEventListener("click", () => deleteConversation(c));
+    return item;
+  }
+
+  /** Inline rename: Enter or blur saves (PATCH), Escape cancels. */
+  function beginRename(item, c) {
+    const input = el("input", {
+      type: "text",
+      class: "conv-rename",
+      value: c.title || "",
+      "aria-label": "New title",
+      "data-testid": "rename-input",
+      maxlength: "200",
+    });
+    let done = false;
+    state.renaming = c.id;
+    const finish = async (save) => {
+      if (done) return;
+      done = true;
+      const title = input.value.trim();
+      const wasFocused = document.activeElement === input;
+      if (save && title && title !== c.title) {
+        try {
+          await api("/api/conversations/" + encodeURIComponent(c.id), { method: "PATCH", body: { title } });
+          c.title = title;
+        } catch (err) {
+          toast("Rename failed: " + err.message);
+        }
+      }
+      state.renaming = null;
+      renderConversationList();
+      if (wasFocused) {
+        const button = document.querySelector(`.conversation-item[data-id="${CSS.escape(c.id)}"] [data-testid="rename-button"]`);
+        if (button) button.focus();
+      }
+    };
+    input.addEventListener("keydown", (e) => {
+      if (e.key === "Enter") {
+        e.preventDefault();
+        finish(true);
+      } else if (e.key === "Escape") {
+        e.stopPropagation(); // do not close the drawer too
+        finish(false);
+      }
+    });
+    input.addEventListener("blur", () => finish(true));
+    item.classList.add("renaming");
+    item.replaceChildren(input);
+    input.focus();
+    input.select();
+  }
+
+  async function deleteConversation(c) {
+    if (!window.confirm(`Delete “${c.title || "Untitled"}”? Its messages and history are removed for good.`)) return;
+    try {
+      await api("/api/conversations/" + encodeURIComponent(c.id), { method: "DELETE" });
+      if (c.id === client.conversationId) startNewConversation();
+      state.conversations = state.conversations.filter((x) => x.id !== c.id);
+      renderConversationList();
+      toast("Conversation deleted", "ok");
+    } catch (err) {
+      toast("Delete failed: " + err.message);
+    }
+  }
+
+  /** Open an old conversation: its whole history replays as events (subscribe since 0). */
+  async function openConversation(id) {
+    closeDrawers();
+    resetView();
+    client.open(id).catch((err) => {
+      if (err.code === "conversation_not_found") {
+        toast("That conversation no longer exists");
+        startNewConversation();
+        loadConversations();
+      }
+    });
+    setHash(id);
+    const known = state.conversations.find((c) => c.id === id);
+    setChatTitle(known ? known.title : "Conversation");
+    renderConversationList();
+    // The stored args of the conversation prefill the form (best effort).
+    try {
+      const details = await api("/api/conversations/" + encodeURIComponent(id));
+      if (client.conversationId !== id || !details) return;
+      if (details.title) setChatTitle(details.title);
+      if (details.args && typeof details.args === "object") fillArgsForm(details.args);
+    } catch (_) {
+      /* the chat still works without the details */
+    }
+  }
+
+  function startNewConversation() {
+    client.newConversation();
+    resetView();
+    setHash(null);
+    setChatTitle(null);
+    renderConversationList();
+    $("message-input").focus({ preventScroll: true });
+  }
+
+  function setChatTitle(title) {
+    state.conversationTitle = title || null;
+    $("chat-title").textContent = title || "New conversation";
+  }
+
+  function setHash(id) {
+    const url = new URL(location.href);
+    url.hash = id ? "c=" + encodeURIComponent(id) : "";
+    history.replaceState(null, "", url);
+  }
+
+  function hashConversation() {
+    const m = /^#c=(.+)$/.exec(location.hash);
+    return m ? decodeURIComponent(m[1]) : null;
+  }
+
+  $("new-conversation").addEventListener("click", () => {
+    closeDrawers();
+    startNewConversation();
+  });
+
+  // A conversation created by a send becomes current: reflect it in the URL and the list.
+  client.on("conversation", ({ conversationId }) => {
+    if (conversationId) setHash(conversationId);
+  });
+
+  // ======================================================================== input args form
+
+  /** Build the form from the assistant's inputArgs. */
+  function renderArgsForm(args) {
+    const form = $("args-form");
+    $("args-error").hidden = true;
+    form.replaceChildren();
+    $("args-hint").textContent = args.length ? "Sent with every message." : "This assistant takes no input args.";
+    for (const arg of args) form.append(argField(arg));
+    updatePanelDot();
+  }
+
+  function argField(arg) {
+    const id = "arg-" + arg.name;
+    const label = el(
+      "label",
+      { for: id },
+      arg.title || humanize(arg.name),
+      arg.required ? el("span", { class: "req", "aria-hidden": "true" }, " *") : null
+    );
+    const describedBy = [];
+    const hint = arg.description ? el("p", { class: "field-hint", id: id + "-hint" }, arg.description) : null;
+    if (hint) describedBy.push(hint.id);
+    const error = el("p", { class: "field-error", id: id + "-error", hidden: true });
+    describedBy.push(error.id);
+    const common = {
+      id,
+      name: arg.name,
+      "aria-describedby": describedBy.join(" "),
+      required: !!arg.required,
+      dataset: { type: arg.type || "string" },
+    };
+    let control;
+    if (Array.isArray(arg.enum) && arg.enum.length) {
+      control = el("select", common, arg.required ? null : el("option", { value: "" }, "—"));
+      arg.enum.forEach((v, i) => control.append(el("option", { value: String(i) }, String(v))));
+      const di = arg.default !== undefined ? arg.enum.findIndex((v) => v === arg.default) : -1;
+      control.value = di >= 0 ? String(di) : arg.required ? "0" : "";
+    } else if (arg.type === "boolean") {
+      control = el("input", { ...common, type: "checkbox", required: false });
+      control.checked = arg.default === true;
+      const wrap = el("div", { class: "field field-check", dataset: { arg: arg.name } }, control, label, hint, error);
+      control.addEventListener("change", () => clearFieldError(arg.name));
+      return wrap;
+    } else if (arg.type === "number" || arg.type === "integer") {
+      control = el("input", { ...common, type: "number", step: arg.type === "integer" ? "1" : "any", inputmode: "decimal" });
+      if (typeof arg.default === "number") control.value = String(arg.default);
+    } else if (arg.type === "object" || arg.type === "array") {
+      control = el("textarea", { ...common, rows: "3", class: "mono", spellcheck: "false", placeholder: arg.type === "array" ? "[ ]" : "{ }" });
+      if (arg.default !== undefined) control.value = prettyJson(arg.default);
+    } else {
+      control = el("input", { ...common, type: "text" });
+      if (arg.default !== undefined && arg.default !== null) control.value = String(arg.default);
+    }
+    control.addEventListener("input", () => clearFieldError(arg.name));
+    return el("div", { class: "field", dataset: { arg: arg.name } }, label, control, hint, error);
+  }
+
+  /** Read and check the form: {ok, values, errors: {name: message}}. */
+  function collectArgs() {
+    const values = {};
+    const errors = {};
+    for (const arg of (state.assistant && state.assistant.inputArgs) || []) {
+      const control = $("arg-" + arg.name);
+      if (!control) continue;
+      const type = arg.type || "string";
+      if (Array.isArray(arg.enum) && arg.enum.length) {
+        if (control.value === "") {
+          if (arg.required) errors[arg.name] = "Choose a value.";
+        } else values[arg.name] = arg.enum[Number(control.value)];
+        continue;
+      }
+      if (type === "boolean") {
+        values[arg.name] = control.checked;
+        continue;
+      }
+      const raw = control.value.trim();
+      if (raw === "") {
+        if (arg.required) errors[arg.name] = "This field is required.";
+        continue;
+      }
+      if (type === "number" || type === "integer") {
+        const n = Number(raw);
+        if (!Number.isFinite(n)) errors[arg.name] = "Enter a number.";
+        else if (type === "integer" && !Number.isInteger(n)) errors[arg.name] = "Enter a whole number.";
+        else values[arg.name] = n;
+      } else if (type === "object" || type === "array") {
+        try {
+          const v = JSON.parse(raw);
+          const isArray = Array.isArray(v);
+          if (type === "array" && !isArray) errors[arg.name] = "Enter a JSON array, like [1, 2].";
+          else if (type === "object" && (isArray || v === null || typeof v !== "object"))
+            errors[arg.name] = 'Enter a JSON object, like {"key": "value"}.';
+          else values[arg.name] = v;
+        } catch (e) {
+          errors[arg.name] = "Not valid JSON: " + e.message;
+        }
+      } else {
+        values[arg.name] = control.value;
+      }
+    }
+    return { ok: Object.keys(errors).length === 0, values, errors };
+  }
+
+  /** Put stored args (e.g. of a reopened conversation) back into the form. */
+  function fillArgsForm(values) {
+    for (const arg of (state.assistant && state.assistant.inputArgs) || []) {
+      const control = $("arg-" + arg.name);
+      if (!control || !(arg.name in values)) continue;
+      const v = values[arg.name];
+      if (Array.isArray(arg.enum) && arg.enum.length) {
+        const i = arg.enum.findIndex((x) => x === v);
+        if (i >= 0) control.value = String(i);
+      } else if (arg.type === "boolean") control.checked = v === true;
+      else if (arg.type === "object" || arg.type === "array") control.value = prettyJson(v);
+      else control.value = v === null ? "" : String(v);
+    }
+  }
+
+  function showFieldErrors(errors, general) {
+    let shown = 0;
+    for (const [name, message] of Object.entries(errors)) {
+      const box = $("arg-" + name + "-error");
+      if (!box) continue;
+      box.textContent = message;
+      box.hidden = false;
+      $("arg-" + name).setAttribute("aria-invalid", "true");
+      shown++;
+    }
+    const extra = Object.keys(errors).filter((n) => !$("arg-" + n + "-error"));
+    const generalText = [general, ...extra.map((n) => n + ": " + errors[n])].filter(Boolean).join(" ");
+    $("args-error").textContent = generalText;
+    $("args-error").hidden = !generalText;
+    updatePanelDot(shown > 0 || !!generalText);
+    if (shown || generalText) {
+      openPanel();
+      const first = Object.keys(errors).map((n) => $("arg-" + n)).find(Boolean);
+      if (first) first.focus();
+    }
+  }
+
+  function clearFieldError(name) {
+    const box = $("arg-" + name + "-error");
+    if (box) box.hidden = true;
+    const control = $("arg-" + name);
+    if (control) control.removeAttribute("aria-invalid");
+    if (!document.querySelector("#args-form [aria-invalid]")) {
+      $("args-error").hidden = true;
+      updatePanelDot(false);
+    }
+  }
+
+  /** Server `invalid_args`: details may be [{field, message}], {field: message} or text. */
+  function showServerArgErrors(err) {
+    const errors = {};
+    const d = err.details;
+    if (Array.isArray(d)) {
+      for (const item of d) {
+        if (item && typeof item === "object") {
+          const f = item.field || item.name || item.path;
+          if (f) errors[String(f).replace(/^(args|start)\./, "")] = item.message || "Invalid value.";
+        }
+      }
+    } else if (d && typeof d === "object") {
+      for (const [f, m] of Object.entries(d)) errors[f] = typeof m === "string" ? m : prettyJson(m);
+    }
+    const hasFields = Object.keys(errors).length > 0;
+    showFieldErrors(errors, hasFields ? "" : err.message);
+  }
+
+  // ======================================================================== chat rendering
+
+  /**
+   * The view of the current conversation. Everything in the chat is derived from events; the
+   * maps below let later events (deltas, step ends, answers) update what earlier ones drew.
+   */
+  function resetView() {
+    state.view = {
+      seq: 0, // last seq rendered: rendering is idempotent by seq
+      messages: new Map(), // messageId -> {node, text}
+      run: null, // the latest run: {progress, log, logBody, tools, reasoning, counts}
+      steps: new Map(), // stepName -> its latest progress item (a paused step ends in a later run)
+      cards: new Map(), // interruptId -> action card controller
+      pageNotes: new Map(), // interruptId -> note element
+    };
+    const chat = $("chat");
+    chat.replaceChildren($("empty-state"));
+    pinned = true;
+    lastScrollTop = 0;
+    setRunning(false);
+    renderEmptyState();
+  }
+
+  /** Welcome message and prologue chips, shown while the conversation is empty. */
+  function renderEmptyState() {
+    const a = state.assistant;
+    const box = $("empty-state");
+    $("empty-title").textContent = a ? a.title || a.id : "Parley";
+    $("empty-description").textContent = a ? a.description || "" : "";
+    const welcome = $("welcome");
+    welcome.textContent = (a && a.welcomeMessage) || "";
+    welcome.hidden = !(a && a.welcomeMessage);
+    const prologues = $("prologues");
+    prologues.replaceChildren(
+      ...((a && a.prologues) || []).map((p) =>
+        el("button", { type: "button", class: "chip", "data-testid": "prologue", onclick: () => sendText(p) }, p)
+      )
+    );
+    box.classList.remove("unavailable");
+    updateEmptyState();
+  }
+
+  function showUnavailable(title, text) {
+    const box = $("empty-state");
+    box.classList.add("unavailable");
+    $("empty-title").textContent = title;
+    $("empty-description").textContent = text;
+    $("welcome").hidden = true;
+    $("prologues").replaceChildren();
+    box.hidden = false;
+  }
+
+  function updateEmptyState() {
+    const box = $("empty-state");
+    if (box.classList.contains("unavailable")) return;
+    box.hidden = $("chat").children.length > 1;
+  }
+
+  /**
+   * Auto-scroll: the chat follows new content while it is scrolled to the bottom ("pinned");
+   * once the user scrolls up to read, it stays put until they scroll back down.
+   */
+  let pinned = true;
+  let scrollPending = false;
+  let lastScrollTop = 0;
+
+  $("chat").addEventListener("scroll", () => {
+    const chat = $("chat");
+    if (chat.scrollTop < lastScrollTop - 4) pinned = false; // the user scrolled up
+    else if (chat.scrollHeight - chat.scrollTop - chat.clientHeight < 80) pinned = true;
+    lastScrollTop = chat.scrollTop;
+  });
+
+  function keepPinned() {
+    if (!pinned || scrollPending) return;
+    scrollPending = true;
+    requestAnimationFrame(() => {
+      scrollPending = false;
+      const chat = $("chat");
+      chat.scrollTop = chat.scrollHeight;
+      lastScrollTop = chat.scrollTop;
+    });
+  }
+
+  /** Append to the chat (following it down if pinned). */
+  function append(node) {
+    $("chat").append(node);
+    updateEmptyState();
+    keepPinned();
+    return node;
+  }
+
+  function setRunning(running) {
+    state.running = running;
+    $("stop-button").hidden = !running;
+    $("send-button").hidden = running;
+    $("chat").setAttribute("aria-busy", running ? "true" : "false");
+  }
+
+  /** Every event of the current conversation, live or replayed, goes through here once. */
+  client.on("*", (event, meta) => {
+    const view = state.view;
+    if (!view || meta.conversationId !== client.conversationId) return;
+    if (meta.seq <= view.seq) return;
+    view.seq = meta.seq;
+    const render = RENDERERS[event.type];
+    if (render) render(event, meta, view);
+  });
+
+  const RENDERERS = {
+    RUN_STARTED(ev, meta, view) {
+      setRunning(true);
+      answerOpenInterrupts(view, meta.seq);
+      view.run = newRun(ev.runId);
+    },
+    STEP_STARTED(ev, meta, view) {
+      const run = ensureRun(view);
+      if (!run.progress) {
+        run.progress = append(el("div", { class: "step-progress", "data-testid": "step-progress", "aria-label": "Progress" }));
+      }
+      const item = el(
+        "span",
+        { class: "step running", dataset: { step: ev.stepName } },
+        "▸ ",
+        el("strong", {}, ev.stepName),
+        ev.nodeType ? " (" + ev.nodeType + ")" : "",
+        el("span", { class: "step-state" }, " …")
+      );
+      run.progress.append(item);
+      view.steps.set(ev.stepName, item);
+      keepPinned();
+    },
+    STEP_FINISHED(ev, meta, view) {
+      const item = view.steps.get(ev.stepName);
+      if (item && !item.classList.contains("done")) {
+        item.classList.remove("running", "waiting");
+        item.classList.add("done");
+        item.querySelector(".step-state").textContent = " done";
+      }
+      // The end of an interaction node tells which button answered it (also in a replay).
+      for (const card of view.cards.values()) {
+        if (card.nodeId === ev.stepName && card.seq < meta.seq) card.answered(ev.output && ev.output.action);
+      }
+      for (const [id, note] of view.pageNotes) {
+        if (note.nodeId === ev.stepName && note.seq < meta.seq) markPageNoteDone(view, id);
+      }
+    },
+    TEXT_MESSAGE_START(ev, meta, view) {
+      messageBubble(view, ev.messageId, ev.role);
+    },
+    TEXT_MESSAGE_CONTENT(ev, meta, view) {
+      const m = messageBubble(view, ev.messageId, ev.role);
+      m.text.appendData(ev.delta || "");
+      keepPinned();
+    },
+    TEXT_MESSAGE_END(ev, meta, view) {
+      const m = messageBubble(view, ev.messageId, ev.role);
+      m.node.classList.remove("streaming");
+    },
+    REASONING_MESSAGE_CONTENT(ev, meta, view) {
+      const run = ensureLog(view);
+      let r = run.reasoning.get(ev.messageId);
+      if (!r) {
+        r = document.createTextNode("");
+        run.logBody.append(el("div", { class: "log-entry log-reasoning" }, el("span", { class: "log-label" }, "Reasoning"), el("p", {}, r)));
+        run.reasoning.set(ev.messageId, r);
+      }
+      r.appendData(ev.delta || "");
+    },
+    TOOL_CALL_START(ev, meta, view) {
+      toolEntry(view, ev);
+      countLog(view, "tool");
+    },
+    TOOL_CALL_ARGS(ev, meta, view) {
+      toolEntry(view, ev).args.appendData(ev.delta || "");
+    },
+    TOOL_CALL_END(ev, meta, view) {
+      toolEntry(view, ev).node.classList.add("called");
+    },
+    TOOL_CALL_RESULT(ev, meta, view) {
+      const t = toolEntry(view, ev);
+      let content = ev.content;
+      if (typeof content === "string") {
+        try {
+          content = prettyJson(JSON.parse(content));
+        } catch (_) {
+          /* plain text result */
+        }
+      } else content = prettyJson(content);
+      t.result.textContent = content;
+      t.result.hidden = false;
+      t.node.classList.add("has-result");
+    },
+    CUSTOM(ev, meta, view) {
+      if (ev.name === "card") append(dataCard(ev.value));
+      else {
+        const run = ensureLog(view);
+        run.logBody.append(
+          el("div", { class: "log-entry" }, el("span", { class: "log-label" }, ev.name || "custom"), el("pre", {}, prettyJson(ev.value)))
+        );
+      }
+    },
+    RUN_FINISHED(ev, meta, view) {
+      setRunning(false);
+      const outcome = ev.outcome || {};
+      finishProgress(view, outcome.type === "interrupt" ? " waiting" : "");
+      if (outcome.type === "interrupt") {
+        for (const interrupt of outcome.interrupts || []) renderInterrupt(view, interrupt, meta);
+      } else if (outcome.result && Object.keys(outcome.result).length) {
+        const run = ensureLog(view);
+        run.logBody.append(
+          el("div", { class: "log-entry" }, el("span", { class: "log-label" }, "Result"), el("pre", {}, prettyJson(outcome.result)))
+        );
+      }
+      refreshConversationsSoon();
+    },
+    RUN_ERROR(ev, meta, view) {
+      setRunning(false);
+      const cancelled = ev.code === "cancelled";
+      finishProgress(view, cancelled ? " stopped" : " failed");
+      append(
+        el(
+          "div",
+          { class: "run-error" + (cancelled ? " run-stopped" : ""), "data-testid": "run-error", role: "status", dataset: { code: ev.code || "" } },
+          cancelled ? "Stopped" : el("span", {}, el("code", {}, ev.code || "error"), " ", ev.message || "The run failed.")
+        )
+      );
+      refreshConversationsSoon();
+    },
+  };
+
+  function newRun(runId) {
+    return { id: runId || null, progress: null, log: null, tools: new Map(), reasoning: new Map() };
+  }
+
+  function ensureRun(view) {
+    if (!view.run) view.run = newRun(null);
+    return view.run;
+  }
+
+  /** The run ended (or paused): steps still marked running become `label` ("" or " waiting"). */
+  function finishProgress(view, label = "") {
+    const run = view.run;
+    if (!run || !run.progress) return;
+    for (const item of run.progress.querySelectorAll(".step.running")) {
+      item.classList.remove("running");
+      if (label) item.classList.add(label.trim()); // waiting | stopped | failed
+      item.querySelector(".step-state").textContent = label;
+    }
+  }
+
+  /** A user or assistant bubble, created on first sight of its messageId. */
+  function messageBubble(view, messageId, role) {
+    const key = messageId || "anon-" + view.seq;
+    let m = view.messages.get(key);
+    if (m) return m;
+    const r = role === "user" ? "user" : "assistant";
+    const text = document.createTextNode("");
+    const node = el(
+      "div",
+      { class: "message message-" + r + (r === "assistant" ? " streaming" : ""), "data-testid": "message-" + r, dataset: { messageId: key } },
+      el("div", { class: "bubble" }, text)
+    );
+    m = { node, text };
+    view.messages.set(key, m);
+    append(node);
+    return m;
+  }
+
+  /** The collapsible log of a run: tool calls, reasoning, other custom events, the result. */
+  function ensureLog(view) {
+    const run = ensureRun(view);
+    if (!run.log) {
+      run.logSummary = el("summary", {}, "Log");
+      run.logBody = el("div", { class: "log-body" });
+      run.log = append(el("details", { class: "run-log", "data-testid": "run-log" }, run.logSummary, run.logBody));
+      run.counts = { tool: 0 };
+    }
+    return run;
+  }
+
+  function countLog(view, kind) {
+    const run = ensureLog(view);
+    run.counts[kind] = (run.counts[kind] || 0) + 1;
+    const n = run.counts.tool;
+    run.logSummary.textContent = n ? `Log · ${n} tool call${n === 1 ? "" : "s"}` : "Log";
+  }
+
+  function toolEntry(view, ev) {
+    const run = ensureLog(view);
+    let t = run.tools.get(ev.toolCallId);
+    if (t) return t;
+    const args = document.createTextNode("");
+    const result = el("pre", { class: "tool-result", hidden: true });
+    const node = el(
+      "div",
+      { class: "log-entry log-tool" },
+      el("span", { class: "log-label" }, "Tool"),
+      el("code", { class: "tool-name" }, ev.toolCallName || "tool"),
+      el("pre", { class: "tool-args" }, args),
+      result
+    );
+    run.logBody.append(node);
+    t = { node, args, result };
+    run.tools.set(ev.toolCallId, t);
+    return t;
+  }
+
+  /** A `reply` node's data, shown as a small card: a title/text if it has them, then fields. */
+  function dataCard(value) {
+    const card = el("div", { class: "data-card", "data-testid": "data-card" });
+    if (value && typeof value === "object" && !Array.isArray(value)) {
+      const { title, text, ...rest } = value;
+      if (title) card.append(el("div", { class: "data-card-title" }, String(title)));
+      if (text) card.append(el("p", {}, String(text)));
+      if (Object.keys(rest).length) card.append(kvTable(rest));
+    } else {
+      card.append(el("pre", {}, prettyJson(value)));
+    }
+    return card;
+  }
+
+  function kvTable(obj) {
+    return el(
+      "table",
+      { class: "kv" },
+      el(
+        "tbody",
+        {},
+        Object.entries(obj).map(([k, v]) =>
+          el("tr", {}, el("th", { scope: "row" }, humanize(k)), el("td", {}, v !== null && typeof v === "object" ? el("pre", {}, prettyJson(v)) : String(v)))
+        )
+      )
+    );
+  }
+
+  /** A new run started at `seq`: every interrupt shown before it has been answered. */
+  function answerOpenInterrupts(view, seq) {
+    for (const card of view.cards.values()) if (card.seq < seq) card.answered(null);
+    for (const [id, note] of view.pageNotes) if (note.seq < seq) markPageNoteDone(view, id);
+  }
+
+  function renderInterrupt(view, interrupt, meta) {
+    if (!interrupt || !interrupt.id) return;
+    if (interrupt.reason === "page_action") renderPageNote(view, interrupt, meta);
+    else if (!view.cards.has(interrupt.id)) view.cards.set(interrupt.id, actionCard(interrupt, meta));
+  }
+
+  // ======================================================================== action cards
+
+  const BUTTON_KIND = { approve: "approve", confirm: "approve", yes: "approve", reject: "reject", deny: "reject", no: "reject" };
+
+  /**
+   * Action in Conversation (and tool confirmation): the message, the payload (editable when
+   * the node allows it) and one button per choice. A click resumes the interrupt once.
+   */
+  function actionCard(interrupt, meta) {
+    const conversationId = meta.conversationId;
+    // Buttons come with the interrupt; approve/reject if it names none (tool confirmations).
+    const buttons = Array.isArray(interrupt.buttons) && interrupt.buttons.length ? interrupt.buttons : ["approve", "reject"];
+    const isTool = interrupt.reason === "tool_confirmation";
+    const card = el("div", {
+      class: "action-card",
+      "data-testid": "action-card",
+      role: "group",
+      "aria-label": isTool ? "Tool confirmation" : "Action needed",
+      dataset: { interruptId: interrupt.id, reason: interrupt.reason || "" },
+    });
+    card.append(el("div", { class: "action-card-kicker" }, isTool ? "Confirm tool call" : "Action needed"));
+    if (interrupt.message) card.append(el("p", { class: "action-card-message" }, interrupt.message));
+
+    // Payload: a key/value table, or JSON; an editable JSON box when the node allows editing.
+    const payload = interrupt.payload;
+    const hasPayload = payload !== undefined && payload !== null && !(typeof payload === "object" && Object.keys(payload).length === 0);
+    const display = el("div", { class: "action-card-payload" });
+    let editor = null;
+    const showEditor = () => {
+      if (editor) return;
+      editor = el("textarea", { class: "mono action-card-editor", rows: "6", spellcheck: "false", "aria-label": "Edit the data" });
+      editor.value = hasPayload ? (typeof payload === "string" ? JSON.stringify(payload) : prettyJson(payload)) : "";
+      display.replaceChildren(editor);
+    };
+    if (interrupt.editable) showEditor();
+    else if (hasPayload) {
+      display.append(payload && typeof payload === "object" && !Array.isArray(payload) ? kvTable(payload) : typeof payload === "string" ? el("p", {}, payload) : el("pre", {}, prettyJson(payload)));
+    }
+    card.append(display);
+    const error = el("p", { class: "field-error", hidden: true, role: "alert" });
+    card.append(error);
+
+    // "reply" asks for a text answer in the card itself.
+    let replyBox = null;
+    const row = el("div", { class: "action-card-buttons" });
+    const status = el("p", { class: "action-card-status", role: "status" });
+    const ctrl = { nodeId: interrupt.nodeId, seq: meta.seq, done: false };
+    const buttonEls = new Map();
+
+    const lock = (chosen, text) => {
+      ctrl.done = true;
+      card.classList.add("answered");
+      for (const [name, b] of buttonEls) {
+        b.disabled = true;
+        if (name === chosen) {
+          b.classList.add("chosen");
+          b.setAttribute("aria-pressed", "true");
+        }
+      }
+      if (editor) editor.readOnly = true;
+      if (replyBox) replyBox.readOnly = true;
+      status.textContent = text;
+    };
+    ctrl.answered = (action) => {
+      if (ctrl.done) {
+        if (action && buttonEls.has(action) && !card.querySelector(".chosen")) lock(action, "Answered: " + humanize(action));
+        return;
+      }
+      lock(action, action ? "Answered: " + humanize(action) : "Answered");
+    };
+
+    const submit = (name) => {
+      let value = null;
+      if (editor) {
+        try {
+          value = editor.value.trim() ? JSON.parse(editor.value) : null;
+        } catch (e) {
+          error.textContent = "The data is not valid JSON: " + e.message;
+          error.hidden = false;
+          editor.focus();
+          return;
+        }
+      }
+      if (name === "reply") {
+        if (!replyBox) {
+          replyBox = el("textarea", { class: "action-card-reply", rows: "2", placeholder: "Your reply…", "aria-label": "Your reply" });
+          card.insertBefore(replyBox, row);
+          replyBox.focus();
+          return;
+        }
+        if (!replyBox.value.trim()) {
+          replyBox.focus();
+          return;
+        }
+        value = replyBox.value.trim();
+      }
+      if (name === "edit" && !editor) {
+        showEditor();
+        editor.focus();
+        buttonEls.get("edit").lastChild.textContent = "Save edits";
+        return;
+      }
+      error.hidden = true;
+      lock(name, "Sending…");
+      client.resume(interrupt.id, name, value, conversationId).then(
+        () => {
+          status.textContent = "Answered: " + humanize(name);
+        },
+        (err) => {
+          if (err.code === "interrupt_not_pending") {
+            status.textContent = "Already answered";
+            return;
+          }
+          // Not applied: let the user try again.
+          ctrl.done = false;
+          card.classList.remove("answered");
+          for (const b of buttonEls.values()) {
+            b.disabled = false;
+            b.classList.remove("chosen");
+            b.removeAttribute("aria-pressed");
+          }
+          if (editor) editor.readOnly = false;
+          if (replyBox) replyBox.readOnly = false;
+          status.textContent = "";
+          error.textContent = err.message;
+          error.hidden = false;
+        }
+      );
+    };
+
+    for (const name of buttons) {
+      const kind = BUTTON_KIND[String(name).toLowerCase()] || "neutral";
+      const b = el(
+        "button",
+        { type: "button", class: "btn btn-" + kind, "data-testid": "action-button", dataset: { action: name }, onclick: () => submit(name) },
+        el("span", {}, humanize(name))
+      );
+      buttonEls.set(name, b);
+      row.append(b);
+    }
+    card.append(row, status);
+    append(card);
+    return ctrl;
+  }
+
+  // ======================================================================== Action in Page
+
+  /** The chat's note for a page action: "Waiting for you on the page: …". */
+  function renderPageNote(view, interrupt, meta) {
+    if (view.pageNotes.has(interrupt.id)) return;
+    const supported = interrupt.action === "fill_claim_form";
+    const text = interrupt.message || interrupt.prompt || "The assistant asked the page to run “" + interrupt.action + "”.";
+    const node = el(
+      "div",
+      { class: "system-note", "data-testid": "page-action-note", role: "status", dataset: { interruptId: interrupt.id } },
+      el("span", { class: "system-note-text" }, "Waiting for you on the page: " + text),
+      supported
+        ? el("button", { type: "button", class: "btn btn-small", onclick: () => revealClaimForm() }, "Show form")
+        : el("span", { class: "system-note-sub" }, "This page cannot run “" + interrupt.action + "”; reply in the chat to continue.")
+    );
+    view.pageNotes.set(interrupt.id, { node, nodeId: interrupt.nodeId, seq: meta.seq });
+    append(node);
+  }
+
+  function markPageNoteDone(view, id) {
+    const note = view.pageNotes.get(id);
+    if (!note || note.done) return;
+    note.done = true;
+    note.node.classList.add("done");
+    note.node.querySelector(".system-note-text").textContent = "✓ Done on the page";
+    const b = note.node.querySelector("button");
+    if (b) b.remove();
+  }
+
+  /**
+   * The sample business form. `request` fills it from the assistant's params and resolves with
+   * the form's values when the user presses Submit: that answers the page action.
+   */
+  const claimForm = (() => {
+    const FIELDS = ["employee", "department", "amount", "currency", "purpose", "date"];
+    const form = $("claim-form");
+    let pending = null; // {resolve, interrupt}
+
+    function set(name, value) {
+      const input = form.elements[name];
+      if (!input) return false;
+      const text = value === null || value === undefined ? "" : typeof value === "object" ? JSON.stringify(value) : String(value);
+      if (name === "amount") {
+        const n = typeof value === "number" ? value : Number(String(text).replace(/[^0-9.\-]/g, ""));
+        if (!Number.isFinite(n) || text.trim() === "") return false;
+        input.value = String(n);
+        return true;
+      }
+      input.value = name === "date" ? text.slice(0, 10) : text;
+      return input.value !== "" || text === "";
+    }
+
+    function values() {
+      const out = {};
+      for (const name of [...FIELDS, "notes"]) {
+        const v = form.elements[name].value.trim();
+        out[name] = name === "amount" ? (v === "" ? null : Number(v)) : v;
+      }
+      return out;
+    }
+
+    function request(params, interrupt, signal) {
+      form.reset();
+      const notes = [];
+      for (const [key, value] of Object.entries(params || {})) {
+        if (key === "notes") notes.unshift(String(value));
+        else if (!FIELDS.includes(key) || !set(key, value)) {
+          notes.push(key + ": " + (typeof value === "object" ? JSON.stringify(value) : String(value)));
+        }
+      }
+      form.elements.notes.value = notes.join("\n");
+      setWaiting(true, interrupt.message || interrupt.prompt);
+      revealClaimForm();
+      return new Promise((resolve) => {
+        pending = { resolve, interrupt };
+        signal.addEventListener("abort", () => {
+          if (pending && pending.interrupt === interrupt) {
+            pending = null;
+            setWaiting(false);
+            $("claim-status").textContent = "Answered in the chat.";
+          }
+        });
+      });
+    }
+
+    function setWaiting(on, message) {
+      $("claim-panel").classList.toggle("highlight", on);
+      $("claim-waiting").hidden = !on;
+      $("claim-hint").textContent = on
+        ? message || "The assistant filled this form. Check it and press Submit."
+        : "A sample business form: assistants with an Action in Page (fill_claim_form) fill it in and wait for you to press Submit.";
+      $("claim-status").textContent = "";
+      updatePanelDot();
+    }
+
+    form.addEventListener("submit", (e) => {
+      e.preventDefault();
+      const amount = form.elements.amount;
+      const amountError = $("claim-amount-error");
+      if (amount.value !== "" && !Number.isFinite(Number(amount.value))) {
+        amountError.textContent = "Enter a number.";
+        amountError.hidden = false;
+        amount.focus();
+        return;
+      }
+      amountError.hidden = true;
+      if (!pending) {
+        $("claim-status").textContent = "Saved. No assistant is waiting for this form.";
+        return;
+      }
+      const { resolve } = pending;
+      pending = null;
+      setWaiting(false);
+      $("claim-status").textContent = "Sent to the assistant ✓";
+      resolve(values());
+    });
+
+    return { request, isWaiting: () => !!pending };
+  })();
+
+  client.onPageAction("fill_claim_form", (params, interrupt, ctx) => claimForm.request(params, interrupt, ctx.signal));
+
+  function revealClaimForm() {
+    openPanel();
+    const panel = $("claim-panel");
+    panel.scrollIntoView({ behavior: "smooth", block: "start" });
+    const first = $("claim-employee");
+    setTimeout(() => first.focus({ preventScroll: true }), 250);
+  }
+
+  // ======================================================================== composer
+
+  const input = $("message-input");
+
+  function autoGrow() {
+    input.style.height = "auto";
+    input.style.height = Math.min(input.scrollHeight, 200) + "px";
+  }
+
+  /** Send a message (typed or a prologue) with the current args. */
+  async function sendText(text) {
+    const content = String(text || "").trim();
+    if (!content || state.sending) return;
+    if (!state.assistant) {
+      toast("No assistant is available — cannot reach the server.");
+      return;
+    }
+    const args = collectArgs();
+    if (!args.ok) {
+      showFieldErrors(args.errors, "Fix the input args before sending.");
+      return;
+    }
+    state.sending = true;
+    $("send-button").disabled = true;
+    const typed = input.value;
+    if (typed.trim() === content) {
+      input.value = "";
+      autoGrow();
+    }
+    try {
+      await client.sendMessage(content, {
+        args: args.values,
+        assistant: state.assistant.id,
+        newConversation: !client.conversationId,
+      });
+      refreshConversationsSoon(0);
+    } catch (err) {
+      if (!input.value) {
+        input.value = content; // nothing was stored: give the text back
+        autoGrow();
+      }
+      if (err.code === "invalid_args") showServerArgErrors(err);
+      else if (err.code === "conversation_busy") toast("The assistant is still working — wait or press Stop.");
+      else toast(err.message || "Sending failed");
+    } finally {
+      state.sending = false;
+      $("send-button").disabled = false;
+    }
+  }
+
+  $("composer").addEventListener("submit", (e) => {
+    e.preventDefault();
+    sendText(input.value);
+  });
+
+  input.addEventListener("keydown", (e) => {
+    if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {
+      e.preventDefault();
+      if (state.running) return;
+      sendText(input.value);
+    }
+  });
+  input.addEventListener("input", autoGrow);
+
+  $("stop-button").addEventListener("click", () => {
+    client.cancel().catch((err) => toast(err.message));
+  });
+
+  // ======================================================================== drawers
+
+  const narrow = window.matchMedia("(max-width: 859px)");
+  const medium = window.matchMedia("(max-width: 1179px)");
+
+  function setDrawer(id, toggleId, open) {
+    $(id).classList.toggle("open", open);
+    $(toggleId).setAttribute("aria-expanded", String(open));
+    const any = $("sidebar").classList.contains("open") || $("panel").classList.contains("open");
+    $("scrim").hidden = !any;
+  }
+
+  function openPanel() {
+    if (medium.matches) {
+      setDrawer("sidebar", "sidebar-toggle", false);
+      setDrawer("panel", "panel-toggle", true);
+    }
+  }
+
+  function closeDrawers() {
+    setDrawer("sidebar", "sidebar-toggle", false);
+    setDrawer("panel", "panel-toggle", false);
+  }
+
+  /** A dot on the panel toggle when the hidden panel needs attention. */
+  function updatePanelDot(argErrors) {
+    const hasErrors = argErrors !== undefined ? argErrors : !!document.querySelector("#args-form [aria-invalid]");
+    $("panel-dot").hidden = !(hasErrors || claimForm.isWaiting());
+  }
+
+  $("sidebar-toggle").addEventListener("click", () => {
+    const open = !$("sidebar").classList.contains("open");
+    setDrawer("panel", "panel-toggle", false);
+    setDrawer("sidebar", "sidebar-toggle", open);
+  });
+  $("panel-toggle").addEventListener("click", () => {
+    const open = !$("panel").classList.contains("open");
+    setDrawer("sidebar", "sidebar-toggle", false);
+    setDrawer("panel", "panel-toggle", open);
+  });
+  $("sidebar-close").addEventListener("click", closeDrawers);
+  $("panel-close").addEventListener("click", closeDrawers);
+  $("scrim").addEventListener("click", closeDrawers);
+  document.addEventListener("keydown", (e) => {
+    if (e.key === "Escape") closeDrawers();
+  });
+  medium.addEventListener("change", () => {
+    if (!medium.matches) closeDrawers();
+  });
+  narrow.addEventListener("change", () => {
+    if (!narrow.matches) setDrawer("sidebar", "sidebar-toggle", false);
+  });
+
+  // ======================================================================== boot
+
+  async function boot() {
+    resetView();
+    client.connect();
+    loadInfo();
+    const ok = await loadAssistants();
+    const fromHash = hashConversation();
+    if (ok && fromHash) {
+      // Reopen the conversation in the URL (a reload keeps you where you were).
+      try {
+        const details = await api("/api/conversations/" + encodeURIComponent(fromHash));
+        if (details && details.assistant && details.assistant !== state.assistant.id) {
+          selectAssistant(details.assistant, { keepConversation: true });
+        }
+      } catch (_) {
+        /* open anyway; a missing conversation is reported by the subscribe */
+      }
+      openConversation(fromHash);
+    }
+  }
+
+  let booted = false;
+
+  async function retryLoad() {
+    const ok = await loadAssistants();
+    if (ok) loadInfo();
+  }
+
+  $("server-retry").addEventListener("click", retryLoad);
+
+  boot().finally(() => (booted = true));
+})();
