@@ -68,6 +68,8 @@
 
 mod read;
 mod tables;
+#[cfg(test)]
+mod tests;
 mod writer;
 
 use std::path::Path;
