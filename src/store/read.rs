@@ -1,0 +1,237 @@
+//! The read side: synchronous methods, one short read transaction each.
+//!
+//! Invariants: readers never write and never wait for the writer (redb MVCC snapshots); each
+//! method opens one read transaction and drops it before returning, so no snapshot is held
+//! across an `.await` of the caller. A reader sees only committed data, i.e. data whose waiters
+//! have been (or are about to be) answered with success.
+
+use std::ops::Bound;
+
+use bytes::Bytes;
+use redb::{ReadTransaction, ReadableDatabase, ReadableTable};
+
+use super::tables::{
+    decode_conversation, inverted_time, Cursor, BY_OWNER, BY_OWNER_ASSISTANT, CHECKPOINTS,
+    CONVERSATIONS, EVENTS, MESSAGES,
+};
+use super::{ConversationPage, ConversationRecord, MessageRecord, RunStatus, Store, StoreError};
+
+impl Store {
+    fn read_txn(&self) -> Result<ReadTransaction, StoreError> {
+        Ok(self.inner.db.begin_read()?)
+    }
+
+    /// The conversation record, if it exists.
+    pub fn get_conversation(&self, id: &str) -> Result<Option<ConversationRecord>, StoreError> {
+        let txn = self.read_txn()?;
+        let table = txn.open_table(CONVERSATIONS)?;
+        let found = table.get(id)?;
+        found
+            .map(|guard| decode_conversation(id, guard.value()))
+            .transpose()
+    }
+
+    /// The owner's conversations, newest `updated_at` first (ties: by id), optionally only those
+    /// of one assistant. `limit` is at least 1. `cursor` is a `next_cursor` of an earlier page
+    /// (of the same owner and filter); paging never skips or repeats a conversation that was not
+    /// updated in between. A conversation updated between two page reads moves to the front and
+    /// may be seen twice or not at all, as with any activity-ordered listing.
+    ///
+    /// Undecodable records are logged and skipped (see the module docs).
+    pub fn list_conversations(
+        &self,
+        owner: &str,
+        assistant: Option<&str>,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> Result<ConversationPage, StoreError> {
+        let limit = limit.max(1);
+        let after = cursor.map(Cursor::decode).transpose()?;
+        let txn = self.read_txn()?;
+        let records = txn.open_table(CONVERSATIONS)?;
+
+        // Index positions, in listing order, read lazily until the page is full.
+        let mut items: Vec<ConversationRecord> = Vec::with_capacity(limit.min(128));
+        let mut last: Option<Cursor> = None;
+        let mut more = false;
+        let mut consider = |time: u64, id: &str| -> Result<bool, StoreError> {
+            let Some(record) = load_listed(&records, owner, assistant, time, id)? else {
+                return Ok(true);
+            };
+            if items.len() == limit {
+                more = true;
+                return Ok(false);
+            }
+            last = Some(Cursor {
+                inverted_time: time,
+                id: id.to_owned(),
+            });
+            items.push(record);
+            Ok(true)
+        };
+
+        match assistant {
+            None => {
+                let index = txn.open_table(BY_OWNER)?;
+                let start = match &after {
+                    Some(c) => Bound::Excluded((owner, c.inverted_time, c.id.as_str())),
+                    None => Bound::Included((owner, 0u64, "")),
+                };
+                for entry in index.range::<(&str, u64, &str)>((start, Bound::Unbounded))? {
+                    let (key, _) = entry?;
+                    let (key_owner, time, id) = key.value();
+                    if key_owner != owner || !consider(time, id)? {
+                        break;
+                    }
+                }
+            }
+            Some(assistant) => {
+                let index = txn.open_table(BY_OWNER_ASSISTANT)?;
+                let start = match &after {
+                    Some(c) => Bound::Excluded((owner, assistant, c.inverted_time, c.id.as_str())),
+                    None => Bound::Included((owner, assistant, 0u64, "")),
+                };
+                for entry in index.range::<(&str, &str, u64, &str)>((start, Bound::Unbounded))? {
+                    let (key, _) = entry?;
+                    let (key_owner, key_assistant, time, id) = key.value();
+                    if key_owner != owner || key_assistant != assistant || !consider(time, id)? {
+                        break;
+                    }
+                }
+            }
+        }
+        let next_cursor = if more { last.map(|c| c.encode()) } else { None };
+        Ok(ConversationPage { items, next_cursor })
+    }
+
+    /// Messages with `no < before` (all when `None`), newest first, at most `limit`.
+    pub fn messages(
+        &self,
+        conversation: &str,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<MessageRecord>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let upper = match before {
+            Some(before) => Bound::Excluded((conversation, before)),
+            None => Bound::Included((conversation, u64::MAX)),
+        };
+        let txn = self.read_txn()?;
+        let table = txn.open_table(MESSAGES)?;
+        let range = table.range::<(&str, u64)>((Bound::Included((conversation, 0u64)), upper))?;
+        let mut out = Vec::with_capacity(limit.min(256));
+        for entry in range.rev().take(limit) {
+            let (key, value) = entry?;
+            out.push(decode_message(conversation, key.value().1, value.value())?);
+        }
+        Ok(out)
+    }
+
+    /// The last `n` messages, oldest first (what an actor needs to come back to life).
+    pub fn recent_messages(
+        &self,
+        conversation: &str,
+        n: usize,
+    ) -> Result<Vec<MessageRecord>, StoreError> {
+        let mut out = self.messages(conversation, None, n)?;
+        out.reverse();
+        Ok(out)
+    }
+
+    /// Events with `seq > since`, ascending, at most `limit`: `(seq, event JSON)`.
+    pub fn events_since(
+        &self,
+        conversation: &str,
+        since: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, Bytes)>, StoreError> {
+        if limit == 0 || since == u64::MAX {
+            return Ok(Vec::new());
+        }
+        let txn = self.read_txn()?;
+        let table = txn.open_table(EVENTS)?;
+        let range = table.range((conversation, since + 1)..=(conversation, u64::MAX))?;
+        let mut out = Vec::with_capacity(limit.min(1024));
+        for entry in range.take(limit) {
+            let (key, value) = entry?;
+            out.push((key.value().1, Bytes::copy_from_slice(value.value())));
+        }
+        Ok(out)
+    }
+
+    /// The highest stored seq of the conversation's events (0 when it has none).
+    pub fn last_seq(&self, conversation: &str) -> Result<u64, StoreError> {
+        let txn = self.read_txn()?;
+        let table = txn.open_table(EVENTS)?;
+        let mut range = table.range((conversation, 0u64)..=(conversation, u64::MAX))?;
+        match range.next_back() {
+            Some(entry) => Ok(entry?.0.value().1),
+            None => Ok(0),
+        }
+    }
+
+    /// The conversation's checkpoint, if any.
+    pub fn checkpoint(&self, conversation: &str) -> Result<Option<Bytes>, StoreError> {
+        let txn = self.read_txn()?;
+        let table = txn.open_table(CHECKPOINTS)?;
+        let found = table.get(conversation)?;
+        Ok(found.map(|guard| Bytes::copy_from_slice(guard.value())))
+    }
+
+    /// Every conversation whose status is `status`. A FULL SCAN of the conversations table, meant
+    /// for startup (finding runs that were active when the process died), not for request paths.
+    /// Undecodable records are logged and skipped so that one cannot block the others' recovery.
+    pub fn conversations_with_status(
+        &self,
+        status: RunStatus,
+    ) -> Result<Vec<ConversationRecord>, StoreError> {
+        let txn = self.read_txn()?;
+        let table = txn.open_table(CONVERSATIONS)?;
+        let mut out = Vec::new();
+        for entry in table.iter()? {
+            let (key, value) = entry?;
+            match decode_conversation(key.value(), value.value()) {
+                Ok(record) if record.status == status => out.push(record),
+                Ok(_) => {}
+                Err(e) => tracing::error!(error = %e, "skipping an unreadable conversation"),
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The record behind an index key, if the key is current: the record exists, decodes, and still
+/// has this owner, assistant and time (a key left behind by an unreadable old record is not).
+fn load_listed(
+    records: &redb::ReadOnlyTable<&str, &[u8]>,
+    owner: &str,
+    assistant: Option<&str>,
+    time: u64,
+    id: &str,
+) -> Result<Option<ConversationRecord>, StoreError> {
+    let Some(guard) = records.get(id)? else {
+        tracing::warn!(conversation = id, "index key without a conversation record");
+        return Ok(None);
+    };
+    let record = match decode_conversation(id, guard.value()) {
+        Ok(record) => record,
+        Err(e) => {
+            tracing::error!(error = %e, "skipping an unreadable conversation in a listing");
+            return Ok(None);
+        }
+    };
+    let current = record.owner == owner
+        && inverted_time(record.updated_at) == time
+        && assistant.is_none_or(|a| a == record.assistant);
+    Ok(current.then_some(record))
+}
+
+fn decode_message(conversation: &str, no: u64, bytes: &[u8]) -> Result<MessageRecord, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        StoreError::Corrupt(format!(
+            "message {no} of conversation {conversation:?}: {e}"
+        ))
+    })
+}

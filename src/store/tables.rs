@@ -1,0 +1,143 @@
+//! Table definitions, key encodings, the listing cursor and error conversions.
+//!
+//! Invariants kept here: every key is a tuple whose first element is the conversation (or the
+//! owner), so replay, history and listing are range scans on a prefix; the activity index key
+//! orders newest `updated_at` first and breaks ties by conversation id, which makes it a total
+//! order and lets a cursor name an exact position (stable paging under equal timestamps).
+//! Only the writer thread (see `writer.rs`) opens these tables for writing.
+
+use redb::{Database, TableDefinition};
+use serde::Deserialize;
+
+use super::{ConversationRecord, StoreError};
+
+/// id → JSON of `ConversationRecord`.
+pub(super) const CONVERSATIONS: TableDefinition<&str, &[u8]> =
+    TableDefinition::new("conversations");
+/// (owner, inverted updated_at, id) → ().
+pub(super) const BY_OWNER: TableDefinition<(&str, u64, &str), ()> =
+    TableDefinition::new("conversations_by_owner");
+/// (owner, assistant, inverted updated_at, id) → ().
+pub(super) const BY_OWNER_ASSISTANT: TableDefinition<(&str, &str, u64, &str), ()> =
+    TableDefinition::new("conversations_by_owner_assistant");
+/// (conversation, no) → JSON of `MessageRecord`.
+pub(super) const MESSAGES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("messages");
+/// (conversation, seq) → event JSON bytes.
+pub(super) const EVENTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("events");
+/// conversation → checkpoint bytes.
+pub(super) const CHECKPOINTS: TableDefinition<&str, &[u8]> = TableDefinition::new("checkpoints");
+
+/// Creates every table (no-op when they exist) so that read transactions can always open them.
+pub(super) fn create_all(db: &Database) -> Result<(), StoreError> {
+    let txn = db.begin_write()?;
+    txn.open_table(CONVERSATIONS)?;
+    txn.open_table(BY_OWNER)?;
+    txn.open_table(BY_OWNER_ASSISTANT)?;
+    txn.open_table(MESSAGES)?;
+    txn.open_table(EVENTS)?;
+    txn.open_table(CHECKPOINTS)?;
+    txn.commit()?;
+    Ok(())
+}
+
+/// Newest first: a later `updated_at` gives a smaller key. Negative times sort as 0.
+pub(super) fn inverted_time(updated_at: i64) -> u64 {
+    u64::MAX - u64::try_from(updated_at).unwrap_or(0)
+}
+
+/// The fields of a stored conversation record that locate its index keys. Decoded on its own
+/// so that the writer does not depend on the rest of the record being readable.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct IndexFields {
+    pub owner: String,
+    pub assistant: String,
+    pub updated_at: i64,
+}
+
+impl IndexFields {
+    pub(super) fn of(record: &ConversationRecord) -> IndexFields {
+        IndexFields {
+            owner: record.owner.clone(),
+            assistant: record.assistant.clone(),
+            updated_at: record.updated_at,
+        }
+    }
+}
+
+pub(super) fn decode_conversation(
+    id: &str,
+    bytes: &[u8],
+) -> Result<ConversationRecord, StoreError> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| StoreError::Corrupt(format!("conversation {id:?}: {e}")))
+}
+
+/// A position in a listing: the last index entry returned. Opaque to clients: 16 hex digits of
+/// the inverted time followed by the hex of the conversation id's UTF-8 bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Cursor {
+    pub inverted_time: u64,
+    pub id: String,
+}
+
+impl Cursor {
+    pub(super) fn encode(&self) -> String {
+        format!(
+            "{:016x}{}",
+            self.inverted_time,
+            hex::encode(self.id.as_bytes())
+        )
+    }
+
+    pub(super) fn decode(text: &str) -> Result<Cursor, StoreError> {
+        let time = text.get(..16).ok_or(StoreError::InvalidCursor)?;
+        let id = text.get(16..).ok_or(StoreError::InvalidCursor)?;
+        if !time.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(StoreError::InvalidCursor);
+        }
+        let inverted_time = u64::from_str_radix(time, 16).map_err(|_| StoreError::InvalidCursor)?;
+        let id = hex::decode(id).map_err(|_| StoreError::InvalidCursor)?;
+        let id = String::from_utf8(id).map_err(|_| StoreError::InvalidCursor)?;
+        Ok(Cursor { inverted_time, id })
+    }
+}
+
+impl StoreError {
+    /// The same error again, for answering every waiter of a failed group.
+    pub(super) fn duplicate(&self) -> StoreError {
+        match self {
+            StoreError::Db(m) => StoreError::Db(m.clone()),
+            StoreError::Closed => StoreError::Closed,
+            StoreError::Corrupt(m) => StoreError::Corrupt(m.clone()),
+            StoreError::InvalidCursor => StoreError::InvalidCursor,
+        }
+    }
+}
+
+impl From<redb::StorageError> for StoreError {
+    fn from(e: redb::StorageError) -> Self {
+        match e {
+            redb::StorageError::Corrupted(m) => StoreError::Corrupt(m),
+            other => StoreError::Db(other.to_string()),
+        }
+    }
+}
+
+macro_rules! redb_error_into_db {
+    ($($t:ty),* $(,)?) => {
+        $(impl From<$t> for StoreError {
+            fn from(e: $t) -> Self {
+                StoreError::Db(e.to_string())
+            }
+        })*
+    };
+}
+
+redb_error_into_db!(
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::CommitError,
+    redb::SetDurabilityError,
+);

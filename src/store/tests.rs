@@ -1,0 +1,1205 @@
+//! Tests of the store: round trips, listing and paging, group commit, FIFO, shutdown, reopen,
+//! and crash consistency through a storage backend that can lose unsynced writes.
+//!
+//! The invariants under test are those of the module docs: one writer, ack after durable
+//! commit, FIFO commits, atomic batches.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use redb::backends::InMemoryBackend;
+use redb::{ReadableDatabase, StorageBackend};
+use serde_json::json;
+
+use super::tables::{Cursor, BY_OWNER, CONVERSATIONS, MESSAGES};
+use super::writer::{Batch, Queue};
+use super::*;
+
+// ---------------------------------------------------------------------------------------------
+// helpers
+
+fn mem_store() -> Store {
+    Store::open_with_backend(InMemoryBackend::new()).unwrap()
+}
+
+fn conv(id: &str, owner: &str, assistant: &str, updated_at: i64) -> ConversationRecord {
+    ConversationRecord {
+        id: id.to_owned(),
+        owner: owner.to_owned(),
+        assistant: assistant.to_owned(),
+        title: format!("title of {id}"),
+        title_set: false,
+        status: RunStatus::Idle,
+        created_at: 1,
+        updated_at,
+        args: json!({"department": "sales"}),
+        last_seq: 0,
+        message_count: 0,
+        pending_interrupts: vec![],
+    }
+}
+
+fn message(no: u64) -> MessageRecord {
+    MessageRecord {
+        no,
+        id: format!("m{no}"),
+        role: if no % 2 == 1 { "user" } else { "assistant" }.to_owned(),
+        content: format!("message number {no}"),
+        run_id: no.is_multiple_of(2).then(|| "run-1".to_owned()),
+        created_at: 1000 + no as i64,
+        data: (no == 3).then(|| json!({"card": [1, 2, 3]})),
+    }
+}
+
+fn append_message(conversation: &str, no: u64) -> WriteOp {
+    WriteOp::AppendMessage {
+        conversation: conversation.to_owned(),
+        message: message(no),
+    }
+}
+
+fn event_json(conversation: &str, seq: u64) -> Bytes {
+    Bytes::from(format!(
+        r#"{{"type":"TEXT_MESSAGE_CONTENT","conversation":"{conversation}","delta":"d{seq}"}}"#
+    ))
+}
+
+fn append_event(conversation: &str, seq: u64) -> WriteOp {
+    WriteOp::AppendEvent {
+        conversation: conversation.to_owned(),
+        seq,
+        json: event_json(conversation, seq),
+    }
+}
+
+fn put(record: &ConversationRecord) -> WriteOp {
+    WriteOp::PutConversation(record.clone())
+}
+
+fn ids(page: &ConversationPage) -> Vec<String> {
+    page.items.iter().map(|c| c.id.clone()).collect()
+}
+
+/// Every page of a listing, following cursors.
+fn all_pages(
+    store: &Store,
+    owner: &str,
+    assistant: Option<&str>,
+    limit: usize,
+) -> Vec<Vec<String>> {
+    let mut pages = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let page = store
+            .list_conversations(owner, assistant, limit, cursor.as_deref())
+            .unwrap();
+        pages.push(ids(&page));
+        match page.next_cursor {
+            Some(next) => cursor = Some(next),
+            None => return pages,
+        }
+        assert!(pages.len() < 1000, "paging does not end");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// round trips
+
+#[tokio::test]
+async fn conversation_round_trip_and_replace() {
+    let store = mem_store();
+    assert_eq!(store.get_conversation("c1").unwrap(), None);
+
+    let mut record = conv("c1", "alice", "expense_claim", 10);
+    record.pending_interrupts = vec![json!({"id": "i1", "reason": "page_action"})];
+    record.status = RunStatus::Paused;
+    store.write(vec![put(&record)]).await.unwrap();
+    assert_eq!(store.get_conversation("c1").unwrap(), Some(record.clone()));
+
+    record.title = "renamed".to_owned();
+    record.title_set = true;
+    record.last_seq = 42;
+    record.message_count = 7;
+    store.write(vec![put(&record)]).await.unwrap();
+    assert_eq!(store.get_conversation("c1").unwrap(), Some(record));
+}
+
+#[tokio::test]
+async fn messages_page_newest_first_and_recent_oldest_first() {
+    let store = mem_store();
+    let ops: Vec<WriteOp> = (1..=10).map(|no| append_message("c", no)).collect();
+    store.write(ops).await.unwrap();
+    store
+        .write(vec![append_message("c2", 1), append_message("ca", 1)])
+        .await
+        .unwrap();
+
+    let nos = |v: Vec<MessageRecord>| v.into_iter().map(|m| m.no).collect::<Vec<_>>();
+    assert_eq!(nos(store.messages("c", None, 3).unwrap()), vec![10, 9, 8]);
+    assert_eq!(nos(store.messages("c", Some(8), 3).unwrap()), vec![7, 6, 5]);
+    assert_eq!(nos(store.messages("c", Some(3), 10).unwrap()), vec![2, 1]);
+    assert!(store.messages("c", Some(1), 10).unwrap().is_empty());
+    assert!(store.messages("c", Some(0), 10).unwrap().is_empty());
+    assert_eq!(
+        nos(store.messages("c", Some(u64::MAX), 2).unwrap()),
+        vec![10, 9]
+    );
+    assert!(store.messages("c", None, 0).unwrap().is_empty());
+    assert_eq!(
+        nos(store.recent_messages("c", 4).unwrap()),
+        vec![7, 8, 9, 10]
+    );
+    assert_eq!(
+        nos(store.recent_messages("c", 100).unwrap()),
+        (1..=10).collect::<Vec<_>>()
+    );
+    assert!(store.messages("nope", None, 10).unwrap().is_empty());
+    // Full records survive, optional fields included.
+    assert_eq!(store.messages("c", Some(4), 1).unwrap(), vec![message(3)]);
+    assert_eq!(store.messages("c2", None, 10).unwrap(), vec![message(1)]);
+}
+
+#[tokio::test]
+async fn events_since_and_last_seq() {
+    let store = mem_store();
+    let ops: Vec<WriteOp> = (1..=5).map(|seq| append_event("c", seq)).collect();
+    store.write(ops).await.unwrap();
+    store.write(vec![append_event("c0", 1)]).await.unwrap();
+
+    let all = store.events_since("c", 0, 100).unwrap();
+    assert_eq!(
+        all,
+        (1..=5).map(|s| (s, event_json("c", s))).collect::<Vec<_>>()
+    );
+    let seqs = |v: Vec<(u64, Bytes)>| v.into_iter().map(|e| e.0).collect::<Vec<_>>();
+    assert_eq!(seqs(store.events_since("c", 3, 100).unwrap()), vec![4, 5]);
+    assert_eq!(seqs(store.events_since("c", 0, 2).unwrap()), vec![1, 2]);
+    assert!(store.events_since("c", 5, 100).unwrap().is_empty());
+    assert!(store.events_since("c", u64::MAX, 100).unwrap().is_empty());
+    assert!(store.events_since("c", 0, 0).unwrap().is_empty());
+    assert_eq!(store.last_seq("c").unwrap(), 5);
+    assert_eq!(store.last_seq("c0").unwrap(), 1);
+    assert_eq!(store.last_seq("nope").unwrap(), 0);
+    assert!(store.events_since("nope", 0, 10).unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn checkpoint_put_and_replace() {
+    let store = mem_store();
+    assert_eq!(store.checkpoint("c").unwrap(), None);
+    let put_checkpoint = |data: &'static [u8]| WriteOp::PutCheckpoint {
+        conversation: "c".to_owned(),
+        data: Bytes::from_static(data),
+    };
+    store.write(vec![put_checkpoint(b"one")]).await.unwrap();
+    assert_eq!(
+        store.checkpoint("c").unwrap(),
+        Some(Bytes::from_static(b"one"))
+    );
+    store.write(vec![put_checkpoint(b"two")]).await.unwrap();
+    assert_eq!(
+        store.checkpoint("c").unwrap(),
+        Some(Bytes::from_static(b"two"))
+    );
+    assert_eq!(store.checkpoint("c2").unwrap(), None);
+}
+
+#[tokio::test]
+async fn conversations_with_status_scans_everything() {
+    let store = mem_store();
+    let mut ops = Vec::new();
+    for (i, status) in [
+        RunStatus::Running,
+        RunStatus::Paused,
+        RunStatus::Running,
+        RunStatus::Completed,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut c = conv(&format!("c{i}"), &format!("owner{i}"), "a", i as i64);
+        c.status = status;
+        ops.push(put(&c));
+    }
+    store.write(ops).await.unwrap();
+    let running: Vec<String> = store
+        .conversations_with_status(RunStatus::Running)
+        .unwrap()
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    assert_eq!(running, vec!["c0", "c2"]);
+    assert_eq!(
+        store.conversations_with_status(RunStatus::Paused).unwrap()[0].id,
+        "c1"
+    );
+    assert!(store
+        .conversations_with_status(RunStatus::Failed)
+        .unwrap()
+        .is_empty());
+}
+
+// ---------------------------------------------------------------------------------------------
+// listing
+
+#[tokio::test]
+async fn listing_is_newest_first_per_owner_with_assistant_filter() {
+    let store = mem_store();
+    store
+        .write(vec![
+            put(&conv("a1", "alice", "expense", 100)),
+            put(&conv("a2", "alice", "travel", 300)),
+            put(&conv("a3", "alice", "expense", 200)),
+            put(&conv("a4", "alice", "expense", -5)), // before 1970 sorts last
+            put(&conv("b1", "alice2", "expense", 999)), // owner sharing a prefix
+            put(&conv("b2", "bob", "expense", 500)),
+            put(&conv("b3", "ali", "expense", 600)),
+        ])
+        .await
+        .unwrap();
+
+    let page = store.list_conversations("alice", None, 10, None).unwrap();
+    assert_eq!(ids(&page), vec!["a2", "a3", "a1", "a4"]);
+    assert_eq!(page.next_cursor, None);
+    assert_eq!(page.items[0], conv("a2", "alice", "travel", 300));
+
+    let page = store
+        .list_conversations("alice", Some("expense"), 10, None)
+        .unwrap();
+    assert_eq!(ids(&page), vec!["a3", "a1", "a4"]);
+    let page = store
+        .list_conversations("alice", Some("exp"), 10, None)
+        .unwrap();
+    assert!(page.items.is_empty());
+    assert_eq!(
+        ids(&store.list_conversations("bob", None, 10, None).unwrap()),
+        vec!["b2"]
+    );
+    assert!(store
+        .list_conversations("nobody", None, 10, None)
+        .unwrap()
+        .items
+        .is_empty());
+
+    // Pages of 2, following the cursor.
+    assert_eq!(
+        all_pages(&store, "alice", None, 2),
+        vec![vec!["a2", "a3"], vec!["a1", "a4"]]
+    );
+    // limit 0 is treated as 1.
+    assert_eq!(
+        ids(&store.list_conversations("alice", None, 0, None).unwrap()),
+        vec!["a2"]
+    );
+}
+
+#[tokio::test]
+async fn paging_is_stable_when_timestamps_are_equal() {
+    let store = mem_store();
+    let mut ops = Vec::new();
+    for i in 0..25 {
+        // Ids inserted in a scrambled order; all share one updated_at.
+        let id = format!("conv-{:02}", (i * 7) % 25);
+        let assistant = if i % 2 == 0 { "even" } else { "odd" };
+        ops.push(put(&conv(&id, "u", assistant, 1_700_000_000_000)));
+    }
+    store.write(ops).await.unwrap();
+
+    let pages = all_pages(&store, "u", None, 10);
+    assert_eq!(
+        pages.iter().map(Vec::len).collect::<Vec<_>>(),
+        vec![10, 10, 5]
+    );
+    let flat: Vec<String> = pages.concat();
+    let distinct: BTreeSet<&String> = flat.iter().collect();
+    assert_eq!(distinct.len(), 25, "no duplicates, nothing skipped");
+    let mut sorted = flat.clone();
+    sorted.sort();
+    assert_eq!(flat, sorted, "ties are broken by id");
+
+    // The same through the assistant index.
+    let even = all_pages(&store, "u", Some("even"), 4).concat();
+    let odd = all_pages(&store, "u", Some("odd"), 4).concat();
+    assert_eq!(even.len() + odd.len(), 25);
+    let union: BTreeSet<&String> = even.iter().chain(odd.iter()).collect();
+    assert_eq!(union.len(), 25);
+
+    // An exact multiple of the page size ends without an empty trailing page.
+    let twenty: Vec<WriteOp> = (0..20)
+        .map(|i| put(&conv(&format!("x{i:02}"), "v", "a", 5)))
+        .collect();
+    store.write(twenty).await.unwrap();
+    let pages = all_pages(&store, "v", None, 10);
+    assert_eq!(pages.iter().map(Vec::len).collect::<Vec<_>>(), vec![10, 10]);
+}
+
+#[tokio::test]
+async fn activity_index_moves_with_updated_at_and_assistant() {
+    let store = mem_store();
+    store
+        .write(vec![
+            put(&conv("c1", "u", "a", 1)),
+            put(&conv("c2", "u", "a", 2)),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        ids(&store.list_conversations("u", None, 10, None).unwrap()),
+        vec!["c2", "c1"]
+    );
+
+    // Two updates of c1 in one group, then one more in its own commit.
+    store
+        .write(vec![
+            put(&conv("c1", "u", "a", 3)),
+            put(&conv("c1", "u", "a", 4)),
+        ])
+        .await
+        .unwrap();
+    store
+        .write(vec![put(&conv("c1", "u", "a", 5))])
+        .await
+        .unwrap();
+    assert_eq!(
+        ids(&store.list_conversations("u", None, 10, None).unwrap()),
+        vec!["c1", "c2"]
+    );
+    assert_eq!(
+        ids(&store.list_conversations("u", Some("a"), 10, None).unwrap()),
+        vec!["c1", "c2"]
+    );
+    // The index holds exactly one key per conversation.
+    assert_eq!(index_len(&store), 2);
+
+    // Moving to another assistant leaves the old assistant's listing.
+    store
+        .write(vec![put(&conv("c1", "u", "b", 6))])
+        .await
+        .unwrap();
+    assert_eq!(
+        ids(&store.list_conversations("u", Some("a"), 10, None).unwrap()),
+        vec!["c2"]
+    );
+    assert_eq!(
+        ids(&store.list_conversations("u", Some("b"), 10, None).unwrap()),
+        vec!["c1"]
+    );
+    assert_eq!(index_len(&store), 2);
+}
+
+fn index_len(store: &Store) -> usize {
+    use redb::ReadableTableMetadata;
+    let txn = store.inner.db.begin_read().unwrap();
+    let table = txn.open_table(BY_OWNER).unwrap();
+    table.len().unwrap() as usize
+}
+
+#[tokio::test]
+async fn cursors_are_opaque_and_checked() {
+    for id in ["", "c", "conversation-ü-✓", "a\"b"] {
+        let cursor = Cursor {
+            inverted_time: u64::MAX - 7,
+            id: id.to_owned(),
+        };
+        assert_eq!(Cursor::decode(&cursor.encode()).unwrap(), cursor);
+    }
+    let store = mem_store();
+    for bad in [
+        "",
+        "xyz",
+        "ffffffffffffffff0",
+        "gfffffffffffffff00",
+        "ffffffffffffffffff",
+    ] {
+        let result = store.list_conversations("u", None, 10, Some(bad));
+        assert!(
+            matches!(result, Err(StoreError::InvalidCursor)),
+            "{bad:?} -> {result:?}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// delete
+
+#[tokio::test]
+async fn delete_removes_everything_of_that_conversation_only() {
+    let store = mem_store();
+    for id in ["a", "ab"] {
+        let mut ops = vec![put(&conv(id, "u", "asst", 10))];
+        ops.extend((1..=3).map(|no| append_message(id, no)));
+        ops.extend((1..=4).map(|seq| append_event(id, seq)));
+        ops.push(WriteOp::PutCheckpoint {
+            conversation: id.to_owned(),
+            data: Bytes::from_static(b"state"),
+        });
+        store.write(ops).await.unwrap();
+    }
+    store
+        .write(vec![WriteOp::DeleteConversation {
+            conversation: "a".to_owned(),
+        }])
+        .await
+        .unwrap();
+
+    assert_eq!(store.get_conversation("a").unwrap(), None);
+    assert!(store.messages("a", None, 10).unwrap().is_empty());
+    assert!(store.recent_messages("a", 10).unwrap().is_empty());
+    assert!(store.events_since("a", 0, 10).unwrap().is_empty());
+    assert_eq!(store.last_seq("a").unwrap(), 0);
+    assert_eq!(store.checkpoint("a").unwrap(), None);
+    assert_eq!(
+        ids(&store.list_conversations("u", None, 10, None).unwrap()),
+        vec!["ab"]
+    );
+    assert_eq!(
+        ids(&store
+            .list_conversations("u", Some("asst"), 10, None)
+            .unwrap()),
+        vec!["ab"]
+    );
+    assert_eq!(index_len(&store), 1);
+
+    // The neighbour whose id extends the deleted one is intact.
+    assert!(store.get_conversation("ab").unwrap().is_some());
+    assert_eq!(store.messages("ab", None, 10).unwrap().len(), 3);
+    assert_eq!(store.last_seq("ab").unwrap(), 4);
+    assert!(store.checkpoint("ab").unwrap().is_some());
+
+    // Deleting what does not exist is fine.
+    store
+        .write(vec![WriteOp::DeleteConversation {
+            conversation: "zzz".to_owned(),
+        }])
+        .await
+        .unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// corrupt data
+
+#[tokio::test]
+async fn corrupt_records_become_errors_not_panics() {
+    let store = mem_store();
+    store
+        .write(vec![put(&conv("good", "u", "a", 1))])
+        .await
+        .unwrap();
+    // Damage the store behind the writer's back (the writer is idle; redb serializes writers).
+    {
+        let txn = store.inner.db.begin_write().unwrap();
+        {
+            let mut records = txn.open_table(CONVERSATIONS).unwrap();
+            records.insert("bad", b"{not json".as_slice()).unwrap();
+            let mut index = txn.open_table(BY_OWNER).unwrap();
+            index.insert(("u", u64::MAX - 2, "bad"), ()).unwrap();
+            // An index key whose record is gone.
+            index.insert(("u", u64::MAX - 3, "ghost"), ()).unwrap();
+            let mut messages = txn.open_table(MESSAGES).unwrap();
+            messages
+                .insert(("good", 1u64), b"\xff\xfe".as_slice())
+                .unwrap();
+        }
+        txn.commit().unwrap();
+    }
+
+    assert!(matches!(
+        store.get_conversation("bad"),
+        Err(StoreError::Corrupt(_))
+    ));
+    assert!(matches!(
+        store.messages("good", None, 10),
+        Err(StoreError::Corrupt(_))
+    ));
+    // Scans skip what they cannot read.
+    assert_eq!(
+        ids(&store.list_conversations("u", None, 10, None).unwrap()),
+        vec!["good"]
+    );
+    assert_eq!(
+        store
+            .conversations_with_status(RunStatus::Idle)
+            .unwrap()
+            .len(),
+        1
+    );
+
+    // Writing a new record over the unreadable one repairs it; its stale key stays hidden.
+    store
+        .write(vec![put(&conv("bad", "u", "a", 7))])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get_conversation("bad").unwrap(),
+        Some(conv("bad", "u", "a", 7))
+    );
+    assert_eq!(
+        ids(&store.list_conversations("u", None, 10, None).unwrap()),
+        vec!["bad", "good"]
+    );
+    // Deleting works over damage too.
+    store
+        .write(vec![WriteOp::DeleteConversation {
+            conversation: "good".to_owned(),
+        }])
+        .await
+        .unwrap();
+    assert!(store.messages("good", None, 10).unwrap().is_empty());
+}
+
+// ---------------------------------------------------------------------------------------------
+// the write path
+
+#[tokio::test]
+async fn many_submits_are_grouped_into_few_commits() {
+    let store = mem_store();
+    let acks: Vec<Ack> = (1..=200)
+        .map(|seq| store.submit(vec![append_event("c", seq)]))
+        .collect();
+    for ack in acks {
+        ack.await.unwrap();
+    }
+    let stats = store.stats();
+    assert_eq!(stats.batches_committed, 200);
+    assert_eq!(stats.ops_committed, 200);
+    assert!(
+        stats.commits < 200,
+        "200 batches submitted at once must share commits: {stats:?}"
+    );
+    assert_eq!(store.last_seq("c").unwrap(), 200);
+    assert_eq!(store.events_since("c", 0, 1000).unwrap().len(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_concurrent_tasks_share_one_commit_behind_a_slow_fsync() {
+    let disk = CrashDisk::default();
+    let store = Store::open_with_backend(disk.clone()).unwrap();
+    let before = store.stats().commits;
+
+    // Hold the first commit inside its fsync while 50 tasks queue 199 more batches.
+    disk.hold_syncs();
+    let first = store.submit(vec![append_event("t00", 1)]);
+    disk.wait_for_held_sync().await;
+
+    let barrier = Arc::new(tokio::sync::Barrier::new(50));
+    let mut tasks = Vec::new();
+    for t in 0..50u64 {
+        let store = store.clone();
+        let barrier = barrier.clone();
+        tasks.push(tokio::spawn(async move {
+            barrier.wait().await;
+            let id = format!("t{t:02}");
+            let first_seq = if t == 0 { 2 } else { 1 };
+            // Submitted without awaiting in between, then awaited together.
+            let acks: Vec<Ack> = (first_seq..=4)
+                .map(|seq| store.submit(vec![append_event(&id, seq)]))
+                .collect();
+            acks
+        }));
+    }
+    let mut acks = Vec::new();
+    for task in tasks {
+        acks.extend(task.await.unwrap());
+    }
+    assert_eq!(acks.len(), 199);
+    assert_eq!(store.stats().queued_batches, 199);
+
+    disk.release_syncs();
+    first.await.unwrap();
+    for ack in acks {
+        ack.await.unwrap();
+    }
+
+    let stats = store.stats();
+    assert_eq!(
+        stats.commits - before,
+        2,
+        "the 199 queued batches commit together: {stats:?}"
+    );
+    assert_eq!(stats.last_group_batches, 199);
+    for t in 0..50u64 {
+        let id = format!("t{t:02}");
+        let seqs: Vec<u64> = store
+            .events_since(&id, 0, 100)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.0)
+            .collect();
+        assert_eq!(seqs, vec![1, 2, 3, 4], "{id}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_concurrent_writers_all_durable() {
+    let store = mem_store();
+    let mut tasks = Vec::new();
+    for t in 0..50u64 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let id = format!("w{t}");
+            for seq in 1..=4 {
+                store
+                    .write(vec![append_event(&id, seq), append_message(&id, seq)])
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let stats = store.stats();
+    assert_eq!(stats.batches_committed, 200);
+    assert!(stats.commits <= 200);
+    for t in 0..50u64 {
+        let id = format!("w{t}");
+        assert_eq!(store.last_seq(&id).unwrap(), 4);
+        assert_eq!(store.messages(&id, None, 10).unwrap().len(), 4);
+    }
+}
+
+#[tokio::test]
+async fn submit_order_is_commit_order_even_when_acks_are_awaited_backwards() {
+    let store = mem_store();
+    let mut acks: Vec<Ack> = (1..=50)
+        .map(|n| store.submit(vec![put(&conv("c", "u", "a", n))]))
+        .collect();
+    acks.reverse();
+    for ack in acks {
+        ack.await.unwrap();
+    }
+    // The last submitted record wins: it was committed last.
+    assert_eq!(store.get_conversation("c").unwrap().unwrap().updated_at, 50);
+
+    // `enqueue` awaited in turn keeps order too, with the acks awaited later.
+    let mut acks = Vec::new();
+    for n in 51..=60 {
+        acks.push(
+            store
+                .enqueue(vec![put(&conv("c", "u", "a", n))])
+                .await
+                .unwrap(),
+        );
+    }
+    for ack in acks.into_iter().rev() {
+        ack.await.unwrap();
+    }
+    assert_eq!(store.get_conversation("c").unwrap().unwrap().updated_at, 60);
+    assert_eq!(
+        ids(&store.list_conversations("u", None, 10, None).unwrap()),
+        vec!["c"]
+    );
+}
+
+#[tokio::test]
+async fn flush_waits_for_everything_queued_before_it() {
+    let store = mem_store();
+    let acks: Vec<Ack> = (1..=20)
+        .map(|seq| store.submit(vec![append_event("c", seq)]))
+        .collect();
+    store.flush().await.unwrap();
+    assert_eq!(store.last_seq("c").unwrap(), 20);
+    drop(acks); // dropping acks does not cancel anything
+    let ack = store.submit(vec![append_event("c", 21)]);
+    drop(ack);
+    store.flush().await.unwrap();
+    assert_eq!(store.last_seq("c").unwrap(), 21);
+    // Flushing an idle store is immediate.
+    store.flush().await.unwrap();
+}
+
+#[tokio::test]
+async fn shutdown_commits_the_queue_then_refuses_writes() {
+    let store = mem_store();
+    let other = store.clone();
+    let acks: Vec<Ack> = (1..=30)
+        .map(|seq| store.submit(vec![append_event("c", seq)]))
+        .collect();
+    store.shutdown();
+    for ack in acks {
+        ack.await.unwrap();
+    }
+    assert_eq!(other.last_seq("c").unwrap(), 30, "reads still work");
+    assert!(matches!(
+        other.write(vec![append_event("c", 31)]).await,
+        Err(StoreError::Closed)
+    ));
+    assert!(matches!(
+        other.submit(vec![append_event("c", 31)]).await,
+        Err(StoreError::Closed)
+    ));
+    assert!(matches!(other.flush().await, Err(StoreError::Closed)));
+    other.shutdown(); // idempotent
+    assert_eq!(store.last_seq("c").unwrap(), 30);
+}
+
+#[tokio::test]
+async fn queue_bounds_wait_at_soft_cap_and_refuse_at_hard_cap() {
+    let queue = Queue::new(2, 3);
+    let batch = || Batch {
+        ops: vec![append_event("c", 1)],
+        done: None,
+    };
+    assert!(queue.push_now(batch()).is_ok());
+    assert!(queue.push_now(batch()).is_ok());
+
+    // At the soft cap, `push_when_room` waits...
+    let mut waiting = Box::pin(queue.push_when_room(batch()));
+    assert!(futures_util::poll!(waiting.as_mut()).is_pending());
+    // ...while `push_now` goes on up to the hard cap, then refuses.
+    assert!(queue.push_now(batch()).is_ok());
+    let refused = queue.push_now(batch()).err().unwrap().into_error();
+    assert!(matches!(refused, StoreError::Db(m) if m.contains("full")));
+
+    // The writer taking a group makes room.
+    let group = queue.next_group().unwrap();
+    assert_eq!(group.len(), 3);
+    assert!(matches!(
+        futures_util::poll!(waiting.as_mut()),
+        std::task::Poll::Ready(Ok(()))
+    ));
+    assert_eq!(queue.len(), 1);
+
+    // Closing wakes waiters with `Closed`, and the queue drains before `None`.
+    assert!(queue.push_now(batch()).is_ok());
+    let mut waiting = Box::pin(queue.push_when_room(batch()));
+    assert!(futures_util::poll!(waiting.as_mut()).is_pending());
+    queue.close();
+    assert!(matches!(
+        futures_util::poll!(waiting.as_mut()),
+        std::task::Poll::Ready(Err(StoreError::Closed))
+    ));
+    assert!(matches!(
+        queue.push_now(batch()).err().unwrap().into_error(),
+        StoreError::Closed
+    ));
+    assert_eq!(queue.next_group().unwrap().len(), 2);
+    assert!(queue.next_group().is_none());
+}
+
+#[tokio::test]
+async fn groups_respect_the_op_cap_but_take_a_large_batch_whole() {
+    let queue = Queue::new(10_000, 10_000);
+    let big = |n: u64| Batch {
+        ops: (1..=n).map(|seq| append_event("c", seq)).collect(),
+        done: None,
+    };
+    queue.push_now(big(MAX_GROUP_OPS as u64 + 10)).ok().unwrap();
+    queue.push_now(big(1)).ok().unwrap();
+    queue.push_now(big(MAX_GROUP_OPS as u64 - 1)).ok().unwrap();
+    queue.push_now(big(1)).ok().unwrap();
+    let sizes = |g: Vec<Batch>| g.iter().map(|b| b.ops.len()).collect::<Vec<_>>();
+    assert_eq!(sizes(queue.next_group().unwrap()), vec![MAX_GROUP_OPS + 10]);
+    assert_eq!(
+        sizes(queue.next_group().unwrap()),
+        vec![1, MAX_GROUP_OPS - 1]
+    );
+    assert_eq!(sizes(queue.next_group().unwrap()), vec![1]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// durability: reopen and crashes
+
+#[tokio::test]
+async fn reopen_after_clean_shutdown_keeps_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nested").join("data").join("parley.redb");
+    let mut record = conv("c1", "u", "a", 77);
+    record.last_seq = 3;
+    {
+        let store = Store::open(&path).unwrap();
+        let clone = store.clone();
+        let mut ops = vec![put(&record)];
+        ops.extend((1..=3).map(|seq| append_event("c1", seq)));
+        ops.extend((1..=2).map(|no| append_message("c1", no)));
+        ops.push(WriteOp::PutCheckpoint {
+            conversation: "c1".to_owned(),
+            data: Bytes::from_static(b"cp"),
+        });
+        store.write(ops).await.unwrap();
+        // Queued but not awaited: a clean shutdown still commits it.
+        let _ack = clone.submit(vec![append_event("c1", 4)]);
+        drop(store);
+        drop(clone); // the last handle: commits the queue, joins the writer, closes the file
+    }
+    {
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.get_conversation("c1").unwrap(), Some(record.clone()));
+        assert_eq!(store.last_seq("c1").unwrap(), 4);
+        assert_eq!(store.recent_messages("c1", 10).unwrap().len(), 2);
+        assert_eq!(
+            store.checkpoint("c1").unwrap(),
+            Some(Bytes::from_static(b"cp"))
+        );
+        assert_eq!(
+            ids(&store.list_conversations("u", Some("a"), 10, None).unwrap()),
+            vec!["c1"]
+        );
+        // And it takes writes again.
+        store.write(vec![append_event("c1", 5)]).await.unwrap();
+        store.shutdown();
+    }
+    let store = Store::open(&path).unwrap();
+    assert_eq!(store.last_seq("c1").unwrap(), 5);
+}
+
+/// One unsynced change to the simulated disk.
+#[derive(Debug, Clone)]
+enum Unsynced {
+    Write { offset: usize, data: Vec<u8> },
+    SetLen(usize),
+}
+
+impl Unsynced {
+    fn apply_to(&self, image: &mut Vec<u8>) {
+        match self {
+            Unsynced::Write { offset, data } => {
+                let end = offset + data.len();
+                if image.len() < end {
+                    image.resize(end, 0);
+                }
+                image[*offset..end].copy_from_slice(data);
+            }
+            Unsynced::SetLen(len) => image.resize(*len, 0),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Disk {
+    /// What the running process sees (the page cache).
+    live: Vec<u8>,
+    /// What has reached stable storage: the state after the last completed `sync_data`.
+    durable: Vec<u8>,
+    /// Changes since the last `sync_data`, in order.
+    unsynced: Vec<Unsynced>,
+    /// While true, `sync_data` blocks (a slow disk), counting itself in `held`.
+    hold: bool,
+    held: usize,
+}
+
+/// A simulated disk for redb: reads see every write at once, but only `sync_data` makes writes
+/// durable. A "crash" image is the durable bytes, optionally with some of the unsynced writes
+/// (each `write`/`set_len` call as one unit) that the OS might have written back on its own.
+/// Torn writes inside a single call are not modelled.
+#[derive(Debug, Clone, Default)]
+struct CrashDisk {
+    disk: Arc<(Mutex<Disk>, Condvar)>,
+}
+
+impl CrashDisk {
+    fn from_image(image: Vec<u8>) -> CrashDisk {
+        let disk = CrashDisk::default();
+        {
+            let mut d = disk.disk.0.lock().unwrap();
+            d.live = image.clone();
+            d.durable = image;
+        }
+        disk
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Disk> {
+        self.disk.0.lock().unwrap()
+    }
+
+    /// The bytes a power cut leaves right now: unsynced writes are all lost.
+    fn crash_image(&self) -> Vec<u8> {
+        self.lock().durable.clone()
+    }
+
+    /// The bytes a power cut leaves when the OS had written back the unsynced changes for which
+    /// `keep` says true.
+    fn torn_crash_image(&self, mut keep: impl FnMut() -> bool) -> Vec<u8> {
+        let d = self.lock();
+        let mut image = d.durable.clone();
+        for change in &d.unsynced {
+            if keep() {
+                change.apply_to(&mut image);
+            }
+        }
+        image
+    }
+
+    fn hold_syncs(&self) {
+        self.lock().hold = true;
+    }
+
+    fn release_syncs(&self) {
+        self.lock().hold = false;
+        self.disk.1.notify_all();
+    }
+
+    async fn wait_for_held_sync(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.lock().held == 0 {
+            assert!(Instant::now() < deadline, "no sync arrived");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+}
+
+fn io_error(message: &str) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::UnexpectedEof, message.to_owned())
+}
+
+impl StorageBackend for CrashDisk {
+    fn len(&self) -> Result<u64, std::io::Error> {
+        Ok(self.lock().live.len() as u64)
+    }
+
+    fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), std::io::Error> {
+        let d = self.lock();
+        let start = usize::try_from(offset).map_err(|_| io_error("offset"))?;
+        let source = d
+            .live
+            .get(start..start + out.len())
+            .ok_or_else(|| io_error("read past the end"))?;
+        out.copy_from_slice(source);
+        Ok(())
+    }
+
+    fn set_len(&self, len: u64) -> Result<(), std::io::Error> {
+        let len = usize::try_from(len).map_err(|_| io_error("len"))?;
+        let mut d = self.lock();
+        let change = Unsynced::SetLen(len);
+        change.apply_to(&mut d.live);
+        d.unsynced.push(change);
+        Ok(())
+    }
+
+    fn sync_data(&self) -> Result<(), std::io::Error> {
+        let mut d = self.lock();
+        if d.hold {
+            d.held += 1;
+            while d.hold {
+                d = self.disk.1.wait(d).unwrap();
+            }
+            d.held -= 1;
+        }
+        let changes = std::mem::take(&mut d.unsynced);
+        for change in &changes {
+            change.apply_to(&mut d.durable);
+        }
+        Ok(())
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) -> Result<(), std::io::Error> {
+        let offset = usize::try_from(offset).map_err(|_| io_error("offset"))?;
+        let mut d = self.lock();
+        let change = Unsynced::Write {
+            offset,
+            data: data.to_vec(),
+        };
+        change.apply_to(&mut d.live);
+        d.unsynced.push(change);
+        Ok(())
+    }
+}
+
+/// A small deterministic generator (xorshift64*), so that failures replay.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn coin(&mut self) -> bool {
+        self.next() & 1 == 1
+    }
+}
+
+const CRASH_CONVERSATIONS: u64 = 4;
+
+/// The batch that takes conversation `c` to `seq`: its event, a message every third seq, and the
+/// record that says how far it got. A batch is atomic, so record and log must always agree.
+fn crash_batch(c: u64, seq: u64) -> Vec<WriteOp> {
+    let id = format!("crash-{c}");
+    let mut record = conv(&id, "u", "a", seq as i64);
+    record.last_seq = seq;
+    record.message_count = seq / 3;
+    let mut ops = vec![append_event(&id, seq)];
+    if seq.is_multiple_of(3) {
+        ops.push(append_message(&id, seq / 3));
+    }
+    ops.push(put(&record));
+    ops
+}
+
+/// Checks a store reopened from a crash image: every acknowledged batch is there, each
+/// conversation's log is a gap-free prefix, and each record agrees with its log.
+async fn check_recovered(image: Vec<u8>, acked: &[u64], what: &str) {
+    let store = Store::open_with_backend(CrashDisk::from_image(image))
+        .unwrap_or_else(|e| panic!("{what}: the crash image does not open: {e}"));
+    for c in 0..CRASH_CONVERSATIONS {
+        let id = format!("crash-{c}");
+        let events = store.events_since(&id, 0, 100_000).unwrap();
+        let n = events.len() as u64;
+        assert!(
+            n >= acked[c as usize],
+            "{what}: {id} lost acknowledged events ({n} < {})",
+            acked[c as usize]
+        );
+        for (i, (seq, json)) in events.iter().enumerate() {
+            assert_eq!(*seq, i as u64 + 1, "{what}: {id} has a gap");
+            assert_eq!(json, &event_json(&id, *seq), "{what}: {id} event {seq}");
+        }
+        match store.get_conversation(&id).unwrap() {
+            Some(record) => assert_eq!(record.last_seq, n, "{what}: {id} record vs log"),
+            None => assert_eq!(n, 0, "{what}: {id} log without record"),
+        }
+        assert_eq!(
+            store.messages(&id, None, 100_000).unwrap().len() as u64,
+            n / 3,
+            "{what}: {id} messages"
+        );
+    }
+    // The recovered store takes writes and lists consistently.
+    store.write(crash_batch(99, 1)).await.unwrap();
+    let listed = store.list_conversations("u", None, 100, None).unwrap();
+    let distinct: BTreeSet<String> = ids(&listed).into_iter().collect();
+    assert_eq!(
+        distinct.len(),
+        listed.items.len(),
+        "{what}: duplicate listing"
+    );
+    store.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_writes_survive_a_crash() {
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    for crash_after in [1usize, 5, 23, 80, 170] {
+        let disk = CrashDisk::default();
+        let store = Store::open_with_backend(disk.clone()).unwrap();
+
+        // Pipelined writers: up to 16 batches in flight, round-robin over the conversations.
+        let mut next_seq = vec![1u64; CRASH_CONVERSATIONS as usize];
+        let mut in_flight: std::collections::VecDeque<(u64, u64, Ack)> = Default::default();
+        let mut acked = vec![0u64; CRASH_CONVERSATIONS as usize];
+        let mut acks = 0usize;
+        let mut turn = 0u64;
+        while acks < crash_after {
+            while in_flight.len() < 16 {
+                let c = turn % CRASH_CONVERSATIONS;
+                turn += 1;
+                let seq = next_seq[c as usize];
+                next_seq[c as usize] += 1;
+                in_flight.push_back((c, seq, store.submit(crash_batch(c, seq))));
+            }
+            let (c, seq, ack) = in_flight.pop_front().unwrap();
+            ack.await.unwrap();
+            acked[c as usize] = acked[c as usize].max(seq);
+            acks += 1;
+        }
+        // Power cut in the middle of a commit: hold the next fsync, make sure a commit is under
+        // way (new batches behind the ones in flight), and take the images while it waits.
+        disk.hold_syncs();
+        for c in 0..CRASH_CONVERSATIONS {
+            let seq = next_seq[c as usize];
+            next_seq[c as usize] += 1;
+            in_flight.push_back((c, seq, store.submit(crash_batch(c, seq))));
+        }
+        disk.wait_for_held_sync().await;
+        let unsynced = disk.lock().unsynced.len();
+        assert!(unsynced > 0, "the held commit has written nothing");
+        let lost_all = disk.crash_image();
+        // Also: the OS wrote back everything unsynced (the commit's fsync just did not return),
+        // and random subsets of it.
+        let mut torn = vec![disk.torn_crash_image(|| true)];
+        torn.extend((0..4).map(|_| disk.torn_crash_image(|| rng.coin())));
+        disk.release_syncs();
+
+        check_recovered(lost_all, &acked, &format!("crash after {crash_after} acks")).await;
+        for (i, image) in torn.into_iter().enumerate() {
+            let what = format!("torn crash {i} after {crash_after} acks");
+            check_recovered(image, &acked, &what).await;
+        }
+        drop(in_flight);
+        store.shutdown();
+    }
+}
+
+#[tokio::test]
+async fn a_crash_image_taken_after_each_sync_is_consistent() {
+    // Crash at every point the writer can stop between two fsyncs: after each ack.
+    let disk = CrashDisk::default();
+    let store = Store::open_with_backend(disk.clone()).unwrap();
+    let mut acked = vec![0u64; CRASH_CONVERSATIONS as usize];
+    for seq in 1..=6 {
+        for c in 0..CRASH_CONVERSATIONS {
+            store.write(crash_batch(c, seq)).await.unwrap();
+            acked[c as usize] = seq;
+            let what = format!("after conversation {c} seq {seq}");
+            check_recovered(disk.crash_image(), &acked, &what).await;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// timing
+
+/// `cargo test --release --lib store::tests::bench_group_commit -- --ignored --nocapture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "timing print, not a test"]
+async fn bench_group_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("bench.redb")).unwrap();
+
+    let n = 300u64;
+    let started = Instant::now();
+    for seq in 1..=n {
+        store
+            .write(vec![append_event("single", seq)])
+            .await
+            .unwrap();
+    }
+    let single = started.elapsed();
+    println!(
+        "one batch per commit: {n} durable commits in {single:?} = {:.0} commits/s",
+        n as f64 / single.as_secs_f64()
+    );
+
+    let before = store.stats();
+    let batches = 20_000u64;
+    let conversations = 200u64;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..conversations {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let id = format!("grouped-{c}");
+            let per = batches / conversations;
+            let mut acks = Vec::new();
+            for seq in 1..=per {
+                acks.push(store.submit(vec![append_event(&id, seq)]));
+                if acks.len() == 10 {
+                    for ack in acks.drain(..) {
+                        ack.await.unwrap();
+                    }
+                }
+            }
+            for ack in acks {
+                ack.await.unwrap();
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let grouped = started.elapsed();
+    let after = store.stats();
+    let commits = after.commits - before.commits;
+    println!(
+        "grouped: {batches} durable batches from {conversations} writers in {grouped:?} = \
+         {:.0} batches/s, {commits} commits ({:.1} batches per commit, {:.2} ms per commit)",
+        batches as f64 / grouped.as_secs_f64(),
+        batches as f64 / commits as f64,
+        (after.commit_time - before.commit_time).as_secs_f64() * 1000.0 / commits as f64,
+    );
+}
