@@ -10,7 +10,8 @@
 //! with the same key, so endpoints that change things should deduplicate on it) and, with a body,
 //! `Content-Type: application/json` unless the tool sets its own. The whole exchange (connect,
 //! send, read) is bounded by `timeoutSeconds` (default 30) and the response body by
-//! [`super::MAX_RESPONSE_BYTES`]; cancelling the run drops the request.
+//! [`super::MAX_RESPONSE_BYTES`]; cancelling the run drops the request. Redirects are followed
+//! only to the same host (see [`super::Tools::new`]), so credentials in headers stay there.
 //!
 //! Error messages name the method, host and status and quote the start of the response body,
 //! never a header value nor the URL's path and query (either may hold a secret); header values
@@ -18,7 +19,7 @@
 
 use std::time::{Duration, Instant};
 
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, LOCATION};
 use reqwest::{Client, Method, Response, StatusCode, Url};
 use serde_json::{json, Value};
 
@@ -166,6 +167,23 @@ async fn exchange(client: &Client, p: Prepared, max_bytes: usize) -> Result<Valu
         .await
         .map_err(|e| send_error(e, &p.method, &p.host))?;
     let status = resp.status();
+    if status.is_redirection() {
+        let to = resp
+            .headers()
+            .get(LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|l| resp.url().join(l).ok())
+            .map(|u| host_label(&u));
+        if let Some(to) = to.filter(|to| *to != host_label(resp.url())) {
+            return Err(format!(
+                "HTTP {} from {}: redirects to another host ({to}), which is not followed so \
+                 the tool's headers are not sent there; point the tool's URL at {to} if it is \
+                 trusted",
+                status_text(status),
+                p.host
+            ));
+        }
+    }
     if !status.is_success() {
         let quoted = read_prefix(resp, ERROR_BODY_READ).await;
         return Err(status_error(
@@ -271,11 +289,7 @@ fn status_error(
     body: &[u8],
     secrets: &[String],
 ) -> String {
-    let code = match status.canonical_reason() {
-        Some(reason) => format!("{} {reason}", status.as_u16()),
-        None => status.as_u16().to_string(),
-    };
-    let mut msg = format!("HTTP {code} from {host}");
+    let mut msg = format!("HTTP {} from {host}", status_text(status));
     let quote = quote_body(body, secrets);
     if !quote.is_empty() {
         msg.push_str(": ");
@@ -298,6 +312,14 @@ fn status_error(
         msg.push_str(&format!(" ({hint})"));
     }
     msg
+}
+
+/// `404 Not Found`, or just the code when it has no standard reason.
+fn status_text(status: StatusCode) -> String {
+    match status.canonical_reason() {
+        Some(reason) => format!("{} {reason}", status.as_u16()),
+        None => status.as_u16().to_string(),
+    }
 }
 
 /// The start of a body on one line, with header values scrubbed out.

@@ -26,6 +26,9 @@ use crate::engine::{ToolCallCtx, ToolRunner};
 
 pub use http::DEFAULT_TIMEOUT_SECONDS;
 
+/// Redirects an `http` tool follows (same host only).
+pub const MAX_REDIRECTS: usize = 5;
+
 /// Largest response body an `http` tool accepts (1 MiB).
 pub const MAX_RESPONSE_BYTES: usize = 1 << 20;
 
@@ -38,9 +41,27 @@ pub struct Tools {
 
 impl Tools {
     /// A runner with its own HTTP client (fails only if the TLS backend cannot start).
+    ///
+    /// The client follows at most [`MAX_REDIRECTS`] redirects, and only to the same host and
+    /// port: a tool's headers often carry credentials, and a redirect elsewhere would hand them
+    /// to another server. A redirect it does not follow fails the call, naming the new host.
     pub fn new() -> Result<Self, reqwest::Error> {
+        let policy = reqwest::redirect::Policy::custom(|attempt| {
+            let same_origin = attempt.previous().first().is_none_or(|first| {
+                first.host_str() == attempt.url().host_str()
+                    && first.port_or_known_default() == attempt.url().port_or_known_default()
+            });
+            if attempt.previous().len() > MAX_REDIRECTS {
+                attempt.error(format!("more than {MAX_REDIRECTS} redirects"))
+            } else if same_origin {
+                attempt.follow()
+            } else {
+                attempt.stop()
+            }
+        });
         let client = reqwest::Client::builder()
             .user_agent(concat!("parley/", env!("CARGO_PKG_VERSION")))
+            .redirect(policy)
             .build()?;
         Ok(Self::with_client(client))
     }
