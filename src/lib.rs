@@ -10,3 +10,4 @@ pub mod llm;
 pub mod schema;
 pub mod store;
 pub mod template;
+pub mod tools;
