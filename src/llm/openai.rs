@@ -82,7 +82,14 @@ impl std::fmt::Debug for OpenAiProvider {
             .field("name", &self.name)
             .field("endpoint", &self.endpoint.as_str())
             .field("model", &self.model)
-            .field("api_key", &if self.auth.is_some() { "<set>" } else { "<none>" })
+            .field(
+                "api_key",
+                &if self.auth.is_some() {
+                    "<set>"
+                } else {
+                    "<none>"
+                },
+            )
             .field("timeout", &self.timeout)
             .field("max_retries", &self.max_retries)
             .field("json_schema", &self.json_schema)
@@ -292,9 +299,9 @@ impl OpenAiProvider {
             ))),
             429 => {
                 let err = LlmError::RateLimited(msg);
-                if detail.is_quota() {
-                    Failure::fatal(err)
-                } else if retry_after.is_some_and(|d| d > MAX_RETRY_AFTER) {
+                // An exhausted quota does not come back by waiting; nor is a long
+                // Retry-After worth blocking on.
+                if detail.is_quota() || retry_after.is_some_and(|d| d > MAX_RETRY_AFTER) {
                     Failure::fatal(err)
                 } else {
                     Failure {
@@ -715,7 +722,12 @@ impl Accumulator {
             // No index (some servers): a new id starts a new call, otherwise it continues the
             // call at this position, or the latest one.
             None => match &piece.id {
-                Some(id) if !self.calls.iter().any(|c| c.id.as_deref() == Some(id.as_str())) => {
+                Some(id)
+                    if !self
+                        .calls
+                        .iter()
+                        .any(|c| c.id.as_deref() == Some(id.as_str())) =>
+                {
                     self.calls.iter().map(|c| c.index + 1).max().unwrap_or(0)
                 }
                 Some(id) => self
@@ -823,8 +835,7 @@ impl Accumulator {
             return self.finish();
         }
         Err(LlmError::Protocol(
-            "stream ended early, before [DONE] or a finish_reason: the answer is incomplete"
-                .into(),
+            "stream ended early, before [DONE] or a finish_reason: the answer is incomplete".into(),
         ))
     }
 }
@@ -870,7 +881,9 @@ impl ErrorDetail {
                 ..Default::default()
             },
             _ => ErrorDetail {
-                message: text("message").or_else(|| text("detail")).or_else(|| text("error")),
+                message: text("message")
+                    .or_else(|| text("detail"))
+                    .or_else(|| text("error")),
                 code: text("code"),
                 kind: text("type"),
                 raw: clip(&v.to_string(), MAX_QUOTED),
@@ -1249,7 +1262,8 @@ mod tests {
         assert!(matches!(r, Err(LlmError::Refused(m)) if m.contains("content policy")));
 
         // A finish reason without [DONE] is a complete answer.
-        let (mut acc, r) = feed_all(&[r#"{"choices":[{"delta":{"content":"x"},"finish_reason":"length"}]}"#]);
+        let (mut acc, r) =
+            feed_all(&[r#"{"choices":[{"delta":{"content":"x"},"finish_reason":"length"}]}"#]);
         r.unwrap();
         acc.end_of_stream().unwrap();
         assert!(matches!(
@@ -1343,13 +1357,16 @@ mod tests {
 
     #[test]
     fn error_bodies() {
-        let d = ErrorDetail::parse(r#"{"error":"model \"llama9\" not found, try pulling it first"}"#);
+        let d =
+            ErrorDetail::parse(r#"{"error":"model \"llama9\" not found, try pulling it first"}"#);
         assert!(d.is_model_not_found());
         let d = ErrorDetail::parse(
             r#"{"error":{"message":"You exceeded your current quota","type":"insufficient_quota","code":"insufficient_quota"}}"#,
         );
         assert!(d.is_quota());
-        assert!(d.describe(StatusCode::TOO_MANY_REQUESTS).contains("exceeded"));
+        assert!(d
+            .describe(StatusCode::TOO_MANY_REQUESTS)
+            .contains("exceeded"));
         let d = ErrorDetail::parse("<html>oops</html>");
         assert!(d.describe_plain().contains("oops"));
     }
