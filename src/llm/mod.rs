@@ -226,4 +226,69 @@ impl LlmRegistry {
     pub fn is_builtin(&self, name: &str) -> bool {
         self.providers.get(name).is_some_and(|p| p.is_builtin())
     }
+
+    /// One provider per `[llm.<name>]` section: the built-in model or an OpenAI-compatible
+    /// endpoint. Fails on a section that cannot be used (e.g. a `base_url` that is not a URL).
+    pub fn from_config(cfg: &BTreeMap<String, crate::config::LlmConfig>) -> Result<Self, LlmError> {
+        let mut reg = Self::new();
+        for (name, c) in cfg {
+            let p: Arc<dyn LlmProvider> = match c.provider {
+                crate::config::LlmProviderKind::Builtin => {
+                    Arc::new(builtin::BuiltinModel::from_config(c))
+                }
+                crate::config::LlmProviderKind::Openai => {
+                    Arc::new(openai::OpenAiProvider::from_config(name, c)?)
+                }
+            };
+            tracing::debug!(llm = %name, builtin = p.is_builtin(), "model provider ready");
+            reg.insert(name.clone(), p);
+        }
+        Ok(reg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{LlmConfig, LlmProviderKind};
+
+    fn section(provider: LlmProviderKind, base_url: Option<&str>) -> LlmConfig {
+        LlmConfig {
+            provider,
+            base_url: base_url.map(str::to_string),
+            model: Some("m".into()),
+            api_key_env: None,
+            temperature: None,
+            max_tokens: None,
+            timeout_seconds: 5,
+            max_concurrency: 1,
+            max_retries: 0,
+            json_schema: false,
+            pace_ms: 0,
+        }
+    }
+
+    #[test]
+    fn registry_from_config() {
+        let mut cfg = BTreeMap::new();
+        cfg.insert(
+            "default".to_string(),
+            section(LlmProviderKind::Builtin, None),
+        );
+        cfg.insert(
+            "local".to_string(),
+            section(LlmProviderKind::Openai, Some("http://127.0.0.1:11434/v1")),
+        );
+        let reg = LlmRegistry::from_config(&cfg).unwrap();
+        assert_eq!(reg.names().collect::<Vec<_>>(), vec!["default", "local"]);
+        assert!(reg.is_builtin("default"));
+        assert!(!reg.is_builtin("local"));
+        assert!(matches!(reg.get("nope"), Err(LlmError::NotConfigured(_))));
+
+        cfg.insert(
+            "broken".to_string(),
+            section(LlmProviderKind::Openai, Some("not a url")),
+        );
+        assert!(LlmRegistry::from_config(&cfg).is_err());
+    }
 }
