@@ -4,10 +4,15 @@
 
 pub mod assistant;
 pub mod config;
+pub mod conversation;
 pub mod engine;
 pub mod error;
+pub mod gateway;
 pub mod llm;
+pub mod metrics;
 pub mod schema;
+pub mod server;
+pub mod services;
 pub mod store;
 pub mod template;
 pub mod tools;

@@ -1,1 +1,161 @@
-fn main() {}
+//! The `parley` command: `serve` (the default), `validate`, `token new`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use parley::config::{Config, Overrides};
+
+#[derive(Parser)]
+#[command(
+    name = "parley",
+    version,
+    about = "Runs AI assistants as durable processes"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(clap::Args, Clone, Default)]
+struct ServeArgs {
+    /// Config file merged over the embedded defaults.
+    #[arg(long, env = "PARLEY_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    /// Address to listen on, e.g. 127.0.0.1:8080.
+    #[arg(long, env = "PARLEY_LISTEN", global = true)]
+    listen: Option<String>,
+    /// Where the redb file lives.
+    #[arg(long, env = "PARLEY_DATA_DIR", global = true)]
+    data_dir: Option<PathBuf>,
+    /// Where the assistant definitions are.
+    #[arg(long, env = "PARLEY_ASSISTANTS_DIR", global = true)]
+    assistants_dir: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (the default).
+    Serve,
+    /// Check assistant definitions; exits non-zero on any error.
+    Validate {
+        /// The directory (default: the configured assistants dir).
+        dir: Option<PathBuf>,
+    },
+    /// Manage bearer tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Print a new token for USER and the config line that accepts it.
+    New { user: String },
+}
+
+fn load_config(a: &ServeArgs) -> Result<Config, String> {
+    let o = Overrides {
+        listen: a.listen.clone(),
+        data_dir: a.data_dir.clone(),
+        assistants_dir: a.assistants_dir.clone(),
+    };
+    Config::load(a.config.as_deref(), &o).map_err(|e| e.to_string())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,actix_server=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => serve(cli.serve),
+        Command::Validate { dir } => validate(cli.serve, dir),
+        Command::Token {
+            command: TokenCommand::New { user },
+        } => {
+            let token = parley::gateway::auth::new_token();
+            println!("token for {user}: {token}");
+            println!(
+                "add to config.toml:\n[[auth.tokens]]\nuser = \"{user}\"\nsha256 = \"{}\"",
+                parley::gateway::auth::hash_token(&token)
+            );
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+fn validate(args: ServeArgs, dir: Option<PathBuf>) -> ExitCode {
+    let mut config = match load_config(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Some(d) = dir {
+        config.assistants.dir = d;
+    }
+    match parley::server::load_catalog(&config) {
+        Ok(catalog) => {
+            for a in catalog.iter() {
+                let kind = if a.automated {
+                    "automated"
+                } else {
+                    "interactive"
+                };
+                println!("ok  {} ({kind}, {} nodes)", a.id, a.nodes.len());
+            }
+            println!(
+                "{} assistant(s) valid in {}",
+                catalog.len(),
+                config.assistants.dir.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(args: ServeArgs) -> ExitCode {
+    let config = match load_config(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = actix_web::rt::System::new().block_on(async move {
+        if config.auth.mode == parley::config::AuthMode::None {
+            tracing::info!("auth.mode = \"none\": every caller is the user 'local'; listening on loopback only");
+        }
+        let services = parley::server::build(config).await?;
+        if services.builtin_model() {
+            tracing::info!("the default LLM is the built-in offline model");
+        }
+        let running = parley::server::start(services.clone())?;
+        tracing::info!("Parley listening on http://{} (demo page at /)", running.addr);
+        let server = running.server;
+        server.await?;
+        let _ = services.store.flush().await;
+        tracing::info!("stopped cleanly");
+        anyhow::Ok(())
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -333,8 +333,10 @@ pub struct PageActionNode {
 }
 
 /// A tool an `agent` or `function` node can call.
+///
+/// (No `deny_unknown_fields` here: serde cannot combine it with the flattened `kind`.)
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct ToolSpec {
     #[serde(default)]
     pub description: Option<String>,

@@ -1,0 +1,518 @@
+//! `GET /ws`: one WebSocket session per connection (actix-ws).
+//!
+//! The session is one task: it reads client frames, answers each with exactly one `ack` or
+//! `error`, forwards events from its bounded outbound queue, pings, and closes a socket that is
+//! silent for three heartbeats or that the actors flagged as too slow (close code 4008: come
+//! back with `since`). Replay on `subscribe{since}` reads the stored events up to the actor's
+//! durable mark at subscription time; live events after it come through the queue; a per
+//! conversation `last sent seq` drops anything already sent, so the hand-over has no gap and
+//! no duplicate. Closing a socket unsubscribes it and never cancels a run.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::Addr;
+use actix_web::{web, HttpRequest, HttpResponse};
+use actix_ws::{AggregatedMessage, CloseCode, CloseReason, Session};
+use bytestring::ByteString;
+use futures_util::StreamExt;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::auth::{self, User};
+use crate::conversation::{msg, Conversation, Outbound, Subscriber};
+use crate::error::{ApiError, ErrorCode};
+use crate::services::Services;
+
+static NEXT_SOCKET: AtomicU64 = AtomicU64::new(1);
+
+/// Close code for a socket that fell too far behind.
+pub const CLOSE_TOO_SLOW: u16 = 4008;
+/// Events replayed per store read.
+const REPLAY_PAGE: usize = 512;
+
+/// A client frame (CONTRACT §2). `id` is read separately so errors can echo it.
+#[derive(Debug, Deserialize)]
+#[serde(
+    tag = "type",
+    rename_all = "lowercase",
+    rename_all_fields = "camelCase"
+)]
+enum ClientFrame {
+    Send {
+        content: String,
+        #[serde(default)]
+        assistant: Option<String>,
+        #[serde(default)]
+        conversation_id: Option<String>,
+        #[serde(default)]
+        new_conversation: bool,
+        #[serde(default)]
+        args: Option<Value>,
+    },
+    Resume {
+        conversation_id: String,
+        interrupt_id: String,
+        #[serde(default)]
+        action: Option<String>,
+        #[serde(default)]
+        value: Value,
+    },
+    Subscribe {
+        conversation_id: String,
+        #[serde(default)]
+        since: u64,
+    },
+    Unsubscribe {
+        conversation_id: String,
+    },
+    Cancel {
+        conversation_id: String,
+    },
+    Auth {
+        token: String,
+    },
+}
+
+pub async fn handshake(
+    req: HttpRequest,
+    body: web::Payload,
+    svc: web::Data<Arc<Services>>,
+) -> Result<HttpResponse, actix_web::Error> {
+    let cfg = &svc.config;
+    if !auth::origin_allowed(&cfg.auth, &req) {
+        return Err(ApiError::new(
+            ErrorCode::Forbidden,
+            "this page's origin may not open the WebSocket",
+        )
+        .into());
+    }
+    let user = auth::authenticate_optional(&cfg.auth, &req)?;
+    let (response, session, stream) = actix_ws::handle(&req, body)?;
+    let stream = stream
+        .max_frame_size(cfg.server.max_frame_bytes)
+        .aggregate_continuations()
+        .max_continuation_size(cfg.server.max_frame_bytes);
+    let svc = svc.get_ref().clone();
+    actix_web::rt::spawn(async move {
+        svc.metrics.open_sockets.fetch_add(1, Relaxed);
+        let mut s = SocketSession::new(svc.clone(), session, user);
+        s.run(stream).await;
+        s.cleanup();
+        svc.metrics.open_sockets.fetch_sub(1, Relaxed);
+    });
+    Ok(response)
+}
+
+struct Sub {
+    addr: Addr<Conversation>,
+    last_sent: u64,
+}
+
+struct SocketSession {
+    svc: Arc<Services>,
+    session: Session,
+    user: Option<User>,
+    subscriber: Subscriber,
+    rx: Option<mpsc::Receiver<Outbound>>,
+    subs: HashMap<Arc<str>, Sub>,
+    last_seen: Instant,
+    closed: bool,
+}
+
+impl SocketSession {
+    fn new(svc: Arc<Services>, session: Session, user: Option<User>) -> Self {
+        let (tx, rx) = mpsc::channel(svc.config.server.socket_outbound_buffer.max(16));
+        let subscriber = Subscriber {
+            id: NEXT_SOCKET.fetch_add(1, Relaxed),
+            tx,
+            slow: CancellationToken::new(),
+        };
+        SocketSession {
+            svc,
+            session,
+            user,
+            subscriber,
+            rx: Some(rx),
+            subs: HashMap::new(),
+            last_seen: Instant::now(),
+            closed: false,
+        }
+    }
+
+    async fn run(&mut self, mut stream: actix_ws::AggregatedMessageStream) {
+        let Some(mut rx) = self.rx.take() else { return };
+        let beat = Duration::from_secs(self.svc.config.server.heartbeat_seconds.max(1));
+        let mut ticker = tokio::time::interval(beat);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let slow = self.subscriber.slow.clone();
+        while !self.closed {
+            tokio::select! {
+                m = stream.next() => {
+                    self.last_seen = Instant::now();
+                    match m {
+                        Some(Ok(AggregatedMessage::Text(t))) => self.on_text(&t).await,
+                        Some(Ok(AggregatedMessage::Binary(_))) => {
+                            self.send_error(None, &ApiError::bad_request("binary frames are not supported; send JSON text frames")).await;
+                        }
+                        Some(Ok(AggregatedMessage::Ping(p))) => {
+                            if self.session.pong(&p).await.is_err() { break; }
+                        }
+                        Some(Ok(AggregatedMessage::Pong(_))) => {}
+                        Some(Ok(AggregatedMessage::Close(_))) | None => break,
+                        Some(Err(e)) => {
+                            // Protocol errors (e.g. an oversized frame) end the connection.
+                            let reason = match e {
+                                actix_ws::ProtocolError::Overflow => "frame too large (payload_too_large)".to_string(),
+                                other => format!("protocol error: {other}"),
+                            };
+                            let _ = self.session.clone().close(Some(CloseReason { code: CloseCode::Size, description: Some(reason) })).await;
+                            self.closed = true;
+                        }
+                    }
+                }
+                Some(out) = rx.recv() => self.forward(out).await,
+                _ = ticker.tick() => {
+                    if self.last_seen.elapsed() > beat * 3 {
+                        let _ = self.session.clone().close(Some(CloseReason { code: CloseCode::Away, description: Some("no heartbeat".into()) })).await;
+                        break;
+                    }
+                    if self.session.ping(b"").await.is_err() { break; }
+                }
+                _ = slow.cancelled() => {
+                    let _ = self.session.clone().close(Some(CloseReason {
+                        code: CloseCode::Other(CLOSE_TOO_SLOW),
+                        description: Some("too slow: events piled up; reconnect and subscribe with since".into()),
+                    })).await;
+                    break;
+                }
+            }
+        }
+    }
+
+    fn cleanup(&mut self) {
+        for sub in self.subs.values() {
+            sub.addr.do_send(msg::Unsubscribe {
+                subscriber_id: self.subscriber.id,
+            });
+        }
+        self.subs.clear();
+    }
+
+    async fn forward(&mut self, out: Outbound) {
+        let Some(sub) = self.subs.get_mut(&out.conversation) else {
+            return;
+        };
+        if out.seq <= sub.last_sent {
+            return;
+        }
+        sub.last_sent = out.seq;
+        self.send_bytes(out.frame).await;
+    }
+
+    async fn send_bytes(&mut self, b: bytes::Bytes) {
+        match ByteString::try_from(b) {
+            Ok(s) => {
+                if self.session.text(s).await.is_err() {
+                    self.closed = true;
+                }
+            }
+            Err(_) => tracing::error!("dropping a frame that is not UTF-8"),
+        }
+    }
+
+    async fn send_json(&mut self, v: Value) {
+        if self.session.text(v.to_string()).await.is_err() {
+            self.closed = true;
+        }
+    }
+
+    async fn send_error(&mut self, id: Option<Value>, e: &ApiError) {
+        let mut f = json!({"type": "error", "id": id, "code": e.code, "message": e.message});
+        if let Some(d) = &e.details {
+            f["details"] = d.clone();
+        }
+        self.send_json(f).await;
+    }
+
+    async fn on_text(&mut self, text: &str) {
+        let raw: Value = match serde_json::from_str(text) {
+            Ok(v) => v,
+            Err(e) => {
+                self.send_error(
+                    None,
+                    &ApiError::bad_request(format!("the frame is not valid JSON: {e}")),
+                )
+                .await;
+                return;
+            }
+        };
+        let id = raw.get("id").cloned();
+        if !raw.is_object() {
+            self.send_error(
+                id,
+                &ApiError::bad_request("a frame must be a JSON object with a 'type'"),
+            )
+            .await;
+            return;
+        }
+        let frame: ClientFrame = match serde_json::from_value(raw) {
+            Ok(f) => f,
+            Err(e) => {
+                let msg = format!(
+                    "bad frame: {e} (types: send, resume, subscribe, unsubscribe, cancel, auth)"
+                );
+                self.send_error(id, &ApiError::bad_request(msg)).await;
+                return;
+            }
+        };
+        let idempotent = matches!(frame, ClientFrame::Send { .. } | ClientFrame::Resume { .. });
+        let user = self.user.as_ref().map(|u| u.0.clone());
+        if let (true, Some(u), Some(fid)) = (idempotent, &user, &id) {
+            if let Some(ack) = self.svc.frame_acks.get(u, fid) {
+                // A retried frame: the original answer, nothing applied again.
+                self.send_json(ack).await;
+                return;
+            }
+        }
+        match self.handle(frame).await {
+            Ok(mut ack) => {
+                ack["type"] = json!("ack");
+                ack["id"] = id.clone().unwrap_or(Value::Null);
+                if let (true, Some(u), Some(fid)) = (idempotent, &user, &id) {
+                    self.svc.frame_acks.put(u, fid, ack.clone());
+                }
+                self.send_json(ack).await;
+            }
+            Err(e) => self.send_error(id, &e).await,
+        }
+    }
+
+    fn user(&self) -> Result<String, ApiError> {
+        self.user.as_ref().map(|u| u.0.clone()).ok_or_else(|| {
+            ApiError::new(ErrorCode::Unauthorized, "authenticate first: send {\"type\":\"auth\",\"token\":\"…\"} or an Authorization header")
+        })
+    }
+
+    fn limits(&self, content: &str, args: &Option<Value>) -> Result<(), ApiError> {
+        let s = &self.svc.config.server;
+        if content.chars().count() > s.max_message_chars {
+            return Err(ApiError::new(
+                ErrorCode::PayloadTooLarge,
+                format!(
+                    "the message is longer than {} characters",
+                    s.max_message_chars
+                ),
+            ));
+        }
+        if let Some(a) = args {
+            if a.to_string().len() > s.max_args_bytes {
+                return Err(ApiError::new(
+                    ErrorCode::PayloadTooLarge,
+                    format!("args are larger than {} bytes", s.max_args_bytes),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn conversation(&self, id: &str) -> Result<Addr<Conversation>, ApiError> {
+        if let Some(s) = self.subs.get(id) {
+            if s.addr.connected() {
+                return Ok(s.addr.clone());
+            }
+        }
+        self.svc.registry.get(&self.svc, id)
+    }
+
+    fn track(
+        &mut self,
+        id: &str,
+        addr: Addr<Conversation>,
+        last_sent: u64,
+    ) -> Result<(), ApiError> {
+        if let Some(s) = self.subs.get_mut(id) {
+            s.addr = addr;
+            return Ok(());
+        }
+        if self.subs.len() >= self.svc.config.server.max_subscriptions_per_socket {
+            return Err(ApiError::new(
+                ErrorCode::PayloadTooLarge,
+                "this socket follows too many conversations; unsubscribe some first",
+            ));
+        }
+        self.subs.insert(Arc::from(id), Sub { addr, last_sent });
+        Ok(())
+    }
+
+    async fn handle(&mut self, frame: ClientFrame) -> Result<Value, ApiError> {
+        if let ClientFrame::Auth { token } = &frame {
+            let cfg = &self.svc.config.auth;
+            if cfg.mode == crate::config::AuthMode::None {
+                return Ok(json!({"user": auth::LOCAL_USER}));
+            }
+            let u = auth::user_for_token(cfg, token)
+                .ok_or_else(|| ApiError::new(ErrorCode::Unauthorized, "unknown token"))?;
+            if self.user.as_ref().is_some_and(|x| x != &u) {
+                return Err(ApiError::new(
+                    ErrorCode::Forbidden,
+                    "this socket is already authenticated as another user",
+                ));
+            }
+            let name = u.0.clone();
+            self.user = Some(u);
+            return Ok(json!({"user": name}));
+        }
+        let owner = self.user()?;
+        match frame {
+            ClientFrame::Auth { .. } => Ok(json!({})),
+            ClientFrame::Send {
+                content,
+                assistant,
+                conversation_id,
+                new_conversation,
+                args,
+            } => {
+                self.limits(&content, &args)?;
+                let existing = conversation_id.filter(|_| !new_conversation);
+                let (id, addr) = match existing {
+                    Some(id) => {
+                        let addr = self.conversation(&id)?;
+                        (id, addr)
+                    }
+                    None => {
+                        let name = assistant.ok_or_else(|| {
+                            ApiError::bad_request("'assistant' is required to start a conversation")
+                        })?;
+                        let a = self.svc.catalog.get(&name).ok_or_else(|| {
+                            ApiError::new(
+                                ErrorCode::UnknownAssistant,
+                                format!("there is no assistant '{name}'"),
+                            )
+                        })?;
+                        // Refuse bad args before a conversation exists.
+                        a.check_args(args.as_ref())?;
+                        self.svc.registry.create(&self.svc, &owner, &name)?
+                    }
+                };
+                let first = !self.subs.contains_key(id.as_str());
+                let subscriber = first.then(|| self.subscriber.clone());
+                let m = msg::Send {
+                    owner,
+                    content,
+                    args,
+                    subscriber,
+                    report: None,
+                };
+                let accepted = match addr.send(m).await {
+                    Ok(r) => r?,
+                    Err(_) => {
+                        return Err(ApiError::internal("the conversation stopped; send again"))
+                    }
+                };
+                if first {
+                    self.track(&id, addr, 0)?;
+                }
+                Ok(json!({"conversationId": accepted.conversation_id, "runId": accepted.run_id}))
+            }
+            ClientFrame::Resume {
+                conversation_id,
+                interrupt_id,
+                action,
+                value,
+            } => {
+                let addr = self.conversation(&conversation_id)?;
+                let accepted = addr
+                    .send(msg::Resume {
+                        owner,
+                        interrupt_id,
+                        action,
+                        value,
+                    })
+                    .await
+                    .map_err(|_| ApiError::internal("the conversation stopped; resume again"))??;
+                Ok(json!({"conversationId": accepted.conversation_id, "runId": accepted.run_id}))
+            }
+            ClientFrame::Subscribe {
+                conversation_id,
+                since,
+            } => {
+                let addr = self.conversation(&conversation_id)?;
+                let high = addr
+                    .send(msg::Subscribe {
+                        owner,
+                        subscriber: self.subscriber.clone(),
+                    })
+                    .await
+                    .map_err(|_| {
+                        ApiError::internal("the conversation stopped; subscribe again")
+                    })??;
+                let known = self.subs.get(conversation_id.as_str()).map(|s| s.last_sent);
+                self.track(&conversation_id, addr, high.max(since))?;
+                if let (Some(k), Some(s)) = (known, self.subs.get_mut(conversation_id.as_str())) {
+                    // Already following live: keep the newest position (no duplicates).
+                    s.last_sent = s.last_sent.max(k);
+                }
+                self.replay(&conversation_id, since, high).await?;
+                Ok(json!({"conversationId": conversation_id, "lastSeq": high}))
+            }
+            ClientFrame::Unsubscribe { conversation_id } => {
+                if let Some(sub) = self.subs.remove(conversation_id.as_str()) {
+                    sub.addr.do_send(msg::Unsubscribe {
+                        subscriber_id: self.subscriber.id,
+                    });
+                } else {
+                    // Not following it: still refuse what is not this user's.
+                    let rec = self
+                        .svc
+                        .store
+                        .get_conversation(&conversation_id)
+                        .map_err(|e| ApiError::internal(e.to_string()))?;
+                    if rec.is_none_or(|r| r.owner != owner) {
+                        return Err(ApiError::conversation_not_found(&conversation_id));
+                    }
+                }
+                Ok(json!({"conversationId": conversation_id}))
+            }
+            ClientFrame::Cancel { conversation_id } => {
+                let addr = self.conversation(&conversation_id)?;
+                let cancelled = addr
+                    .send(msg::Cancel { owner })
+                    .await
+                    .map_err(|_| ApiError::internal("the conversation stopped"))??;
+                Ok(json!({"conversationId": conversation_id, "cancelled": cancelled}))
+            }
+        }
+    }
+
+    /// Send the stored events in `(since, high]`.
+    async fn replay(&mut self, conversation: &str, since: u64, high: u64) -> Result<(), ApiError> {
+        let mut cursor = since;
+        while cursor < high {
+            let page = self
+                .svc
+                .store
+                .events_since(conversation, cursor, REPLAY_PAGE)
+                .map_err(|e| ApiError::internal(e.to_string()))?;
+            if page.is_empty() {
+                break;
+            }
+            for (seq, json) in page {
+                if seq > high {
+                    return Ok(());
+                }
+                cursor = seq;
+                let frame = crate::conversation::event_frame(conversation, seq, &json);
+                self.send_bytes(frame).await;
+                if self.closed {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+}

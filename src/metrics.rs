@@ -1,0 +1,153 @@
+//! Counters and histograms exposed at `GET /metrics` in the Prometheus text format.
+//!
+//! Plain atomics: recording is a relaxed add on the hot path; rendering reads them.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// Upper bounds (seconds) of the latency histogram buckets.
+const BUCKETS: [f64; 12] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0,
+];
+
+#[derive(Default)]
+pub struct Histogram {
+    counts: [AtomicU64; 12],
+    inf: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    pub fn observe(&self, seconds: f64) {
+        match BUCKETS.iter().position(|&b| seconds <= b) {
+            Some(i) => self.counts[i].fetch_add(1, Relaxed),
+            None => self.inf.fetch_add(1, Relaxed),
+        };
+        self.sum_micros
+            .fetch_add((seconds * 1e6).max(0.0) as u64, Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        let mut cum = 0;
+        for (i, b) in BUCKETS.iter().enumerate() {
+            cum += self.counts[i].load(Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {cum}");
+        }
+        cum += self.inf.load(Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cum}");
+        let _ = writeln!(
+            out,
+            "{name}_sum {}",
+            self.sum_micros.load(Relaxed) as f64 / 1e6
+        );
+        let _ = writeln!(out, "{name}_count {cum}");
+    }
+}
+
+#[derive(Default)]
+pub struct Metrics {
+    pub runs_completed: AtomicU64,
+    pub runs_paused: AtomicU64,
+    pub runs_failed: AtomicU64,
+    pub runs_cancelled: AtomicU64,
+    pub run_seconds: Histogram,
+    pub live_actors: AtomicU64,
+    pub open_sockets: AtomicU64,
+    pub events_emitted: AtomicU64,
+    pub llm_calls: AtomicU64,
+    pub llm_errors: AtomicU64,
+    pub llm_seconds: Histogram,
+    pub slow_consumers_closed: AtomicU64,
+}
+
+impl Metrics {
+    /// The Prometheus text. `store` adds the store's own figures (commits, batch sizes).
+    pub fn render(&self, store: &crate::store::StoreStats) -> String {
+        let mut o = String::with_capacity(4096);
+        let _ = writeln!(o, "# HELP parley_runs_total Runs by how they ended (a paused run counts when it pauses).\n# TYPE parley_runs_total counter");
+        for (status, c) in [
+            ("completed", &self.runs_completed),
+            ("paused", &self.runs_paused),
+            ("failed", &self.runs_failed),
+            ("cancelled", &self.runs_cancelled),
+        ] {
+            let _ = writeln!(
+                o,
+                "parley_runs_total{{status=\"{status}\"}} {}",
+                c.load(Relaxed)
+            );
+        }
+        self.run_seconds.render(
+            &mut o,
+            "parley_run_duration_seconds",
+            "Wall time of run segments.",
+        );
+        gauge(
+            &mut o,
+            "parley_live_actors",
+            "Conversation actors in memory.",
+            self.live_actors.load(Relaxed),
+        );
+        gauge(
+            &mut o,
+            "parley_open_sockets",
+            "Open WebSocket connections.",
+            self.open_sockets.load(Relaxed),
+        );
+        counter(
+            &mut o,
+            "parley_events_total",
+            "Events emitted.",
+            self.events_emitted.load(Relaxed),
+        );
+        counter(
+            &mut o,
+            "parley_llm_calls_total",
+            "Model calls.",
+            self.llm_calls.load(Relaxed),
+        );
+        counter(
+            &mut o,
+            "parley_llm_errors_total",
+            "Model calls that failed.",
+            self.llm_errors.load(Relaxed),
+        );
+        self.llm_seconds
+            .render(&mut o, "parley_llm_duration_seconds", "Model call latency.");
+        counter(
+            &mut o,
+            "parley_slow_consumers_closed_total",
+            "Sockets closed for falling behind.",
+            self.slow_consumers_closed.load(Relaxed),
+        );
+        counter(
+            &mut o,
+            "parley_store_commits_total",
+            "Durable store commits.",
+            store.commits,
+        );
+        counter(
+            &mut o,
+            "parley_store_ops_total",
+            "Writes committed.",
+            store.ops_committed,
+        );
+        let _ = writeln!(o, "# HELP parley_store_commit_seconds_sum Time spent committing.\n# TYPE parley_store_commit_seconds_sum counter\nparley_store_commit_seconds_sum {}", store.commit_time.as_secs_f64());
+        gauge(
+            &mut o,
+            "parley_store_last_batch_ops",
+            "Writes in the last commit.",
+            store.last_group_ops,
+        );
+        o
+    }
+}
+
+fn gauge(o: &mut String, name: &str, help: &str, v: u64) {
+    let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+}
+
+fn counter(o: &mut String, name: &str, help: &str, v: u64) {
+    let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+}

@@ -1,0 +1,96 @@
+//! Building the services and running the HTTP server, for `parley serve` and for tests.
+//!
+//! Start-up: load the config's assistants (an invalid one stops the server with every error),
+//! build the LLM providers and tools, open the store, end the runs that were active when the
+//! last process stopped, then listen. Shutdown (SIGTERM / Ctrl-C): actix-web stops accepting and
+//! drains connections; then the store writer commits everything queued and the process exits 0.
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+
+use actix_web::{web, App, HttpServer};
+use anyhow::Context as _;
+
+use crate::assistant::{Catalog, LoadOptions};
+use crate::config::Config;
+use crate::engine::Engine;
+use crate::llm::LlmRegistry;
+use crate::services::Services;
+use crate::store::Store;
+
+/// Load and check the assistants named by the config.
+pub fn load_catalog(config: &Config) -> anyhow::Result<Catalog> {
+    let opts = LoadOptions {
+        tools: config.tools.clone(),
+        llms: config.llm.keys().cloned().collect(),
+        default_max_steps: config.server.max_steps,
+        default_session_timeout: config.server.session_timeout_seconds,
+    };
+    Catalog::load_dir(&config.assistants.dir, &opts).map_err(|errs| {
+        let list: Vec<String> = errs.iter().map(|e| format!("  - {e}")).collect();
+        anyhow::anyhow!(
+            "{} problem(s) in the assistant definitions:\n{}",
+            errs.len(),
+            list.join("\n")
+        )
+    })
+}
+
+/// Everything the server needs, ready to serve.
+pub async fn build(config: Config) -> anyhow::Result<Arc<Services>> {
+    let catalog = load_catalog(&config)?;
+    let llms = LlmRegistry::from_config(&config.llm).context("configuring the LLM providers")?;
+    let tools = Arc::new(crate::tools::Tools::new().context("building the HTTP client for tools")?);
+    let engine = Engine::new(Arc::new(llms), tools);
+    let path = config.storage.data_dir.join("parley.redb");
+    let store =
+        Store::open(&path).with_context(|| format!("opening the store at {}", path.display()))?;
+    let ended = crate::conversation::recover_interrupted(&store)
+        .await
+        .context("ending runs interrupted by the last shutdown")?;
+    if ended > 0 {
+        tracing::warn!("{ended} run(s) were active when the server last stopped; they ended with RUN_ERROR 'interrupted'");
+    }
+    Ok(Services::new(config, catalog, engine, store))
+}
+
+/// A server bound to its address, running in the current actix system.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub services: Arc<Services>,
+    pub server: actix_web::dev::Server,
+}
+
+impl Running {
+    /// Stop accepting, drain, and flush the store.
+    pub async fn stop(self) {
+        self.server.handle().stop(true).await;
+        let _ = self.services.store.flush().await;
+    }
+}
+
+/// Bind and start serving (the returned server runs until stopped; await `server` to wait).
+pub fn start(services: Arc<Services>) -> anyhow::Result<Running> {
+    let listen = services.config.listen_addr();
+    let listener =
+        TcpListener::bind(listen).with_context(|| format!("cannot listen on {listen}"))?;
+    let addr = listener.local_addr()?;
+    let data = web::Data::new(services.clone());
+    let max_body = services.config.server.max_frame_bytes;
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(data.clone())
+            .app_data(web::PayloadConfig::new(max_body))
+            .wrap(actix_web::middleware::Compress::default())
+            .configure(crate::gateway::routes)
+    })
+    .workers(2)
+    .shutdown_timeout(10)
+    .listen(listener)?
+    .run();
+    Ok(Running {
+        addr,
+        services,
+        server,
+    })
+}

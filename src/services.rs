@@ -1,0 +1,51 @@
+//! The shared services of one server: configuration, assistants, engine, store, registry,
+//! metrics and the global limits. Built once at start and handed to the gateway and the actors.
+
+use std::sync::Arc;
+
+use tokio::sync::Semaphore;
+
+use crate::assistant::Catalog;
+use crate::config::Config;
+use crate::conversation::Registry;
+use crate::engine::Engine;
+use crate::metrics::Metrics;
+use crate::store::Store;
+
+pub struct Services {
+    pub config: Config,
+    pub catalog: Catalog,
+    pub engine: Engine,
+    pub store: Store,
+    pub registry: Registry,
+    pub metrics: Metrics,
+    /// Acks of `send`/`resume` frames by (user, frame id), for retried frames.
+    pub frame_acks: crate::gateway::dedup::FrameAcks,
+    /// One permit per active run (`server.max_concurrent_runs`).
+    pub run_permits: Arc<Semaphore>,
+    /// One permit per synchronous invocation (`server.max_concurrent_invokes`).
+    pub invoke_permits: Arc<Semaphore>,
+}
+
+impl Services {
+    pub fn new(config: Config, catalog: Catalog, engine: Engine, store: Store) -> Arc<Self> {
+        let runs = config.server.max_concurrent_runs;
+        let invokes = config.server.max_concurrent_invokes;
+        Arc::new(Services {
+            config,
+            catalog,
+            engine,
+            store,
+            registry: Registry::default(),
+            metrics: Metrics::default(),
+            frame_acks: Default::default(),
+            run_permits: Arc::new(Semaphore::new(runs)),
+            invoke_permits: Arc::new(Semaphore::new(invokes)),
+        })
+    }
+
+    /// Whether the default LLM is the built-in offline model (the demo page says so).
+    pub fn builtin_model(&self) -> bool {
+        self.engine.llms().is_builtin("default")
+    }
+}

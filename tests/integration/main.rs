@@ -1,0 +1,6 @@
+//! Integration tests: the real server binary on an ephemeral port, real clients.
+//! One test binary with shared helpers (`common`).
+
+mod common;
+mod http;
+mod ws;
