@@ -77,8 +77,25 @@ pub fn start(services: Arc<Services>) -> anyhow::Result<Running> {
     let addr = listener.local_addr()?;
     let data = web::Data::new(services.clone());
     let max_body = services.config.server.max_frame_bytes;
+    let origins = services.config.auth.allowed_origins.clone();
     let server = HttpServer::new(move || {
+        // CORS is off unless origins are configured.
+        let mut cors = actix_cors::Cors::default()
+            .allowed_methods(["GET", "POST", "PATCH", "DELETE"])
+            .allowed_headers(["authorization", "content-type"])
+            .max_age(600);
+        for o in &origins {
+            cors = if o == "*" {
+                cors.allow_any_origin()
+            } else {
+                cors.allowed_origin(o)
+            };
+        }
         App::new()
+            .wrap(actix_web::middleware::Condition::new(
+                !origins.is_empty(),
+                cors,
+            ))
             .app_data(data.clone())
             .app_data(web::PayloadConfig::new(max_body))
             .wrap(actix_web::middleware::Compress::default())

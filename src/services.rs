@@ -21,6 +21,8 @@ pub struct Services {
     pub metrics: Metrics,
     /// Acks of `send`/`resume` frames by (user, frame id), for retried frames.
     pub frame_acks: crate::gateway::dedup::FrameAcks,
+    /// Per-user rate limits.
+    pub limits: crate::gateway::limits::UserLimits,
     /// One permit per active run (`server.max_concurrent_runs`).
     pub run_permits: Arc<Semaphore>,
     /// One permit per synchronous invocation (`server.max_concurrent_invokes`).
@@ -31,6 +33,7 @@ impl Services {
     pub fn new(config: Config, catalog: Catalog, engine: Engine, store: Store) -> Arc<Self> {
         let runs = config.server.max_concurrent_runs;
         let invokes = config.server.max_concurrent_invokes;
+        let limits = crate::gateway::limits::UserLimits::new(&config.server);
         Arc::new(Services {
             config,
             catalog,
@@ -39,6 +42,7 @@ impl Services {
             registry: Registry::default(),
             metrics: Metrics::default(),
             frame_acks: Default::default(),
+            limits,
             run_permits: Arc::new(Semaphore::new(runs)),
             invoke_permits: Arc::new(Semaphore::new(invokes)),
         })

@@ -218,6 +218,10 @@ async fn invoke(svc: Svc, req: HttpRequest, id: web::Path<String>, body: web::By
         Some(t) => t.min(s.invoke_timeout_max_seconds as f64),
         None => s.invoke_timeout_seconds as f64,
     };
+    if b.conversation_id.is_none() {
+        svc.limits.new_conversation(&user.0)?;
+    }
+    svc.limits.message(&user.0)?;
     let _permit = svc
         .invoke_permits
         .clone()

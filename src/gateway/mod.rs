@@ -7,6 +7,7 @@
 pub mod auth;
 pub mod dedup;
 pub mod http;
+pub mod limits;
 pub mod ws;
 
 use actix_web::http::StatusCode;

@@ -216,18 +216,29 @@ impl SocketSession {
 
     async fn send_bytes(&mut self, b: bytes::Bytes) {
         match ByteString::try_from(b) {
-            Ok(s) => {
-                if self.session.text(s).await.is_err() {
-                    self.closed = true;
-                }
-            }
+            Ok(s) => self.send_text(s).await,
             Err(_) => tracing::error!("dropping a frame that is not UTF-8"),
         }
     }
 
     async fn send_json(&mut self, v: Value) {
-        if self.session.text(v.to_string()).await.is_err() {
-            self.closed = true;
+        self.send_text(ByteString::from(v.to_string())).await;
+    }
+
+    /// Write one frame. A client that does not read makes this wait; if the actors meanwhile
+    /// flag the socket as too slow, give up on it (the connection is dropped).
+    async fn send_text(&mut self, s: ByteString) {
+        if self.closed {
+            return;
+        }
+        let slow = self.subscriber.slow.clone();
+        tokio::select! {
+            r = self.session.text(s) => {
+                if r.is_err() {
+                    self.closed = true;
+                }
+            }
+            _ = slow.cancelled() => self.closed = true,
         }
     }
 
@@ -379,6 +390,10 @@ impl SocketSession {
             } => {
                 self.limits(&content, &args)?;
                 let existing = conversation_id.filter(|_| !new_conversation);
+                if existing.is_none() {
+                    self.svc.limits.new_conversation(&owner)?;
+                }
+                self.svc.limits.message(&owner)?;
                 let (id, addr) = match existing {
                     Some(id) => {
                         let addr = self.conversation(&id)?;
