@@ -69,16 +69,23 @@ impl Templates {
     pub fn register(&mut self, src: &str) -> Result<(), String> {
         match shape(src) {
             Shape::Literal => Ok(()),
-            Shape::Expr(e) => self.register_expr(e),
-            Shape::Text => {
-                if self.env.get_template(src).is_ok() {
-                    return Ok(());
-                }
-                self.env
-                    .add_template_owned(src.to_string(), src.to_string())
-                    .map_err(describe)
+            Shape::Expr(e) => {
+                self.register_expr(e)?;
+                // Also as text: `render_text` of a single expression (a prompt that is just
+                // `{{ start.userInput }}`) must not compile it again on every render.
+                self.register_text(src)
             }
+            Shape::Text => self.register_text(src),
         }
+    }
+
+    fn register_text(&mut self, src: &str) -> Result<(), String> {
+        if self.env.get_template(src).is_ok() {
+            return Ok(());
+        }
+        self.env
+            .add_template_owned(src.to_string(), src.to_string())
+            .map_err(describe)
     }
 
     /// Compile a bare expression (a condition's `when`, an iteration's `over`).

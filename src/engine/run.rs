@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use super::*;
 use crate::assistant::model::*;
 use crate::assistant::Assistant;
-use crate::llm::{ChatRequest, LlmDelta, ResponseFormat, ToolDef};
+use crate::llm::{ChatRequest, LlmDelta, ResponseFormat, Role, ToolDef};
 
 /// A step that could not finish.
 #[derive(Debug)]
@@ -137,8 +137,14 @@ impl Engine {
                     }
                 }
             }
+            // Only a page_action with `timeoutSeconds` can time out (its interrupt has an
+            // `expiresAt`); page tools of agents and functions wait for the page.
             Input::Timeout { interrupt_id } => match cp.pending_interrupt() {
-                Some(i) if &i.id == interrupt_id && i.reason == InterruptReason::PageAction => {
+                Some(i)
+                    if &i.id == interrupt_id
+                        && i.reason == InterruptReason::PageAction
+                        && i.expires_at.is_some() =>
+                {
                     Ok(())
                 }
                 _ => Err(refused(
@@ -450,6 +456,17 @@ impl Run<'_> {
                                 spec.name
                             )))
                         }
+                        Some(v)
+                            if !v.is_null()
+                                && spec.choices.as_ref().is_some_and(|c| !c.contains(v)) =>
+                        {
+                            return Err(StepErr::failed(format!(
+                                "output '{}' must be one of {}, got {}",
+                                spec.name,
+                                Value::Array(spec.choices.clone().unwrap_or_default()),
+                                short(v)
+                            )))
+                        }
                         _ => {}
                     }
                 }
@@ -597,7 +614,7 @@ impl Run<'_> {
                         agent: None,
                     });
                 }
-                let result = self.call_tool(id, &f.tool, &spec, args).await;
+                let result = self.call_tool(id, &f.tool, &spec, args, "").await;
                 self.finish_function(&call_id, &f.tool, result).await
             }
             NodeKind::Llm(l) => {
@@ -782,9 +799,10 @@ impl Run<'_> {
         name: &str,
         spec: &ToolSpec,
         args: Value,
+        key_suffix: &str,
     ) -> Result<Value, String> {
         let state = Value::Object(self.cp.state.clone());
-        let key = format!("{}:{}:{}", self.run_id, node, self.cp.steps);
+        let key = format!("{}:{}:{}{key_suffix}", self.run_id, node, self.cp.steps);
         let ctx = ToolCallCtx {
             templates: &self.a.templates,
             state: &state,
@@ -870,7 +888,7 @@ impl Run<'_> {
                             .get("arguments")
                             .cloned()
                             .unwrap_or(Value::Null);
-                        let result = self.call_tool(&r.node, &f.tool, &spec, args).await;
+                        let result = self.call_tool(&r.node, &f.tool, &spec, args, "").await;
                         self.finish_function(&call_id, &f.tool, result).await
                     }
                     _ => {
@@ -974,6 +992,18 @@ impl Run<'_> {
                         continue;
                     }
                 };
+                // Arguments that do not fit the tool's declared parameters go back to the model
+                // (it can correct them) instead of reaching the tool or a person.
+                if let Some(params) = &spec.parameters {
+                    if let Err(problems) = crate::schema::validate(params, &args) {
+                        let msg = format!(
+                            "error: the arguments do not match the tool's parameters: {}",
+                            problems.join("; ")
+                        );
+                        self.tool_result(&mut st, &call, msg).await;
+                        continue;
+                    }
+                }
                 if !st.approved.contains(&call.id) {
                     if let Some(interrupt) = self.tool_pause(id, &call.name, &spec, &call.id, &args)
                     {
@@ -983,7 +1013,12 @@ impl Run<'_> {
                         });
                     }
                 }
-                let result = self.call_tool(id, &call.name, &spec, args).await;
+                // Each call of one agent step gets its own key: the how-many-th tool call of
+                // this node it is (the same again if the node is retried after a crash).
+                let nth = st.messages.iter().filter(|m| m.role == Role::Tool).count();
+                let result = self
+                    .call_tool(id, &call.name, &spec, args, &format!(":{nth}"))
+                    .await;
                 if self.cancel.is_cancelled() {
                     return Err(StepErr::cancelled());
                 }
