@@ -10,6 +10,8 @@
 
 pub mod events;
 mod run;
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 
