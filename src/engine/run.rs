@@ -34,6 +34,8 @@ impl StepErr {
 }
 
 /// What a node did.
+// One per node execution, consumed at once.
+#[allow(clippy::large_enum_variant)]
 enum Step {
     /// Finished with `output`, leaving by `port`.
     Next { output: Value, port: Option<String> },
