@@ -1007,3 +1007,35 @@ fn catalog_loads_a_directory_and_reports_every_file() {
         .message
         .contains("cannot read the assistants directory"));
 }
+
+#[test]
+fn templates_may_only_read_node_ids() {
+    let mut d =
+        with_node(json!({"id": "a", "type": "llm", "prompt": "{{ draf.text }} {{ a.text }}"}));
+    d["inputArgs"] = json!([{"name": "department", "type": "string"}]);
+    one(d.clone(), "node 'a'", "prompt: 'draf' is not a node id");
+    d["nodes"][1]["prompt"] = json!("For {{ department }}: {{ input.x }}");
+    one(
+        d.clone(),
+        "node 'a'",
+        "'department' is not a node id (templates read the state: node ids and 'input'); did you mean 'start.department'?",
+    );
+    d["nodes"][1]["prompt"] =
+        json!("{% for l in start.userInput | lines %}{{ loop.index }}{{ l }}{% endfor %}{{ range(2) | list }}");
+    ok(d);
+    // Conditions, iterations, outputs and card data too.
+    let d = json!({
+        "nodes": [{"id": "start", "type": "start"},
+                  {"id": "c", "type": "condition", "branches": [{"port": "p", "when": "amount > 1"}]},
+                  {"id": "each", "type": "iteration", "over": "itemz"},
+                  {"id": "end", "type": "end", "outputs": {"x": ["{{ totl }}"]}}],
+        "edges": [{"from": "start", "to": "c"}, {"from": "c", "port": "else", "to": "each"},
+                  {"from": "each", "port": "done", "to": "end"}]
+    });
+    let e = errs(d);
+    let msgs: Vec<&str> = e.iter().map(|e| e.message.as_str()).collect();
+    assert_eq!(e.len(), 3, "{msgs:#?}");
+    assert!(msgs[0].starts_with("branch 'p' when: 'amount' is not a node id"));
+    assert!(msgs[1].starts_with("over: 'itemz' is not a node id"));
+    assert!(msgs[2].starts_with("outputs.x: 'totl' is not a node id"));
+}

@@ -21,6 +21,11 @@ pub const BUILTIN_FUNCTIONS: &[&str] = &["echo", "calculator", "clock", "lookup"
 struct Checker<'a> {
     file: &'a str,
     errors: Vec<DefinitionError>,
+    /// What node templates may look up: the node ids and `input` (set once nodes are read).
+    roots: HashSet<String>,
+    /// The start node's id and the input arg names, for hints (`start.department`).
+    start_id: String,
+    arg_names: Vec<String>,
 }
 
 impl Checker<'_> {
@@ -49,6 +54,9 @@ pub fn compile(
     let mut c = Checker {
         file,
         errors: Vec::new(),
+        roots: HashSet::new(),
+        start_id: "start".into(),
+        arg_names: Vec::new(),
     };
     let raw: Value = match serde_json::from_str(text) {
         Ok(v) => v,
@@ -235,6 +243,13 @@ pub fn compile(
         }
     }
     let mut used_tools: Vec<(String, String)> = Vec::new(); // (node, tool)
+    c.roots = index.keys().chain(broken.iter()).cloned().collect();
+    c.roots.insert("input".into());
+    if let Some(s) = nodes.iter().find(|n| matches!(n.kind, NodeKind::Start(_))) {
+        c.start_id = s.id.clone();
+    }
+    c.arg_names = def.input_args.iter().map(|a| a.name.clone()).collect();
+    c.arg_names.push("userInput".into());
     for n in &nodes {
         check_node(
             &mut c,
@@ -650,20 +665,45 @@ fn take_str(
 }
 
 fn tmpl(c: &mut Checker<'_>, t: &mut Templates, loc: &str, field: &str, src: &str) {
-    if let Err(e) = t.register(src) {
-        c.err(loc, format!("{field}: template does not compile: {e}"));
+    match t.register(src) {
+        Ok(()) => check_names(c, loc, field, t.names(src)),
+        Err(e) => c.err(loc, format!("{field}: template does not compile: {e}")),
     }
 }
 
 fn tmpl_value(c: &mut Checker<'_>, t: &mut Templates, loc: &str, field: &str, v: &Value) {
-    if let Err(e) = t.register_value(v) {
-        c.err(loc, format!("{field}: template does not compile: {e}"));
+    match t.register_value(v) {
+        Ok(()) => check_names(c, loc, field, t.names_value(v)),
+        Err(e) => c.err(loc, format!("{field}: template does not compile: {e}")),
     }
 }
 
 fn expr(c: &mut Checker<'_>, t: &mut Templates, loc: &str, field: &str, src: &str) {
-    if let Err(e) = t.register_expr(src) {
-        c.err(loc, format!("{field}: expression does not compile: {e}"));
+    match t.register_expr(src) {
+        Ok(()) => check_names(c, loc, field, t.names_expr(src)),
+        Err(e) => c.err(loc, format!("{field}: expression does not compile: {e}")),
+    }
+}
+
+/// Templates see the state: node ids (and `input`). Any other name is a typo that would
+/// silently render as nothing, so it is refused at load.
+fn check_names(c: &mut Checker<'_>, loc: &str, field: &str, names: Vec<String>) {
+    let mut seen = HashSet::new();
+    for name in names {
+        if c.roots.contains(&name) || !seen.insert(name.clone()) {
+            continue;
+        }
+        let hint = if c.arg_names.contains(&name) {
+            format!("; did you mean '{}.{name}'?", c.start_id)
+        } else {
+            String::new()
+        };
+        c.err(
+            loc,
+            format!(
+                "{field}: '{name}' is not a node id (templates read the state: node ids and 'input'){hint}"
+            ),
+        );
     }
 }
 
