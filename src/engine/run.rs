@@ -1325,15 +1325,33 @@ fn lookup(state: &Map<String, Value>, path: &str) -> Value {
 
 /// Parse a model's JSON answer (tolerating code fences and text around the object) and check it.
 fn parse_checked(text: &str, schema: &Value) -> Result<Value, String> {
-    let t = text.trim();
-    let body = match (t.find('{'), t.rfind('}')) {
-        (Some(a), Some(b)) if b > a => &t[a..=b],
-        _ => return Err("the answer is not a JSON object".into()),
-    };
-    let v: Value =
-        serde_json::from_str(body).map_err(|e| format!("the answer is not valid JSON ({e})"))?;
+    let v = extract_object(text)?;
     crate::schema::validate(schema, &v).map_err(|errs| errs.join("; "))?;
     Ok(v)
+}
+
+/// The JSON object in a model's answer: the whole answer, or the first complete object in it
+/// (models wrap JSON in code fences or put a sentence with braces before it).
+fn extract_object(text: &str) -> Result<Value, String> {
+    /// How many `{` are tried as the start of the object.
+    const TRIES: usize = 32;
+    let t = text.trim();
+    if let Ok(v @ Value::Object(_)) = serde_json::from_str::<Value>(t) {
+        return Ok(v);
+    }
+    let mut first_error = None;
+    for (i, _) in t.match_indices('{').take(TRIES) {
+        let mut values = serde_json::Deserializer::from_str(&t[i..]).into_iter::<Value>();
+        match values.next() {
+            Some(Ok(v @ Value::Object(_))) => return Ok(v),
+            Some(Err(e)) if first_error.is_none() => first_error = Some(e.to_string()),
+            _ => {}
+        }
+    }
+    Err(match first_error {
+        Some(e) => format!("the answer is not valid JSON ({e})"),
+        None => "the answer is not a JSON object".into(),
+    })
 }
 
 fn short(v: &Value) -> String {
@@ -1342,5 +1360,44 @@ fn short(v: &Value) -> String {
         format!("{}…", s.chars().take(60).collect::<String>())
     } else {
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_objects_are_found_in_chatty_answers() {
+        let obj = json!({"a": {"b": [1, "}"]}});
+        for text in [
+            r#"{"a": {"b": [1, "}"]}}"#,
+            "```json\n{\"a\": {\"b\": [1, \"}\"]}}\n```",
+            r#"Sure {here} it is: {"a": {"b": [1, "}"]}} - anything else? {x}"#,
+        ] {
+            assert_eq!(extract_object(text), Ok(obj.clone()), "{text}");
+        }
+        assert_eq!(
+            extract_object("no json here"),
+            Err("the answer is not a JSON object".into())
+        );
+        assert!(extract_object(r#"{"a": 1,"#)
+            .unwrap_err()
+            .contains("not valid JSON"));
+        assert!(extract_object("[1, 2]").is_err());
+        let schema = json!({"type": "object", "required": ["a"]});
+        assert!(parse_checked(r#"{"b": 1}"#, &schema)
+            .unwrap_err()
+            .contains("$.a is required"));
+    }
+
+    #[test]
+    fn lookup_reads_dotted_paths() {
+        let state = json!({"fetch": {"items": [{"name": "pen"}]}, "n": 3});
+        let state = state.as_object().unwrap();
+        assert_eq!(lookup(state, "fetch.items.0.name"), json!("pen"));
+        assert_eq!(lookup(state, "n"), json!(3));
+        assert_eq!(lookup(state, "fetch.items.9"), Value::Null);
+        assert_eq!(lookup(state, "nope.x"), Value::Null);
     }
 }
