@@ -1039,3 +1039,59 @@ fn templates_may_only_read_node_ids() {
     assert!(msgs[1].starts_with("over: 'itemz' is not a node id"));
     assert!(msgs[2].starts_with("outputs.x: 'totl' is not a node id"));
 }
+
+#[test]
+fn more_node_and_tool_problems() {
+    let mut d = minimal();
+    d["tools"] = json!(["echo"]);
+    one(d, "tools", "must be an object of name → tool");
+    let mut d = minimal();
+    d["tools"] = json!({"t": {"kind": "http", "url": "http://x", "headers": {"A": "{{ args.a"}}});
+    one(d, "tool 't'", "header 'A' template");
+    let mut d = minimal();
+    d["tools"] = json!({"t": {"kind": "http", "url": "http://x", "method": "POST", "body": {"q": ["{% if %}"]}}});
+    one(d, "tool 't'", "body template");
+    one(
+        with_node(json!({"id": "a", "type": "reply", "text": "x", "title": 3})),
+        "node 'a'",
+        "'title' must be a string",
+    );
+    let d = json!({
+        "nodes": [{"id": "start", "type": "start"},
+                  {"id": "c", "type": "condition", "branches": [{"port": "p", "when": "true"}, {"port": "p", "when": "false"}]}],
+        "edges": [{"from": "start", "to": "c"}]
+    });
+    one(d, "node 'c'", "duplicate branch port 'p'");
+    one(
+        with_node(json!({"id": "a", "type": "page_action", "action": ""})),
+        "node 'a'",
+        "'action' must not be empty",
+    );
+    one(
+        with_node(
+            json!({"id": "a", "type": "page_action", "action": "x", "params": {"v": "{{ 1 + }}"}}),
+        ),
+        "node 'a'",
+        "params: template does not compile",
+    );
+    one(
+        with_node(json!({"id": "a", "type": "page_action", "action": "x", "prompt": "{{ nope }}"})),
+        "node 'a'",
+        "prompt: 'nope' is not a node id",
+    );
+    one(
+        with_node(
+            json!({"id": "a", "type": "conversation_action", "message": "x", "buttons": ["ok"],
+                         "display": {"d": "{{ start.userInput | }}"}}),
+        ),
+        "node 'a'",
+        "display: template does not compile",
+    );
+    // Two problems of one node: both reported.
+    let e = errs(with_node(
+        json!({"id": "a", "type": "function", "tool": "t", "args": {"x": "{{ 1 + }}"}}),
+    ));
+    assert_eq!(e.len(), 2, "{e:#?}");
+    assert_eq!(e[0].message, "unknown tool 't'");
+    assert!(e[1].message.starts_with("args: template does not compile"));
+}
