@@ -1,7 +1,7 @@
 //! The typed form of an assistant definition file (CONTRACT §1).
 //!
 //! These types mirror the JSON one to one (camelCase on the wire). Parsing a file into them is
-//! [`super::load`]'s job; checking the graph is [`super::validate`]'s. The engine only ever sees
+//! [`super::compile`]'s job, which also checks the graph. The engine only ever sees
 //! a [`super::Assistant`], which is a definition that passed validation.
 
 use std::collections::BTreeMap;

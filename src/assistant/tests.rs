@@ -127,6 +127,11 @@ fn every_tool_kind_is_read() {
         }
     );
     assert!(a.tools["calc"].confirm);
+    // The written form reads back the same.
+    for t in a.tools.values() {
+        let back: ToolSpec = serde_json::from_value(serde_json::to_value(t).unwrap()).unwrap();
+        assert_eq!(&back, t);
+    }
     // Unused pausing tools do not make an assistant interactive.
     assert!(a.automated);
     // Config tools are there too; the assistant's own win.
