@@ -69,16 +69,23 @@ impl Templates {
     pub fn register(&mut self, src: &str) -> Result<(), String> {
         match shape(src) {
             Shape::Literal => Ok(()),
-            Shape::Expr(e) => self.register_expr(e),
-            Shape::Text => {
-                if self.env.get_template(src).is_ok() {
-                    return Ok(());
-                }
-                self.env
-                    .add_template_owned(src.to_string(), src.to_string())
-                    .map_err(describe)
+            Shape::Expr(e) => {
+                self.register_expr(e)?;
+                // Also as text: `render_text` of a single expression (a prompt that is just
+                // `{{ start.userInput }}`) must not compile it again on every render.
+                self.register_text(src)
             }
+            Shape::Text => self.register_text(src),
         }
+    }
+
+    fn register_text(&mut self, src: &str) -> Result<(), String> {
+        if self.env.get_template(src).is_ok() {
+            return Ok(());
+        }
+        self.env
+            .add_template_owned(src.to_string(), src.to_string())
+            .map_err(describe)
     }
 
     /// Compile a bare expression (a condition's `when`, an iteration's `over`).
@@ -102,6 +109,44 @@ impl Templates {
             Value::Object(map) => map.values().try_for_each(|i| self.register_value(i)),
             _ => Ok(()),
         }
+    }
+
+    /// The names a registered string looks up in the state (its free variables, minus the
+    /// template globals such as `range`), for checking them against the node ids at load.
+    pub fn names(&self, src: &str) -> Vec<String> {
+        match shape(src) {
+            Shape::Literal => Vec::new(),
+            Shape::Expr(e) => self.names_expr(e),
+            Shape::Text => self.free(src),
+        }
+    }
+
+    /// [`Templates::names`] for a registered bare expression.
+    pub fn names_expr(&self, expr: &str) -> Vec<String> {
+        self.free(&expr_key(expr))
+    }
+
+    /// [`Templates::names`] of every string inside a JSON value.
+    pub fn names_value(&self, v: &Value) -> Vec<String> {
+        match v {
+            Value::String(s) => self.names(s),
+            Value::Array(items) => items.iter().flat_map(|i| self.names_value(i)).collect(),
+            Value::Object(map) => map.values().flat_map(|i| self.names_value(i)).collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    fn free(&self, key: &str) -> Vec<String> {
+        let Ok(t) = self.env.get_template(key) else {
+            return Vec::new();
+        };
+        let mut names: Vec<String> = t
+            .undeclared_variables(false)
+            .into_iter()
+            .filter(|n| self.env.globals().all(|(g, _)| g != n))
+            .collect();
+        names.sort();
+        names
     }
 
     /// Render a string to text (an expression's value is turned to text too).
@@ -267,6 +312,22 @@ mod tests {
             t.eval_value(&v, &ctx()).unwrap(),
             json!({"a": 3, "b": ["x sales", true]})
         );
+    }
+
+    #[test]
+    fn names_are_the_free_variables() {
+        let mut t = Templates::new();
+        let src = "{% for x in items %}{{ x }}{{ loop.index }}{% endfor %}{{ draft.text }} {{ range(3) | join }}";
+        t.register(src).unwrap();
+        assert_eq!(t.names(src), ["draft", "items"]);
+        t.register("{{ a.b + c }}").unwrap();
+        assert_eq!(t.names("{{ a.b + c }}"), ["a", "c"]);
+        t.register_expr("x > 1 and true and y is defined").unwrap();
+        assert_eq!(t.names_expr("x > 1 and true and y is defined"), ["x", "y"]);
+        assert!(t.names("plain").is_empty());
+        let v = json!({"a": "{{ p }}", "b": ["{{ q }} and {{ r }}"]});
+        t.register_value(&v).unwrap();
+        assert_eq!(t.names_value(&v), ["p", "q", "r"]);
     }
 
     #[test]

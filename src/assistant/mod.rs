@@ -7,6 +7,8 @@
 //! (DESIGN invariant 6).
 
 pub mod model;
+#[cfg(test)]
+mod tests;
 mod validate;
 
 use std::collections::{BTreeMap, HashMap};

@@ -1,7 +1,7 @@
 //! The typed form of an assistant definition file (CONTRACT §1).
 //!
 //! These types mirror the JSON one to one (camelCase on the wire). Parsing a file into them is
-//! [`super::load`]'s job; checking the graph is [`super::validate`]'s. The engine only ever sees
+//! [`super::compile`]'s job, which also checks the graph. The engine only ever sees
 //! a [`super::Assistant`], which is a definition that passed validation.
 
 use std::collections::BTreeMap;
@@ -334,9 +334,11 @@ pub struct PageActionNode {
 
 /// A tool an `agent` or `function` node can call.
 ///
-/// (No `deny_unknown_fields` here: serde cannot combine it with the flattened `kind`.)
+/// Read through [`RawToolSpec`]: serde cannot deny unknown fields next to a flattened enum,
+/// so the raw form lists every field of every kind and the conversion refuses the fields that
+/// do not belong to the tool's `kind`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", try_from = "RawToolSpec")]
 pub struct ToolSpec {
     #[serde(default)]
     pub description: Option<String>,
@@ -389,6 +391,114 @@ pub struct HttpTool {
 
 fn default_method() -> String {
     "GET".to_string()
+}
+
+/// A tool as written: every field any kind may have. See [`ToolSpec`].
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RawToolSpec {
+    kind: String,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    parameters: Option<Value>,
+    #[serde(default)]
+    confirm: bool,
+    // http
+    #[serde(default)]
+    method: Option<String>,
+    #[serde(default)]
+    url: Option<String>,
+    #[serde(default)]
+    headers: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    body: Option<Value>,
+    #[serde(default)]
+    timeout_seconds: Option<u64>,
+    // page
+    #[serde(default)]
+    action: Option<String>,
+    // builtin
+    #[serde(default)]
+    function: Option<String>,
+    #[serde(default)]
+    data: Option<Value>,
+}
+
+impl TryFrom<RawToolSpec> for ToolSpec {
+    type Error = String;
+
+    fn try_from(r: RawToolSpec) -> Result<Self, String> {
+        let present = |name: &'static str, is: bool| if is { Some(name) } else { None };
+        let http_fields = [
+            present("method", r.method.is_some()),
+            present("url", r.url.is_some()),
+            present("headers", r.headers.is_some()),
+            present("body", r.body.is_some()),
+            present("timeoutSeconds", r.timeout_seconds.is_some()),
+        ];
+        let page_fields = [present("action", r.action.is_some())];
+        let builtin_fields = [
+            present("function", r.function.is_some()),
+            present("data", r.data.is_some()),
+        ];
+        let foreign: Vec<&str> = match r.kind.as_str() {
+            "http" => page_fields
+                .iter()
+                .chain(&builtin_fields)
+                .flatten()
+                .copied()
+                .collect(),
+            "page" => http_fields
+                .iter()
+                .chain(&builtin_fields)
+                .flatten()
+                .copied()
+                .collect(),
+            "builtin" => http_fields
+                .iter()
+                .chain(&page_fields)
+                .flatten()
+                .copied()
+                .collect(),
+            other => {
+                return Err(format!(
+                    "unknown tool kind '{other}' (known: http, page, builtin)"
+                ))
+            }
+        };
+        if !foreign.is_empty() {
+            return Err(format!(
+                "a {} tool has no field {}",
+                r.kind,
+                foreign
+                    .iter()
+                    .map(|f| format!("'{f}'"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        let kind = match r.kind.as_str() {
+            "http" => ToolKind::Http(HttpTool {
+                method: r.method.unwrap_or_else(default_method),
+                url: r.url.ok_or("an http tool needs a 'url'")?,
+                headers: r.headers.unwrap_or_default(),
+                body: r.body,
+                timeout_seconds: r.timeout_seconds,
+            }),
+            "page" => ToolKind::Page { action: r.action },
+            _ => ToolKind::Builtin {
+                function: r.function.ok_or("a builtin tool needs a 'function'")?,
+                data: r.data,
+            },
+        };
+        Ok(ToolSpec {
+            description: r.description,
+            parameters: r.parameters,
+            confirm: r.confirm,
+            kind,
+        })
+    }
 }
 
 impl ToolSpec {

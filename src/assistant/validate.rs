@@ -21,6 +21,11 @@ pub const BUILTIN_FUNCTIONS: &[&str] = &["echo", "calculator", "clock", "lookup"
 struct Checker<'a> {
     file: &'a str,
     errors: Vec<DefinitionError>,
+    /// What node templates may look up: the node ids and `input` (set once nodes are read).
+    roots: HashSet<String>,
+    /// The start node's id and the input arg names, for hints (`start.department`).
+    start_id: String,
+    arg_names: Vec<String>,
 }
 
 impl Checker<'_> {
@@ -49,6 +54,9 @@ pub fn compile(
     let mut c = Checker {
         file,
         errors: Vec::new(),
+        roots: HashSet::new(),
+        start_id: "start".into(),
+        arg_names: Vec::new(),
     };
     let raw: Value = match serde_json::from_str(text) {
         Ok(v) => v,
@@ -57,13 +65,75 @@ pub fn compile(
             return Err(c.errors);
         }
     };
-    let def: Definition = match serde_json::from_value(raw) {
+    let Value::Object(mut top) = raw else {
+        c.err("", "an assistant definition must be a JSON object");
+        return Err(c.errors);
+    };
+    // Tools, args and edges are read one by one so that each problem names its place and
+    // every one of them is reported, not just the first.
+    let tools_raw = top.remove("tools");
+    let input_raw = top.remove("inputArgs");
+    let output_raw = top.remove("outputArgs");
+    let edges_raw = top.remove("edges");
+    let mut def: Definition = match serde_json::from_value(Value::Object(top)) {
         Ok(d) => d,
         Err(e) => {
             c.err("", format!("{e}"));
-            return Err(c.errors);
+            Definition {
+                id: None,
+                title: None,
+                description: None,
+                llm: None,
+                welcome_message: None,
+                prologues: Vec::new(),
+                session_timeout: None,
+                input_args: Vec::new(),
+                output_args: Vec::new(),
+                on_busy: OnBusy::default(),
+                max_steps: None,
+                tools: BTreeMap::new(),
+                nodes: Vec::new(),
+                edges: Vec::new(),
+            }
         }
     };
+    let top_ok = c.errors.is_empty();
+    match tools_raw {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(m)) => {
+            for (name, v) in m {
+                match serde_json::from_value::<ToolSpec>(v) {
+                    Ok(t) => {
+                        def.tools.insert(name, t);
+                    }
+                    Err(e) => c.err(format!("tool '{name}'"), e.to_string()),
+                }
+            }
+        }
+        Some(_) => c.err("tools", "must be an object of name → tool"),
+    }
+    def.input_args = read_list(&mut c, "inputArgs", input_raw, |i, _| {
+        format!("inputArgs[{i}]")
+    });
+    def.output_args = read_list(&mut c, "outputArgs", output_raw, |i, _| {
+        format!("outputArgs[{i}]")
+    });
+    // Edges that cannot be read still count for reachability (their problem is reported once).
+    let mut loose_edges: Vec<(String, String)> = Vec::new();
+    def.edges = read_list(&mut c, "edges", edges_raw, |i, v| {
+        let end = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or("?").to_string();
+        if let (Some(f), Some(t)) = (
+            v.get("from").and_then(Value::as_str),
+            v.get("to").and_then(Value::as_str),
+        ) {
+            loose_edges.push((f.to_string(), t.to_string()));
+        }
+        format!("edge #{} ({} → {})", i + 1, end("from"), end("to"))
+    });
+    if !top_ok {
+        // Without the nodes nothing else can be judged.
+        return Err(c.errors);
+    }
 
     let id = def.id.clone().unwrap_or_else(|| stem.to_string());
     if id.is_empty()
@@ -82,6 +152,10 @@ pub fn compile(
                 opts.llms.join(", ")
             ),
         );
+    }
+
+    if def.max_steps == Some(0) {
+        c.err("maxSteps", "maxSteps must be at least 1");
     }
 
     let mut templates = Templates::new();
@@ -144,17 +218,38 @@ pub fn compile(
     // Nodes.
     let mut nodes: Vec<Node> = Vec::new();
     let mut index: HashMap<String, usize> = HashMap::new();
+    // Nodes that have an id but could not be read: their problem is already reported, so edges
+    // that name them and the start-node count do not report it a second time.
+    let mut broken: HashSet<String> = HashSet::new();
+    let mut broken_starts = 0usize;
     for (i, raw) in def.nodes.iter().enumerate() {
-        if let Some(n) = parse_node(&mut c, i, raw) {
-            if index.contains_key(&n.id) {
-                c.err(format!("node '{}'", n.id), "duplicate node id");
-                continue;
+        match parse_node(&mut c, i, raw) {
+            Some(n) => {
+                if index.contains_key(&n.id) {
+                    c.err(format!("node '{}'", n.id), "duplicate node id");
+                    continue;
+                }
+                index.insert(n.id.clone(), nodes.len());
+                nodes.push(n);
             }
-            index.insert(n.id.clone(), nodes.len());
-            nodes.push(n);
+            None => {
+                if let Some(id) = raw.get("id").and_then(Value::as_str) {
+                    broken.insert(id.to_string());
+                }
+                if raw.get("type").and_then(Value::as_str) == Some("start") {
+                    broken_starts += 1;
+                }
+            }
         }
     }
     let mut used_tools: Vec<(String, String)> = Vec::new(); // (node, tool)
+    c.roots = index.keys().chain(broken.iter()).cloned().collect();
+    c.roots.insert("input".into());
+    if let Some(s) = nodes.iter().find(|n| matches!(n.kind, NodeKind::Start(_))) {
+        c.start_id = s.id.clone();
+    }
+    c.arg_names = def.input_args.iter().map(|a| a.name.clone()).collect();
+    c.arg_names.push("userInput".into());
     for n in &nodes {
         check_node(
             &mut c,
@@ -172,7 +267,7 @@ pub fn compile(
         .filter(|(_, n)| matches!(n.kind, NodeKind::Start(_)))
         .map(|(i, _)| i)
         .collect();
-    match starts.len() {
+    match starts.len() + broken_starts {
         1 => {}
         0 => c.err(
             "",
@@ -188,6 +283,9 @@ pub fn compile(
     let mut seen_ports: HashSet<(String, String)> = HashSet::new();
     for (i, e) in def.edges.iter().enumerate() {
         let loc = format!("edge #{} ({} → {})", i + 1, e.from, e.to);
+        if broken.contains(&e.from) || broken.contains(&e.to) {
+            continue;
+        }
         let Some(from) = index.get(&e.from).map(|&k| &nodes[k]) else {
             c.err(&loc, format!("'from' names no node: '{}'", e.from));
             continue;
@@ -208,7 +306,12 @@ pub fn compile(
                 need_port(port, &ports)
             }
             NodeKind::ConversationAction(ca) => {
-                let ports: Vec<&str> = ca.buttons.iter().map(String::as_str).collect();
+                // A `send` while paused here answers with action `reply` (CONTRACT §1), so
+                // `reply` is a port of every card, a button or not.
+                let mut ports: Vec<&str> = ca.buttons.iter().map(String::as_str).collect();
+                if !ports.contains(&"reply") {
+                    ports.push("reply");
+                }
                 need_port(port, &ports)
             }
             NodeKind::Iteration(_) => need_port(port, &["body", "done"]),
@@ -269,7 +372,7 @@ pub fn compile(
                     );
                 }
                 let head = path.split('.').next().unwrap_or("");
-                if !index.contains_key(head) {
+                if !index.contains_key(head) && !broken.contains(head) {
                     c.err(
                         &loc,
                         format!("argMapping '{target}': path '{path}' must start with a node id"),
@@ -304,8 +407,9 @@ pub fn compile(
         }
     }
 
-    // Reachability.
-    if let [s] = starts[..] {
+    // Reachability (only judged when the start node itself could be read).
+    if let ([s], 0) = (&starts[..], broken_starts) {
+        let s = *s;
         let mut seen = HashSet::new();
         let mut queue = VecDeque::from([nodes[s].id.clone()]);
         while let Some(id) = queue.pop_front() {
@@ -314,6 +418,9 @@ pub fn compile(
             }
             for e in def.edges.iter().filter(|e| e.from == id) {
                 queue.push_back(e.to.clone());
+            }
+            for (_, to) in loose_edges.iter().filter(|(f, _)| *f == id) {
+                queue.push_back(to.clone());
             }
         }
         for n in &nodes {
@@ -399,6 +506,35 @@ pub fn compile(
         nodes,
         edges: def.edges,
     })
+}
+
+/// Read a list item by item; `loc` names an item that cannot be read (and is only called then).
+fn read_list<T: serde::de::DeserializeOwned>(
+    c: &mut Checker<'_>,
+    what: &str,
+    raw: Option<Value>,
+    mut loc: impl FnMut(usize, &Value) -> String,
+) -> Vec<T> {
+    match raw {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(items)) => {
+            let mut out = Vec::new();
+            for (i, v) in items.into_iter().enumerate() {
+                match serde_json::from_value::<T>(v.clone()) {
+                    Ok(t) => out.push(t),
+                    Err(e) => {
+                        let l = loc(i, &v);
+                        c.err(l, e.to_string());
+                    }
+                }
+            }
+            out
+        }
+        Some(_) => {
+            c.err(what, "must be a list");
+            Vec::new()
+        }
+    }
 }
 
 fn need_port(port: Option<&str>, ports: &[&str]) -> Result<(), String> {
@@ -529,20 +665,45 @@ fn take_str(
 }
 
 fn tmpl(c: &mut Checker<'_>, t: &mut Templates, loc: &str, field: &str, src: &str) {
-    if let Err(e) = t.register(src) {
-        c.err(loc, format!("{field}: template does not compile: {e}"));
+    match t.register(src) {
+        Ok(()) => check_names(c, loc, field, t.names(src)),
+        Err(e) => c.err(loc, format!("{field}: template does not compile: {e}")),
     }
 }
 
 fn tmpl_value(c: &mut Checker<'_>, t: &mut Templates, loc: &str, field: &str, v: &Value) {
-    if let Err(e) = t.register_value(v) {
-        c.err(loc, format!("{field}: template does not compile: {e}"));
+    match t.register_value(v) {
+        Ok(()) => check_names(c, loc, field, t.names_value(v)),
+        Err(e) => c.err(loc, format!("{field}: template does not compile: {e}")),
     }
 }
 
 fn expr(c: &mut Checker<'_>, t: &mut Templates, loc: &str, field: &str, src: &str) {
-    if let Err(e) = t.register_expr(src) {
-        c.err(loc, format!("{field}: expression does not compile: {e}"));
+    match t.register_expr(src) {
+        Ok(()) => check_names(c, loc, field, t.names_expr(src)),
+        Err(e) => c.err(loc, format!("{field}: expression does not compile: {e}")),
+    }
+}
+
+/// Templates see the state: node ids (and `input`). Any other name is a typo that would
+/// silently render as nothing, so it is refused at load.
+fn check_names(c: &mut Checker<'_>, loc: &str, field: &str, names: Vec<String>) {
+    let mut seen = HashSet::new();
+    for name in names {
+        if c.roots.contains(&name) || !seen.insert(name.clone()) {
+            continue;
+        }
+        let hint = if c.arg_names.contains(&name) {
+            format!("; did you mean '{}.{name}'?", c.start_id)
+        } else {
+            String::new()
+        };
+        c.err(
+            loc,
+            format!(
+                "{field}: '{name}' is not a node id (templates read the state: node ids and 'input'){hint}"
+            ),
+        );
     }
 }
 

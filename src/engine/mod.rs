@@ -10,6 +10,8 @@
 
 pub mod events;
 mod run;
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 
@@ -58,6 +60,8 @@ pub trait ToolRunner: Send + Sync {
 }
 
 /// Where a run stands.
+// One per conversation, moved rarely: boxing the waiting variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "at", rename_all = "snake_case")]
 pub enum Position {
@@ -153,6 +157,8 @@ pub enum Input {
 }
 
 /// How a call to [`Engine::run`] ended.
+// One per run segment; kept unboxed so callers can match on the interrupt directly.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum RunEnd {
     Completed { result: Value },

@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use super::*;
 use crate::assistant::model::*;
 use crate::assistant::Assistant;
-use crate::llm::{ChatRequest, LlmDelta, ResponseFormat, ToolDef};
+use crate::llm::{ChatRequest, LlmDelta, ResponseFormat, Role, ToolDef};
 
 /// A step that could not finish.
 #[derive(Debug)]
@@ -34,6 +34,8 @@ impl StepErr {
 }
 
 /// What a node did.
+// One per node execution, consumed at once.
+#[allow(clippy::large_enum_variant)]
 enum Step {
     /// Finished with `output`, leaving by `port`.
     Next { output: Value, port: Option<String> },
@@ -137,8 +139,14 @@ impl Engine {
                     }
                 }
             }
+            // Only a page_action with `timeoutSeconds` can time out (its interrupt has an
+            // `expiresAt`); page tools of agents and functions wait for the page.
             Input::Timeout { interrupt_id } => match cp.pending_interrupt() {
-                Some(i) if &i.id == interrupt_id && i.reason == InterruptReason::PageAction => {
+                Some(i)
+                    if &i.id == interrupt_id
+                        && i.reason == InterruptReason::PageAction
+                        && i.expires_at.is_some() =>
+                {
                     Ok(())
                 }
                 _ => Err(refused(
@@ -450,6 +458,17 @@ impl Run<'_> {
                                 spec.name
                             )))
                         }
+                        Some(v)
+                            if !v.is_null()
+                                && spec.choices.as_ref().is_some_and(|c| !c.contains(v)) =>
+                        {
+                            return Err(StepErr::failed(format!(
+                                "output '{}' must be one of {}, got {}",
+                                spec.name,
+                                Value::Array(spec.choices.clone().unwrap_or_default()),
+                                short(v)
+                            )))
+                        }
                         _ => {}
                     }
                 }
@@ -597,7 +616,7 @@ impl Run<'_> {
                         agent: None,
                     });
                 }
-                let result = self.call_tool(id, &f.tool, &spec, args).await;
+                let result = self.call_tool(id, &f.tool, &spec, args, "").await;
                 self.finish_function(&call_id, &f.tool, result).await
             }
             NodeKind::Llm(l) => {
@@ -782,9 +801,10 @@ impl Run<'_> {
         name: &str,
         spec: &ToolSpec,
         args: Value,
+        key_suffix: &str,
     ) -> Result<Value, String> {
         let state = Value::Object(self.cp.state.clone());
-        let key = format!("{}:{}:{}", self.run_id, node, self.cp.steps);
+        let key = format!("{}:{}:{}{key_suffix}", self.run_id, node, self.cp.steps);
         let ctx = ToolCallCtx {
             templates: &self.a.templates,
             state: &state,
@@ -870,7 +890,7 @@ impl Run<'_> {
                             .get("arguments")
                             .cloned()
                             .unwrap_or(Value::Null);
-                        let result = self.call_tool(&r.node, &f.tool, &spec, args).await;
+                        let result = self.call_tool(&r.node, &f.tool, &spec, args, "").await;
                         self.finish_function(&call_id, &f.tool, result).await
                     }
                     _ => {
@@ -974,6 +994,18 @@ impl Run<'_> {
                         continue;
                     }
                 };
+                // Arguments that do not fit the tool's declared parameters go back to the model
+                // (it can correct them) instead of reaching the tool or a person.
+                if let Some(params) = &spec.parameters {
+                    if let Err(problems) = crate::schema::validate(params, &args) {
+                        let msg = format!(
+                            "error: the arguments do not match the tool's parameters: {}",
+                            problems.join("; ")
+                        );
+                        self.tool_result(&mut st, &call, msg).await;
+                        continue;
+                    }
+                }
                 if !st.approved.contains(&call.id) {
                     if let Some(interrupt) = self.tool_pause(id, &call.name, &spec, &call.id, &args)
                     {
@@ -983,7 +1015,12 @@ impl Run<'_> {
                         });
                     }
                 }
-                let result = self.call_tool(id, &call.name, &spec, args).await;
+                // Each call of one agent step gets its own key: the how-many-th tool call of
+                // this node it is (the same again if the node is retried after a crash).
+                let nth = st.messages.iter().filter(|m| m.role == Role::Tool).count();
+                let result = self
+                    .call_tool(id, &call.name, &spec, args, &format!(":{nth}"))
+                    .await;
                 if self.cancel.is_cancelled() {
                     return Err(StepErr::cancelled());
                 }
@@ -1288,15 +1325,33 @@ fn lookup(state: &Map<String, Value>, path: &str) -> Value {
 
 /// Parse a model's JSON answer (tolerating code fences and text around the object) and check it.
 fn parse_checked(text: &str, schema: &Value) -> Result<Value, String> {
-    let t = text.trim();
-    let body = match (t.find('{'), t.rfind('}')) {
-        (Some(a), Some(b)) if b > a => &t[a..=b],
-        _ => return Err("the answer is not a JSON object".into()),
-    };
-    let v: Value =
-        serde_json::from_str(body).map_err(|e| format!("the answer is not valid JSON ({e})"))?;
+    let v = extract_object(text)?;
     crate::schema::validate(schema, &v).map_err(|errs| errs.join("; "))?;
     Ok(v)
+}
+
+/// The JSON object in a model's answer: the whole answer, or the first complete object in it
+/// (models wrap JSON in code fences or put a sentence with braces before it).
+fn extract_object(text: &str) -> Result<Value, String> {
+    /// How many `{` are tried as the start of the object.
+    const TRIES: usize = 32;
+    let t = text.trim();
+    if let Ok(v @ Value::Object(_)) = serde_json::from_str::<Value>(t) {
+        return Ok(v);
+    }
+    let mut first_error = None;
+    for (i, _) in t.match_indices('{').take(TRIES) {
+        let mut values = serde_json::Deserializer::from_str(&t[i..]).into_iter::<Value>();
+        match values.next() {
+            Some(Ok(v @ Value::Object(_))) => return Ok(v),
+            Some(Err(e)) if first_error.is_none() => first_error = Some(e.to_string()),
+            _ => {}
+        }
+    }
+    Err(match first_error {
+        Some(e) => format!("the answer is not valid JSON ({e})"),
+        None => "the answer is not a JSON object".into(),
+    })
 }
 
 fn short(v: &Value) -> String {
@@ -1305,5 +1360,44 @@ fn short(v: &Value) -> String {
         format!("{}…", s.chars().take(60).collect::<String>())
     } else {
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_objects_are_found_in_chatty_answers() {
+        let obj = json!({"a": {"b": [1, "}"]}});
+        for text in [
+            r#"{"a": {"b": [1, "}"]}}"#,
+            "```json\n{\"a\": {\"b\": [1, \"}\"]}}\n```",
+            r#"Sure {here} it is: {"a": {"b": [1, "}"]}} - anything else? {x}"#,
+        ] {
+            assert_eq!(extract_object(text), Ok(obj.clone()), "{text}");
+        }
+        assert_eq!(
+            extract_object("no json here"),
+            Err("the answer is not a JSON object".into())
+        );
+        assert!(extract_object(r#"{"a": 1,"#)
+            .unwrap_err()
+            .contains("not valid JSON"));
+        assert!(extract_object("[1, 2]").is_err());
+        let schema = json!({"type": "object", "required": ["a"]});
+        assert!(parse_checked(r#"{"b": 1}"#, &schema)
+            .unwrap_err()
+            .contains("$.a is required"));
+    }
+
+    #[test]
+    fn lookup_reads_dotted_paths() {
+        let state = json!({"fetch": {"items": [{"name": "pen"}]}, "n": 3});
+        let state = state.as_object().unwrap();
+        assert_eq!(lookup(state, "fetch.items.0.name"), json!("pen"));
+        assert_eq!(lookup(state, "n"), json!(3));
+        assert_eq!(lookup(state, "fetch.items.9"), Value::Null);
+        assert_eq!(lookup(state, "nope.x"), Value::Null);
     }
 }
