@@ -2075,17 +2075,25 @@ fn find_place(text: &str) -> Option<String> {
 
 /// A person's name after "my name is", "I am", "I'm" or "called".
 fn find_person(text: &str) -> Option<String> {
-    let lower = text.to_lowercase();
-    for marker in ["name is ", "i am ", "i'm ", "called "] {
-        if let Some(at) = lower.find(marker) {
-            let rest = &text[at + marker.len()..];
-            let name = rest
-                .split_whitespace()
-                .next()
-                .map(|w| w.trim_matches(|c: char| !c.is_alphanumeric()))
-                .filter(|w| w.chars().next().is_some_and(char::is_uppercase));
-            if let Some(n) = name {
-                return Some(n.to_string());
+    // Word by word: byte offsets of a lowercased copy need not match the original's.
+    let words: Vec<&str> = text.split_whitespace().collect();
+    let lower: Vec<String> = words
+        .iter()
+        .map(|w| {
+            w.trim_matches(|c: char| !c.is_alphanumeric() && c != '\'')
+                .to_lowercase()
+        })
+        .collect();
+    let markers: [&[&str]; 4] = [&["name", "is"], &["i", "am"], &["i'm"], &["called"]];
+    for marker in markers {
+        let found = (0..lower.len()).find(|&i| {
+            i + marker.len() < lower.len()
+                && marker.iter().enumerate().all(|(k, m)| lower[i + k] == *m)
+        });
+        if let Some(i) = found {
+            let name = words[i + marker.len()].trim_matches(|c: char| !c.is_alphanumeric());
+            if name.chars().next().is_some_and(char::is_uppercase) {
+                return Some(name.to_string());
             }
         }
     }
@@ -2621,6 +2629,37 @@ mod tests {
     }
 
     #[test]
+    fn text_helpers_survive_odd_unicode() {
+        // Lowercasing "İ" changes its length; offsets must not be mixed up.
+        assert_eq!(find_person("İİİ my name is Ann."), Some("Ann".into()));
+        assert_eq!(find_person("I'm Bob"), Some("Bob".into()));
+        assert_eq!(find_person("name is"), None);
+        let schema = json!({"type": "object", "properties": {"name": {"type": "string"}, "amount": {"type": "number"}}});
+        for text in [
+            "İİİ name is Zoë, paid €3",
+            "ﬁ ß ǅ called 12,5 €",
+            "-",
+            "€",
+            "1,2,3,4",
+            "10:30 2024-13-45",
+        ] {
+            let v = answer_json(&schema, text);
+            assert!(oracle_accepts(&schema, &v), "{text}: {v}");
+        }
+        assert_eq!(
+            find_numbers("paid €3.50 on 2024-05-01 at 10:30")[0].text,
+            "€3.50"
+        );
+        assert_eq!(
+            find_numbers("1,200.75 and 12,5 and -4")
+                .iter()
+                .map(|n| n.value)
+                .collect::<Vec<_>>(),
+            vec![1200.75, 12.5, -4.0]
+        );
+    }
+
+    #[test]
     fn own_validator_rejects() {
         assert!(!validates(&json!({"type": "integer"}), &json!(1.5)));
         assert!(!validates(&json!({"required": ["a"]}), &json!({})));
@@ -2905,6 +2944,35 @@ mod tests {
             prop_assert!(oracle_accepts(&schema, &v), "schema {} input {:?} gave {}", schema, text, v);
             prop_assert!(validates(&schema, &v), "own validator disagrees: {} / {}", schema, v);
             prop_assert_eq!(&answer_json(&schema, &text), &v);
+        }
+
+        #[test]
+        fn text_answers_never_fail(
+            system in prop::sample::select(vec![
+                "", "Summarize the text.", "Translate into Spanish.", "Classify into: a, b, other.",
+                "You file expense claims.", "Think step by step.", "Detect the sentiment.",
+            ]),
+            earlier in "\\PC{0,40}",
+            text in "\\PC{0,120}",
+        ) {
+            let req = ChatRequest {
+                messages: vec![
+                    ChatMessage::system(system),
+                    ChatMessage::user(earlier),
+                    ChatMessage::assistant("ok"),
+                    ChatMessage::user(text.clone()),
+                ],
+                tools: tools(),
+                ..Default::default()
+            };
+            let d = BuiltinModel::new(0).answer(&req);
+            let n = d.len();
+            prop_assert!(n >= 2);
+            let is_done = |x: &LlmDelta| matches!(x, LlmDelta::Done { .. });
+            prop_assert!(is_done(&d[n - 1]), "last delta is not Done: {:?}", d);
+            prop_assert!(!d[..n - 1].iter().any(is_done), "Done before the end: {:?}", d);
+            let has_call = d.iter().any(|x| matches!(x, LlmDelta::ToolCallStart { .. }));
+            prop_assert!(has_call || !text_of(&d).trim().is_empty());
         }
 
         #[test]

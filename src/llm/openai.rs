@@ -14,8 +14,10 @@
 //!    jitter when they are worth retrying: HTTP 429, 5xx, and connection errors. `Retry-After`
 //!    (and OpenAI's `retry-after-ms`) is honoured. The first delta is read before
 //!    [`LlmProvider::chat`] returns, so a stream that breaks before producing anything is
-//!    retried too; once a delta has been handed out, nothing is ever retried.
-//! 4. Each SSE `data:` chunk is decoded by an [`Accumulator`] into [`LlmDelta`]s: content,
+//!    retried too; once a delta has been handed out, nothing is ever retried. Timeouts are not
+//!    retried (each already cost `timeout_seconds`), nor is a 429 for an exhausted quota or one
+//!    whose `Retry-After` exceeds a minute.
+//! 4. Each SSE `data:` chunk is decoded by an accumulator into [`LlmDelta`]s: content,
 //!    reasoning (`reasoning_content` or `reasoning`), tool-call pieces (a `ToolCallStart` once a
 //!    call's name is known, then `ToolCallArgs`), and the usage chunk, which ends up in the final
 //!    `Done`. `[DONE]` ends the stream; a stream that ends before `[DONE]` and without a
