@@ -36,7 +36,7 @@ pub const CLOSE_TOO_SLOW: u16 = 4008;
 const REPLAY_PAGE: usize = 512;
 
 /// A client frame (CONTRACT §2). `id` is read separately so errors can echo it.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, PartialEq, Deserialize)]
 #[serde(
     tag = "type",
     rename_all = "lowercase",
@@ -76,6 +76,32 @@ enum ClientFrame {
     Auth {
         token: String,
     },
+}
+
+/// Decode one text frame: its `id` (if any) and the typed frame, or the error to answer.
+fn decode(text: &str) -> Result<(Option<Value>, ClientFrame), (Option<Value>, ApiError)> {
+    let raw: Value = serde_json::from_str(text).map_err(|e| {
+        (
+            None,
+            ApiError::bad_request(format!("the frame is not valid JSON: {e}")),
+        )
+    })?;
+    let id = raw.get("id").cloned();
+    if !raw.is_object() {
+        return Err((
+            id,
+            ApiError::bad_request("a frame must be a JSON object with a 'type'"),
+        ));
+    }
+    match serde_json::from_value(raw) {
+        Ok(f) => Ok((id, f)),
+        Err(e) => Err((
+            id,
+            ApiError::bad_request(format!(
+                "bad frame: {e} (types: send, resume, subscribe, unsubscribe, cancel, auth)"
+            )),
+        )),
+    }
 }
 
 pub async fn handshake(
@@ -251,33 +277,10 @@ impl SocketSession {
     }
 
     async fn on_text(&mut self, text: &str) {
-        let raw: Value = match serde_json::from_str(text) {
-            Ok(v) => v,
-            Err(e) => {
-                self.send_error(
-                    None,
-                    &ApiError::bad_request(format!("the frame is not valid JSON: {e}")),
-                )
-                .await;
-                return;
-            }
-        };
-        let id = raw.get("id").cloned();
-        if !raw.is_object() {
-            self.send_error(
-                id,
-                &ApiError::bad_request("a frame must be a JSON object with a 'type'"),
-            )
-            .await;
-            return;
-        }
-        let frame: ClientFrame = match serde_json::from_value(raw) {
-            Ok(f) => f,
-            Err(e) => {
-                let msg = format!(
-                    "bad frame: {e} (types: send, resume, subscribe, unsubscribe, cancel, auth)"
-                );
-                self.send_error(id, &ApiError::bad_request(msg)).await;
+        let (id, frame) = match decode(text) {
+            Ok(x) => x,
+            Err((id, e)) => {
+                self.send_error(id, &e).await;
                 return;
             }
         };
@@ -529,5 +532,94 @@ impl SocketSession {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    #[test]
+    fn decodes_frames_and_names_problems() {
+        let (id, f) = decode(r#"{"type":"send","id":7,"content":"hi","assistant":"a"}"#).unwrap();
+        assert_eq!(id, Some(json!(7)));
+        assert!(matches!(f, ClientFrame::Send { ref content, .. } if content == "hi"));
+        let (id, e) = decode(r#"{"type":"resume","id":"x","conversationId":"c"}"#).unwrap_err();
+        assert_eq!(id, Some(json!("x")));
+        assert!(e.message.contains("interruptId"), "{}", e.message);
+        let (_, e) = decode("[1,2]").unwrap_err();
+        assert_eq!(e.code, ErrorCode::BadRequest);
+        let (_, e) = decode(r#"{"type":"send","content":5}"#).unwrap_err();
+        assert!(e.message.contains("invalid type"), "{}", e.message);
+        let (_, f) = decode(r#"{"type":"subscribe","conversationId":"c","since":3}"#).unwrap();
+        assert_eq!(
+            f,
+            ClientFrame::Subscribe {
+                conversation_id: "c".into(),
+                since: 3
+            }
+        );
+    }
+
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>()
+                .prop_filter("finite", |f| f.is_finite())
+                .prop_map(Value::from),
+            "[a-zA-Z_]{0,12}".prop_map(Value::from),
+            prop_oneof![
+                Just("send"),
+                Just("resume"),
+                Just("subscribe"),
+                Just("cancel"),
+                Just("auth"),
+                Just("unsubscribe")
+            ]
+            .prop_map(Value::from),
+        ];
+        leaf.prop_recursive(3, 24, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::btree_map(
+                    prop_oneof![
+                        Just("type".to_string()),
+                        Just("id".to_string()),
+                        Just("content".to_string()),
+                        Just("conversationId".to_string()),
+                        Just("interruptId".to_string()),
+                        Just("since".to_string()),
+                        Just("args".to_string()),
+                        Just("value".to_string()),
+                        "[a-z]{1,6}",
+                    ],
+                    inner,
+                    0..6,
+                )
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+        /// No input makes the decoder panic: arbitrary text, and arbitrary JSON built from the
+        /// protocol's own field names.
+        #[test]
+        fn decoder_never_panics_on_text(s in ".{0,200}") {
+            let _ = decode(&s);
+        }
+
+        #[test]
+        fn decoder_never_panics_on_json(v in json_value()) {
+            match decode(&v.to_string()) {
+                Ok(_) => {}
+                Err((_, e)) => prop_assert_eq!(e.code, ErrorCode::BadRequest),
+            }
+        }
     }
 }
