@@ -88,6 +88,8 @@ pub struct Conversation {
     transient: bool,
     /// The last message stored (a run's report starts with the user message that started it).
     last_message: Option<MessageRecord>,
+    /// The engine's newest checkpoint, not yet queued for the store.
+    cp_dirty: Option<Checkpoint>,
 }
 
 impl Conversation {
@@ -172,6 +174,7 @@ impl Conversation {
             timeout_handle: None,
             transient: false,
             last_message: None,
+            cp_dirty: None,
         }
     }
 
@@ -288,13 +291,25 @@ impl Conversation {
         if self.flushing
             || (self.pending_ops.is_empty()
                 && self.pending_waiters.is_empty()
-                && !self.record_dirty)
+                && !self.record_dirty
+                && self.cp_dirty.is_none())
         {
             return;
         }
         if !self.stored {
             // Nothing is written before the first message; waiters wait for it.
             return;
+        }
+        if let Some(cp) = self.cp_dirty.take() {
+            match serde_json::to_vec(&cp) {
+                Ok(data) => self.pending_ops.push(WriteOp::PutCheckpoint {
+                    conversation: self.id.to_string(),
+                    data: Bytes::from(data),
+                }),
+                Err(e) => {
+                    tracing::error!(conversation = %self.id, "checkpoint not serializable: {e}")
+                }
+            }
         }
         if self.record_dirty {
             self.record_dirty = false;
@@ -637,20 +652,8 @@ impl Handler<EngineEvent> for Conversation {
 impl Handler<EngineCheckpoint> for Conversation {
     type Result = ();
     fn handle(&mut self, m: EngineCheckpoint, ctx: &mut Self::Context) {
-        let data = match serde_json::to_vec(&m.0) {
-            Ok(d) => Bytes::from(d),
-            Err(e) => {
-                tracing::error!(conversation = %self.id, "checkpoint not serializable: {e}");
-                return;
-            }
-        };
-        // Only the newest checkpoint matters: replace a queued older one.
-        self.pending_ops
-            .retain(|op| !matches!(op, WriteOp::PutCheckpoint { .. }));
-        self.pending_ops.push(WriteOp::PutCheckpoint {
-            conversation: self.id.to_string(),
-            data,
-        });
+        // Only the newest checkpoint matters: it is serialized when the next commit starts.
+        self.cp_dirty = Some(m.0);
         self.kick(ctx);
     }
 }
@@ -702,14 +705,7 @@ impl Handler<RunDone> for Conversation {
             }
         };
         // Store the checkpoint and record with the run's end; answer a synchronous caller after.
-        if let Ok(data) = serde_json::to_vec(&self.cp) {
-            self.pending_ops
-                .retain(|op| !matches!(op, WriteOp::PutCheckpoint { .. }));
-            self.pending_ops.push(WriteOp::PutCheckpoint {
-                conversation: self.id.to_string(),
-                data: Bytes::from(data),
-            });
-        }
+        self.cp_dirty = Some(self.cp.clone());
         let rx = self.durable_waiter(ctx);
         if let Some(report) = run.report {
             let rep = RunReport {
@@ -932,16 +928,36 @@ impl Handler<msg::Unsubscribe> for Conversation {
 
 impl Handler<msg::Cancel> for Conversation {
     type Result = Result<bool, ApiError>;
-    fn handle(&mut self, m: msg::Cancel, _ctx: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, m: msg::Cancel, ctx: &mut Self::Context) -> Self::Result {
         self.check_owner(&m.owner)?;
         self.queue.clear();
-        match &self.run {
-            Some(run) => {
-                run.cancel.cancel();
-                Ok(true)
-            }
-            None => Ok(false),
+        if let Some(run) = &self.run {
+            run.cancel.cancel();
+            return Ok(true);
         }
+        if self.cp.is_paused() {
+            // A paused run is still a run: cancelling it withdraws its pending interrupt.
+            let run_id = self.cp.run_id.clone().unwrap_or_default();
+            self.cp.position = Position::Idle;
+            self.cp.loops.clear();
+            self.cp_dirty = Some(self.cp.clone());
+            self.rec.pending_interrupts.clear();
+            if let Some(h) = self.timeout_handle.take() {
+                ctx.cancel_future(h);
+            }
+            self.set_status(RunStatus::Cancelled);
+            self.emit(
+                &Event::RunError {
+                    run_id,
+                    code: ErrorCode::Cancelled,
+                    message: "the run was cancelled while it waited".into(),
+                },
+                ctx,
+            );
+            self.svc.metrics.runs_cancelled.fetch_add(1, Relaxed);
+            return Ok(true);
+        }
+        Ok(false)
     }
 }
 

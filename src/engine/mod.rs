@@ -105,7 +105,8 @@ pub struct AgentState {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LoopFrame {
     pub node: String,
-    pub items: Vec<Value>,
+    /// Shared: checkpoints are taken at every step and must not copy the list each time.
+    pub items: Arc<Vec<Value>>,
     pub index: usize,
 }
 

@@ -711,7 +711,7 @@ impl Run<'_> {
             };
             self.cp.loops.push(LoopFrame {
                 node: id.to_string(),
-                items,
+                items: Arc::new(items),
                 index: 0,
             });
         }

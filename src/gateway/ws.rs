@@ -209,18 +209,26 @@ impl SocketSession {
                     }
                     if self.session.ping(b"").await.is_err() { break; }
                 }
-                _ = slow.cancelled() => {
-                    let _ = self.session.clone().close(Some(CloseReason {
-                        code: CloseCode::Other(CLOSE_TOO_SLOW),
-                        description: Some("too slow: events piled up; reconnect and subscribe with since".into()),
-                    })).await;
-                    break;
-                }
+                _ = slow.cancelled() => break,
             }
         }
     }
 
     fn cleanup(&mut self) {
+        if self.subscriber.slow.is_cancelled() {
+            // Too slow: say so with close code 4008 once the client reads again (bounded wait).
+            let session = self.session.clone();
+            actix_web::rt::spawn(async move {
+                let reason = CloseReason {
+                    code: CloseCode::Other(CLOSE_TOO_SLOW),
+                    description: Some(
+                        "too slow: events piled up; reconnect and subscribe with since".into(),
+                    ),
+                };
+                let _ = tokio::time::timeout(Duration::from_secs(30), session.close(Some(reason)))
+                    .await;
+            });
+        }
         for sub in self.subs.values() {
             sub.addr.do_send(msg::Unsubscribe {
                 subscriber_id: self.subscriber.id,

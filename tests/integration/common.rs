@@ -27,6 +27,9 @@ pub struct Server {
 
 pub struct Options {
     pub assistants: PathBuf,
+    /// Lines added to the `[server]` table.
+    pub server_config: String,
+    /// Tables appended to the config file.
     pub extra_config: String,
 }
 
@@ -34,6 +37,7 @@ impl Default for Options {
     fn default() -> Self {
         Options {
             assistants: fixtures(),
+            server_config: String::new(),
             extra_config: String::new(),
         }
     }
@@ -48,7 +52,8 @@ impl Server {
         let data = tempfile::tempdir().expect("tempdir");
         let config = data.path().join("config.toml");
         let text = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\nheartbeat_seconds = 5\n\n[storage]\ndata_dir = {:?}\n\n[assistants]\ndir = {:?}\n\n[llm.default]\nprovider = \"builtin\"\npace_ms = 0\n\n[llm.slow]\nprovider = \"builtin\"\npace_ms = 40\n{}\n",
+            "[server]\nlisten = \"127.0.0.1:0\"\nheartbeat_seconds = 5\n{}\n\n[storage]\ndata_dir = {:?}\n\n[assistants]\ndir = {:?}\n\n[llm.default]\nprovider = \"builtin\"\npace_ms = 0\n\n[llm.slow]\nprovider = \"builtin\"\npace_ms = 40\n{}\n",
+            o.server_config,
             data.path().join("db"),
             o.assistants,
             o.extra_config
@@ -168,6 +173,46 @@ impl Client {
             ws,
             next_id: 1,
             backlog: Vec::new(),
+        }
+    }
+
+    /// Connect with extra upgrade-request headers (Authorization, Origin).
+    pub async fn connect_with(
+        server: &Server,
+        headers: &[(&str, &str)],
+    ) -> Result<Client, tokio_tungstenite::tungstenite::Error> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut req = server.ws_url().into_client_request()?;
+        for (k, v) in headers {
+            req.headers_mut().insert(
+                tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(k.as_bytes())
+                    .expect("header name"),
+                v.parse().expect("header value"),
+            );
+        }
+        let (ws, _) = tokio_tungstenite::connect_async(req).await?;
+        Ok(Client {
+            ws,
+            next_id: 1,
+            backlog: Vec::new(),
+        })
+    }
+
+    /// Read frames until the server closes; returns (frames, close code if any).
+    pub async fn read_until_closed(&mut self) -> (Vec<Value>, Option<u16>) {
+        let mut frames = std::mem::take(&mut self.backlog);
+        loop {
+            match tokio::time::timeout(WAIT, self.ws.next()).await {
+                Ok(Some(Ok(Message::Text(t)))) => {
+                    if let Ok(v) = serde_json::from_str(&t) {
+                        frames.push(v);
+                    }
+                }
+                Ok(Some(Ok(Message::Close(c)))) => return (frames, c.map(|c| u16::from(c.code))),
+                Ok(Some(Ok(_))) => continue,
+                Ok(Some(Err(_))) | Ok(None) => return (frames, None),
+                Err(_) => panic!("the server did not close the socket"),
+            }
         }
     }
 

@@ -469,3 +469,60 @@ async fn killed_mid_run_keeps_every_acked_message() {
         .await;
     assert_eq!(ev[0]["seq"].as_u64(), Some(replay.len() as u64 + 1));
 }
+
+#[tokio::test]
+async fn a_closed_socket_is_not_a_cancel() {
+    let s = Server::start();
+    let mut c = Client::connect(&s).await;
+    let ack = c
+        .ok(json!({"type": "send", "assistant": "slow", "content": "volcanoes"}))
+        .await;
+    let conv = ack["conversationId"].as_str().unwrap().to_string();
+    c.drop_abruptly();
+    let mut d = Client::connect(&s).await;
+    d.ok(json!({"type": "subscribe", "conversationId": conv, "since": 0}))
+        .await;
+    let ev = d.events_until(&conv, is_end).await;
+    assert_eq!(
+        ev.last().unwrap()["event"]["type"],
+        "RUN_FINISHED",
+        "the run went on"
+    );
+    assert_contiguous(&ev, 1);
+}
+
+#[tokio::test]
+async fn cancel_while_paused_withdraws_the_interrupt() {
+    let s = Server::start();
+    let mut c = Client::connect(&s).await;
+    let (conv, ev) = start_conv(&mut c, "approval", "a chair").await;
+    let iid = ev.last().unwrap()["event"]["outcome"]["interrupts"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = c
+        .ok(json!({"type": "cancel", "conversationId": conv}))
+        .await;
+    assert_eq!(r["cancelled"], true);
+    let end = c.run_events(&conv).await;
+    assert_eq!(end.last().unwrap()["event"]["code"], "cancelled");
+    assert_eq!(c.err(json!({"type": "resume", "conversationId": conv, "interruptId": iid, "action": "approve"})).await, "interrupt_not_pending");
+    let rec: Value = http()
+        .get(s.http(&format!("/api/conversations/{conv}")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(rec["status"], "cancelled");
+    assert_eq!(rec["pendingInterrupts"], json!([]));
+    // A new message starts a new run (it is not taken as an answer).
+    c.ok(json!({"type": "send", "conversationId": conv, "content": "a table"}))
+        .await;
+    let ev2 = c.run_events(&conv).await;
+    assert_eq!(
+        ev2.last().unwrap()["event"]["outcome"]["interrupts"][0]["payload"]["request"],
+        "a table"
+    );
+}
