@@ -1991,7 +1991,7 @@ fn checkpoint_wire_form_round_trips() {
         },
         loops: vec![LoopFrame {
             node: "each".into(),
-            items: vec![json!(1)],
+            items: std::sync::Arc::new(vec![json!(1)]),
             index: 0,
         }],
         steps: 3,

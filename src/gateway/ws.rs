@@ -79,6 +79,7 @@ enum ClientFrame {
 }
 
 /// Decode one text frame: its `id` (if any) and the typed frame, or the error to answer.
+#[allow(clippy::result_large_err)]
 fn decode(text: &str) -> Result<(Option<Value>, ClientFrame), (Option<Value>, ApiError)> {
     let raw: Value = serde_json::from_str(text).map_err(|e| {
         (
