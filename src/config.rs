@@ -185,7 +185,8 @@ impl LlmConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// How callers are identified (`[auth] mode`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum AuthMode {
     /// Everyone is the user `local`; only loopback listen addresses are allowed.

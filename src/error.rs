@@ -5,12 +5,14 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use utoipa::ToSchema;
 
 /// Stable, machine-readable error codes. The wire form is `snake_case`.
 ///
 /// The first group is the contract's list (WebSocket `error` frames and HTTP error bodies). The
-/// second group only appears as the `code` of a `RUN_ERROR` event: why a run ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// second group only appears as the `code` of a `RUN_ERROR` event: why a run ended (an HTTP
+/// `invoke` whose run ends that way answers with it too).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     BadRequest,
@@ -97,11 +99,15 @@ impl std::fmt::Display for ErrorCode {
 
 /// An error as clients see it: a code, a message for a person, optional structured details
 /// (for `invalid_args`, the list of bad fields).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema, thiserror::Error)]
 #[error("{code}: {message}")]
 pub struct ApiError {
     pub code: ErrorCode,
+    /// For a person: what went wrong and what to do about it.
     pub message: String,
+    /// Structured details: for `invalid_args` a list of `{"field", "message"}`; for
+    /// `run_timeout` the `runId` and `conversationId`; for `assistant_not_automated` its
+    /// `pausePoints`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub details: Option<Value>,
 }

@@ -1,45 +1,29 @@
 //! The HTTP API (CONTRACT §3), the demo page's files, health and metrics.
+//!
+//! The routes are registered from the table in [`super`]; each handler describes itself for the
+//! OpenAPI document with `#[utoipa::path]`, and every JSON body it sends or reads is a typed
+//! struct deriving `ToSchema`, so the document is generated from what is on the wire.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix::Addr;
 use actix_web::{web, HttpRequest, HttpResponse};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
+use utoipa::{IntoParams, ToSchema};
 
-use super::auth;
+use super::{auth, ErrorBody};
+use crate::assistant::model::ArgSpec;
+use crate::config::AuthMode;
 use crate::conversation::{msg, Conversation, RunReport};
 use crate::error::{ApiError, ErrorCode};
 use crate::services::Services;
-use crate::store::{ConversationRecord, MessageRecord};
+use crate::store::{ConversationRecord, MessageRecord, RunStatus};
 
 type Svc = web::Data<Arc<Services>>;
 type ApiResult = Result<HttpResponse, ApiError>;
-
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/", web::get().to(index))
-        .route("/static/{file}", web::get().to(static_file))
-        .route("/healthz", web::get().to(healthz))
-        .route("/metrics", web::get().to(metrics))
-        .route("/api/info", web::get().to(info))
-        .route("/api/assistants", web::get().to(list_assistants))
-        .route("/api/assistants/{id}", web::get().to(get_assistant))
-        .route("/api/assistants/{id}/invoke", web::post().to(invoke))
-        .route("/api/conversations", web::get().to(list_conversations))
-        .route("/api/conversations/{id}", web::get().to(get_conversation))
-        .route(
-            "/api/conversations/{id}",
-            web::patch().to(rename_conversation),
-        )
-        .route(
-            "/api/conversations/{id}",
-            web::delete().to(delete_conversation),
-        )
-        .route("/api/conversations/{id}/messages", web::get().to(messages))
-        .route("/api/conversations/{id}/events", web::get().to(events));
-}
 
 // ---- the demo page ---------------------------------------------------------------------------
 
@@ -73,70 +57,210 @@ fn serve(name: &str) -> HttpResponse {
             .content_type(*ty)
             .insert_header(("Cache-Control", "no-cache"))
             .body(*body),
-        None => HttpResponse::NotFound().json(json!({
-            "error": {"code": "bad_request", "message": format!("there is no file '{name}'")}
-        })),
+        None => HttpResponse::NotFound().json(ErrorBody {
+            error: ApiError::bad_request(format!("there is no file '{name}'")),
+        }),
     }
 }
 
-async fn index() -> HttpResponse {
+/// The demo page.
+#[utoipa::path(
+    get,
+    path = "/",
+    tag = "demo page",
+    responses((status = 200, description = "The demo page", body = String, content_type = "text/html"))
+)]
+pub(super) async fn index() -> HttpResponse {
     serve("index.html")
 }
 
-async fn static_file(path: web::Path<String>) -> HttpResponse {
+/// One of the demo page's files (`parley.js`, `app.js`, `style.css`, `index.html`).
+#[utoipa::path(
+    get,
+    path = "/static/{file}",
+    tag = "demo page",
+    params(("file" = String, Path, description = "The file name, e.g. `parley.js`")),
+    responses(
+        (status = 200, description = "The file", content(
+            (String = "text/javascript"),
+            (String = "text/css"),
+            (String = "text/html"),
+        )),
+        (status = 404, description = "No such file (code `bad_request`)", body = ErrorBody),
+    )
+)]
+pub(super) async fn static_file(path: web::Path<String>) -> HttpResponse {
     serve(&path.into_inner())
 }
 
 // ---- health, metrics, info -------------------------------------------------------------------
 
-async fn healthz() -> HttpResponse {
-    HttpResponse::Ok().json(json!({"status": "ok"}))
+/// `GET /healthz`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Health {
+    pub status: HealthStatus,
 }
 
-async fn metrics(svc: Svc) -> HttpResponse {
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthStatus {
+    Ok,
+}
+
+/// Liveness.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "server",
+    responses((status = 200, description = "The server is up", body = Health))
+)]
+pub(super) async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(Health {
+        status: HealthStatus::Ok,
+    })
+}
+
+/// Prometheus metrics.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "server",
+    responses((
+        status = 200,
+        description = "Metrics in the Prometheus text format 0.0.4",
+        body = String,
+        content_type = "text/plain; version=0.0.4"
+    ))
+)]
+pub(super) async fn metrics(svc: Svc) -> HttpResponse {
     let text = svc.metrics.render(&svc.store.stats());
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(text)
 }
 
-async fn info(svc: Svc) -> HttpResponse {
-    HttpResponse::Ok().json(json!({
-        "name": "parley",
-        "version": env!("CARGO_PKG_VERSION"),
-        "builtinModel": svc.builtin_model(),
-        "auth": svc.config.auth.mode,
-    }))
+/// `GET /api/info`.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServerInfo {
+    /// Always `parley`.
+    pub name: String,
+    /// The server's version.
+    pub version: String,
+    /// True when the default LLM is the built-in offline model.
+    pub builtin_model: bool,
+    pub auth: AuthMode,
+}
+
+/// What this server is: version, whether it runs the built-in model, its auth mode.
+#[utoipa::path(
+    get,
+    path = "/api/info",
+    tag = "server",
+    responses((status = 200, description = "About this server", body = ServerInfo))
+)]
+pub(super) async fn info(svc: Svc) -> HttpResponse {
+    HttpResponse::Ok().json(ServerInfo {
+        name: "parley".to_string(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        builtin_model: svc.builtin_model(),
+        auth: svc.config.auth.mode,
+    })
 }
 
 // ---- assistants ------------------------------------------------------------------------------
 
-fn assistant_json(svc: &Services, a: &crate::assistant::Assistant) -> Value {
-    let mut v = a.summary();
-    v["builtinModel"] = json!(svc.engine.llms().is_builtin(&a.llm));
-    v
+/// An assistant as listed by `GET /api/assistants`.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AssistantSummary {
+    pub id: String,
+    pub title: String,
+    pub description: String,
+    pub welcome_message: Option<String>,
+    /// Suggested first messages.
+    pub prologues: Vec<String>,
+    pub input_args: Vec<ArgSpec>,
+    pub output_args: Vec<ArgSpec>,
+    /// True when no node and no tool can pause a run: it can be called with `invoke`.
+    pub automated: bool,
+    /// True when its LLM is the built-in offline model.
+    pub builtin_model: bool,
 }
 
-async fn list_assistants(svc: Svc, req: HttpRequest) -> ApiResult {
+/// One assistant, `GET /api/assistants/{id}`: the summary plus its args as JSON Schema.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AssistantDetail {
+    #[serde(flatten)]
+    pub summary: AssistantSummary,
+    /// The input args as a JSON Schema object.
+    pub input_schema: Value,
+    /// The output args as a JSON Schema object.
+    pub output_schema: Value,
+    /// Why it is not automated, e.g. `node 'confirm' (conversation_action)`; only for
+    /// assistants that are not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pause_points: Option<Vec<String>>,
+}
+
+fn assistant_summary(svc: &Services, a: &crate::assistant::Assistant) -> AssistantSummary {
+    AssistantSummary {
+        id: a.id.clone(),
+        title: a.title.clone(),
+        description: a.description.clone(),
+        welcome_message: a.welcome_message.clone(),
+        prologues: a.prologues.clone(),
+        input_args: a.input_args.clone(),
+        output_args: a.output_args.clone(),
+        automated: a.automated,
+        builtin_model: svc.engine.llms().is_builtin(&a.llm),
+    }
+}
+
+/// Every assistant.
+#[utoipa::path(
+    get,
+    path = "/api/assistants",
+    tag = "assistants",
+    security((), ("bearer" = [])),
+    responses(
+        (status = 200, description = "The assistants", body = [AssistantSummary]),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+    )
+)]
+pub(super) async fn list_assistants(svc: Svc, req: HttpRequest) -> ApiResult {
     auth::authenticate(&svc.config.auth, &req)?;
-    let list: Vec<Value> = svc
+    let list: Vec<AssistantSummary> = svc
         .catalog
         .iter()
-        .map(|a| assistant_json(&svc, a))
+        .map(|a| assistant_summary(&svc, a))
         .collect();
     Ok(HttpResponse::Ok().json(list))
 }
 
-async fn get_assistant(svc: Svc, req: HttpRequest, id: web::Path<String>) -> ApiResult {
+/// One assistant, with its input and output args as JSON Schema.
+#[utoipa::path(
+    get,
+    path = "/api/assistants/{id}",
+    tag = "assistants",
+    security((), ("bearer" = [])),
+    params(("id" = String, Path, description = "The assistant's id")),
+    responses(
+        (status = 200, description = "The assistant", body = AssistantDetail),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 404, description = "`unknown_assistant`", body = ErrorBody),
+    )
+)]
+pub(super) async fn get_assistant(svc: Svc, req: HttpRequest, id: web::Path<String>) -> ApiResult {
     auth::authenticate(&svc.config.auth, &req)?;
     let a = svc.catalog.get(&id).ok_or_else(|| unknown_assistant(&id))?;
-    let mut v = assistant_json(&svc, &a);
-    v["inputSchema"] = a.input_schema();
-    v["outputSchema"] = crate::assistant::args_schema(&a.output_args);
-    if !a.automated {
-        v["pausePoints"] = json!(a.pause_points);
-    }
-    Ok(HttpResponse::Ok().json(v))
+    Ok(HttpResponse::Ok().json(AssistantDetail {
+        summary: assistant_summary(&svc, &a),
+        input_schema: a.input_schema(),
+        output_schema: crate::assistant::args_schema(&a.output_args),
+        pause_points: (!a.automated).then(|| a.pause_points.clone()),
+    }))
 }
 
 fn unknown_assistant(id: &str) -> ApiError {
@@ -156,16 +280,41 @@ fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError
     serde_json::from_value(v).map_err(|e| ApiError::bad_request(format!("bad body: {e}")))
 }
 
-#[derive(Deserialize)]
+/// The body of `POST /api/assistants/{id}/invoke`.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct InvokeBody {
-    content: String,
+pub struct InvokeBody {
+    /// The user's message.
+    pub content: String,
+    /// The assistant's input args (see its `inputSchema`).
     #[serde(default)]
-    args: Option<Value>,
+    pub args: Option<Value>,
+    /// Continue this conversation (of the same assistant) instead of starting a new one.
     #[serde(default)]
-    conversation_id: Option<String>,
+    pub conversation_id: Option<String>,
+    /// How long to wait for the run before it is cancelled (capped by the server's maximum).
     #[serde(default)]
-    timeout_seconds: Option<f64>,
+    #[schema(exclusive_minimum = 0)]
+    pub timeout_seconds: Option<f64>,
+}
+
+/// The answer of a synchronous call.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct InvokeResponse {
+    pub run_id: String,
+    pub conversation_id: String,
+    pub status: InvokeStatus,
+    /// The run's output args.
+    pub output: Value,
+    /// The messages this run added, the user's first.
+    pub messages: Vec<MessageView>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum InvokeStatus {
+    Completed,
 }
 
 /// Cancels a synchronous run if its HTTP request goes away before the answer.
@@ -184,7 +333,39 @@ impl Drop for CancelOnDrop {
     }
 }
 
-async fn invoke(svc: Svc, req: HttpRequest, id: web::Path<String>, body: web::Bytes) -> ApiResult {
+/// Synchronous call of an automated assistant.
+///
+/// The run happens in a transient actor and the conversation is stored like any other. An
+/// assistant that can pause (for a person or the page) is refused: use the WebSocket.
+#[utoipa::path(
+    post,
+    path = "/api/assistants/{id}/invoke",
+    tag = "assistants",
+    security((), ("bearer" = [])),
+    params(("id" = String, Path, description = "The assistant's id")),
+    request_body = InvokeBody,
+    responses(
+        (status = 200, description = "The run completed", body = InvokeResponse),
+        (status = 400, description = "`bad_request`: a bad body, or a conversation of another assistant", body = ErrorBody),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 404, description = "`unknown_assistant` or `conversation_not_found`", body = ErrorBody),
+        (status = 409, description = "`assistant_not_automated`, `conversation_busy`, or the run was `cancelled`", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`: the content is too long", body = ErrorBody),
+        (status = 422, description = "`invalid_args`, or the run failed: `step_failed`, `step_limit`", body = ErrorBody),
+        (status = 429, description = "`rate_limited`: too many synchronous calls at once", body = ErrorBody,
+            headers(("Retry-After" = String, description = "Seconds to wait"))),
+        (status = 500, description = "`internal`", body = ErrorBody),
+        (status = 502, description = "The run failed: `llm_error`, `tool_error`", body = ErrorBody),
+        (status = 503, description = "`interrupted`: the server stopped during the run", body = ErrorBody),
+        (status = 504, description = "`run_timeout`: the run was cancelled; `details` has its `runId` and `conversationId`", body = ErrorBody),
+    )
+)]
+pub(super) async fn invoke(
+    svc: Svc,
+    req: HttpRequest,
+    id: web::Path<String>,
+    body: web::Bytes,
+) -> ApiResult {
     let user = auth::authenticate(&svc.config.auth, &req)?;
     let a = svc.catalog.get(&id).ok_or_else(|| unknown_assistant(&id))?;
     if !a.automated {
@@ -276,32 +457,49 @@ async fn invoke(svc: Svc, req: HttpRequest, id: web::Path<String>, body: web::By
     };
     guard.addr = None;
     let output = report.result?;
-    Ok(HttpResponse::Ok().json(json!({
-        "runId": report.run_id,
-        "conversationId": report.conversation_id,
-        "status": "completed",
-        "output": output,
-        "messages": report.messages.iter().map(message_json).collect::<Vec<_>>(),
-    })))
+    Ok(HttpResponse::Ok().json(InvokeResponse {
+        run_id: report.run_id,
+        conversation_id: report.conversation_id,
+        status: InvokeStatus::Completed,
+        output,
+        messages: report.messages.iter().map(MessageView::from).collect(),
+    }))
 }
 
 // ---- conversations ---------------------------------------------------------------------------
 
-fn message_json(m: &MessageRecord) -> Value {
-    let mut v = json!({
-        "id": m.id,
-        "no": m.no,
-        "role": m.role,
-        "content": m.content,
-        "createdAt": rfc3339(m.created_at),
-    });
-    if let Some(r) = &m.run_id {
-        v["runId"] = json!(r);
+/// A message of a conversation.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MessageView {
+    pub id: String,
+    /// Position in the conversation, from 1; the `before` cursor of the messages page.
+    pub no: u64,
+    /// `user`, `assistant`, ...
+    pub role: String,
+    pub content: String,
+    #[schema(format = DateTime)]
+    pub created_at: String,
+    /// The run that wrote it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
+    /// Structured data attached to the message.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data: Option<Value>,
+}
+
+impl From<&MessageRecord> for MessageView {
+    fn from(m: &MessageRecord) -> Self {
+        MessageView {
+            id: m.id.clone(),
+            no: m.no,
+            role: m.role.clone(),
+            content: m.content.clone(),
+            created_at: rfc3339(m.created_at),
+            run_id: m.run_id.clone(),
+            data: m.data.clone(),
+        }
     }
-    if let Some(d) = &m.data {
-        v["data"] = d.clone();
-    }
-    v
 }
 
 fn rfc3339(ms: i64) -> String {
@@ -314,20 +512,42 @@ fn rfc3339(ms: i64) -> String {
         .unwrap_or_default()
 }
 
-fn conversation_json(svc: &Services, r: &ConversationRecord) -> Value {
-    let last_seq = svc.store.last_seq(&r.id).unwrap_or(r.last_seq);
-    json!({
-        "id": r.id,
-        "assistant": r.assistant,
-        "title": r.title,
-        "status": r.status,
-        "createdAt": rfc3339(r.created_at),
-        "updatedAt": rfc3339(r.updated_at),
-        "args": r.args,
-        "pendingInterrupts": r.pending_interrupts,
-        "lastSeq": last_seq,
-        "messageCount": r.message_count,
-    })
+/// A conversation.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ConversationView {
+    pub id: String,
+    /// The assistant's id.
+    pub assistant: String,
+    /// The first 20 characters of its first message until renamed.
+    pub title: String,
+    pub status: RunStatus,
+    #[schema(format = DateTime)]
+    pub created_at: String,
+    #[schema(format = DateTime)]
+    pub updated_at: String,
+    /// The input args it was started with.
+    pub args: Value,
+    /// Interrupts waiting for an answer (see docs/protocol.md).
+    pub pending_interrupts: Vec<Value>,
+    /// The seq of its last event.
+    pub last_seq: u64,
+    pub message_count: u64,
+}
+
+fn conversation_view(svc: &Services, r: &ConversationRecord) -> ConversationView {
+    ConversationView {
+        id: r.id.clone(),
+        assistant: r.assistant.clone(),
+        title: r.title.clone(),
+        status: r.status,
+        created_at: rfc3339(r.created_at),
+        updated_at: rfc3339(r.updated_at),
+        args: r.args.clone(),
+        pending_interrupts: r.pending_interrupts.clone(),
+        last_seq: svc.store.last_seq(&r.id).unwrap_or(r.last_seq),
+        message_count: r.message_count,
+    }
 }
 
 /// The record, if it is this user's (`conversation_not_found` otherwise: others' do not exist).
@@ -339,11 +559,16 @@ fn owned_record(svc: &Services, user: &str, id: &str) -> Result<ConversationReco
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
-struct ListQuery {
+#[into_params(parameter_in = Query)]
+pub struct ListQuery {
+    /// Only this assistant's conversations.
     assistant: Option<String>,
+    /// Page size, default 20.
+    #[param(minimum = 1, maximum = 100)]
     limit: Option<usize>,
+    /// The `nextCursor` of the previous page.
     cursor: Option<String>,
 }
 
@@ -361,7 +586,30 @@ fn limit(l: Option<usize>, default: usize) -> Result<usize, ApiError> {
     }
 }
 
-async fn list_conversations(svc: Svc, req: HttpRequest) -> ApiResult {
+/// A page of conversations.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ConversationList {
+    pub items: Vec<ConversationView>,
+    /// The `cursor` of the next page; `null` on the last.
+    pub next_cursor: Option<String>,
+}
+
+/// The caller's conversations, newest activity first.
+#[utoipa::path(
+    get,
+    path = "/api/conversations",
+    tag = "conversations",
+    security((), ("bearer" = [])),
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A page of conversations", body = ConversationList),
+        (status = 400, description = "`bad_request`: a bad query string, limit or cursor", body = ErrorBody),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 500, description = "`internal`", body = ErrorBody),
+    )
+)]
+pub(super) async fn list_conversations(svc: Svc, req: HttpRequest) -> ApiResult {
     let user = auth::authenticate(&svc.config.auth, &req)?;
     let q: ListQuery = query(&req)?;
     let page = svc
@@ -376,27 +624,67 @@ async fn list_conversations(svc: Svc, req: HttpRequest) -> ApiResult {
             crate::store::StoreError::InvalidCursor => ApiError::bad_request(e.to_string()),
             other => ApiError::internal(other.to_string()),
         })?;
-    let items: Vec<Value> = page
+    let items = page
         .items
         .iter()
-        .map(|r| conversation_json(&svc, r))
+        .map(|r| conversation_view(&svc, r))
         .collect();
-    Ok(HttpResponse::Ok().json(json!({"items": items, "nextCursor": page.next_cursor})))
+    Ok(HttpResponse::Ok().json(ConversationList {
+        items,
+        next_cursor: page.next_cursor,
+    }))
 }
 
-async fn get_conversation(svc: Svc, req: HttpRequest, id: web::Path<String>) -> ApiResult {
+/// One of the caller's conversations.
+#[utoipa::path(
+    get,
+    path = "/api/conversations/{id}",
+    tag = "conversations",
+    security((), ("bearer" = [])),
+    params(("id" = String, Path, description = "The conversation's id")),
+    responses(
+        (status = 200, description = "The conversation", body = ConversationView),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 404, description = "`conversation_not_found` (also for other callers' conversations)", body = ErrorBody),
+        (status = 500, description = "`internal`", body = ErrorBody),
+    )
+)]
+pub(super) async fn get_conversation(
+    svc: Svc,
+    req: HttpRequest,
+    id: web::Path<String>,
+) -> ApiResult {
     let user = auth::authenticate(&svc.config.auth, &req)?;
     let r = owned_record(&svc, &user.0, &id)?;
-    Ok(HttpResponse::Ok().json(conversation_json(&svc, &r)))
+    Ok(HttpResponse::Ok().json(conversation_view(&svc, &r)))
 }
 
-#[derive(Deserialize)]
+/// The body of `PATCH /api/conversations/{id}`.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct RenameBody {
-    title: String,
+pub struct RenameBody {
+    /// The new title, 1 to 200 characters once trimmed.
+    pub title: String,
 }
 
-async fn rename_conversation(
+/// Rename a conversation.
+#[utoipa::path(
+    patch,
+    path = "/api/conversations/{id}",
+    tag = "conversations",
+    security((), ("bearer" = [])),
+    params(("id" = String, Path, description = "The conversation's id")),
+    request_body = RenameBody,
+    responses(
+        (status = 200, description = "The renamed conversation", body = ConversationView),
+        (status = 400, description = "`bad_request`: a bad body", body = ErrorBody),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 404, description = "`conversation_not_found`", body = ErrorBody),
+        (status = 422, description = "`invalid_args`: the title is empty or too long", body = ErrorBody),
+        (status = 500, description = "`internal`", body = ErrorBody),
+    )
+)]
+pub(super) async fn rename_conversation(
     svc: Svc,
     req: HttpRequest,
     id: web::Path<String>,
@@ -421,10 +709,28 @@ async fn rename_conversation(
     .await
     .map_err(|_| ApiError::internal("the conversation stopped; try again"))??;
     let r = owned_record(&svc, &user.0, &id)?;
-    Ok(HttpResponse::Ok().json(conversation_json(&svc, &r)))
+    Ok(HttpResponse::Ok().json(conversation_view(&svc, &r)))
 }
 
-async fn delete_conversation(svc: Svc, req: HttpRequest, id: web::Path<String>) -> ApiResult {
+/// Delete a conversation, its messages, events and checkpoints; stops its actor.
+#[utoipa::path(
+    delete,
+    path = "/api/conversations/{id}",
+    tag = "conversations",
+    security((), ("bearer" = [])),
+    params(("id" = String, Path, description = "The conversation's id")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 404, description = "`conversation_not_found`", body = ErrorBody),
+        (status = 500, description = "`internal`", body = ErrorBody),
+    )
+)]
+pub(super) async fn delete_conversation(
+    svc: Svc,
+    req: HttpRequest,
+    id: web::Path<String>,
+) -> ApiResult {
     let user = auth::authenticate(&svc.config.auth, &req)?;
     owned_record(&svc, &user.0, &id)?;
     let addr = svc.registry.get(&svc, &id)?;
@@ -434,14 +740,42 @@ async fn delete_conversation(svc: Svc, req: HttpRequest, id: web::Path<String>) 
     Ok(HttpResponse::NoContent().finish())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
-struct MessagesQuery {
+#[into_params(parameter_in = Query)]
+pub struct MessagesQuery {
+    /// Only messages before this `no` (the `nextCursor` of the previous page).
     before: Option<u64>,
+    /// Page size, default 20.
+    #[param(minimum = 1, maximum = 100)]
     limit: Option<usize>,
 }
 
-async fn messages(svc: Svc, req: HttpRequest, id: web::Path<String>) -> ApiResult {
+/// A page of messages, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MessageList {
+    pub items: Vec<MessageView>,
+    /// The `before` of the next page; `null` on the last.
+    pub next_cursor: Option<u64>,
+}
+
+/// A conversation's messages, newest page first.
+#[utoipa::path(
+    get,
+    path = "/api/conversations/{id}/messages",
+    tag = "conversations",
+    security((), ("bearer" = [])),
+    params(("id" = String, Path, description = "The conversation's id"), MessagesQuery),
+    responses(
+        (status = 200, description = "A page of messages", body = MessageList),
+        (status = 400, description = "`bad_request`: a bad query string or limit", body = ErrorBody),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 404, description = "`conversation_not_found`", body = ErrorBody),
+        (status = 500, description = "`internal`", body = ErrorBody),
+    )
+)]
+pub(super) async fn messages(svc: Svc, req: HttpRequest, id: web::Path<String>) -> ApiResult {
     let user = auth::authenticate(&svc.config.auth, &req)?;
     let q: MessagesQuery = query(&req)?;
     owned_record(&svc, &user.0, &id)?;
@@ -456,20 +790,66 @@ async fn messages(svc: Svc, req: HttpRequest, id: web::Path<String>) -> ApiResul
         None
     };
     let next = next.filter(|&no| no > 1);
-    Ok(HttpResponse::Ok().json(json!({
-        "items": list.iter().map(message_json).collect::<Vec<_>>(),
-        "nextCursor": next,
-    })))
+    Ok(HttpResponse::Ok().json(MessageList {
+        items: list.iter().map(MessageView::from).collect(),
+        next_cursor: next,
+    }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
-struct EventsQuery {
+#[into_params(parameter_in = Query)]
+pub struct EventsQuery {
+    /// Only events after this seq (default 0: from the start).
     since: Option<u64>,
+    /// At most this many events, default 1000.
+    #[param(minimum = 1, maximum = 10000)]
     limit: Option<usize>,
 }
 
-async fn events(svc: Svc, req: HttpRequest, id: web::Path<String>) -> ApiResult {
+/// An event of the log, in the same frame as on the WebSocket.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EventFrame {
+    #[serde(rename = "type")]
+    pub kind: EventFrameType,
+    pub conversation_id: String,
+    pub seq: u64,
+    /// The event (`RUN_STARTED`, `TEXT_MESSAGE_CONTENT`, ...; see docs/protocol.md).
+    pub event: Value,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum EventFrameType {
+    Event,
+}
+
+/// A page of the event log.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EventList {
+    pub items: Vec<EventFrame>,
+    /// The seq of the last item; `null` when there is none.
+    pub last_seq: Option<u64>,
+}
+
+/// A conversation's event log after `since` (the same frames as the WebSocket sends).
+#[utoipa::path(
+    get,
+    path = "/api/conversations/{id}/events",
+    tag = "conversations",
+    security((), ("bearer" = [])),
+    params(("id" = String, Path, description = "The conversation's id"), EventsQuery),
+    responses(
+        (status = 200, description = "The events", body = EventList),
+        (status = 400, description = "`bad_request`: a bad query string or limit", body = ErrorBody),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 404, description = "`conversation_not_found`", body = ErrorBody),
+        (status = 500, description = "`internal`", body = ErrorBody),
+    )
+)]
+pub(super) async fn events(svc: Svc, req: HttpRequest, id: web::Path<String>) -> ApiResult {
     let user = auth::authenticate(&svc.config.auth, &req)?;
     let q: EventsQuery = query(&req)?;
     owned_record(&svc, &user.0, &id)?;
@@ -486,9 +866,15 @@ async fn events(svc: Svc, req: HttpRequest, id: web::Path<String>) -> ApiResult 
     for (seq, json) in &list {
         let event: Value = serde_json::from_slice(json)
             .map_err(|e| ApiError::internal(format!("stored event {seq} is unreadable: {e}")))?;
-        items.push(
-            json!({"type": "event", "conversationId": id.as_str(), "seq": seq, "event": event}),
-        );
+        items.push(EventFrame {
+            kind: EventFrameType::Event,
+            conversation_id: id.to_string(),
+            seq: *seq,
+            event,
+        });
     }
-    Ok(HttpResponse::Ok().json(json!({"items": items, "lastSeq": list.last().map(|(s, _)| *s)})))
+    Ok(HttpResponse::Ok().json(EventList {
+        items,
+        last_seq: list.last().map(|(s, _)| *s),
+    }))
 }

@@ -8,13 +8,21 @@ pub mod auth;
 pub mod dedup;
 pub mod http;
 pub mod limits;
+pub mod openapi;
 pub mod ws;
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::error::ApiError;
+
+/// The body of every HTTP error response: `{"error": {"code", "message", "details"?}}`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ApiError,
+}
 
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
@@ -22,20 +30,52 @@ impl ResponseError for ApiError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        let mut body = json!({"code": self.code, "message": self.message});
-        if let Some(d) = &self.details {
-            body["details"] = d.clone();
-        }
         let mut resp = HttpResponse::build(self.status_code());
         if self.code == crate::error::ErrorCode::RateLimited {
             resp.insert_header(("Retry-After", "1"));
         }
-        resp.json(json!({ "error": body }))
+        resp.json(ErrorBody {
+            error: self.clone(),
+        })
     }
 }
 
-/// Configure every route on an actix-web app.
-pub fn routes(cfg: &mut actix_web::web::ServiceConfig) {
-    http::routes(cfg);
-    cfg.route("/ws", actix_web::web::get().to(ws::handshake));
+/// The one list of routes. From it come the actix-web registration ([`routes`]), the list
+/// [`ROUTES`] and the operations of the OpenAPI document ([`openapi`]): each handler documents
+/// itself with `#[utoipa::path]`, so a route cannot be served without being described.
+macro_rules! route_table {
+    ($($method:ident $path:literal => $($handler:ident)::+;)*) => {
+        /// Configure every route on an actix-web app.
+        pub fn routes(cfg: &mut actix_web::web::ServiceConfig) {
+            $(cfg.route($path, actix_web::web::$method().to($($handler)::+));)*
+        }
+
+        /// Every route [`routes`] registers, as `(method, path)` (lowercase method; the path in
+        /// the actix-web and OpenAPI syntax, which agree: `{name}` for a segment).
+        pub const ROUTES: &[(&str, &str)] = &[$((stringify!($method), $path)),*];
+
+        /// The operations of the routes above, from their handlers' `#[utoipa::path]`.
+        #[derive(utoipa::OpenApi)]
+        #[openapi(paths($($($handler)::+),*))]
+        struct RouteDocs;
+    };
+}
+
+route_table! {
+    get "/" => http::index;
+    get "/static/{file}" => http::static_file;
+    get "/healthz" => http::healthz;
+    get "/metrics" => http::metrics;
+    get "/openapi.json" => openapi::openapi_json;
+    get "/api/info" => http::info;
+    get "/api/assistants" => http::list_assistants;
+    get "/api/assistants/{id}" => http::get_assistant;
+    post "/api/assistants/{id}/invoke" => http::invoke;
+    get "/api/conversations" => http::list_conversations;
+    get "/api/conversations/{id}" => http::get_conversation;
+    patch "/api/conversations/{id}" => http::rename_conversation;
+    delete "/api/conversations/{id}" => http::delete_conversation;
+    get "/api/conversations/{id}/messages" => http::messages;
+    get "/api/conversations/{id}/events" => http::events;
+    get "/ws" => ws::handshake;
 }

@@ -105,6 +105,24 @@ fn decode(text: &str) -> Result<(Option<Value>, ClientFrame), (Option<Value>, Ap
     }
 }
 
+/// The WebSocket (upgrade with `GET /ws`).
+///
+/// One socket carries many conversations: JSON text frames `send`, `resume`, `subscribe`,
+/// `unsubscribe`, `cancel` and `auth`, each answered by exactly one `ack` or `error`, and
+/// `event` frames. The protocol is described in docs/protocol.md. With `[auth] mode = "token"`
+/// send `Authorization: Bearer <token>` on the upgrade or an `auth` frame first.
+#[utoipa::path(
+    get,
+    path = "/ws",
+    tag = "websocket",
+    security((), ("bearer" = [])),
+    responses(
+        (status = 101, description = "Switching Protocols: the WebSocket session, see docs/protocol.md"),
+        (status = 400, description = "Not a WebSocket upgrade request"),
+        (status = 401, description = "`unauthorized`: an unknown bearer token", body = super::ErrorBody),
+        (status = 403, description = "`forbidden`: this page's origin may not open the WebSocket", body = super::ErrorBody),
+    )
+)]
 pub async fn handshake(
     req: HttpRequest,
     body: web::Payload,

@@ -103,7 +103,7 @@ pub enum StoreError {
 }
 
 /// Run status of a conversation (CONTRACT §1), plus `idle` before the first run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum RunStatus {
     Idle,

@@ -3,5 +3,6 @@
 
 mod common;
 mod http;
+mod openapi;
 mod security;
 mod ws;
