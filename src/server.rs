@@ -98,9 +98,11 @@ pub fn start(services: Arc<Services>) -> anyhow::Result<Running> {
             ))
             .app_data(data.clone())
             .app_data(web::PayloadConfig::new(max_body))
+            .wrap(crate::gateway::framework_errors())
             .wrap(actix_web::middleware::Compress::default())
             .configure(crate::gateway::routes)
     })
+    .on_connect(crate::gateway::http::on_connect)
     .workers(2)
     .shutdown_timeout(10)
     .listen(listener)?

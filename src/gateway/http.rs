@@ -442,7 +442,16 @@ pub(super) async fn invoke(
         addr: Some(addr.clone()),
         owner: user.0.clone(),
     };
-    let report = match tokio::time::timeout(Duration::from_secs_f64(timeout), rx).await {
+    // actix-web does not drop a handler when its client goes away, so watch the connection.
+    let gone = client_gone(&req);
+    let waited = tokio::select! {
+        r = tokio::time::timeout(Duration::from_secs_f64(timeout), rx) => r,
+        _ = gone => {
+            // Dropping the guard cancels the run.
+            return Err(ApiError::new(ErrorCode::Cancelled, "the client went away"));
+        }
+    };
+    let report = match waited {
         Ok(Ok(r)) => r,
         Ok(Err(_)) => return Err(ApiError::internal("the run ended without a report")),
         Err(_) => {
@@ -877,4 +886,39 @@ pub(super) async fn events(svc: Svc, req: HttpRequest, id: web::Path<String>) ->
         items,
         last_seq: list.last().map(|(s, _)| *s),
     }))
+}
+
+/// A duplicate of a connection's socket, kept in the connection's data to notice a client that
+/// goes away while a synchronous run is pending (see [`on_connect`]).
+#[derive(Clone)]
+pub struct ConnWatch(Arc<std::net::TcpStream>);
+
+/// `HttpServer::on_connect` hook: remember a duplicate handle of the TCP socket.
+pub fn on_connect(conn: &dyn std::any::Any, data: &mut actix_web::dev::Extensions) {
+    use std::os::fd::AsFd;
+    if let Some(sock) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
+        if let Ok(fd) = sock.as_fd().try_clone_to_owned() {
+            data.insert(ConnWatch(Arc::new(std::net::TcpStream::from(fd))));
+        }
+    }
+}
+
+/// Resolves when the request's client has closed its connection (checked every 200 ms by
+/// peeking at the socket: end-of-stream means gone). Never resolves if that cannot be known.
+async fn client_gone(req: &HttpRequest) {
+    let Some(watch) = req.conn_data::<ConnWatch>().cloned() else {
+        return std::future::pending().await;
+    };
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    loop {
+        tick.tick().await;
+        let mut buf = [0u8; 1];
+        // The socket is non-blocking (tokio's; the flag is shared by the duplicate).
+        match watch.0.peek(&mut buf) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => return,
+        }
+    }
 }

@@ -79,3 +79,28 @@ route_table! {
     get "/api/conversations/{id}/events" => http::events;
     get "/ws" => ws::handshake;
 }
+
+/// Errors produced by actix-web itself (an oversized body) get the same JSON error body as ours.
+pub fn framework_errors<B: 'static>() -> actix_web::middleware::ErrorHandlers<B> {
+    use actix_web::dev::ServiceResponse;
+    use actix_web::middleware::{ErrorHandlerResponse, ErrorHandlers};
+    fn too_large<B>(res: ServiceResponse<B>) -> actix_web::Result<ErrorHandlerResponse<B>> {
+        let is_json = res
+            .headers()
+            .get(actix_web::http::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+        if is_json {
+            return Ok(ErrorHandlerResponse::Response(res.map_into_left_body()));
+        }
+        let (req, _) = res.into_parts();
+        let body = ApiError::new(
+            crate::error::ErrorCode::PayloadTooLarge,
+            "the request body is larger than server.max_frame_bytes",
+        )
+        .error_response();
+        Ok(ErrorHandlerResponse::Response(
+            ServiceResponse::new(req, body).map_into_right_body(),
+        ))
+    }
+    ErrorHandlers::new().handler(StatusCode::PAYLOAD_TOO_LARGE, too_large)
+}

@@ -302,7 +302,7 @@ async fn limits_refuse_with_clear_codes_and_lose_nothing() {
     let (_, code) = big.read_until_closed().await;
     assert_eq!(code, Some(1009));
     // HTTP bodies over the limit are refused too.
-    let (st, _) = req(
+    let (st, e) = req(
         &s,
         "POST",
         "/api/assistants/chat/invoke",
@@ -310,7 +310,10 @@ async fn limits_refuse_with_clear_codes_and_lose_nothing() {
         Some(json!({"content": "z".repeat(5000)})),
     )
     .await;
-    assert_eq!(st, 413);
+    assert_eq!(
+        (st, e["error"]["code"].as_str()),
+        (413, Some("payload_too_large"))
+    );
 }
 
 #[tokio::test]
@@ -572,4 +575,48 @@ async fn sigkill_during_streams_and_pauses_loses_nothing_acknowledged() {
         assert_eq!(ev[0]["seq"].as_u64(), Some(seen[conv].len() as u64 + 1));
         assert_eq!(ev.last().unwrap()["event"]["outcome"]["type"], "success");
     }
+}
+
+#[tokio::test]
+async fn concurrent_runs_are_capped_and_a_gone_http_client_cancels_its_run() {
+    let s = Server::start_with(Options {
+        server_config: "max_concurrent_runs = 1".into(),
+        ..Options::default()
+    });
+    let mut c = Client::connect(&s).await;
+    let ack = c
+        .ok(json!({"type": "send", "assistant": "slow", "content": "busy"}))
+        .await;
+    let conv = ack["conversationId"].as_str().unwrap().to_string();
+    assert_eq!(
+        c.err(json!({"type": "send", "assistant": "chat", "content": "another"}))
+            .await,
+        "rate_limited"
+    );
+    c.ok(json!({"type": "cancel", "conversationId": conv}))
+        .await;
+    c.run_events(&conv).await;
+
+    // A synchronous caller that goes away cancels its run.
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_millis(400))
+        .build()
+        .unwrap();
+    let r = client
+        .post(s.http("/api/assistants/slow/invoke"))
+        .json(&json!({"content": "bye"}))
+        .send()
+        .await;
+    assert!(r.is_err(), "the client gave up");
+    for _ in 0..100 {
+        let (_, list) = req(&s, "GET", "/api/conversations?limit=100", None, None).await;
+        let items = list["items"].as_array().unwrap().clone();
+        if let Some(it) = items.iter().find(|i| i["title"] == "bye") {
+            if it["status"] == "cancelled" {
+                return;
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("the abandoned synchronous run was not cancelled");
 }
