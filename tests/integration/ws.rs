@@ -526,3 +526,48 @@ async fn cancel_while_paused_withdraws_the_interrupt() {
         "a table"
     );
 }
+
+async fn live_actors(s: &Server) -> u64 {
+    let m = http()
+        .get(s.http("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    m.lines()
+        .find_map(|l| l.strip_prefix("parley_live_actors "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("parley_live_actors")
+}
+
+#[tokio::test]
+async fn idle_actors_leave_memory_and_come_back_with_their_memory() {
+    let s = Server::start();
+    let mut c = Client::connect(&s).await;
+    let (conv, ev) = start_conv(&mut c, "brief", "My name is Ada").await;
+    assert_eq!(live_actors(&s).await, 1);
+    // Subscribed: it stays. Unsubscribed and idle for sessionTimeout: it leaves.
+    c.ok(json!({"type": "unsubscribe", "conversationId": conv}))
+        .await;
+    let mut gone = false;
+    for _ in 0..60 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        if live_actors(&s).await == 0 {
+            gone = true;
+            break;
+        }
+    }
+    assert!(gone, "the idle actor left memory");
+    // It comes back from the store: seqs go on, and earlier turns are still its memory.
+    c.ok(json!({"type": "send", "conversationId": conv, "content": "What is my name?"}))
+        .await;
+    let ev2 = c.run_events(&conv).await;
+    assert_eq!(ev2[0]["seq"].as_u64(), Some(ev.len() as u64 + 1));
+    assert!(
+        assistant_text(&ev2).contains("Ada"),
+        "{}",
+        assistant_text(&ev2)
+    );
+}
