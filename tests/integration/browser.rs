@@ -345,12 +345,23 @@ impl Browser {
     }
 
     /// Wait until `css` matches a displayed element and click it (a real WebDriver click).
+    /// The page may redraw the element between finding and clicking it (the conversation list
+    /// refreshes after each run): then it is found again, as a person would aim again.
     pub async fn click(&self, css: &str) {
-        self.wait_visible(css).await;
-        let el = self.wd.find(Locator::Css(css)).await.expect("element");
-        el.click()
-            .await
-            .unwrap_or_else(|e| panic!("cannot click {css}: {e}"));
+        let deadline = Instant::now() + UI_WAIT;
+        loop {
+            self.wait_visible(css).await;
+            let res = match self.wd.find(Locator::Css(css)).await {
+                Ok(el) => el.click().await,
+                Err(e) => Err(e),
+            };
+            match res {
+                Ok(()) => return,
+                // Stale, or covered for a moment: aim again.
+                Err(_) if Instant::now() < deadline => tokio::time::sleep(POLL).await,
+                Err(e) => panic!("cannot click {css}: {e}\n{}", self.describe().await),
+            }
+        }
     }
 
     pub async fn wait_visible(&self, css: &str) {
