@@ -1190,12 +1190,14 @@
       });
     }
 
+    // The hint as written in index.html (with its <code>), restored when nobody waits.
+    const idleHint = Array.from($("claim-hint").childNodes, (n) => n.cloneNode(true));
+
     function setWaiting(on, message) {
       $("claim-panel").classList.toggle("highlight", on);
       $("claim-waiting").hidden = !on;
-      $("claim-hint").textContent = on
-        ? message || "The assistant filled this form. Check it and press Submit."
-        : "A sample business form: assistants with an Action in Page (fill_claim_form) fill it in and wait for you to press Submit.";
+      if (on) $("claim-hint").textContent = message || "The assistant filled this form. Check it and press Submit.";
+      else $("claim-hint").replaceChildren(...idleHint.map((n) => n.cloneNode(true)));
       $("claim-status").textContent = "";
       updatePanelDot();
     }
@@ -1220,6 +1222,8 @@
       setWaiting(false);
       $("claim-status").textContent = "Sent to the assistant ✓";
       resolve(values());
+      // On a phone the form is a drawer over the chat: close it so the reply can be seen.
+      if (medium.matches) closeDrawers();
     });
 
     return { request, isWaiting: () => !!pending };
