@@ -864,6 +864,58 @@ async fn page_action_fills_claim_form_and_submit_resumes() {
     );
 }
 
+/// On a phone the side panels are drawers: the page action opens the one with the claim form,
+/// Submit closes it so the reply shows, and the conversation list is behind the menu button.
+#[tokio::test]
+async fn phone_layout_page_action_in_a_drawer() {
+    let s = Server::start();
+    let b = Browser::open(&s).await;
+    b.set_viewport(390, 844).await;
+    b.select_assistant("expense_demo").await;
+    b.click("[data-testid=prologue]").await;
+    b.click("[data-testid=action-card] [data-action=approve]")
+        .await;
+
+    b.wait(
+        "the drawer with the filled form",
+        "return document.getElementById('panel').classList.contains('open') && \
+         !document.getElementById('claim-waiting').hidden && \
+         document.getElementById('claim-purpose').value !== ''",
+    )
+    .await;
+    b.click("[data-testid=claim-submit]").await;
+    b.wait(
+        "the drawer to close",
+        "return !document.getElementById('panel').classList.contains('open') && document.getElementById('scrim').hidden",
+    )
+    .await;
+    b.wait(
+        "the reply",
+        "return Array.from(document.querySelectorAll('[data-testid=message-assistant]')).some(m =>\
+           m.innerText === 'Claim filed: 42.5 EUR for a taxi to the airport (sales).')",
+    )
+    .await;
+    b.wait_idle(UI_WAIT).await;
+    let conv = b.conversation_id().await;
+
+    // The conversation list is in the menu drawer; picking a conversation closes it.
+    b.click("#sidebar-toggle").await;
+    let item = format!("[data-testid=conversation-item][data-id='{conv}'] .conv-open");
+    b.click(&item).await;
+    b.wait(
+        "the menu drawer to close",
+        "return !document.getElementById('sidebar').classList.contains('open')",
+    )
+    .await;
+    wait_status(&s, &conv, "completed", UI_WAIT).await;
+    b.wait(
+        "the reopened history",
+        "const m = document.querySelectorAll('#chat .message'); return m.length === 3 && !m[2].classList.contains('streaming')",
+    )
+    .await;
+    assert_chat_matches_store(&b, &s, &conv).await;
+}
+
 /// (d) The stop button cancels a slow stream: the chat says "Stopped", the partial reply stays.
 #[tokio::test]
 async fn stop_button_cancels_a_slow_stream() {
