@@ -48,6 +48,8 @@ const CHROMIUM_ARGS: &[&str] = &[
     "--force-device-scale-factor=1",
     "--lang=en-US",
     "--window-size=1280,800",
+    // The page then turns its animations off: screenshots are the same from run to run.
+    "--force-prefers-reduced-motion",
 ];
 
 const ENTER: &str = "\u{E007}";
@@ -787,7 +789,10 @@ async fn page_action_fills_claim_form_and_submit_resumes() {
         "{card}"
     );
 
-    // Screenshots for the docs: a conversation with a reply and an action card.
+    // Screenshots for the docs: a conversation with a reply and an action card. (No focused
+    // field: a blinking caret would make every run's PNG differ.)
+    b.js("document.activeElement && document.activeElement.blur(); return true")
+        .await;
     b.screenshot(&screenshots_dir().join("desktop.png")).await;
     b.set_viewport(390, 844).await;
     b.wait(
