@@ -79,7 +79,29 @@
   // ======================================================================== HTTP API
 
   const params = new URLSearchParams(location.search);
-  const token = params.get("token") || safeStorage(() => localStorage.getItem("parley.token"));
+  const token = takeToken();
+
+  /**
+   * The bearer token for `[auth] mode = "token"` servers: given once as `#token=…` in the page
+   * URL (a fragment never reaches the server), remembered in localStorage, and removed from the
+   * address bar at once so it does not stay in the history or get copied along with a link.
+   * (`?token=…` is accepted and removed the same way, but a query string is sent to the server:
+   * prefer the fragment.) It then travels only in the Authorization header and the socket's
+   * auth frame.
+   */
+  function takeToken() {
+    const url = new URL(location.href);
+    const hash = new URLSearchParams(url.hash.slice(1));
+    const given = hash.get("token") || url.searchParams.get("token");
+    if (hash.has("token") || url.searchParams.has("token")) {
+      hash.delete("token");
+      url.searchParams.delete("token");
+      url.hash = hash.toString();
+      history.replaceState(null, "", url);
+    }
+    if (given) safeStorage(() => localStorage.setItem("parley.token", given));
+    return given || safeStorage(() => localStorage.getItem("parley.token"));
+  }
 
   function safeStorage(fn) {
     try {
@@ -184,7 +206,9 @@
       $("server-banner-detail").textContent =
         err.status === 0
           ? "Check that parley serve is running, then retry."
-          : `GET /api/assistants answered HTTP ${err.status}: ${err.message}`;
+          : err.status === 401
+            ? "This server needs an access token: open the page as /#token=YOUR_TOKEN (it is kept in this browser)."
+            : `GET /api/assistants answered HTTP ${err.status}: ${err.message}`;
       showUnavailable("Cannot reach the server", "The assistants could not be loaded. Retry when the server is up.");
       $("conversation-empty").hidden = false;
       $("conversation-empty").textContent = "Cannot reach the server.";
@@ -1166,12 +1190,14 @@
       });
     }
 
+    // The hint as written in index.html (with its <code>), restored when nobody waits.
+    const idleHint = Array.from($("claim-hint").childNodes, (n) => n.cloneNode(true));
+
     function setWaiting(on, message) {
       $("claim-panel").classList.toggle("highlight", on);
       $("claim-waiting").hidden = !on;
-      $("claim-hint").textContent = on
-        ? message || "The assistant filled this form. Check it and press Submit."
-        : "A sample business form: assistants with an Action in Page (fill_claim_form) fill it in and wait for you to press Submit.";
+      if (on) $("claim-hint").textContent = message || "The assistant filled this form. Check it and press Submit.";
+      else $("claim-hint").replaceChildren(...idleHint.map((n) => n.cloneNode(true)));
       $("claim-status").textContent = "";
       updatePanelDot();
     }
@@ -1196,6 +1222,8 @@
       setWaiting(false);
       $("claim-status").textContent = "Sent to the assistant ✓";
       resolve(values());
+      // On a phone the form is a drawer over the chat: close it so the reply can be seen.
+      if (medium.matches) closeDrawers();
     });
 
     return { request, isWaiting: () => !!pending };

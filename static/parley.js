@@ -21,7 +21,9 @@
  *    `since: lastSeq`, so nothing is lost;
  *  - frames that had not been acknowledged when the socket dropped (send, resume, cancel) are
  *    sent again after the reconnect with the SAME `id`: the server answers a repeated id with the
- *    original ack instead of applying the frame twice.
+ *    original ack instead of applying the frame twice;
+ *  - with a `token`, every new socket first sends `{"type":"auth","token":…}`; the token never
+ *    goes into a URL (URLs end up in logs and browser history).
  */
 (function (global) {
   "use strict";
@@ -42,15 +44,16 @@
     return "id-" + Date.now().toString(36) + "-" + Math.random().toString(36).slice(2, 12);
   }
 
-  /** Resolve "/ws" (or any relative URL) against the page location, with ws:// or wss://. */
-  function resolveWsUrl(url, token) {
+  /**
+   * Resolve "/ws" (or any relative URL) against the page location, with ws:// or wss://.
+   * (No credentials here: a token is sent in the socket's first frame, never in the URL.)
+   */
+  function resolveWsUrl(url) {
     const loc = global.location;
     const base = loc && /^https?:$/.test(loc.protocol) ? loc.href : "http://localhost/";
     const u = new URL(url || "/ws", base);
     if (u.protocol === "http:") u.protocol = "ws:";
     if (u.protocol === "https:") u.protocol = "wss:";
-    // Browsers cannot set headers on a WebSocket: the token travels as a query parameter.
-    if (token) u.searchParams.set("token", token);
     return u.toString();
   }
 
@@ -88,12 +91,15 @@
      * @param {object} [options]
      * @param {string} [options.url="/ws"] WebSocket URL, resolved against the page location.
      * @param {string} [options.assistant] default assistant id for new conversations.
-     * @param {string} [options.token] bearer token (sent as `?token=` on the socket URL).
+     * @param {string} [options.token] bearer token: sent as the first frame of every socket
+     *   (`{"type":"auth","token":…}`), never in the URL.
      * @param {string} [options.conversationId] start with this conversation as the current one
      *   (call `open()` to subscribe to it).
      */
     constructor(options = {}) {
-      this.url = resolveWsUrl(options.url || "/ws", options.token);
+      this.url = resolveWsUrl(options.url || "/ws");
+      /** Bearer token for `[auth] mode = "token"` servers (see setToken). */
+      this.token = options.token || null;
       this.assistant = options.assistant || null;
       this.conversationId = options.conversationId || null;
       /** The live WebSocket (null while disconnected). */
@@ -254,6 +260,19 @@
       return this._request({ type: "unsubscribe", conversationId }).catch(() => null);
     }
 
+    /**
+     * Set (or clear, with null) the bearer token. Every socket opened from now on authenticates
+     * with it first; an open socket authenticates right away. Resolves with the ack (`{user}`).
+     */
+    setToken(token) {
+      this.token = token || null;
+      const ws = this.socket;
+      if (!this.token || !ws || this.state !== "open" || ws.readyState !== 1) {
+        return Promise.resolve(null);
+      }
+      return this._authenticate(ws);
+    }
+
     /** Forget the current conversation: the next sendMessage starts a new one. */
     newConversation() {
       this._leaveCurrent();
@@ -307,6 +326,8 @@
         if (ws !== this.socket) return;
         this._gen += 1;
         this._attempt = 0;
+        // The auth frame goes first, before anything a "connection" handler may send.
+        if (this.token) this._authenticate(ws).catch(() => {});
         this._setState("open");
         this._afterOpen();
       };
@@ -350,10 +371,40 @@
       if (!this._userClosed && !this.socket) this._open();
     }
 
-    /** The socket dropped: pending frames wait for the next socket, except unsubscribes. */
+    /**
+     * Send `{"type":"auth","token"}` on `ws` now. The server answers with an ack (`{user}`) or an
+     * `unauthorized` error, which is also emitted as an "error" notification. The pending entry
+     * keeps a copy of the frame without the token, so no error or log ever shows it.
+     */
+    _authenticate(ws) {
+      const id = randomId();
+      const text = JSON.stringify({ type: "auth", id, token: this.token });
+      return new Promise((resolve, reject) => {
+        const entry = {
+          frame: { type: "auth", id },
+          resolve,
+          reject: (err) => {
+            this._emit("error", err);
+            reject(err);
+          },
+          sentGen: this._gen,
+        };
+        this._pending.set(id, entry);
+        try {
+          ws.send(text);
+        } catch (_) {
+          /* the close handler drops the entry; the next socket authenticates again */
+        }
+      });
+    }
+
+    /**
+     * The socket dropped: pending frames wait for the next socket, except unsubscribes and
+     * auth (a new socket starts unauthenticated and sends its own auth frame first).
+     */
     _onDropped() {
       for (const [id, entry] of this._pending) {
-        if (entry.frame.type === "unsubscribe") {
+        if (entry.frame.type === "unsubscribe" || entry.frame.type === "auth") {
           this._pending.delete(id);
           entry.resolve(null); // a new socket starts with no subscriptions anyway
         } else {
