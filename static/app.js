@@ -1236,7 +1236,11 @@
     const panel = $("claim-panel");
     panel.scrollIntoView({ behavior: "smooth", block: "start" });
     const first = $("claim-employee");
-    setTimeout(() => first.focus({ preventScroll: true }), 250);
+    // Focus the first field once the panel is in view — unless the person is already typing
+    // in the form (stealing focus mid-word would send their keys to another field).
+    setTimeout(() => {
+      if (!$("claim-form").contains(document.activeElement)) first.focus({ preventScroll: true });
+    }, 250);
   }
 
   // ======================================================================== composer
