@@ -927,13 +927,15 @@ impl Handler<msg::Unsubscribe> for Conversation {
 }
 
 impl Handler<msg::Cancel> for Conversation {
-    type Result = Result<bool, ApiError>;
+    type Result = ResponseFuture<Result<bool, ApiError>>;
     fn handle(&mut self, m: msg::Cancel, ctx: &mut Self::Context) -> Self::Result {
-        self.check_owner(&m.owner)?;
+        if let Err(e) = self.check_owner(&m.owner) {
+            return Box::pin(async move { Err(e) });
+        }
         self.queue.clear();
         if let Some(run) = &self.run {
             run.cancel.cancel();
-            return Ok(true);
+            return Box::pin(async { Ok(true) });
         }
         if self.cp.is_paused() {
             // A paused run is still a run: cancelling it withdraws its pending interrupt.
@@ -955,9 +957,15 @@ impl Handler<msg::Cancel> for Conversation {
                 ctx,
             );
             self.svc.metrics.runs_cancelled.fetch_add(1, Relaxed);
-            return Ok(true);
+            // Acknowledge once the cancellation is stored, like every other change.
+            let rx = self.durable_waiter(ctx);
+            return Box::pin(async move {
+                rx.await
+                    .unwrap_or_else(|_| Err(ApiError::internal("the conversation stopped")))
+                    .map(|()| true)
+            });
         }
-        Ok(false)
+        Box::pin(async { Ok(false) })
     }
 }
 

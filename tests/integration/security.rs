@@ -439,24 +439,33 @@ async fn racing_answers_end_in_one_consistent_state() {
         if later_run {
             assert_ne!(ra["runId"], rb["runId"]);
         }
-        // Wait for the conversation to settle, then check it is consistent.
+        // Wait for the conversation to settle (its record written after its last event).
         let mut rec = Value::Null;
+        let mut evs = Value::Null;
         for _ in 0..100 {
+            let (_, e) = req(
+                &s,
+                "GET",
+                &format!("/api/conversations/{conv}/events"),
+                None,
+                None,
+            )
+            .await;
             let (_, r) = req(&s, "GET", &format!("/api/conversations/{conv}"), None, None).await;
-            if r["status"] != "running" {
+            let last = e["items"]
+                .as_array()
+                .and_then(|a| a.last())
+                .cloned()
+                .unwrap_or(Value::Null);
+            let ended =
+                last["event"]["type"] == "RUN_FINISHED" || last["event"]["type"] == "RUN_ERROR";
+            if r["status"] != "running" && ended && r["lastSeq"] == last["seq"] {
                 rec = r;
+                evs = e;
                 break;
             }
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
-        let (_, evs) = req(
-            &s,
-            "GET",
-            &format!("/api/conversations/{conv}/events"),
-            None,
-            None,
-        )
-        .await;
         let items = evs["items"].as_array().unwrap();
         assert_contiguous(items, 1);
         let finished = items
