@@ -341,6 +341,10 @@
         try {
           await api("/api/conversations/" + encodeURIComponent(c.id), { method: "PATCH", body: { title } });
           c.title = title;
+          // The list may have been reloaded while the field was open: update that copy too.
+          for (const x of state.conversations) if (x.id === c.id) x.title = title;
+          // …and a reload that was already on its way may bring the old title: load again.
+          refreshConversationsSoon();
         } catch (err) {
           toast("Rename failed: " + err.message);
         }
