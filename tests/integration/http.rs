@@ -361,3 +361,39 @@ async fn health_metrics_and_demo_page() {
     let (st, info) = get(&s, "/api/info").await;
     assert_eq!((st, info["builtinModel"].as_bool()), (200, Some(true)));
 }
+
+#[tokio::test]
+async fn model_failures_and_rate_limits_have_their_codes() {
+    let s = Server::start_with(Options {
+        server_config: "messages_per_minute = 3".into(),
+        ..Options::default()
+    });
+    let (st, e) = post(&s, "/api/assistants/broken/invoke", json!({"content": "x"})).await;
+    assert_eq!((st, code(&e)), (502, "llm_error"), "{e}");
+    assert!(
+        e["error"]["message"].as_str().unwrap().contains("reach"),
+        "a message a person can act on: {e}"
+    );
+    let conv = {
+        let (_, list) = get(&s, "/api/conversations").await;
+        list["items"][0]["id"].as_str().unwrap().to_string()
+    };
+    let (_, rec) = get(&s, &format!("/api/conversations/{conv}")).await;
+    assert_eq!(rec["status"], "failed");
+    let (_, ev) = get(&s, &format!("/api/conversations/{conv}/events")).await;
+    let last = ev["items"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["event"]["type"], "RUN_ERROR");
+    assert_eq!(last["event"]["code"], "llm_error");
+    post(&s, "/api/assistants/chat/invoke", json!({"content": "2"})).await;
+    post(&s, "/api/assistants/chat/invoke", json!({"content": "3"})).await;
+    let r = http()
+        .post(s.http("/api/assistants/chat/invoke"))
+        .json(&json!({"content": "4"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 429);
+    assert!(r.headers().get("retry-after").is_some());
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(code(&e), "rate_limited");
+}

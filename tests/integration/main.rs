@@ -3,6 +3,7 @@
 
 mod browser;
 mod common;
+mod examples;
 mod http;
 mod openapi;
 mod security;
