@@ -480,6 +480,12 @@ impl Conversation {
             })
     }
 
+    fn follow(&mut self, subscriber: Option<Subscriber>) {
+        if let Some(s) = subscriber {
+            self.subscribers.insert(s.id, s);
+        }
+    }
+
     fn history_snapshot(&self) -> Vec<ChatMessage> {
         self.history.iter().cloned().collect()
     }
@@ -555,6 +561,9 @@ impl Conversation {
             && self.pending_ops.is_empty();
         let timeout = if self.transient {
             Duration::ZERO
+        } else if !self.stored {
+            // Created for a first message that was refused: nothing to keep.
+            Duration::from_secs(60).min(self.assistant.session_timeout)
         } else {
             self.assistant.session_timeout
         };
@@ -761,9 +770,9 @@ impl Handler<msg::Send> for Conversation {
             return refuse(e);
         }
         self.last_active = Instant::now();
-        if let Some(s) = m.subscriber.clone() {
-            self.subscribers.insert(s.id, s);
-        }
+        // The sending socket follows the conversation once the message is accepted (a refused
+        // message subscribes nothing).
+        let subscriber = m.subscriber.clone();
         // A paused conversation: the message answers the pending interrupt.
         if self.run.is_none() && self.cp.is_paused() {
             let Some(interrupt) = self.cp.pending_interrupt().cloned() else {
@@ -783,7 +792,7 @@ impl Handler<msg::Send> for Conversation {
                 interrupt.id,
                 action,
                 Value::String(m.content.clone()),
-                Some(m.content),
+                Some((m.content, subscriber)),
                 ctx,
             );
         }
@@ -797,6 +806,7 @@ impl Handler<msg::Send> for Conversation {
                     content: m.content.clone(),
                     args,
                 });
+                self.follow(subscriber);
                 self.user_message(&m.content, ctx);
                 let rx = self.durable_waiter(ctx);
                 let run_id = String::new();
@@ -827,6 +837,7 @@ impl Handler<msg::Send> for Conversation {
         }
         self.rec.args = Value::Object(args.clone());
         let history = self.history_snapshot();
+        self.follow(subscriber);
         self.user_message(&m.content, ctx);
         let run_id = uuid::Uuid::now_v7().to_string();
         // The ack waits for the commit holding the user's message (queued above).
@@ -859,7 +870,7 @@ impl Conversation {
         interrupt_id: String,
         action: Option<String>,
         value: Value,
-        user_text: Option<String>,
+        user_text: Option<(String, Option<Subscriber>)>,
         ctx: &mut Context<Self>,
     ) -> AckFuture {
         let input = Input::Answer {
@@ -881,7 +892,8 @@ impl Conversation {
             Err(e) => return refuse(e),
         };
         let history = self.history_snapshot();
-        if let Some(text) = user_text {
+        if let Some((text, subscriber)) = user_text {
+            self.follow(subscriber);
             self.user_message(&text, ctx);
         }
         // The interrupt leaves the stored record in the same commit as the answer's message.
