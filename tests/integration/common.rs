@@ -52,7 +52,7 @@ impl Server {
         let data = tempfile::tempdir().expect("tempdir");
         let config = data.path().join("config.toml");
         let text = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\nheartbeat_seconds = 5\n{}\n\n[storage]\ndata_dir = {:?}\n\n[assistants]\ndir = {:?}\n\n[llm.default]\nprovider = \"builtin\"\npace_ms = 0\n\n[llm.slow]\nprovider = \"builtin\"\npace_ms = 40\n\n[llm.broken]\nprovider = \"openai\"\nbase_url = \"http://127.0.0.1:9/v1\"\nmodel = \"none\"\nmax_retries = 0\ntimeout_seconds = 2\n{}\n",
+            "[server]\nlisten = \"127.0.0.1:0\"\n{}\n\n[storage]\ndata_dir = {:?}\n\n[assistants]\ndir = {:?}\n\n[llm.default]\nprovider = \"builtin\"\npace_ms = 0\n\n[llm.slow]\nprovider = \"builtin\"\npace_ms = 40\n\n[llm.broken]\nprovider = \"openai\"\nbase_url = \"http://127.0.0.1:9/v1\"\nmodel = \"none\"\nmax_retries = 0\ntimeout_seconds = 2\n{}\n",
             o.server_config,
             data.path().join("db"),
             o.assistants,

@@ -571,3 +571,33 @@ async fn idle_actors_leave_memory_and_come_back_with_their_memory() {
         assistant_text(&ev2)
     );
 }
+
+#[tokio::test]
+async fn silent_sockets_are_closed_after_three_heartbeats() {
+    let s = Server::start_with(Options {
+        server_config: "heartbeat_seconds = 1".into(),
+        ..Options::default()
+    });
+    let mut silent = Client::connect(&s).await;
+    let mut lively = Client::connect(&s).await;
+    // `lively` answers pings (tungstenite does while it reads); `silent` reads nothing for 4.5 s.
+    let keep = tokio::spawn(async move {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(4500);
+        while tokio::time::Instant::now() < deadline {
+            lively
+                .err(json!({"type": "unsubscribe", "conversationId": "none-such"}))
+                .await;
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        }
+        lively
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(4500)).await;
+    let mut lively = keep.await.unwrap();
+    let (_, code) = silent.read_until_closed().await;
+    // Closed (1001 "going away"; tungstenite may fail first on the pongs it owes a closed peer).
+    assert!(code == Some(1001) || code.is_none(), "{code:?}");
+    // The lively socket is still usable.
+    lively
+        .ok(json!({"type": "send", "assistant": "chat", "content": "still here"}))
+        .await;
+}
