@@ -127,7 +127,40 @@ fn validate(args: ServeArgs, dir: Option<PathBuf>) -> ExitCode {
     }
 }
 
+/// Raises this process's soft limit on open files to its hard limit.
+///
+/// Every WebSocket is one file descriptor, and the usual soft limit (often 1024) would refuse
+/// connections long before memory runs out; the hard limit is what the administrator allows.
+/// Failing to raise it is not fatal: the server starts with the limit it has and says so.
+#[cfg(unix)]
+fn raise_open_files_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed by pointer.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return;
+        }
+        if lim.rlim_cur >= lim.rlim_max {
+            return;
+        }
+        let old = lim.rlim_cur;
+        lim.rlim_cur = lim.rlim_max;
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
+            tracing::debug!("open files limit raised from {old} to {}", lim.rlim_max);
+        } else {
+            tracing::warn!("could not raise the open files limit above {old}");
+        }
+    }
+}
+
+#[cfg(not(unix))]
+fn raise_open_files_limit() {}
+
 fn serve(args: ServeArgs) -> ExitCode {
+    raise_open_files_limit();
     let config = match load_config(&args) {
         Ok(c) => c,
         Err(e) => {

@@ -1,0 +1,230 @@
+//! The real server, as a child process: the `parley` binary of the profile being built
+//! (release under `cargo bench`), a temp data dir, the built-in model at pace 0 and the bench
+//! assistants of `benches/assistants/`.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context as _};
+
+pub fn assistants_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/assistants")
+}
+
+pub fn binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_parley"))
+}
+
+/// A Parley process.
+pub struct Parley {
+    child: Child,
+    pub addr: SocketAddr,
+    /// Where its redb file lives (`<data>/parley.redb`).
+    pub data_dir: PathBuf,
+    log: Arc<Mutex<Vec<String>>>,
+    _dir: Arc<tempfile::TempDir>,
+}
+
+/// A temp directory holding a server's config and data.
+pub struct Home {
+    dir: Arc<tempfile::TempDir>,
+}
+
+impl Home {
+    pub fn new() -> anyhow::Result<Home> {
+        Ok(Home {
+            dir: Arc::new(tempfile::tempdir()?),
+        })
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// The redb file the server will open.
+    pub fn db_file(&self) -> PathBuf {
+        self.data_dir().join("parley.redb")
+    }
+
+    /// Write the config and start the server; waits until it listens.
+    pub fn start(&self) -> anyhow::Result<Parley> {
+        let config = self.dir.path().join("config.toml");
+        let text = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nmax_concurrent_runs = 100000\nmax_concurrent_invokes = 4096\n\n\
+             [storage]\ndata_dir = {:?}\n\n[assistants]\ndir = {:?}\n\n\
+             [llm.default]\nprovider = \"builtin\"\npace_ms = 0\n",
+            self.data_dir(),
+            assistants_dir()
+        );
+        std::fs::write(&config, text)?;
+        // Debug aid: `LOAD_SERVER_WRAPPER="strace -f -o /tmp/x"` runs the server under a tool.
+        let wrapper = std::env::var("LOAD_SERVER_WRAPPER").unwrap_or_default();
+        let mut words = wrapper.split_whitespace();
+        let mut cmd = match words.next() {
+            Some(tool) => {
+                let mut c = Command::new(tool);
+                c.args(words).arg(binary());
+                c
+            }
+            None => Command::new(binary()),
+        };
+        let mut child = cmd
+            .arg("serve")
+            .arg("--config")
+            .arg(&config)
+            .env("RUST_LOG", "info,actix_server=warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {}", binary().display()))?;
+        let stderr = child.stderr.take().context("stderr")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let log2 = log.clone();
+        // Debug aid: `LOAD_SERVER_LOG=/path` appends every server log line to that file.
+        let mut copy = std::env::var_os("LOAD_SERVER_LOG").and_then(|p| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .ok()
+        });
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(f) = copy.as_mut() {
+                    use std::io::Write as _;
+                    let _ = writeln!(f, "{line}");
+                }
+                if let Some(rest) = line.split("listening on http://").nth(1) {
+                    let addr = rest.split_whitespace().next().unwrap_or("").to_string();
+                    if let Some(t) = tx.take() {
+                        let _ = t.send(addr);
+                    }
+                }
+                let mut l = log2.lock().unwrap();
+                if l.len() < 1000 {
+                    l.push(line);
+                }
+            }
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(a) => a,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(anyhow!(
+                    "the server did not start: {:?}",
+                    log.lock().unwrap()
+                ));
+            }
+        };
+        Ok(Parley {
+            child,
+            addr: addr.parse().with_context(|| format!("address {addr:?}"))?,
+            data_dir: self.data_dir(),
+            log,
+            _dir: self.dir.clone(),
+        })
+    }
+}
+
+impl Parley {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Resident memory of the server process, in KiB (`VmRSS` of `/proc/<pid>/status`).
+    pub fn rss_kib(&self) -> anyhow::Result<u64> {
+        rss_kib(self.pid())
+    }
+
+    /// Lines the server logged at warn or error level.
+    pub fn warnings(&self) -> Vec<String> {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+            .cloned()
+            .collect()
+    }
+
+    /// If the process has exited: its status and the last lines it logged.
+    pub fn exited(&mut self) -> Option<String> {
+        let status = self.child.try_wait().ok()??;
+        let log = self.log.lock().unwrap();
+        let tail: Vec<&String> = log.iter().rev().take(20).rev().collect();
+        Some(format!(
+            "the server exited ({status}); last log lines: {tail:#?}"
+        ))
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn stop(mut self) -> anyhow::Result<()> {
+        // SAFETY: kill(2) with a pid we own.
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
+        }
+        let until = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return if status.success() {
+                    Ok(())
+                } else {
+                    Err(anyhow!("the server exited with {status}"))
+                };
+            }
+            if Instant::now() > until {
+                return Err(anyhow!("the server did not stop in 30 s"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Parley {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| anyhow!("no VmRSS in /proc/{pid}/status"))
+}
+
+/// Raise this process's soft open-files limit to the hard one; returns the limit in force.
+pub fn raise_fd_limit() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read and write the struct passed by pointer.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 0;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let want = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &want) == 0 {
+                return want.rlim_cur;
+            }
+        }
+    }
+    lim.rlim_cur
+}

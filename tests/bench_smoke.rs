@@ -1,0 +1,52 @@
+//! The smoke version of the load generator (`cargo bench --bench load`): the same code paths
+//! with tiny numbers, in seconds. It asserts correctness only (no errors, no seq gaps, nothing
+//! lost, every scenario measured something), never speed: speed lives in BENCHMARKS.md.
+
+#[path = "../benches/load/mod.rs"]
+mod load;
+
+#[test]
+fn load_generator_smoke() {
+    let report = load::run(&load::Options::smoke());
+    report.print();
+    assert!(
+        report.problems.is_empty(),
+        "the load generator found problems: {:#?}",
+        report.problems
+    );
+    for scenario in ["B", "1", "2", "3", "4", "5", "6"] {
+        let rows = report.rows_of(scenario);
+        assert!(!rows.is_empty(), "scenario {scenario} produced no row");
+        for r in rows {
+            assert!(
+                r.value.is_finite() && r.value >= 0.0,
+                "{}: not a measurement: {}",
+                r.measure,
+                r.value
+            );
+        }
+    }
+    // Work was actually done and checked: calls completed, events streamed, every idle socket
+    // sent its message, cold starts answered.
+    let positive = |scenario: &str, what: &str| {
+        let r = report
+            .rows_of(scenario)
+            .into_iter()
+            .find(|r| r.measure.contains(what))
+            .unwrap_or_else(|| panic!("no row '{what}' in scenario {scenario}"));
+        assert!(r.value > 0.0, "{}: {}", r.measure, r.value);
+    };
+    positive("1", "requests/s");
+    positive("2", "round trips/s");
+    positive("3", "events/s");
+    positive("4", "sends without error");
+    positive("5", "messages stored/s");
+    positive("6", "cold start");
+    let sends = report
+        .rows_of("4")
+        .into_iter()
+        .find(|r| r.measure.contains("sends without error"))
+        .map(|r| r.value)
+        .unwrap_or_default();
+    assert_eq!(sends, load::Options::smoke().idle_sockets as f64);
+}
