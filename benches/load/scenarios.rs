@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 
 use super::baseline::Bare;
 use super::client::{HttpConn, RunEnd, WsClient};
-use super::server::Home;
+use super::server::{CpuProbe, Home};
 use super::stats::{Samples, Tally, Window};
 use super::{Options, Report, Row, Target, Unit};
 
@@ -270,6 +270,8 @@ pub async fn baselines(o: &Options, report: &mut Report) -> anyhow::Result<Basel
 pub async fn invoke(o: &Options, b: &Baselines, report: &mut Report) -> anyhow::Result<()> {
     let home = Home::new()?;
     let server = home.start()?;
+    let c0 = metric(server.addr, "parley_store_commits_total").await?;
+    let cpu = CpuProbe::start(&server);
     let w = Window::after(o.warmup, o.duration);
     let mut t = http_load(
         server.addr,
@@ -280,6 +282,7 @@ pub async fn invoke(o: &Options, b: &Baselines, report: &mut Report) -> anyhow::
         r#""status":"completed""#,
     )
     .await;
+    let cpu = cpu.report();
     note_errors(report, "1 invoke", &t);
     let rps = t.ops as f64 / w.seconds();
     report.row(
@@ -335,10 +338,11 @@ pub async fn invoke(o: &Options, b: &Baselines, report: &mut Report) -> anyhow::
             listed["items"][0]
         ));
     }
+    let total_calls = metric(server.addr, COMPLETED).await.unwrap_or(0.0);
+    let per = commits_since(server.addr, c0, total_calls as u64).await;
     report.note(format!(
-        "1: {} calls in the window, {} samples; every call creates and stores a conversation (user + assistant message, events, checkpoint) with durable commits",
+        "1: {} calls in the window; every call creates and stores a conversation (user + assistant message, ~30 events, checkpoint, record): {per} store commits (fsyncs) per call, shared by all conversations through group commit. {cpu}",
         t.ops,
-        t.samples.len()
     ));
     server.stop()?;
     Ok(())
@@ -408,8 +412,11 @@ pub async fn hitl(o: &Options, b: &Baselines, report: &mut Report) -> anyhow::Re
     let home = Home::new()?;
     let server = home.start()?;
 
+    let c0 = metric(server.addr, "parley_store_commits_total").await?;
     let w = Window::after(o.warmup, o.duration);
     let (mut t, gaps) = hitl_load(server.addr, 1, w).await;
+    let r0 = metric(server.addr, COMPLETED).await.unwrap_or(0.0);
+    let per = commits_since(server.addr, c0, r0 as u64).await;
     note_errors(report, "2 HITL, 1 client", &t);
     if gaps > 0 {
         report.problem(format!("2 HITL, 1 client: {gaps} seq gap(s)"));
@@ -436,8 +443,10 @@ pub async fn hitl(o: &Options, b: &Baselines, report: &mut Report) -> anyhow::Re
     );
     let one = t.ops;
 
+    let cpu = CpuProbe::start(&server);
     let w = Window::after(o.warmup, o.duration);
     let (mut t, gaps) = hitl_load(server.addr, o.hitl_clients, w).await;
+    let cpu = cpu.report();
     note_errors(report, "2 HITL, many clients", &t);
     for w in server.warnings() {
         report.problem(format!("2 HITL server log: {w}"));
@@ -459,7 +468,7 @@ pub async fn hitl(o: &Options, b: &Baselines, report: &mut Report) -> anyhow::Re
         .baseline(b.ws_rtt_rps),
     );
     report.note(format!(
-        "2: {one} round trips measured with 1 client; with {} clients p50 {:.2} ms, p99 {:.2} ms. One round trip = 2 client frames, 2 acks, 2 durable commits and about 15 events",
+        "2: {one} round trips measured with 1 client ({per} store commits per round trip); with {} clients p50 {:.2} ms, p99 {:.2} ms, {cpu}. One round trip = 2 client frames, 2 acks, 2 run segments, about 20 events",
         o.hitl_clients,
         t.samples.percentile_ms(50.0),
         t.samples.percentile_ms(99.0)
@@ -474,6 +483,7 @@ pub async fn stream(o: &Options, b: &Baselines, report: &mut Report) -> anyhow::
     let home = Home::new()?;
     let mut server = home.start()?;
     let addr = server.addr;
+    let cpu = CpuProbe::start(&server);
     let w = Window::after(o.warmup, o.duration);
     let mut handles = Vec::new();
     let ends = Arc::new(parking_lot::Mutex::new(Vec::<(String, u64, u64)>::new()));
@@ -521,6 +531,7 @@ pub async fn stream(o: &Options, b: &Baselines, report: &mut Report) -> anyhow::
         }));
     }
     let t = join(handles).await;
+    let cpu = cpu.report();
     note_errors(report, "3 stream", &t);
     if let Some(e) = server.exited() {
         bail!("{e}");
@@ -575,7 +586,7 @@ pub async fn stream(o: &Options, b: &Baselines, report: &mut Report) -> anyhow::
         .target(Target::AtMost(0.0)),
     );
     report.note(format!(
-        "3: {} runs of ~{} events each in the window; every event is stored (redb, durable) before it is sent",
+        "3: {} runs of ~{} events each in the window; every event is stored (redb, durable) before it is sent. {cpu}",
         t.ops,
         t.items.checked_div(t.ops).unwrap_or(0)
     ));
@@ -901,18 +912,30 @@ fn prepare_cold(db: &std::path::Path, n: usize, messages: u64) -> anyhow::Result
     Ok(ids)
 }
 
-async fn live_actors(http: &reqwest::Client, addr: SocketAddr) -> anyhow::Result<u64> {
-    let text = http
-        .get(format!("http://{addr}/metrics"))
-        .send()
+const COMPLETED: &str = "parley_runs_total{status=\"completed\"}";
+
+/// One value of the server's `/metrics`, by its full name (with labels).
+async fn metric(addr: SocketAddr, name: &str) -> anyhow::Result<f64> {
+    let text = reqwest::get(format!("http://{addr}/metrics"))
         .await?
         .text()
         .await?;
     text.lines()
-        .find_map(|l| l.strip_prefix("parley_live_actors "))
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
         .and_then(|v| v.trim().parse::<f64>().ok())
-        .map(|v| v as u64)
-        .ok_or_else(|| anyhow!("no parley_live_actors in /metrics"))
+        .ok_or_else(|| anyhow!("no {name} in /metrics"))
+}
+
+async fn live_actors(_http: &reqwest::Client, addr: SocketAddr) -> anyhow::Result<u64> {
+    Ok(metric(addr, "parley_live_actors").await? as u64)
+}
+
+/// Store commits per operation, from the server's counters before and after a load.
+async fn commits_since(addr: SocketAddr, before: f64, ops: u64) -> String {
+    match metric(addr, "parley_store_commits_total").await {
+        Ok(after) if ops > 0 => format!("{:.2}", (after - before) / ops as f64),
+        _ => "?".into(),
+    }
 }
 
 pub async fn cold(o: &Options, b: &Baselines, report: &mut Report) -> anyhow::Result<()> {
