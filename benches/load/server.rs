@@ -15,8 +15,11 @@ pub fn assistants_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/assistants")
 }
 
+/// The server binary: this build's `parley`, or `LOAD_SERVER_BIN` (to compare two builds).
 pub fn binary() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_parley"))
+    std::env::var_os("LOAD_SERVER_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_parley")))
 }
 
 /// A Parley process.
