@@ -609,20 +609,31 @@ pub async fn idle(o: &Options, report: &mut Report) -> anyhow::Result<()> {
     let addr = server.addr;
 
     // Warm up the server (allocator, threads, store) so that the baseline RSS is not cold.
-    let warm = open_idle(addr, 50.min(o.idle_sockets), 50).await;
+    let warm = open_idle(addr, 50.min(o.idle_sockets), 50);
+    warm.begin.send_replace(true);
+    warm.settled(2).await;
     warm.go.send_replace(true);
     let wt = join(warm.handles).await;
     note_errors(report, "4 idle (warm-up)", &wt);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let rss0 = server.rss_kib()?;
 
+    // Sockets alone, then a conversation on each.
     let started = Instant::now();
-    let set = open_idle(addr, o.idle_sockets, 64).await;
+    let set = open_idle(addr, o.idle_sockets, 64);
+    set.settled(1).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_sockets = server.rss_kib()?;
+    let connected = set.connected.load(Relaxed);
+    set.begin.send_replace(true);
+    set.settled(2).await;
     let open_time = started.elapsed();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss1 = server.rss_kib()?;
     let opened = set.opened.load(Relaxed);
     let per = (rss1.saturating_sub(rss0)) as f64 / opened.max(1) as f64;
+    let per_socket = (rss_sockets.saturating_sub(rss0)) as f64 / connected.max(1) as f64;
+    let store_cache = metric(addr, "parley_store_ops_total").await.unwrap_or(0.0);
 
     let started = Instant::now();
     set.go.send_replace(true);
@@ -655,7 +666,7 @@ pub async fn idle(o: &Options, report: &mut Report) -> anyhow::Result<()> {
         .target(Target::AtLeast(o.idle_sockets as f64)),
     );
     report.note(format!(
-        "4: RSS {rss0} KiB → {rss1} KiB after opening {opened} sockets, each with a conversation whose first run finished ({:.1} s to open); the {} sends took {:.1} s (p50 {:.1} ms, p99 {:.1} ms, all at once)",
+        "4: RSS {rss0} KiB → {rss_sockets} KiB with {connected} idle sockets ({per_socket:.1} KiB each) → {rss1} KiB once each started a conversation and its first run finished ({:.1} s in all; {store_cache:.0} store ops written, which stay in redb's page cache); the {} sends took {:.1} s (p50 {:.1} ms, p99 {:.1} ms, all at once)",
         open_time.as_secs_f64(),
         t.ops,
         send_time.as_secs_f64(),
@@ -668,55 +679,100 @@ pub async fn idle(o: &Options, report: &mut Report) -> anyhow::Result<()> {
 
 struct IdleSet {
     handles: Vec<tokio::task::JoinHandle<Tally>>,
+    /// Once true, each connected socket starts its conversation.
+    begin: Arc<tokio::sync::watch::Sender<bool>>,
+    /// Once true, each socket sends one more message.
     go: Arc<tokio::sync::watch::Sender<bool>>,
+    connected: Arc<AtomicU64>,
     opened: Arc<AtomicU64>,
+    /// Tasks done with the current phase (connected or failed; then started or failed).
+    settled: Arc<AtomicU64>,
     gaps: Arc<AtomicU64>,
+    n: u64,
 }
 
-/// Open `n` sockets (at most `parallel` opening at once), each starting a conversation and
-/// waiting for its first run; returns once all are open (or failed). Each task then idles
-/// (answering pings) until `go`, sends one more message, and returns its tally.
-async fn open_idle(addr: SocketAddr, n: usize, parallel: usize) -> IdleSet {
+impl IdleSet {
+    /// Wait until every task settled `phase` (1: connected, 2: conversation started).
+    async fn settled(&self, phase: u64) {
+        while self.settled.load(Relaxed) < self.n * phase {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// Open `n` sockets (at most `parallel` connecting or starting at once). Each task connects,
+/// waits for `begin`, starts a conversation and waits for its first run, then idles (answering
+/// pings) until `go`, sends one more message, and returns its tally.
+fn open_idle(addr: SocketAddr, n: usize, parallel: usize) -> IdleSet {
+    let (begin, _) = tokio::sync::watch::channel(false);
     let (go, _) = tokio::sync::watch::channel(false);
-    let go = Arc::new(go);
-    let opened = Arc::new(AtomicU64::new(0));
-    let settled = Arc::new(AtomicU64::new(0));
-    let gaps = Arc::new(AtomicU64::new(0));
+    let set = IdleSet {
+        handles: Vec::with_capacity(n),
+        begin: Arc::new(begin),
+        go: Arc::new(go),
+        connected: Arc::new(AtomicU64::new(0)),
+        opened: Arc::new(AtomicU64::new(0)),
+        settled: Arc::new(AtomicU64::new(0)),
+        gaps: Arc::new(AtomicU64::new(0)),
+        n: n as u64,
+    };
     let gate = Arc::new(tokio::sync::Semaphore::new(parallel));
     let mut handles = Vec::with_capacity(n);
     for _ in 0..n {
-        let (go, opened, settled, gaps, gate) = (
-            go.clone(),
-            opened.clone(),
-            settled.clone(),
-            gaps.clone(),
+        let (begin, go, connected, opened, settled, gaps, gate) = (
+            set.begin.clone(),
+            set.go.clone(),
+            set.connected.clone(),
+            set.opened.clone(),
+            set.settled.clone(),
+            set.gaps.clone(),
             gate.clone(),
         );
         handles.push(tokio::spawn(async move {
             let mut t = Tally::default();
-            let permit = gate.acquire_owned().await;
-            let first = async {
-                let mut c = WsClient::connect(addr, "/ws").await?;
-                let ex = c.start("bench_auto", "hi").await?;
-                if ex.end != RunEnd::Success {
-                    bail!("the first run did not finish");
-                }
-                anyhow::Ok(c)
-            }
-            .await;
+            let permit = gate.clone().acquire_owned().await;
+            let c = WsClient::connect(addr, "/ws").await;
             drop(permit);
-            let mut c = match first {
+            let mut c = match c {
                 Ok(c) => {
-                    opened.fetch_add(1, Relaxed);
+                    connected.fetch_add(1, Relaxed);
                     settled.fetch_add(1, Relaxed);
                     c
                 }
                 Err(e) => {
-                    settled.fetch_add(1, Relaxed);
+                    settled.fetch_add(2, Relaxed);
                     t.error(format!("{e:#}"));
                     return t;
                 }
             };
+            let mut rx = begin.subscribe();
+            if let Err(e) = c
+                .idle_until(async move {
+                    let _ = rx.wait_for(|g| *g).await;
+                })
+                .await
+            {
+                settled.fetch_add(1, Relaxed);
+                t.error(format!("while idle: {e:#}"));
+                return t;
+            }
+            let permit = gate.acquire_owned().await;
+            let first = c.start("bench_auto", "hi").await;
+            drop(permit);
+            settled.fetch_add(1, Relaxed);
+            match first {
+                Ok(ex) if ex.end == RunEnd::Success => {
+                    opened.fetch_add(1, Relaxed);
+                }
+                Ok(_) => {
+                    t.error("the first run did not finish");
+                    return t;
+                }
+                Err(e) => {
+                    t.error(format!("{e:#}"));
+                    return t;
+                }
+            }
             let mut rx = go.subscribe();
             if let Err(e) = c
                 .idle_until(async move {
@@ -741,15 +797,7 @@ async fn open_idle(addr: SocketAddr, n: usize, parallel: usize) -> IdleSet {
             t
         }));
     }
-    while (settled.load(Relaxed) as usize) < n {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    IdleSet {
-        handles,
-        go,
-        opened,
-        gaps,
-    }
+    IdleSet { handles, ..set }
 }
 
 // ---- 5. durable writes -------------------------------------------------------------------------
