@@ -158,6 +158,10 @@ impl Options {
                     o.duration = Duration::from_secs(num(value("--duration")?)?);
                     o.store_duration = o.duration;
                 }
+                "--invoke-connections" => {
+                    o.invoke_connections = num(value("--invoke-connections")?)? as usize
+                }
+                "--hitl-clients" => o.hitl_clients = num(value("--hitl-clients")?)? as usize,
                 "--idle-sockets" => o.idle_sockets = num(value("--idle-sockets")?)? as usize,
                 "--cold-conversations" => {
                     o.cold_conversations = num(value("--cold-conversations")?)? as usize
@@ -170,7 +174,7 @@ impl Options {
     }
 }
 
-pub const USAGE: &str = "usage: cargo bench --bench load -- [--quick | --smoke] [--scenario all|invoke,hitl,stream,idle,durable,cold|1-6] [--duration SECS] [--idle-sockets N] [--cold-conversations N]";
+pub const USAGE: &str = "usage: cargo bench --bench load -- [--quick | --smoke] [--scenario all|invoke,hitl,stream,idle,durable,cold|1-6] [--duration SECS] [--invoke-connections N] [--hitl-clients N] [--idle-sockets N] [--cold-conversations N]";
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Unit {

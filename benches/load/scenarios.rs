@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 
 use super::baseline::Bare;
 use super::client::{HttpConn, RunEnd, WsClient};
-use super::server::Home;
+use super::server::{CpuProbe, Home};
 use super::stats::{Samples, Tally, Window};
 use super::{Options, Report, Row, Target, Unit};
 
@@ -270,6 +270,8 @@ pub async fn baselines(o: &Options, report: &mut Report) -> anyhow::Result<Basel
 pub async fn invoke(o: &Options, b: &Baselines, report: &mut Report) -> anyhow::Result<()> {
     let home = Home::new()?;
     let server = home.start()?;
+    let c0 = metric(server.addr, "parley_store_commits_total").await?;
+    let cpu = CpuProbe::start(&server);
     let w = Window::after(o.warmup, o.duration);
     let mut t = http_load(
         server.addr,
@@ -280,6 +282,7 @@ pub async fn invoke(o: &Options, b: &Baselines, report: &mut Report) -> anyhow::
         r#""status":"completed""#,
     )
     .await;
+    let cpu = cpu.report();
     note_errors(report, "1 invoke", &t);
     let rps = t.ops as f64 / w.seconds();
     report.row(
@@ -335,10 +338,11 @@ pub async fn invoke(o: &Options, b: &Baselines, report: &mut Report) -> anyhow::
             listed["items"][0]
         ));
     }
+    let total_calls = metric(server.addr, COMPLETED).await.unwrap_or(0.0);
+    let per = commits_since(server.addr, c0, total_calls as u64).await;
     report.note(format!(
-        "1: {} calls in the window, {} samples; every call creates and stores a conversation (user + assistant message, events, checkpoint) with durable commits",
+        "1: {} calls in the window; every call creates and stores a conversation (user + assistant message, ~30 events, checkpoint, record): {per} store commits (fsyncs) per call, shared by all conversations through group commit. {cpu}",
         t.ops,
-        t.samples.len()
     ));
     server.stop()?;
     Ok(())
@@ -408,8 +412,11 @@ pub async fn hitl(o: &Options, b: &Baselines, report: &mut Report) -> anyhow::Re
     let home = Home::new()?;
     let server = home.start()?;
 
+    let c0 = metric(server.addr, "parley_store_commits_total").await?;
     let w = Window::after(o.warmup, o.duration);
     let (mut t, gaps) = hitl_load(server.addr, 1, w).await;
+    let r0 = metric(server.addr, COMPLETED).await.unwrap_or(0.0);
+    let per = commits_since(server.addr, c0, r0 as u64).await;
     note_errors(report, "2 HITL, 1 client", &t);
     if gaps > 0 {
         report.problem(format!("2 HITL, 1 client: {gaps} seq gap(s)"));
@@ -436,8 +443,10 @@ pub async fn hitl(o: &Options, b: &Baselines, report: &mut Report) -> anyhow::Re
     );
     let one = t.ops;
 
+    let cpu = CpuProbe::start(&server);
     let w = Window::after(o.warmup, o.duration);
     let (mut t, gaps) = hitl_load(server.addr, o.hitl_clients, w).await;
+    let cpu = cpu.report();
     note_errors(report, "2 HITL, many clients", &t);
     for w in server.warnings() {
         report.problem(format!("2 HITL server log: {w}"));
@@ -459,7 +468,7 @@ pub async fn hitl(o: &Options, b: &Baselines, report: &mut Report) -> anyhow::Re
         .baseline(b.ws_rtt_rps),
     );
     report.note(format!(
-        "2: {one} round trips measured with 1 client; with {} clients p50 {:.2} ms, p99 {:.2} ms. One round trip = 2 client frames, 2 acks, 2 durable commits and about 15 events",
+        "2: {one} round trips measured with 1 client ({per} store commits per round trip); with {} clients p50 {:.2} ms, p99 {:.2} ms, {cpu}. One round trip = 2 client frames, 2 acks, 2 run segments, about 20 events",
         o.hitl_clients,
         t.samples.percentile_ms(50.0),
         t.samples.percentile_ms(99.0)
@@ -474,6 +483,7 @@ pub async fn stream(o: &Options, b: &Baselines, report: &mut Report) -> anyhow::
     let home = Home::new()?;
     let mut server = home.start()?;
     let addr = server.addr;
+    let cpu = CpuProbe::start(&server);
     let w = Window::after(o.warmup, o.duration);
     let mut handles = Vec::new();
     let ends = Arc::new(parking_lot::Mutex::new(Vec::<(String, u64, u64)>::new()));
@@ -521,6 +531,7 @@ pub async fn stream(o: &Options, b: &Baselines, report: &mut Report) -> anyhow::
         }));
     }
     let t = join(handles).await;
+    let cpu = cpu.report();
     note_errors(report, "3 stream", &t);
     if let Some(e) = server.exited() {
         bail!("{e}");
@@ -575,7 +586,7 @@ pub async fn stream(o: &Options, b: &Baselines, report: &mut Report) -> anyhow::
         .target(Target::AtMost(0.0)),
     );
     report.note(format!(
-        "3: {} runs of ~{} events each in the window; every event is stored (redb, durable) before it is sent",
+        "3: {} runs of ~{} events each in the window; every event is stored (redb, durable) before it is sent. {cpu}",
         t.ops,
         t.items.checked_div(t.ops).unwrap_or(0)
     ));
@@ -598,20 +609,31 @@ pub async fn idle(o: &Options, report: &mut Report) -> anyhow::Result<()> {
     let addr = server.addr;
 
     // Warm up the server (allocator, threads, store) so that the baseline RSS is not cold.
-    let warm = open_idle(addr, 50.min(o.idle_sockets), 50).await;
+    let warm = open_idle(addr, 50.min(o.idle_sockets), 50);
+    warm.begin.send_replace(true);
+    warm.settled(2).await;
     warm.go.send_replace(true);
     let wt = join(warm.handles).await;
     note_errors(report, "4 idle (warm-up)", &wt);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let rss0 = server.rss_kib()?;
 
+    // Sockets alone, then a conversation on each.
     let started = Instant::now();
-    let set = open_idle(addr, o.idle_sockets, 64).await;
+    let set = open_idle(addr, o.idle_sockets, 64);
+    set.settled(1).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_sockets = server.rss_kib()?;
+    let connected = set.connected.load(Relaxed);
+    set.begin.send_replace(true);
+    set.settled(2).await;
     let open_time = started.elapsed();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss1 = server.rss_kib()?;
     let opened = set.opened.load(Relaxed);
     let per = (rss1.saturating_sub(rss0)) as f64 / opened.max(1) as f64;
+    let per_socket = (rss_sockets.saturating_sub(rss0)) as f64 / connected.max(1) as f64;
+    let store_cache = metric(addr, "parley_store_ops_total").await.unwrap_or(0.0);
 
     let started = Instant::now();
     set.go.send_replace(true);
@@ -644,7 +666,7 @@ pub async fn idle(o: &Options, report: &mut Report) -> anyhow::Result<()> {
         .target(Target::AtLeast(o.idle_sockets as f64)),
     );
     report.note(format!(
-        "4: RSS {rss0} KiB → {rss1} KiB after opening {opened} sockets, each with a conversation whose first run finished ({:.1} s to open); the {} sends took {:.1} s (p50 {:.1} ms, p99 {:.1} ms, all at once)",
+        "4: RSS {rss0} KiB → {rss_sockets} KiB with {connected} idle sockets ({per_socket:.1} KiB each) → {rss1} KiB once each started a conversation and its first run finished ({:.1} s in all; {store_cache:.0} store ops written, which stay in redb's page cache); the {} sends took {:.1} s (p50 {:.1} ms, p99 {:.1} ms, all at once)",
         open_time.as_secs_f64(),
         t.ops,
         send_time.as_secs_f64(),
@@ -657,55 +679,100 @@ pub async fn idle(o: &Options, report: &mut Report) -> anyhow::Result<()> {
 
 struct IdleSet {
     handles: Vec<tokio::task::JoinHandle<Tally>>,
+    /// Once true, each connected socket starts its conversation.
+    begin: Arc<tokio::sync::watch::Sender<bool>>,
+    /// Once true, each socket sends one more message.
     go: Arc<tokio::sync::watch::Sender<bool>>,
+    connected: Arc<AtomicU64>,
     opened: Arc<AtomicU64>,
+    /// Tasks done with the current phase (connected or failed; then started or failed).
+    settled: Arc<AtomicU64>,
     gaps: Arc<AtomicU64>,
+    n: u64,
 }
 
-/// Open `n` sockets (at most `parallel` opening at once), each starting a conversation and
-/// waiting for its first run; returns once all are open (or failed). Each task then idles
-/// (answering pings) until `go`, sends one more message, and returns its tally.
-async fn open_idle(addr: SocketAddr, n: usize, parallel: usize) -> IdleSet {
+impl IdleSet {
+    /// Wait until every task settled `phase` (1: connected, 2: conversation started).
+    async fn settled(&self, phase: u64) {
+        while self.settled.load(Relaxed) < self.n * phase {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// Open `n` sockets (at most `parallel` connecting or starting at once). Each task connects,
+/// waits for `begin`, starts a conversation and waits for its first run, then idles (answering
+/// pings) until `go`, sends one more message, and returns its tally.
+fn open_idle(addr: SocketAddr, n: usize, parallel: usize) -> IdleSet {
+    let (begin, _) = tokio::sync::watch::channel(false);
     let (go, _) = tokio::sync::watch::channel(false);
-    let go = Arc::new(go);
-    let opened = Arc::new(AtomicU64::new(0));
-    let settled = Arc::new(AtomicU64::new(0));
-    let gaps = Arc::new(AtomicU64::new(0));
+    let set = IdleSet {
+        handles: Vec::with_capacity(n),
+        begin: Arc::new(begin),
+        go: Arc::new(go),
+        connected: Arc::new(AtomicU64::new(0)),
+        opened: Arc::new(AtomicU64::new(0)),
+        settled: Arc::new(AtomicU64::new(0)),
+        gaps: Arc::new(AtomicU64::new(0)),
+        n: n as u64,
+    };
     let gate = Arc::new(tokio::sync::Semaphore::new(parallel));
     let mut handles = Vec::with_capacity(n);
     for _ in 0..n {
-        let (go, opened, settled, gaps, gate) = (
-            go.clone(),
-            opened.clone(),
-            settled.clone(),
-            gaps.clone(),
+        let (begin, go, connected, opened, settled, gaps, gate) = (
+            set.begin.clone(),
+            set.go.clone(),
+            set.connected.clone(),
+            set.opened.clone(),
+            set.settled.clone(),
+            set.gaps.clone(),
             gate.clone(),
         );
         handles.push(tokio::spawn(async move {
             let mut t = Tally::default();
-            let permit = gate.acquire_owned().await;
-            let first = async {
-                let mut c = WsClient::connect(addr, "/ws").await?;
-                let ex = c.start("bench_auto", "hi").await?;
-                if ex.end != RunEnd::Success {
-                    bail!("the first run did not finish");
-                }
-                anyhow::Ok(c)
-            }
-            .await;
+            let permit = gate.clone().acquire_owned().await;
+            let c = WsClient::connect(addr, "/ws").await;
             drop(permit);
-            let mut c = match first {
+            let mut c = match c {
                 Ok(c) => {
-                    opened.fetch_add(1, Relaxed);
+                    connected.fetch_add(1, Relaxed);
                     settled.fetch_add(1, Relaxed);
                     c
                 }
                 Err(e) => {
-                    settled.fetch_add(1, Relaxed);
+                    settled.fetch_add(2, Relaxed);
                     t.error(format!("{e:#}"));
                     return t;
                 }
             };
+            let mut rx = begin.subscribe();
+            if let Err(e) = c
+                .idle_until(async move {
+                    let _ = rx.wait_for(|g| *g).await;
+                })
+                .await
+            {
+                settled.fetch_add(1, Relaxed);
+                t.error(format!("while idle: {e:#}"));
+                return t;
+            }
+            let permit = gate.acquire_owned().await;
+            let first = c.start("bench_auto", "hi").await;
+            drop(permit);
+            settled.fetch_add(1, Relaxed);
+            match first {
+                Ok(ex) if ex.end == RunEnd::Success => {
+                    opened.fetch_add(1, Relaxed);
+                }
+                Ok(_) => {
+                    t.error("the first run did not finish");
+                    return t;
+                }
+                Err(e) => {
+                    t.error(format!("{e:#}"));
+                    return t;
+                }
+            }
             let mut rx = go.subscribe();
             if let Err(e) = c
                 .idle_until(async move {
@@ -730,15 +797,7 @@ async fn open_idle(addr: SocketAddr, n: usize, parallel: usize) -> IdleSet {
             t
         }));
     }
-    while (settled.load(Relaxed) as usize) < n {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    IdleSet {
-        handles,
-        go,
-        opened,
-        gaps,
-    }
+    IdleSet { handles, ..set }
 }
 
 // ---- 5. durable writes -------------------------------------------------------------------------
@@ -901,18 +960,30 @@ fn prepare_cold(db: &std::path::Path, n: usize, messages: u64) -> anyhow::Result
     Ok(ids)
 }
 
-async fn live_actors(http: &reqwest::Client, addr: SocketAddr) -> anyhow::Result<u64> {
-    let text = http
-        .get(format!("http://{addr}/metrics"))
-        .send()
+const COMPLETED: &str = "parley_runs_total{status=\"completed\"}";
+
+/// One value of the server's `/metrics`, by its full name (with labels).
+async fn metric(addr: SocketAddr, name: &str) -> anyhow::Result<f64> {
+    let text = reqwest::get(format!("http://{addr}/metrics"))
         .await?
         .text()
         .await?;
     text.lines()
-        .find_map(|l| l.strip_prefix("parley_live_actors "))
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
         .and_then(|v| v.trim().parse::<f64>().ok())
-        .map(|v| v as u64)
-        .ok_or_else(|| anyhow!("no parley_live_actors in /metrics"))
+        .ok_or_else(|| anyhow!("no {name} in /metrics"))
+}
+
+async fn live_actors(_http: &reqwest::Client, addr: SocketAddr) -> anyhow::Result<u64> {
+    Ok(metric(addr, "parley_live_actors").await? as u64)
+}
+
+/// Store commits per operation, from the server's counters before and after a load.
+async fn commits_since(addr: SocketAddr, before: f64, ops: u64) -> String {
+    match metric(addr, "parley_store_commits_total").await {
+        Ok(after) if ops > 0 => format!("{:.2}", (after - before) / ops as f64),
+        _ => "?".into(),
+    }
 }
 
 pub async fn cold(o: &Options, b: &Baselines, report: &mut Report) -> anyhow::Result<()> {

@@ -15,8 +15,11 @@ pub fn assistants_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/assistants")
 }
 
+/// The server binary: this build's `parley`, or `LOAD_SERVER_BIN` (to compare two builds).
 pub fn binary() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_parley"))
+    std::env::var_os("LOAD_SERVER_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_parley")))
 }
 
 /// A Parley process.
@@ -227,4 +230,67 @@ pub fn raise_fd_limit() -> u64 {
         }
     }
     lim.rlim_cur
+}
+
+/// CPU seconds (user + system) of a process, or of one of its threads.
+fn cpu_seconds(stat_path: &str) -> Option<f64> {
+    let s = std::fs::read_to_string(stat_path).ok()?;
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let rest = &s[s.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Some(ticks / hz.max(1.0))
+}
+
+/// CPU used by the server, its store writer thread and this process since `start`.
+#[derive(Debug, Clone, Copy)]
+pub struct CpuProbe {
+    pid: u32,
+    at: Instant,
+    server: f64,
+    writer: f64,
+    me: f64,
+}
+
+fn writer_seconds(pid: u32) -> f64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0.0;
+    };
+    for t in tasks.flatten() {
+        let dir = t.path();
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        if comm.trim() == "parley-store-wr" {
+            return cpu_seconds(&dir.join("stat").to_string_lossy()).unwrap_or(0.0);
+        }
+    }
+    0.0
+}
+
+impl CpuProbe {
+    pub fn start(server: &Parley) -> CpuProbe {
+        let pid = server.pid();
+        CpuProbe {
+            pid,
+            at: Instant::now(),
+            server: cpu_seconds(&format!("/proc/{pid}/stat")).unwrap_or(0.0),
+            writer: writer_seconds(pid),
+            me: cpu_seconds("/proc/self/stat").unwrap_or(0.0),
+        }
+    }
+
+    /// "server X cores (store writer Y), load generator Z" since `start`.
+    pub fn report(&self) -> String {
+        let wall = self.at.elapsed().as_secs_f64().max(1e-9);
+        let server = cpu_seconds(&format!("/proc/{}/stat", self.pid)).unwrap_or(0.0) - self.server;
+        let writer = writer_seconds(self.pid) - self.writer;
+        let me = cpu_seconds("/proc/self/stat").unwrap_or(0.0) - self.me;
+        format!(
+            "CPU: server {:.2} cores (of which the store writer thread {:.2}), load generator {:.2} cores, of 2",
+            server / wall,
+            writer / wall,
+            me / wall
+        )
+    }
 }

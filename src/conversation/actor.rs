@@ -73,7 +73,8 @@ pub struct Conversation {
     seq: u64,
     /// Highest seq known durable; watched by the engine sink for backpressure.
     durable: watch::Sender<u64>,
-    /// Assigned but not yet durable: delivered once their commit is done.
+    /// Assigned but not yet durable: (seq, event JSON), delivered once their commit is done.
+    /// The wire frame is built at delivery, and only when someone is subscribed.
     undelivered: VecDeque<(u64, Bytes)>,
     pending_ops: Vec<WriteOp>,
     pending_waiters: Vec<Waiter>,
@@ -199,6 +200,9 @@ impl Conversation {
     // ---- events and durability -------------------------------------------------------------
 
     /// Number, queue for storage and track one event. Returns its seq.
+    ///
+    /// It does not start a commit: the caller kicks once it has queued everything of the step
+    /// (a user message's three events and the record go in one commit, not two).
     fn emit(&mut self, event: &Event, ctx: &mut Context<Self>) -> u64 {
         let json = match serde_json::to_vec(event) {
             Ok(j) => Bytes::from(j),
@@ -211,8 +215,7 @@ impl Conversation {
         let seq = self.seq;
         self.svc.metrics.events_emitted.fetch_add(1, Relaxed);
         self.track_text(event, ctx);
-        self.undelivered
-            .push_back((seq, event_frame(&self.id, seq, &json)));
+        self.undelivered.push_back((seq, json.clone()));
         self.pending_ops.push(WriteOp::AppendEvent {
             conversation: self.id.to_string(),
             seq,
@@ -220,7 +223,6 @@ impl Conversation {
         });
         self.pending_upto = seq;
         self.rec.last_seq = seq;
-        self.kick(ctx);
         seq
     }
 
@@ -300,6 +302,9 @@ impl Conversation {
             // Nothing is written before the first message; waiters wait for it.
             return;
         }
+        if self.pending_waiters.is_empty() && self.lazy() {
+            return;
+        }
         if let Some(cp) = self.cp_dirty.take() {
             match serde_json::to_vec(&cp) {
                 Ok(data) => self.pending_ops.push(WriteOp::PutCheckpoint {
@@ -350,6 +355,17 @@ impl Conversation {
         }));
     }
 
+    /// Whether commits may wait: a synchronous call (HTTP invoke) that no socket follows and
+    /// nobody waits on. Its caller is answered after the commit that ends the run, so the run's
+    /// records are committed together then (one fsync per call instead of one per step), unless
+    /// half of [`MAX_UNDURABLE`] events pile up first. Nothing is shown or acknowledged before
+    /// that commit, so nothing acknowledged can be lost (invariant 2).
+    fn lazy(&self) -> bool {
+        self.subscribers.is_empty()
+            && self.run.as_ref().is_some_and(|r| r.report.is_some())
+            && self.seq.saturating_sub(*self.durable.borrow()) < MAX_UNDURABLE / 2
+    }
+
     /// Deliver every event up to `upto` to the subscribers.
     fn mark_durable(&mut self, upto: u64) {
         self.durable.send_replace(upto);
@@ -357,9 +373,13 @@ impl Conversation {
             if *seq > upto {
                 break;
             }
-            let Some((seq, frame)) = self.undelivered.pop_front() else {
+            let Some((seq, json)) = self.undelivered.pop_front() else {
                 break;
             };
+            if self.subscribers.is_empty() {
+                continue;
+            }
+            let frame = event_frame(&self.id, seq, &json);
             let mut dead = Vec::new();
             for (id, s) in &self.subscribers {
                 let out = Outbound {
@@ -385,6 +405,7 @@ impl Conversation {
 
     // ---- runs ----------------------------------------------------------------------------------
 
+    /// Queue the user's message as its three events; the caller kicks (`durable_waiter`).
     fn user_message(&mut self, content: &str, ctx: &mut Context<Self>) {
         let message_id = uuid::Uuid::now_v7().to_string();
         self.emit(
@@ -654,7 +675,9 @@ impl Sink for ActorSink {
 impl Handler<EngineEvent> for Conversation {
     type Result = u64;
     fn handle(&mut self, m: EngineEvent, ctx: &mut Self::Context) -> u64 {
-        self.emit(&m.0, ctx)
+        let seq = self.emit(&m.0, ctx);
+        self.kick(ctx);
+        seq
     }
 }
 
@@ -840,8 +863,11 @@ impl Handler<msg::Send> for Conversation {
         self.follow(subscriber);
         self.user_message(&m.content, ctx);
         let run_id = uuid::Uuid::now_v7().to_string();
-        // The ack waits for the commit holding the user's message (queued above).
-        let rx = self.durable_waiter(ctx);
+        // The ack waits for the commit holding the user's message (queued above). A
+        // synchronous call nobody follows is answered only by its report, which waits for the
+        // commit ending the run (it holds the message too), so it needs no commit of its own.
+        let synchronous = m.report.is_some() && self.subscribers.is_empty();
+        let rx = (!synchronous).then(|| self.durable_waiter(ctx));
         self.start_run(
             Input::Message {
                 run_id: run_id.clone(),
@@ -853,13 +879,14 @@ impl Handler<msg::Send> for Conversation {
             permit,
             ctx,
         );
-        ack_after(
-            rx,
-            Accepted {
-                conversation_id: self.id.to_string(),
-                run_id,
-            },
-        )
+        let accepted = Accepted {
+            conversation_id: self.id.to_string(),
+            run_id,
+        };
+        match rx {
+            Some(rx) => ack_after(rx, accepted),
+            None => Box::pin(async move { Ok(accepted) }),
+        }
     }
 }
 
