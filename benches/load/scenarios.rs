@@ -974,7 +974,7 @@ async fn metric(addr: SocketAddr, name: &str) -> anyhow::Result<f64> {
         .ok_or_else(|| anyhow!("no {name} in /metrics"))
 }
 
-async fn live_actors(_http: &reqwest::Client, addr: SocketAddr) -> anyhow::Result<u64> {
+async fn live_actors(addr: SocketAddr) -> anyhow::Result<u64> {
     Ok(metric(addr, "parley_live_actors").await? as u64)
 }
 
@@ -994,7 +994,6 @@ pub async fn cold(o: &Options, b: &Baselines, report: &mut Report) -> anyhow::Re
     let ids = tokio::task::spawn_blocking(move || prepare_cold(&db, n, m)).await??;
     let prep_time = prep.elapsed();
     let server = home.start()?;
-    let http = reqwest::Client::new();
     let mut c = WsClient::connect(server.addr, "/ws").await?;
     let mut all = Samples::default();
     let mut first_round = Samples::default();
@@ -1002,7 +1001,7 @@ pub async fn cold(o: &Options, b: &Baselines, report: &mut Report) -> anyhow::Re
     for round in 0..o.cold_rounds {
         // Every actor of the previous round has left memory (sessionTimeout 1 s).
         let until = Instant::now() + Duration::from_secs(15);
-        while live_actors(&http, server.addr).await? > 0 {
+        while live_actors(server.addr).await? > 0 {
             if Instant::now() > until {
                 bail!("6 cold: actors did not leave memory");
             }
