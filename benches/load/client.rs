@@ -109,7 +109,6 @@ pub enum RunEnd {
 /// What a frame-and-run exchange returned.
 #[derive(Debug, Clone)]
 pub struct Exchange {
-    pub conversation: String,
     pub end: RunEnd,
     /// Event frames received during the exchange.
     pub events: u64,
@@ -274,7 +273,6 @@ impl WsClient {
             }
         }
         Ok(Exchange {
-            conversation: self.conversation.clone().unwrap_or_default(),
             end: end.unwrap_or(RunEnd::Success),
             events,
         })

@@ -7,6 +7,7 @@
 //! problems (errors, seq gaps, lost events) are collected in [`Report::problems`]; the smoke
 //! test asserts there are none. Nothing here asserts speed.
 
+// Shared by the bench target and the smoke test: each uses only part of it.
 #![allow(dead_code)]
 
 mod baseline;

@@ -613,6 +613,8 @@ pub async fn idle(o: &Options, report: &mut Report) -> anyhow::Result<()> {
     warm.begin.send_replace(true);
     warm.settled(2).await;
     warm.go.send_replace(true);
+    warm.settled(3).await;
+    warm.done.send_replace(true);
     let wt = join(warm.handles).await;
     note_errors(report, "4 idle (warm-up)", &wt);
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -637,8 +639,13 @@ pub async fn idle(o: &Options, report: &mut Report) -> anyhow::Result<()> {
 
     let started = Instant::now();
     set.go.send_replace(true);
-    let mut t = join(set.handles).await;
+    set.settled(3).await;
     let send_time = started.elapsed();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss2 = server.rss_kib()?;
+    let store_ops2 = metric(addr, "parley_store_ops_total").await.unwrap_or(0.0);
+    set.done.send_replace(true);
+    let mut t = join(set.handles).await;
     note_errors(report, "4 idle", &t);
     let gaps = set.gaps.load(Relaxed);
     if gaps > 0 {
@@ -666,12 +673,14 @@ pub async fn idle(o: &Options, report: &mut Report) -> anyhow::Result<()> {
         .target(Target::AtLeast(o.idle_sockets as f64)),
     );
     report.note(format!(
-        "4: RSS {rss0} KiB → {rss_sockets} KiB with {connected} idle sockets ({per_socket:.1} KiB each) → {rss1} KiB once each started a conversation and its first run finished ({:.1} s in all; {store_cache:.0} store ops written, which stay in redb's page cache); the {} sends took {:.1} s (p50 {:.1} ms, p99 {:.1} ms, all at once)",
+        "4: RSS {rss0} KiB → {rss_sockets} KiB with {connected} idle sockets ({per_socket:.1} KiB each) → {rss1} KiB once each started a conversation and its first run finished ({:.1} s in all; {store_cache:.0} store ops written, which stay in redb's page cache); the {} sends took {:.1} s (p50 {:.1} ms, p99 {:.1} ms, all at once) and left RSS at {rss2} KiB ({:.1} KiB more per conversation for its second run: {:.0} more store ops, history, the frame-id cache)",
         open_time.as_secs_f64(),
         t.ops,
         send_time.as_secs_f64(),
         t.samples.percentile_ms(50.0),
         t.samples.percentile_ms(99.0),
+        (rss2.saturating_sub(rss1)) as f64 / opened.max(1) as f64,
+        store_ops2 - store_cache,
     ));
     server.stop()?;
     Ok(())
@@ -683,6 +692,8 @@ struct IdleSet {
     begin: Arc<tokio::sync::watch::Sender<bool>>,
     /// Once true, each socket sends one more message.
     go: Arc<tokio::sync::watch::Sender<bool>>,
+    /// Once true, each socket closes (after its second run).
+    done: Arc<tokio::sync::watch::Sender<bool>>,
     connected: Arc<AtomicU64>,
     opened: Arc<AtomicU64>,
     /// Tasks done with the current phase (connected or failed; then started or failed).
@@ -692,7 +703,8 @@ struct IdleSet {
 }
 
 impl IdleSet {
-    /// Wait until every task settled `phase` (1: connected, 2: conversation started).
+    /// Wait until every task settled `phase` (1: connected, 2: conversation started, 3: sent
+    /// again).
     async fn settled(&self, phase: u64) {
         while self.settled.load(Relaxed) < self.n * phase {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -706,10 +718,12 @@ impl IdleSet {
 fn open_idle(addr: SocketAddr, n: usize, parallel: usize) -> IdleSet {
     let (begin, _) = tokio::sync::watch::channel(false);
     let (go, _) = tokio::sync::watch::channel(false);
+    let (done, _) = tokio::sync::watch::channel(false);
     let set = IdleSet {
         handles: Vec::with_capacity(n),
         begin: Arc::new(begin),
         go: Arc::new(go),
+        done: Arc::new(done),
         connected: Arc::new(AtomicU64::new(0)),
         opened: Arc::new(AtomicU64::new(0)),
         settled: Arc::new(AtomicU64::new(0)),
@@ -719,9 +733,10 @@ fn open_idle(addr: SocketAddr, n: usize, parallel: usize) -> IdleSet {
     let gate = Arc::new(tokio::sync::Semaphore::new(parallel));
     let mut handles = Vec::with_capacity(n);
     for _ in 0..n {
-        let (begin, go, connected, opened, settled, gaps, gate) = (
+        let (begin, go, done, connected, opened, settled, gaps, gate) = (
             set.begin.clone(),
             set.go.clone(),
+            set.done.clone(),
             set.connected.clone(),
             set.opened.clone(),
             set.settled.clone(),
@@ -740,7 +755,7 @@ fn open_idle(addr: SocketAddr, n: usize, parallel: usize) -> IdleSet {
                     c
                 }
                 Err(e) => {
-                    settled.fetch_add(2, Relaxed);
+                    settled.fetch_add(3, Relaxed);
                     t.error(format!("{e:#}"));
                     return t;
                 }
@@ -752,7 +767,7 @@ fn open_idle(addr: SocketAddr, n: usize, parallel: usize) -> IdleSet {
                 })
                 .await
             {
-                settled.fetch_add(1, Relaxed);
+                settled.fetch_add(2, Relaxed);
                 t.error(format!("while idle: {e:#}"));
                 return t;
             }
@@ -765,10 +780,12 @@ fn open_idle(addr: SocketAddr, n: usize, parallel: usize) -> IdleSet {
                     opened.fetch_add(1, Relaxed);
                 }
                 Ok(_) => {
+                    settled.fetch_add(1, Relaxed);
                     t.error("the first run did not finish");
                     return t;
                 }
                 Err(e) => {
+                    settled.fetch_add(1, Relaxed);
                     t.error(format!("{e:#}"));
                     return t;
                 }
@@ -780,6 +797,7 @@ fn open_idle(addr: SocketAddr, n: usize, parallel: usize) -> IdleSet {
                 })
                 .await
             {
+                settled.fetch_add(1, Relaxed);
                 t.error(format!("while idle: {e:#}"));
                 return t;
             }
@@ -792,7 +810,14 @@ fn open_idle(addr: SocketAddr, n: usize, parallel: usize) -> IdleSet {
                 Ok(_) => t.error("the second run did not finish"),
                 Err(e) => t.error(format!("{e:#}")),
             }
+            settled.fetch_add(1, Relaxed);
             gaps.fetch_add(c.seq_gaps, Relaxed);
+            let mut rx = done.subscribe();
+            let _ = c
+                .idle_until(async move {
+                    let _ = rx.wait_for(|g| *g).await;
+                })
+                .await;
             c.close().await;
             t
         }));
@@ -974,7 +999,7 @@ async fn metric(addr: SocketAddr, name: &str) -> anyhow::Result<f64> {
         .ok_or_else(|| anyhow!("no {name} in /metrics"))
 }
 
-async fn live_actors(_http: &reqwest::Client, addr: SocketAddr) -> anyhow::Result<u64> {
+async fn live_actors(addr: SocketAddr) -> anyhow::Result<u64> {
     Ok(metric(addr, "parley_live_actors").await? as u64)
 }
 
@@ -994,7 +1019,6 @@ pub async fn cold(o: &Options, b: &Baselines, report: &mut Report) -> anyhow::Re
     let ids = tokio::task::spawn_blocking(move || prepare_cold(&db, n, m)).await??;
     let prep_time = prep.elapsed();
     let server = home.start()?;
-    let http = reqwest::Client::new();
     let mut c = WsClient::connect(server.addr, "/ws").await?;
     let mut all = Samples::default();
     let mut first_round = Samples::default();
@@ -1002,7 +1026,7 @@ pub async fn cold(o: &Options, b: &Baselines, report: &mut Report) -> anyhow::Re
     for round in 0..o.cold_rounds {
         // Every actor of the previous round has left memory (sessionTimeout 1 s).
         let until = Instant::now() + Duration::from_secs(15);
-        while live_actors(&http, server.addr).await? > 0 {
+        while live_actors(server.addr).await? > 0 {
             if Instant::now() > until {
                 bail!("6 cold: actors did not leave memory");
             }

@@ -26,8 +26,6 @@ pub fn binary() -> PathBuf {
 pub struct Parley {
     child: Child,
     pub addr: SocketAddr,
-    /// Where its redb file lives (`<data>/parley.redb`).
-    pub data_dir: PathBuf,
     log: Arc<Mutex<Vec<String>>>,
     _dir: Arc<tempfile::TempDir>,
 }
@@ -130,7 +128,6 @@ impl Home {
         Ok(Parley {
             child,
             addr: addr.parse().with_context(|| format!("address {addr:?}"))?,
-            data_dir: self.data_dir(),
             log,
             _dir: self.dir.clone(),
         })
