@@ -121,8 +121,10 @@ impl Options {
         Options {
             mode: "smoke",
             scenarios: Scenario::ALL.to_vec(),
-            duration: Duration::from_millis(300),
-            warmup: Duration::from_millis(100),
+            // Long enough that a busy CI machine still completes rounds inside the window
+            // (the smoke test checks that each scenario measured something).
+            duration: Duration::from_millis(1500),
+            warmup: Duration::from_millis(200),
             store_duration: Duration::from_millis(200),
             invoke_connections: 4,
             hitl_clients: 4,
