@@ -271,7 +271,9 @@ pub async fn invoke(o: &Options, b: &Baselines, report: &mut Report) -> anyhow::
     let home = Home::new()?;
     let server = home.start()?;
     let c0 = metric(server.addr, "parley_store_commits_total").await?;
+    let busy0 = metric(server.addr, "parley_store_commit_seconds_sum").await?;
     let cpu = CpuProbe::start(&server);
+    let started = Instant::now();
     let w = Window::after(o.warmup, o.duration);
     let mut t = http_load(
         server.addr,
@@ -283,6 +285,8 @@ pub async fn invoke(o: &Options, b: &Baselines, report: &mut Report) -> anyhow::
     )
     .await;
     let cpu = cpu.report();
+    let busy = (metric(server.addr, "parley_store_commit_seconds_sum").await? - busy0)
+        / started.elapsed().as_secs_f64();
     note_errors(report, "1 invoke", &t);
     let rps = t.ops as f64 / w.seconds();
     report.row(
@@ -341,8 +345,9 @@ pub async fn invoke(o: &Options, b: &Baselines, report: &mut Report) -> anyhow::
     let total_calls = metric(server.addr, COMPLETED).await.unwrap_or(0.0);
     let per = commits_since(server.addr, c0, total_calls as u64).await;
     report.note(format!(
-        "1: {} calls in the window; every call creates and stores a conversation (user + assistant message, ~30 events, checkpoint, record): {per} store commits (fsyncs) per call, shared by all conversations through group commit. {cpu}",
+        "1: {} calls in the window; every call creates and stores a conversation (user + assistant message, ~30 events, checkpoint, record): {per} store commits (fsyncs) per call, shared by all conversations through group commit; the store writer was inside a commit (apply + commit + fsync) {:.0} % of the time. {cpu}",
         t.ops,
+        busy * 100.0,
     ));
     server.stop()?;
     Ok(())
