@@ -356,3 +356,15 @@ pub fn assert_contiguous(frames: &[Value], first: u64) {
 pub fn http() -> reqwest::Client {
     reqwest::Client::new()
 }
+
+/// GET a JSON document from the server.
+pub async fn get_json(s: &Server, path: &str) -> Value {
+    http()
+        .get(s.http(path))
+        .send()
+        .await
+        .expect("GET")
+        .json()
+        .await
+        .expect("a JSON body")
+}

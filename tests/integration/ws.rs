@@ -61,26 +61,12 @@ async fn full_conversation_streams_text() {
     assert_contiguous(&ev2, ev.len() as u64 + 1);
 
     // Stored: messages and conversation record.
-    let msgs: Value = http()
-        .get(s.http(&format!("/api/conversations/{conv}/messages")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let msgs = get_json(&s, &format!("/api/conversations/{conv}/messages")).await;
     let items = msgs["items"].as_array().unwrap();
     assert_eq!(items.len(), 4, "{msgs}");
     assert_eq!(items[0]["role"], "assistant");
     assert_eq!(items[3]["content"], "Tell me about invoices");
-    let rec: Value = http()
-        .get(s.http(&format!("/api/conversations/{conv}")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let rec = get_json(&s, &format!("/api/conversations/{conv}")).await;
     assert_eq!(rec["title"], "Tell me about invoic");
     assert_eq!(rec["status"], "completed");
     assert_eq!(rec["lastSeq"].as_u64(), Some((ev.len() + ev2.len()) as u64));
@@ -103,14 +89,7 @@ async fn conversation_action_answered_by_button_and_only_once() {
     );
     let iid = i["id"].as_str().unwrap().to_string();
 
-    let rec: Value = http()
-        .get(s.http(&format!("/api/conversations/{conv}")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let rec = get_json(&s, &format!("/api/conversations/{conv}")).await;
     assert_eq!(rec["status"], "paused");
     assert_eq!(rec["pendingInterrupts"][0]["id"], json!(iid));
 
@@ -136,14 +115,7 @@ async fn conversation_action_answered_by_button_and_only_once() {
     );
     // The same interrupt again: refused, nothing applied.
     assert_eq!(c.err(json!({"type": "resume", "conversationId": conv, "interruptId": iid, "action": "reject"})).await, "interrupt_not_pending");
-    let rec: Value = http()
-        .get(s.http(&format!("/api/conversations/{conv}")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let rec = get_json(&s, &format!("/api/conversations/{conv}")).await;
     assert_eq!(rec["status"], "completed");
     assert_eq!(rec["lastSeq"].as_u64(), ev2.last().unwrap()["seq"].as_u64());
 }
@@ -204,23 +176,9 @@ async fn cancel_in_the_middle_of_a_stream_keeps_partial_text() {
     );
     let partial = assistant_text(&seen);
     assert!(!partial.is_empty());
-    let rec: Value = http()
-        .get(s.http(&format!("/api/conversations/{conv}")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let rec = get_json(&s, &format!("/api/conversations/{conv}")).await;
     assert_eq!(rec["status"], "cancelled");
-    let msgs: Value = http()
-        .get(s.http(&format!("/api/conversations/{conv}/messages")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let msgs = get_json(&s, &format!("/api/conversations/{conv}/messages")).await;
     assert_eq!(
         msgs["items"][0]["content"],
         json!(partial),
@@ -328,31 +286,30 @@ async fn bad_frames_get_precise_errors_and_the_socket_stays_usable() {
         c.err(json!({"type": "send", "content": "hi"})).await,
         "bad_request"
     );
-    assert_eq!(
-        c.err(json!({"type": "send", "content": "hi", "assistant": "nope"}))
-            .await,
-        "unknown_assistant"
-    );
-    assert_eq!(
-        c.err(json!({"type": "send", "content": "hi", "conversationId": "nope"}))
-            .await,
-        "conversation_not_found"
-    );
-    assert_eq!(
-        c.err(json!({"type": "subscribe", "conversationId": "nope"}))
-            .await,
-        "conversation_not_found"
-    );
-    assert_eq!(
-        c.err(json!({"type": "resume", "conversationId": "nope", "interruptId": "x"}))
-            .await,
-        "conversation_not_found"
-    );
-    assert_eq!(
-        c.err(json!({"type": "cancel", "conversationId": "nope"}))
-            .await,
-        "conversation_not_found"
-    );
+    for (frame, code) in [
+        (
+            json!({"type": "send", "content": "hi", "assistant": "nope"}),
+            "unknown_assistant",
+        ),
+        (
+            json!({"type": "send", "content": "hi", "conversationId": "nope"}),
+            "conversation_not_found",
+        ),
+        (
+            json!({"type": "subscribe", "conversationId": "nope"}),
+            "conversation_not_found",
+        ),
+        (
+            json!({"type": "resume", "conversationId": "nope", "interruptId": "x"}),
+            "conversation_not_found",
+        ),
+        (
+            json!({"type": "cancel", "conversationId": "nope"}),
+            "conversation_not_found",
+        ),
+    ] {
+        assert_eq!(c.err(frame.clone()).await, code, "{frame}");
+    }
     // Invalid args name each field.
     let id = c.frame(json!({"type": "send", "assistant": "args", "content": "hi", "args": {"department": "hr", "limit": "x", "extra": 1}})).await;
     let e = c.reply(&id).await;
@@ -391,14 +348,7 @@ async fn paused_conversation_survives_restart_and_resumes() {
     c.close().await;
     let s = s.restart();
     let mut c = Client::connect(&s).await;
-    let rec: Value = http()
-        .get(s.http(&format!("/api/conversations/{conv}")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let rec = get_json(&s, &format!("/api/conversations/{conv}")).await;
     assert_eq!(rec["status"], "paused");
     // Replay shows exactly what was shown before.
     c.ok(json!({"type": "subscribe", "conversationId": conv, "since": 0}))
@@ -435,14 +385,7 @@ async fn killed_mid_run_keeps_every_acked_message() {
     assert_contiguous(&replay, 1);
     let last = &replay.last().unwrap()["event"];
     assert_eq!(last["code"], "interrupted");
-    let msgs: Value = http()
-        .get(s.http(&format!("/api/conversations/{conv}/messages")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let msgs = get_json(&s, &format!("/api/conversations/{conv}/messages")).await;
     let items = msgs["items"].as_array().unwrap();
     assert!(
         items
@@ -450,14 +393,7 @@ async fn killed_mid_run_keeps_every_acked_message() {
             .any(|m| m["role"] == "user" && m["content"] == "glaciers"),
         "{msgs}"
     );
-    let rec: Value = http()
-        .get(s.http(&format!("/api/conversations/{conv}")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let rec = get_json(&s, &format!("/api/conversations/{conv}")).await;
     assert_eq!(rec["status"], "failed");
     // The conversation goes on.
     c.ok(json!({"type": "send", "conversationId": conv, "content": "again"}))
@@ -507,14 +443,7 @@ async fn cancel_while_paused_withdraws_the_interrupt() {
     let end = c.run_events(&conv).await;
     assert_eq!(end.last().unwrap()["event"]["code"], "cancelled");
     assert_eq!(c.err(json!({"type": "resume", "conversationId": conv, "interruptId": iid, "action": "approve"})).await, "interrupt_not_pending");
-    let rec: Value = http()
-        .get(s.http(&format!("/api/conversations/{conv}")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let rec = get_json(&s, &format!("/api/conversations/{conv}")).await;
     assert_eq!(rec["status"], "cancelled");
     assert_eq!(rec["pendingInterrupts"], json!([]));
     // A new message starts a new run (it is not taken as an answer).
