@@ -15,9 +15,6 @@ use super::{Assistant, DefinitionError, LoadOptions};
 use crate::schema;
 use crate::template::Templates;
 
-/// Builtin tool functions (see `tools::builtin`).
-pub const BUILTIN_FUNCTIONS: &[&str] = &["echo", "calculator", "clock", "lookup"];
-
 struct Checker<'a> {
     file: &'a str,
     errors: Vec<DefinitionError>,
@@ -201,12 +198,12 @@ pub fn compile(
                 }
             }
             ToolKind::Builtin { function, .. } => {
-                if !BUILTIN_FUNCTIONS.contains(&function.as_str()) {
+                if !crate::tools::builtin::FUNCTIONS.contains(&function.as_str()) {
                     c.err(
                         &loc,
                         format!(
                             "unknown builtin function '{function}' (known: {})",
-                            BUILTIN_FUNCTIONS.join(", ")
+                            crate::tools::builtin::FUNCTIONS.join(", ")
                         ),
                     );
                 }

@@ -477,14 +477,9 @@ impl Run<'_> {
                 })
             }
             NodeKind::Reply(r) => {
-                let text = t
-                    .render_text(&r.text, &ctx)
-                    .map_err(|e| StepErr::failed(format!("text: {e}")))?;
+                let text = text(t, "text", &r.text, &ctx)?;
                 let data = match &r.data {
-                    Some(d) => Some(
-                        t.eval_value(d, &ctx)
-                            .map_err(|e| StepErr::failed(format!("data: {e}")))?,
-                    ),
+                    Some(d) => Some(value(t, "data", d, &ctx)?),
                     None => None,
                 };
                 let message_id = new_id();
@@ -535,13 +530,9 @@ impl Run<'_> {
             }
             NodeKind::Iteration(it) => self.iterate(id, &it.over, &ctx),
             NodeKind::ConversationAction(ca) => {
-                let message = t
-                    .render_text(&ca.message, &ctx)
-                    .map_err(|e| StepErr::failed(format!("message: {e}")))?;
+                let message = text(t, "message", &ca.message, &ctx)?;
                 let payload = match &ca.display {
-                    Some(d) => t
-                        .eval_value(d, &ctx)
-                        .map_err(|e| StepErr::failed(format!("display: {e}")))?,
+                    Some(d) => value(t, "display", d, &ctx)?,
                     None => Value::Null,
                 };
                 Ok(Step::Pause {
@@ -562,13 +553,9 @@ impl Run<'_> {
                 })
             }
             NodeKind::PageAction(pa) => {
-                let params = t
-                    .eval_value(&pa.params, &ctx)
-                    .map_err(|e| StepErr::failed(format!("params: {e}")))?;
+                let params = value(t, "params", &pa.params, &ctx)?;
                 let message = match &pa.prompt {
-                    Some(p) => t
-                        .render_text(p, &ctx)
-                        .map_err(|e| StepErr::failed(format!("prompt: {e}")))?,
+                    Some(p) => text(t, "prompt", p, &ctx)?,
                     None => String::new(),
                 };
                 let expires_at = pa.timeout_seconds.map(|s| {
@@ -594,9 +581,7 @@ impl Run<'_> {
                 })
             }
             NodeKind::Function(f) => {
-                let mut args = t
-                    .eval_value(&f.args, &ctx)
-                    .map_err(|e| StepErr::failed(format!("args: {e}")))?;
+                let mut args = value(t, "args", &f.args, &ctx)?;
                 if !inputs.is_empty() {
                     match &mut args {
                         Value::Object(m) => m.extend(inputs.clone()),
@@ -622,18 +607,12 @@ impl Run<'_> {
             NodeKind::Llm(l) => {
                 let mut messages = Vec::new();
                 if let Some(s) = &l.system {
-                    messages.push(ChatMessage::system(
-                        t.render_text(s, &ctx)
-                            .map_err(|e| StepErr::failed(format!("system: {e}")))?,
-                    ));
+                    messages.push(ChatMessage::system(text(t, "system", s, &ctx)?));
                 }
                 if l.history {
                     messages.extend(self.history.iter().cloned());
                 }
-                messages.push(ChatMessage::user(
-                    t.render_text(&l.prompt, &ctx)
-                        .map_err(|e| StepErr::failed(format!("prompt: {e}")))?,
-                ));
+                messages.push(ChatMessage::user(text(t, "prompt", &l.prompt, &ctx)?));
                 let provider = l.llm.clone().unwrap_or_else(|| self.a.llm.clone());
                 let req = ChatRequest {
                     messages,
@@ -650,17 +629,17 @@ impl Run<'_> {
             }
             NodeKind::Router(r) => self.route(id, r, &ctx).await,
             NodeKind::Agent(ag) => {
-                let mut messages = vec![ChatMessage::system(
-                    t.render_text(&ag.instructions, &ctx)
-                        .map_err(|e| StepErr::failed(format!("instructions: {e}")))?,
-                )];
+                let mut messages = vec![ChatMessage::system(text(
+                    t,
+                    "instructions",
+                    &ag.instructions,
+                    &ctx,
+                )?)];
                 if ag.history {
                     messages.extend(self.history.iter().cloned());
                 }
                 let prompt = match &ag.prompt {
-                    Some(p) => t
-                        .render_text(p, &ctx)
-                        .map_err(|e| StepErr::failed(format!("prompt: {e}")))?,
+                    Some(p) => text(t, "prompt", p, &ctx)?,
                     None => self.user_input(),
                 };
                 messages.push(ChatMessage::user(prompt));
@@ -1096,15 +1075,11 @@ impl Run<'_> {
             "required": ["choice"]
         });
         let instructions = match &r.instructions {
-            Some(i) => t
-                .render_text(i, ctx)
-                .map_err(|e| StepErr::failed(format!("instructions: {e}")))?,
+            Some(i) => text(t, "instructions", i, ctx)?,
             None => "Choose the handler that fits the user's request best.".to_string(),
         };
         let prompt = match &r.prompt {
-            Some(p) => t
-                .render_text(p, ctx)
-                .map_err(|e| StepErr::failed(format!("prompt: {e}")))?,
+            Some(p) => text(t, "prompt", p, ctx)?,
             None => self.user_input(),
         };
         let system = format!(
@@ -1297,6 +1272,28 @@ impl Run<'_> {
         }
         Ok(LlmAnswer { text, calls })
     }
+}
+
+/// Render a node's text field; an error names the field.
+fn text(
+    t: &crate::template::Templates,
+    field: &str,
+    src: &str,
+    ctx: &Value,
+) -> Result<String, StepErr> {
+    t.render_text(src, ctx)
+        .map_err(|e| StepErr::failed(format!("{field}: {e}")))
+}
+
+/// Evaluate a node's JSON field (templates inside keep their types); an error names the field.
+fn value(
+    t: &crate::template::Templates,
+    field: &str,
+    v: &Value,
+    ctx: &Value,
+) -> Result<Value, StepErr> {
+    t.eval_value(v, ctx)
+        .map_err(|e| StepErr::failed(format!("{field}: {e}")))
 }
 
 /// Read a dotted path (`draft.text`, `items.0.name`) from the state.

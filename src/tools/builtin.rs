@@ -9,8 +9,7 @@ use serde_json::{json, Map, Number, Value};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-/// The builtin functions (the same list as `assistant::validate::BUILTIN_FUNCTIONS`, which
-/// checks definitions at load).
+/// The builtin functions (also what `assistant::validate` accepts in definitions).
 pub const FUNCTIONS: &[&str] = &["echo", "calculator", "clock", "lookup"];
 
 /// Longest expression the calculator accepts, in characters.
