@@ -274,6 +274,17 @@ impl Client {
         r
     }
 
+    /// Start a conversation with its first message; returns the conversation id.
+    pub async fn create(&mut self, assistant: &str, content: &str) -> String {
+        let ack = self
+            .ok(json!({"type": "send", "assistant": assistant, "content": content}))
+            .await;
+        ack["conversationId"]
+            .as_str()
+            .expect("conversationId")
+            .to_string()
+    }
+
     /// Send and expect an error; returns its code.
     pub async fn err(&mut self, v: Value) -> String {
         let id = self.frame(v).await;
@@ -367,4 +378,16 @@ pub async fn get_json(s: &Server, path: &str) -> Value {
         .json()
         .await
         .expect("a JSON body")
+}
+
+/// The server's Prometheus text.
+pub async fn metrics_text(s: &Server) -> String {
+    http()
+        .get(s.http("/metrics"))
+        .send()
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics text")
 }

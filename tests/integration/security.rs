@@ -113,10 +113,7 @@ async fn other_users_conversations_do_not_exist_for_them() {
     let mut alice = Client::connect_with(&s, &[("authorization", &format!("Bearer {ALICE}"))])
         .await
         .unwrap();
-    let ack = alice
-        .ok(json!({"type": "send", "assistant": "approval", "content": "alice's"}))
-        .await;
-    let conv = ack["conversationId"].as_str().unwrap().to_string();
+    let conv = alice.create("approval", "alice's").await;
     let ev = alice.run_events(&conv).await;
     let iid = ev.last().unwrap()["event"]["outcome"]["interrupts"][0]["id"]
         .as_str()
@@ -249,10 +246,7 @@ async fn limits_refuse_with_clear_codes_and_lose_nothing() {
         "payload_too_large"
     );
     assert_eq!(c.err(json!({"type": "send", "assistant": "args", "content": "x", "args": {"department": "sales", "pad": "y".repeat(300)}})).await, "payload_too_large");
-    let ack = c
-        .ok(json!({"type": "send", "assistant": "chat", "content": "one"}))
-        .await;
-    let conv = ack["conversationId"].as_str().unwrap().to_string();
+    let conv = c.create("chat", "one").await;
     c.run_events(&conv).await;
     c.ok(json!({"type": "send", "conversationId": conv, "content": "two"}))
         .await;
@@ -323,10 +317,7 @@ async fn a_socket_that_never_reads_is_closed_and_comes_back_with_since() {
         ..Options::default()
     });
     let mut fast = Client::connect(&s).await;
-    let ack = fast
-        .ok(json!({"type": "send", "assistant": "firehose", "content": "go"}))
-        .await;
-    let conv = ack["conversationId"].as_str().unwrap().to_string();
+    let conv = fast.create("firehose", "go").await;
     // The slow socket subscribes, then never reads while the run streams thousands of events.
     let mut slow = Client::connect(&s).await;
     slow.frame(json!({"type": "subscribe", "conversationId": conv, "since": 0}))
@@ -360,14 +351,7 @@ async fn a_socket_that_never_reads_is_closed_and_comes_back_with_since() {
         .events_until(&conv, |e| e["type"] == "RUN_FINISHED")
         .await;
     assert_eq!(&all[events.len()..], &rest[..]);
-    let m = http()
-        .get(s.http("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = metrics_text(&s).await;
     assert!(m.contains("parley_slow_consumers_closed_total 1"), "{m}");
 }
 
@@ -593,10 +577,7 @@ async fn concurrent_runs_are_capped_and_a_gone_http_client_cancels_its_run() {
         ..Options::default()
     });
     let mut c = Client::connect(&s).await;
-    let ack = c
-        .ok(json!({"type": "send", "assistant": "slow", "content": "busy"}))
-        .await;
-    let conv = ack["conversationId"].as_str().unwrap().to_string();
+    let conv = c.create("slow", "busy").await;
     assert_eq!(
         c.err(json!({"type": "send", "assistant": "chat", "content": "another"}))
             .await,

@@ -145,10 +145,7 @@ async fn page_action_resumed_by_plain_send() {
 async fn cancel_in_the_middle_of_a_stream_keeps_partial_text() {
     let s = Server::start();
     let mut c = Client::connect(&s).await;
-    let ack = c
-        .ok(json!({"type": "send", "assistant": "slow", "content": "rivers"}))
-        .await;
-    let conv = ack["conversationId"].as_str().unwrap().to_string();
+    let conv = c.create("slow", "rivers").await;
     // Wait for some streamed text, then cancel.
     let mut seen = c
         .events_until(&conv, |e| {
@@ -237,10 +234,7 @@ async fn two_sockets_see_identical_events_and_reconnect_replays_missed() {
 async fn busy_refusal_and_enqueue() {
     let s = Server::start();
     let mut c = Client::connect(&s).await;
-    let ack = c
-        .ok(json!({"type": "send", "assistant": "slow", "content": "first"}))
-        .await;
-    let conv = ack["conversationId"].as_str().unwrap().to_string();
+    let conv = c.create("slow", "first").await;
     assert_eq!(
         c.err(json!({"type": "send", "conversationId": conv, "content": "second"}))
             .await,
@@ -251,10 +245,7 @@ async fn busy_refusal_and_enqueue() {
     c.run_events(&conv).await;
 
     // onBusy: enqueue runs the second message after the first.
-    let ack = c
-        .ok(json!({"type": "send", "assistant": "queue", "content": "one"}))
-        .await;
-    let q = ack["conversationId"].as_str().unwrap().to_string();
+    let q = c.create("queue", "one").await;
     c.ok(json!({"type": "send", "conversationId": q, "content": "two"}))
         .await;
     let ev = c.events_until(&q, |e| e["type"] == "RUN_FINISHED").await;
@@ -366,10 +357,7 @@ async fn paused_conversation_survives_restart_and_resumes() {
 async fn killed_mid_run_keeps_every_acked_message() {
     let s = Server::start();
     let mut c = Client::connect(&s).await;
-    let ack = c
-        .ok(json!({"type": "send", "assistant": "slow", "content": "glaciers"}))
-        .await;
-    let conv = ack["conversationId"].as_str().unwrap().to_string();
+    let conv = c.create("slow", "glaciers").await;
     let seen = c
         .events_until(&conv, |e| {
             e["type"] == "TEXT_MESSAGE_CONTENT" && e["delta"] != "glaciers"
@@ -410,10 +398,7 @@ async fn killed_mid_run_keeps_every_acked_message() {
 async fn a_closed_socket_is_not_a_cancel() {
     let s = Server::start();
     let mut c = Client::connect(&s).await;
-    let ack = c
-        .ok(json!({"type": "send", "assistant": "slow", "content": "volcanoes"}))
-        .await;
-    let conv = ack["conversationId"].as_str().unwrap().to_string();
+    let conv = c.create("slow", "volcanoes").await;
     c.drop_abruptly();
     let mut d = Client::connect(&s).await;
     d.ok(json!({"type": "subscribe", "conversationId": conv, "since": 0}))
@@ -457,14 +442,7 @@ async fn cancel_while_paused_withdraws_the_interrupt() {
 }
 
 async fn live_actors(s: &Server) -> u64 {
-    let m = http()
-        .get(s.http("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = metrics_text(s).await;
     m.lines()
         .find_map(|l| l.strip_prefix("parley_live_actors "))
         .and_then(|v| v.trim().parse().ok())
