@@ -37,6 +37,12 @@
 //! - [`Store::write`] is `enqueue` followed by awaiting the `Ack`.
 //! - [`Store::flush`] waits until everything queued before it is durable.
 //!
+//! # Encoding happens before the queue
+//!
+//! `submit`/`enqueue` encode a batch on the caller's thread (JSON of records and messages,
+//! events packed into chunks: `encode.rs`), so that the single writer thread only inserts
+//! bytes and commits.
+//!
 //! # Tables
 //!
 //! | table | key | value |
@@ -45,7 +51,7 @@
 //! | `conversations_by_owner` | (owner, `u64::MAX - updated_at`, id) | () |
 //! | `conversations_by_owner_assistant` | (owner, assistant, `u64::MAX - updated_at`, id) | () |
 //! | `messages` | (conversation, no) | JSON of [`MessageRecord`] |
-//! | `events` | (conversation, seq) | the event JSON bytes, as sent to clients |
+//! | `event_chunks` | (conversation, last seq of the chunk) | consecutive events, as sent to clients (see `encode.rs`) |
 //! | `checkpoints` | conversation | opaque bytes |
 //!
 //! Replay and history are range scans on a `(conversation, n)` prefix; listing is a range scan on
@@ -66,6 +72,7 @@
 //! ([`Store::list_conversations`], [`Store::conversations_with_status`]) log and skip an
 //! undecodable record instead, so one bad record cannot hide all the others or block recovery.
 
+mod encode;
 mod read;
 mod tables;
 #[cfg(test)]
@@ -85,6 +92,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::oneshot;
 
+pub use encode::{CHUNK_MAX_BYTES, CHUNK_MAX_EVENTS};
 pub use writer::{Ack, MAX_GROUP_BATCHES, MAX_GROUP_OPS, QUEUE_HARD_CAP, QUEUE_SOFT_CAP};
 
 use writer::{Batch, Metrics, Queue};
@@ -261,6 +269,10 @@ impl Store {
     /// Hands `ops` to the writer now, without waiting, and returns the future of their durable
     /// commit. See the module docs for the ordering guarantee and the hard bound.
     pub fn submit(&self, ops: Vec<WriteOp>) -> Ack {
+        let ops = match encode::encode(ops) {
+            Ok(ops) => ops,
+            Err(e) => return Ack::failed(e),
+        };
         let (tx, rx) = oneshot::channel();
         let batch = Batch {
             ops,
@@ -276,6 +288,7 @@ impl Store {
     /// future of their durable commit. Awaiting `enqueue` calls one after another keeps their
     /// order.
     pub async fn enqueue(&self, ops: Vec<WriteOp>) -> Result<Ack, StoreError> {
+        let ops = encode::encode(ops)?;
         let (tx, rx) = oneshot::channel();
         let batch = Batch {
             ops,

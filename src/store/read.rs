@@ -10,6 +10,7 @@ use std::ops::Bound;
 use bytes::Bytes;
 use redb::{ReadTransaction, ReadableDatabase, ReadableTable};
 
+use super::encode::decode_chunk;
 use super::tables::{
     decode_conversation, inverted_time, Cursor, BY_OWNER, BY_OWNER_ASSISTANT, CHECKPOINTS,
     CONVERSATIONS, EVENTS, MESSAGES,
@@ -152,11 +153,22 @@ impl Store {
         }
         let txn = self.read_txn()?;
         let table = txn.open_table(EVENTS)?;
+        // Chunks are keyed by their last seq: the first one in range holds `since + 1`.
         let range = table.range((conversation, since + 1)..=(conversation, u64::MAX))?;
         let mut out = Vec::with_capacity(limit.min(1024));
-        for entry in range.take(limit) {
+        for entry in range {
             let (key, value) = entry?;
-            out.push((key.value().1, Bytes::copy_from_slice(value.value())));
+            let events = decode_chunk(conversation, key.value().1, value.value())?;
+            let wanted = limit - out.len();
+            out.extend(
+                events
+                    .into_iter()
+                    .filter(|(seq, _)| *seq > since)
+                    .take(wanted),
+            );
+            if out.len() == limit {
+                break;
+            }
         }
         Ok(out)
     }

@@ -6,7 +6,7 @@
 //! order and lets a cursor name an exact position (stable paging under equal timestamps).
 //! Only the writer thread (see `writer.rs`) opens these tables for writing.
 
-use redb::{Database, TableDefinition};
+use redb::{Database, ReadableTable, TableDefinition, TableHandle};
 use serde::Deserialize;
 
 use super::{ConversationRecord, StoreError};
@@ -22,8 +22,11 @@ pub(super) const BY_OWNER_ASSISTANT: TableDefinition<(&str, &str, u64, &str), ()
     TableDefinition::new("conversations_by_owner_assistant");
 /// (conversation, no) → JSON of `MessageRecord`.
 pub(super) const MESSAGES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("messages");
-/// (conversation, seq) → event JSON bytes.
-pub(super) const EVENTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("events");
+/// (conversation, last seq of the chunk) → a chunk of consecutive events (see `encode.rs`).
+pub(super) const EVENTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("event_chunks");
+/// The format before event chunks: (conversation, seq) → one event's JSON bytes. Read once, by
+/// [`create_all`], to move its rows into chunks.
+const EVENTS_V1: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("events");
 /// conversation → checkpoint bytes.
 pub(super) const CHECKPOINTS: TableDefinition<&str, &[u8]> = TableDefinition::new("checkpoints");
 
@@ -36,7 +39,48 @@ pub(super) fn create_all(db: &Database) -> Result<(), StoreError> {
     txn.open_table(MESSAGES)?;
     txn.open_table(EVENTS)?;
     txn.open_table(CHECKPOINTS)?;
+    migrate_events_v1(&txn)?;
     txn.commit()?;
+    Ok(())
+}
+
+/// Moves the events of a file written before event chunks into chunks (in the same write
+/// transaction as the table creation, so a crash leaves either format whole), then deletes
+/// the old table.
+fn migrate_events_v1(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
+    let exists = txn.list_tables()?.any(|t| t.name() == EVENTS_V1.name());
+    if !exists {
+        return Ok(());
+    }
+    let mut ops = Vec::new();
+    let mut moved = 0usize;
+    {
+        let old = txn.open_table(EVENTS_V1)?;
+        for entry in old.iter()? {
+            let (key, value) = entry?;
+            let (conversation, seq) = key.value();
+            ops.push(super::WriteOp::AppendEvent {
+                conversation: conversation.to_owned(),
+                seq,
+                json: bytes::Bytes::copy_from_slice(value.value()),
+            });
+        }
+    }
+    let mut events = txn.open_table(EVENTS)?;
+    for op in super::encode::encode(std::mem::take(&mut ops))? {
+        if let super::encode::Encoded::AppendEvents {
+            conversation,
+            last,
+            chunk,
+        } = op
+        {
+            events.insert((conversation.as_str(), last), chunk.as_slice())?;
+            moved += 1;
+        }
+    }
+    drop(events);
+    txn.delete_table(EVENTS_V1)?;
+    tracing::info!(chunks = moved, "moved stored events into event chunks");
     Ok(())
 }
 

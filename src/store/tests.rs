@@ -53,6 +53,14 @@ fn message(no: u64) -> MessageRecord {
     }
 }
 
+/// One encoded op, for tests of the queue itself (which counts encoded ops).
+fn raw_op(n: u64) -> encode::Encoded {
+    encode::Encoded::PutCheckpoint {
+        conversation: format!("c{n}"),
+        data: Bytes::new(),
+    }
+}
+
 fn append_message(conversation: &str, no: u64) -> WriteOp {
     WriteOp::AppendMessage {
         conversation: conversation.to_owned(),
@@ -183,6 +191,73 @@ async fn events_since_and_last_seq() {
     assert_eq!(store.last_seq("c0").unwrap(), 1);
     assert_eq!(store.last_seq("nope").unwrap(), 0);
     assert!(store.events_since("nope", 0, 10).unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn events_across_chunks_replay_from_any_seq() {
+    let store = mem_store();
+    // Three commits, so three chunks: 1..=4, 5..=5, 6..=9.
+    for range in [1..=4u64, 5..=5, 6..=9] {
+        store
+            .write(range.map(|seq| append_event("c", seq)).collect())
+            .await
+            .unwrap();
+    }
+    let seqs = |v: Vec<(u64, Bytes)>| v.into_iter().map(|e| e.0).collect::<Vec<_>>();
+    for since in 0..=9u64 {
+        for limit in 1..=10usize {
+            let got = store.events_since("c", since, limit).unwrap();
+            let want: Vec<u64> = (since + 1..=9).take(limit).collect();
+            assert_eq!(seqs(got.clone()), want, "since {since}, limit {limit}");
+            for (seq, json) in got {
+                assert_eq!(json, event_json("c", seq));
+            }
+        }
+    }
+    assert_eq!(store.last_seq("c").unwrap(), 9);
+}
+
+#[tokio::test]
+async fn a_file_with_one_key_per_event_is_moved_into_chunks_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.redb");
+    {
+        // The format before event chunks: table "events", (conversation, seq) -> event.
+        let db = redb::Database::create(&path).unwrap();
+        let old: redb::TableDefinition<(&str, u64), &[u8]> = redb::TableDefinition::new("events");
+        let txn = db.begin_write().unwrap();
+        {
+            let mut t = txn.open_table(old).unwrap();
+            for seq in (1..=3).chain(5..=6) {
+                t.insert(("a", seq), event_json("a", seq).as_ref()).unwrap();
+            }
+            t.insert(("b", 1), event_json("b", 1).as_ref()).unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let store = Store::open(&path).unwrap();
+    let seqs = |v: Vec<(u64, Bytes)>| v.into_iter().map(|e| e.0).collect::<Vec<_>>();
+    assert_eq!(
+        seqs(store.events_since("a", 0, 100).unwrap()),
+        vec![1, 2, 3, 5, 6]
+    );
+    assert_eq!(
+        store.events_since("a", 4, 1).unwrap(),
+        vec![(5, event_json("a", 5))]
+    );
+    assert_eq!(
+        store.events_since("b", 0, 100).unwrap(),
+        vec![(1, event_json("b", 1))]
+    );
+    assert_eq!(store.last_seq("a").unwrap(), 6);
+    store.shutdown();
+    drop(store);
+    // Opening again finds nothing left to move and the same events.
+    let store = Store::open(&path).unwrap();
+    assert_eq!(
+        seqs(store.events_since("a", 0, 100).unwrap()),
+        vec![1, 2, 3, 5, 6]
+    );
 }
 
 #[tokio::test]
@@ -739,7 +814,7 @@ async fn shutdown_commits_the_queue_then_refuses_writes() {
 async fn queue_bounds_wait_at_soft_cap_and_refuse_at_hard_cap() {
     let queue = Queue::new(2, 3);
     let batch = || Batch {
-        ops: vec![append_event("c", 1)],
+        ops: vec![raw_op(1)],
         done: None,
     };
     assert!(queue.push_now(batch()).is_ok());
@@ -783,7 +858,7 @@ async fn queue_bounds_wait_at_soft_cap_and_refuse_at_hard_cap() {
 async fn groups_respect_the_op_cap_but_take_a_large_batch_whole() {
     let queue = Queue::new(10_000, 10_000);
     let big = |n: u64| Batch {
-        ops: (1..=n).map(|seq| append_event("c", seq)).collect(),
+        ops: (1..=n).map(raw_op).collect(),
         done: None,
     };
     queue.push_now(big(MAX_GROUP_OPS as u64 + 10)).ok().unwrap();

@@ -25,11 +25,12 @@ use parking_lot::{Condvar, Mutex};
 use redb::{Database, Durability, ReadableTable, Table, WriteTransaction};
 use tokio::sync::{oneshot, Notify};
 
+use super::encode::Encoded;
 use super::tables::{
     inverted_time, IndexFields, BY_OWNER, BY_OWNER_ASSISTANT, CHECKPOINTS, CONVERSATIONS, EVENTS,
     MESSAGES,
 };
-use super::{StoreError, WriteOp};
+use super::StoreError;
 
 /// `enqueue`/`write` wait while this many batches are queued.
 pub const QUEUE_SOFT_CAP: usize = 1024;
@@ -44,7 +45,7 @@ pub(super) type Reply = oneshot::Sender<Result<(), StoreError>>;
 
 /// Ops that are committed atomically, and who to tell.
 pub(super) struct Batch {
-    pub ops: Vec<WriteOp>,
+    pub ops: Vec<Encoded>,
     pub done: Option<Reply>,
 }
 
@@ -393,39 +394,35 @@ fn apply_group(txn: &WriteTransaction, group: &[Batch]) -> Result<(), StoreError
     for batch in group {
         for op in &batch.ops {
             match op {
-                WriteOp::PutConversation(record) => {
-                    let json = serde_json::to_vec(record).map_err(|e| {
-                        StoreError::Db(format!("cannot encode conversation {:?}: {e}", record.id))
-                    })?;
-                    let id = record.id.as_str();
+                Encoded::PutConversation { id, index, json } => {
+                    let id = id.as_str();
                     unindex(&conversations, &mut by_owner, &mut by_assistant, id)?;
                     conversations.insert(id, json.as_slice())?;
-                    let new = IndexFields::of(record);
-                    let time = inverted_time(new.updated_at);
-                    by_owner.insert((new.owner.as_str(), time, id), ())?;
-                    by_assistant
-                        .insert((new.owner.as_str(), new.assistant.as_str(), time, id), ())?;
+                    let time = inverted_time(index.updated_at);
+                    by_owner.insert((index.owner.as_str(), time, id), ())?;
+                    by_assistant.insert(
+                        (index.owner.as_str(), index.assistant.as_str(), time, id),
+                        (),
+                    )?;
                 }
-                WriteOp::AppendMessage {
+                Encoded::AppendMessage {
                     conversation,
-                    message,
-                } => {
-                    let json = serde_json::to_vec(message).map_err(|e| {
-                        StoreError::Db(format!("cannot encode message {:?}: {e}", message.id))
-                    })?;
-                    messages.insert((conversation.as_str(), message.no), json.as_slice())?;
-                }
-                WriteOp::AppendEvent {
-                    conversation,
-                    seq,
+                    no,
                     json,
                 } => {
-                    events.insert((conversation.as_str(), *seq), json.as_ref())?;
+                    messages.insert((conversation.as_str(), *no), json.as_slice())?;
                 }
-                WriteOp::PutCheckpoint { conversation, data } => {
+                Encoded::AppendEvents {
+                    conversation,
+                    last,
+                    chunk,
+                } => {
+                    events.insert((conversation.as_str(), *last), chunk.as_slice())?;
+                }
+                Encoded::PutCheckpoint { conversation, data } => {
                     checkpoints.insert(conversation.as_str(), data.as_ref())?;
                 }
-                WriteOp::DeleteConversation { conversation } => {
+                Encoded::DeleteConversation { conversation } => {
                     let id = conversation.as_str();
                     if unindex(&conversations, &mut by_owner, &mut by_assistant, id)? {
                         conversations.remove(id)?;
