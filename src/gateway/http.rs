@@ -318,6 +318,9 @@ pub enum InvokeStatus {
 }
 
 /// Cancels a synchronous run if its HTTP request goes away before the answer.
+/// How long a timed-out synchronous call waits for its cancelled run to be stored.
+const CANCEL_GRACE: Duration = Duration::from_secs(5);
+
 struct CancelOnDrop {
     addr: Option<Addr<Conversation>>,
     owner: String,
@@ -426,7 +429,7 @@ pub(super) async fn invoke(
         }
         None => svc.registry.create(&svc, &user.0, &a.id)?.1,
     };
-    let (tx, rx) = oneshot::channel::<RunReport>();
+    let (tx, mut rx) = oneshot::channel::<RunReport>();
     let m = msg::Send {
         owner: user.0.clone(),
         content: b.content,
@@ -445,7 +448,7 @@ pub(super) async fn invoke(
     // actix-web does not drop a handler when its client goes away, so watch the connection.
     let gone = client_gone(&req);
     let waited = tokio::select! {
-        r = tokio::time::timeout(Duration::from_secs_f64(timeout), rx) => r,
+        r = tokio::time::timeout(Duration::from_secs_f64(timeout), &mut rx) => r,
         _ = gone => {
             // Dropping the guard cancels the run.
             return Err(ApiError::new(ErrorCode::Cancelled, "the client went away"));
@@ -455,13 +458,22 @@ pub(super) async fn invoke(
         Ok(Ok(r)) => r,
         Ok(Err(_)) => return Err(ApiError::internal("the run ended without a report")),
         Err(_) => {
+            // Cancel, and answer once the cancelled run is stored (its report comes after that
+            // commit), so that the conversation the answer names can be read at once.
+            guard.addr = None;
+            let _ = addr
+                .send(msg::Cancel {
+                    owner: user.0.clone(),
+                })
+                .await;
+            let _ = tokio::time::timeout(CANCEL_GRACE, rx).await;
             return Err(ApiError::new(
                 ErrorCode::RunTimeout,
                 format!("the run took longer than {timeout} s and was cancelled"),
             )
             .with_details(
                 json!({"runId": accepted.run_id, "conversationId": accepted.conversation_id}),
-            ))
+            ));
         }
     };
     guard.addr = None;
