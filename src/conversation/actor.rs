@@ -36,6 +36,11 @@ use crate::store::{ConversationRecord, MessageRecord, RunStatus, WriteOp};
 pub const HISTORY_TAIL: usize = 40;
 /// Events queued ahead of durability before the engine is made to wait.
 const MAX_UNDURABLE: u64 = 2048;
+/// At most this many scheduler rounds are waited for more of a running engine's output before
+/// a commit starts (see `Conversation::kick`).
+const COALESCE_ROUNDS: u32 = 64;
+/// A commit starts without waiting once this many writes are queued.
+const COALESCE_OPS: usize = 512;
 
 pub fn now_ms() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp_nanos() as i64 / 1_000_000
@@ -82,6 +87,8 @@ pub struct Conversation {
     pending_upto: u64,
     record_dirty: bool,
     flushing: bool,
+    /// A commit is waiting for the engine's next output (see `kick`).
+    coalescing: bool,
     broken: bool,
     last_active: Instant,
     timeout_handle: Option<SpawnHandle>,
@@ -170,6 +177,7 @@ impl Conversation {
             pending_upto: last_seq,
             record_dirty: false,
             flushing: false,
+            coalescing: false,
             broken: false,
             last_active: Instant::now(),
             timeout_handle: None,
@@ -289,22 +297,52 @@ impl Conversation {
     }
 
     /// Start a commit of everything queued, unless one is in flight (then it follows).
+    ///
+    /// While the engine is still producing, the commit waits a few scheduler rounds first (see
+    /// [`COALESCE_ROUNDS`]): a commit costs an fsync, a round costs microseconds, so a user's
+    /// message and the events the engine produces right after it share one commit instead of
+    /// two. An engine waiting for anything outside the process (a model, a tool, a person)
+    /// produces nothing in a round, and the commit starts at once.
     fn kick(&mut self, ctx: &mut Context<Self>) {
-        if self.flushing
-            || (self.pending_ops.is_empty()
-                && self.pending_waiters.is_empty()
-                && !self.record_dirty
-                && self.cp_dirty.is_none())
-        {
+        if self.coalescing || !self.wants_commit() {
             return;
         }
-        if !self.stored {
-            // Nothing is written before the first message; waiters wait for it.
+        if self.run.is_none() {
+            self.commit(ctx);
             return;
         }
-        if self.pending_waiters.is_empty() && self.lazy() {
-            return;
-        }
+        self.coalescing = true;
+        self.coalesce(self.seq, 0, ctx);
+    }
+
+    fn coalesce(&mut self, seen: u64, rounds: u32, ctx: &mut Context<Self>) {
+        let round = tokio::task::yield_now().into_actor(self);
+        ctx.spawn(round.map(move |(), act, ctx| {
+            let busy = act.run.is_some() && act.seq != seen;
+            if busy && rounds < COALESCE_ROUNDS && act.pending_ops.len() < COALESCE_OPS {
+                act.coalesce(act.seq, rounds + 1, ctx);
+                return;
+            }
+            act.coalescing = false;
+            if act.wants_commit() {
+                act.commit(ctx);
+            }
+        }));
+    }
+
+    /// Whether a commit should start now: something is queued, none is in flight, the
+    /// conversation is stored, and someone needs it (see [`Conversation::lazy`]).
+    fn wants_commit(&self) -> bool {
+        let queued = !self.pending_ops.is_empty()
+            || !self.pending_waiters.is_empty()
+            || self.record_dirty
+            || self.cp_dirty.is_some();
+        // Nothing is written before the first message; waiters wait for it.
+        queued && !self.flushing && self.stored && !(self.pending_waiters.is_empty() && self.lazy())
+    }
+
+    /// Commit everything queued now.
+    fn commit(&mut self, ctx: &mut Context<Self>) {
         if let Some(cp) = self.cp_dirty.take() {
             match serde_json::to_vec(&cp) {
                 Ok(data) => self.pending_ops.push(WriteOp::PutCheckpoint {
@@ -464,11 +502,14 @@ impl Conversation {
         let assistant = self.assistant.clone();
         let addr = ctx.address();
         let durable = self.durable.subscribe();
+        let base = self.seq;
         let rid = run_id.clone();
         actix::spawn(async move {
             let mut sink = ActorSink {
                 addr: addr.clone(),
                 durable,
+                base,
+                sent: 0,
             };
             let end = engine
                 .run(&assistant, &mut cp, input, &history, &mut sink, &cancel)
@@ -632,7 +673,7 @@ impl Actor for Conversation {
 // ---- the engine's sink ---------------------------------------------------------------------
 
 #[derive(Message)]
-#[rtype(result = "u64")]
+#[rtype(result = "()")]
 struct EngineEvent(Event);
 
 #[derive(Message)]
@@ -650,34 +691,40 @@ struct RunDone {
 struct ActorSink {
     addr: Addr<Conversation>,
     durable: watch::Receiver<u64>,
+    /// The actor's last seq when the run started: this run's n-th event gets a seq of at least
+    /// `base + n` (other events, e.g. queued messages, may come in between).
+    base: u64,
+    sent: u64,
 }
 
 #[async_trait::async_trait]
 impl Sink for ActorSink {
     async fn event(&mut self, event: Event) {
-        let Ok(seq) = self.addr.send(EngineEvent(event)).await else {
-            return;
-        };
-        // Backpressure: do not run far ahead of the store.
-        if seq.saturating_sub(*self.durable.borrow()) > MAX_UNDURABLE {
+        // No round trip per event: the mailbox is FIFO, and the backlog is bounded below.
+        self.addr.do_send(EngineEvent(event));
+        self.sent += 1;
+        // Backpressure: do not run far ahead of the store. `base + sent` is at most the seq of
+        // the event just sent (only other events' seqs make it smaller), so waiting until it is
+        // durable always ends once the store catches up.
+        let reached = self.base + self.sent;
+        if reached.saturating_sub(*self.durable.borrow()) > MAX_UNDURABLE {
             let _ = self
                 .durable
-                .wait_for(|d| seq.saturating_sub(*d) <= MAX_UNDURABLE / 2)
+                .wait_for(|d| reached.saturating_sub(*d) <= MAX_UNDURABLE / 2)
                 .await;
         }
     }
 
     async fn checkpoint(&mut self, checkpoint: &Checkpoint) {
-        let _ = self.addr.send(EngineCheckpoint(checkpoint.clone())).await;
+        self.addr.do_send(EngineCheckpoint(checkpoint.clone()));
     }
 }
 
 impl Handler<EngineEvent> for Conversation {
-    type Result = u64;
-    fn handle(&mut self, m: EngineEvent, ctx: &mut Self::Context) -> u64 {
-        let seq = self.emit(&m.0, ctx);
+    type Result = ();
+    fn handle(&mut self, m: EngineEvent, ctx: &mut Self::Context) {
+        self.emit(&m.0, ctx);
         self.kick(ctx);
-        seq
     }
 }
 
@@ -867,7 +914,6 @@ impl Handler<msg::Send> for Conversation {
         // synchronous call nobody follows is answered only by its report, which waits for the
         // commit ending the run (it holds the message too), so it needs no commit of its own.
         let synchronous = m.report.is_some() && self.subscribers.is_empty();
-        let rx = (!synchronous).then(|| self.durable_waiter(ctx));
         self.start_run(
             Input::Message {
                 run_id: run_id.clone(),
@@ -879,6 +925,8 @@ impl Handler<msg::Send> for Conversation {
             permit,
             ctx,
         );
+        // Asked for after the run started, so that the commit may wait for its first events.
+        let rx = (!synchronous).then(|| self.durable_waiter(ctx));
         let accepted = Accepted {
             conversation_id: self.id.to_string(),
             run_id,
