@@ -38,9 +38,18 @@ pub const HISTORY_TAIL: usize = 40;
 const MAX_UNDURABLE: u64 = 2048;
 /// At most this many scheduler rounds are waited for more of a running engine's output before
 /// a commit starts (see `Conversation::kick`).
-const COALESCE_ROUNDS: u32 = 64;
+const COALESCE_ROUNDS: u32 = 256;
 /// A commit starts without waiting once this many writes are queued.
 const COALESCE_OPS: usize = 512;
+/// This many scheduler rounds in a row without new output end the wait for more.
+const COALESCE_QUIET_ROUNDS: u32 = 3;
+
+/// Scheduler rounds waited so far for a commit, and how many of the last ones were quiet.
+#[derive(Debug, Clone, Copy, Default)]
+struct Rounds {
+    total: u32,
+    quiet: u32,
+}
 
 pub fn now_ms() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp_nanos() as i64 / 1_000_000
@@ -312,15 +321,25 @@ impl Conversation {
             return;
         }
         self.coalescing = true;
-        self.coalesce(self.seq, 0, ctx);
+        self.coalesce(self.seq, Rounds::default(), ctx);
     }
 
-    fn coalesce(&mut self, seen: u64, rounds: u32, ctx: &mut Context<Self>) {
+    fn coalesce(&mut self, seen: u64, rounds: Rounds, ctx: &mut Context<Self>) {
         let round = tokio::task::yield_now().into_actor(self);
         ctx.spawn(round.map(move |(), act, ctx| {
-            let busy = act.run.is_some() && act.seq != seen;
-            if busy && rounds < COALESCE_ROUNDS && act.pending_ops.len() < COALESCE_OPS {
-                act.coalesce(act.seq, rounds + 1, ctx);
+            // A round can end before the engine had its turn (the actor is also woken by its
+            // mailbox), so only several quiet rounds in a row mean the engine is waiting.
+            let quiet = if act.seq == seen { rounds.quiet + 1 } else { 0 };
+            let more = act.run.is_some()
+                && quiet < COALESCE_QUIET_ROUNDS
+                && rounds.total < COALESCE_ROUNDS
+                && act.pending_ops.len() < COALESCE_OPS;
+            if more {
+                let next = Rounds {
+                    total: rounds.total + 1,
+                    quiet,
+                };
+                act.coalesce(act.seq, next, ctx);
                 return;
             }
             act.coalescing = false;

@@ -67,7 +67,11 @@ impl Server {
             .arg("serve")
             .arg("--config")
             .arg(&config)
-            .env("RUST_LOG", "info")
+            // `TEST_SERVER_LOG=info,parley::store=trace` shows a test server's commits, say.
+            .env(
+                "RUST_LOG",
+                std::env::var("TEST_SERVER_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

@@ -508,3 +508,29 @@ async fn silent_sockets_are_closed_after_three_heartbeats() {
         .ok(json!({"type": "send", "assistant": "chat", "content": "still here"}))
         .await;
 }
+
+/// Value of a counter in `/metrics`.
+async fn counter(s: &Server, name: &str) -> u64 {
+    let m = metrics_text(s).await;
+    m.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {m}"))
+}
+
+#[tokio::test]
+async fn a_message_and_the_run_it_starts_share_one_commit() {
+    // The ack waits for the commit holding the message; the commit waits while the engine
+    // (the built-in model at pace 0, never waiting for anything) still produces, so the
+    // message, the whole run and its end are stored by one fsync.
+    let s = Server::start();
+    let mut c = Client::connect(&s).await;
+    let (conv, _) = start_conv(&mut c, "chat", "hello").await;
+    let before = counter(&s, "parley_store_commits_total").await;
+    c.ok(json!({"type": "send", "conversationId": conv, "content": "and refunds?"}))
+        .await;
+    let ev = c.run_events(&conv).await;
+    assert!(ev.len() > 10, "a run with some events: {}", ev.len());
+    let after = counter(&s, "parley_store_commits_total").await;
+    assert_eq!(after - before, 1, "commits for one message and its run");
+}
