@@ -91,6 +91,8 @@ pub struct Conversation {
     /// The wire frame is built at delivery, and only when someone is subscribed.
     undelivered: VecDeque<(u64, Bytes)>,
     pending_ops: Vec<WriteOp>,
+    /// Events queued for the next commit: seqs `pending_upto - len + 1 ..= pending_upto`.
+    pending_events: Vec<Bytes>,
     pending_waiters: Vec<Waiter>,
     /// The seq of the last op queued in `pending_ops`.
     pending_upto: u64,
@@ -182,6 +184,7 @@ impl Conversation {
             durable,
             undelivered: VecDeque::new(),
             pending_ops: Vec::new(),
+            pending_events: Vec::new(),
             pending_waiters: Vec::new(),
             pending_upto: last_seq,
             record_dirty: false,
@@ -221,8 +224,9 @@ impl Conversation {
     /// It does not start a commit: the caller kicks once it has queued everything of the step
     /// (a user message's three events and the record go in one commit, not two).
     fn emit(&mut self, event: &Event, ctx: &mut Context<Self>) -> u64 {
-        let json = match serde_json::to_vec(event) {
-            Ok(j) => Bytes::from(j),
+        let mut buf = Vec::with_capacity(128);
+        let json = match serde_json::to_writer(&mut buf, event) {
+            Ok(()) => Bytes::from(buf),
             Err(e) => {
                 tracing::error!(conversation = %self.id, "event not serializable: {e}");
                 return self.seq;
@@ -233,11 +237,7 @@ impl Conversation {
         self.svc.metrics.events_emitted.fetch_add(1, Relaxed);
         self.track_text(event, ctx);
         self.undelivered.push_back((seq, json.clone()));
-        self.pending_ops.push(WriteOp::AppendEvent {
-            conversation: self.id.to_string(),
-            seq,
-            json,
-        });
+        self.pending_events.push(json);
         self.pending_upto = seq;
         self.rec.last_seq = seq;
         seq
@@ -333,7 +333,7 @@ impl Conversation {
             let more = act.run.is_some()
                 && quiet < COALESCE_QUIET_ROUNDS
                 && rounds.total < COALESCE_ROUNDS
-                && act.pending_ops.len() < COALESCE_OPS;
+                && act.pending_events.len() + act.pending_ops.len() < COALESCE_OPS;
             if more {
                 let next = Rounds {
                     total: rounds.total + 1,
@@ -352,7 +352,8 @@ impl Conversation {
     /// Whether a commit should start now: something is queued, none is in flight, the
     /// conversation is stored, and someone needs it (see [`Conversation::lazy`]).
     fn wants_commit(&self) -> bool {
-        let queued = !self.pending_ops.is_empty()
+        let queued = !self.pending_events.is_empty()
+            || !self.pending_ops.is_empty()
             || !self.pending_waiters.is_empty()
             || self.record_dirty
             || self.cp_dirty.is_some();
@@ -377,6 +378,14 @@ impl Conversation {
             self.record_dirty = false;
             self.pending_ops
                 .push(WriteOp::PutConversation(self.rec.clone()));
+        }
+        if !self.pending_events.is_empty() {
+            let events = std::mem::take(&mut self.pending_events);
+            self.pending_ops.push(WriteOp::AppendEvents {
+                conversation: self.id.to_string(),
+                first_seq: self.pending_upto + 1 - events.len() as u64,
+                events,
+            });
         }
         let ops = std::mem::take(&mut self.pending_ops);
         let waiters = std::mem::take(&mut self.pending_waiters);
@@ -639,7 +648,8 @@ impl Conversation {
             && self.subscribers.is_empty()
             && self.queue.is_empty()
             && !self.flushing
-            && self.pending_ops.is_empty();
+            && self.pending_ops.is_empty()
+            && self.pending_events.is_empty();
         let timeout = if self.transient {
             Duration::ZERO
         } else if !self.stored {
@@ -1109,6 +1119,7 @@ impl Handler<msg::Delete> for Conversation {
         self.svc.registry.remove(&self.id, &ctx.address());
         self.subscribers.clear();
         self.pending_ops.clear();
+        self.pending_events.clear();
         self.undelivered.clear();
         self.stored = false;
         let store = self.svc.store.clone();

@@ -74,17 +74,15 @@ pub(super) fn encode(ops: Vec<WriteOp>) -> Result<Vec<Encoded>, StoreError> {
                 conversation,
                 seq,
                 json,
+            } => add_event(&mut open, &mut out, &conversation, seq, &json),
+            WriteOp::AppendEvents {
+                conversation,
+                first_seq,
+                events,
             } => {
-                if let Some(chunk) = &mut open {
-                    if chunk.accepts(&conversation, seq, json.len()) {
-                        chunk.push(seq, &json);
-                        continue;
-                    }
+                for (seq, json) in (first_seq..).zip(&events) {
+                    add_event(&mut open, &mut out, &conversation, seq, json);
                 }
-                out.extend(open.take().map(ChunkBuilder::finish));
-                let mut chunk = ChunkBuilder::new(conversation);
-                chunk.push(seq, &json);
-                open = Some(chunk);
             }
             WriteOp::PutConversation(record) => {
                 let json = serde_json::to_vec(&record).map_err(|e| {
@@ -125,6 +123,26 @@ pub(super) fn encode(ops: Vec<WriteOp>) -> Result<Vec<Encoded>, StoreError> {
     }
     out.extend(open.map(ChunkBuilder::finish));
     Ok(out)
+}
+
+/// Adds an event to the open chunk, or closes it and opens a new one.
+fn add_event(
+    open: &mut Option<ChunkBuilder>,
+    out: &mut Vec<Encoded>,
+    conversation: &str,
+    seq: u64,
+    json: &[u8],
+) {
+    if let Some(chunk) = open {
+        if chunk.accepts(conversation, seq, json.len()) {
+            chunk.push(seq, json);
+            return;
+        }
+    }
+    out.extend(open.take().map(ChunkBuilder::finish));
+    let mut chunk = ChunkBuilder::new(conversation.to_owned());
+    chunk.push(seq, json);
+    *open = Some(chunk);
 }
 
 struct ChunkBuilder {
@@ -285,6 +303,26 @@ mod tests {
         );
         // The delete stays between what it deletes and what follows it.
         assert!(matches!(encoded[4], Encoded::DeleteConversation { .. }));
+    }
+
+    #[test]
+    fn a_run_of_events_and_single_events_chunk_alike() {
+        let run = WriteOp::AppendEvents {
+            conversation: "a".into(),
+            first_seq: 2,
+            events: (2..=4)
+                .map(|s| Bytes::from(format!("{{\"n\":{s}}}")))
+                .collect(),
+        };
+        let encoded = encode(vec![event("a", 1), run, event("a", 5)]).unwrap();
+        assert_eq!(chunks(&encoded), vec![("a".into(), 5, vec![1, 2, 3, 4, 5])]);
+        let Encoded::AppendEvents { chunk, .. } = &encoded[0] else {
+            panic!("not a chunk")
+        };
+        assert_eq!(
+            decode_chunk("a", 5, chunk).unwrap()[2].1.as_ref(),
+            b"{\"n\":3}"
+        );
     }
 
     #[test]

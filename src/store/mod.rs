@@ -173,6 +173,12 @@ pub enum WriteOp {
         seq: u64,
         json: Bytes,
     },
+    /// Consecutive events: `events[i]` has seq `first_seq + i`.
+    AppendEvents {
+        conversation: String,
+        first_seq: u64,
+        events: Vec<Bytes>,
+    },
     /// Replace the conversation's checkpoint (opaque bytes).
     PutCheckpoint { conversation: String, data: Bytes },
     /// Remove the conversation, its messages, events and checkpoint.
