@@ -534,3 +534,27 @@ async fn a_message_and_the_run_it_starts_share_one_commit() {
     let after = counter(&s, "parley_store_commits_total").await;
     assert_eq!(after - before, 1, "commits for one message and its run");
 }
+
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn an_open_socket_costs_the_server_one_descriptor() {
+    let s = Server::start();
+    let fds = || {
+        std::fs::read_dir(format!("/proc/{}/fd", s.child.id()))
+            .expect("the server's descriptors")
+            .count()
+    };
+    let mut first = Client::connect(&s).await;
+    first.create("chat", "hello").await;
+    let before = fds();
+    let mut clients = Vec::new();
+    for _ in 0..40 {
+        clients.push(Client::connect(&s).await);
+    }
+    let after = fds();
+    assert!(
+        after - before <= 42,
+        "40 more sockets took {} more descriptors",
+        after - before
+    );
+}
