@@ -94,7 +94,7 @@ pub struct Conversation {
     /// Events queued for the next commit: seqs `pending_upto - len + 1 ..= pending_upto`.
     pending_events: Vec<Bytes>,
     pending_waiters: Vec<Waiter>,
-    /// The seq of the last op queued in `pending_ops`.
+    /// The seq of the last event queued (`pending_events`), or of the last one committed.
     pending_upto: u64,
     record_dirty: bool,
     flushing: bool,
