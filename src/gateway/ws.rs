@@ -20,11 +20,10 @@ use bytestring::ByteString;
 use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::auth::{self, User};
-use crate::conversation::{msg, Conversation, Outbound, Subscriber};
+use crate::conversation::{msg, outbound_queue, Conversation, Outbound, OutboundRx, Subscriber};
 use crate::error::{ApiError, ErrorCode};
 use crate::services::Services;
 
@@ -163,7 +162,7 @@ struct SocketSession {
     session: Session,
     user: Option<User>,
     subscriber: Subscriber,
-    rx: Option<mpsc::Receiver<Outbound>>,
+    rx: Option<OutboundRx>,
     subs: HashMap<Arc<str>, Sub>,
     last_seen: Instant,
     closed: bool,
@@ -171,7 +170,7 @@ struct SocketSession {
 
 impl SocketSession {
     fn new(svc: Arc<Services>, session: Session, user: Option<User>) -> Self {
-        let (tx, rx) = mpsc::channel(svc.config.server.socket_outbound_buffer.max(16));
+        let (tx, rx) = outbound_queue(svc.config.server.socket_outbound_buffer.max(16));
         let subscriber = Subscriber {
             id: NEXT_SOCKET.fetch_add(1, Relaxed),
             tx,
