@@ -152,6 +152,16 @@ pub async fn handshake(
     Ok(response)
 }
 
+fn utf8(b: bytes::Bytes) -> Option<ByteString> {
+    match ByteString::try_from(b) {
+        Ok(s) => Some(s),
+        Err(_) => {
+            tracing::error!("dropping a frame that is not UTF-8");
+            None
+        }
+    }
+}
+
 struct Sub {
     addr: Addr<Conversation>,
     last_sent: u64,
@@ -199,12 +209,13 @@ impl SocketSession {
                 m = stream.next() => {
                     self.last_seen = Instant::now();
                     match m {
-                        Some(Ok(AggregatedMessage::Text(t))) => self.on_text(&t).await,
-                        Some(Ok(AggregatedMessage::Binary(_))) => {
-                            self.send_error(None, &ApiError::bad_request("binary frames are not supported; send JSON text frames")).await;
-                        }
+                        // This future lives as long as the socket, and is as large as the largest
+                        // thing it awaits: what is rare or large (handling a frame: the actor's
+                        // answer, a replay) is boxed, so an idle socket's task stays small.
+                        Some(Ok(AggregatedMessage::Text(t))) => Box::pin(self.on_text(&t)).await,
+                        Some(Ok(AggregatedMessage::Binary(_))) => Box::pin(self.refuse_binary()).await,
                         Some(Ok(AggregatedMessage::Ping(p))) => {
-                            if self.session.pong(&p).await.is_err() { break; }
+                            if Box::pin(self.session.pong(&p)).await.is_err() { break; }
                         }
                         Some(Ok(AggregatedMessage::Pong(_))) => {}
                         Some(Ok(AggregatedMessage::Close(_))) | None => break,
@@ -214,7 +225,7 @@ impl SocketSession {
                                 actix_ws::ProtocolError::Overflow => "frame too large (payload_too_large)".to_string(),
                                 other => format!("protocol error: {other}"),
                             };
-                            let _ = self.session.clone().close(Some(CloseReason { code: CloseCode::Size, description: Some(reason) })).await;
+                            let _ = Box::pin(self.session.clone().close(Some(CloseReason { code: CloseCode::Size, description: Some(reason) }))).await;
                             self.closed = true;
                         }
                     }
@@ -222,10 +233,10 @@ impl SocketSession {
                 Some(out) = rx.recv() => self.forward(out).await,
                 _ = ticker.tick() => {
                     if self.last_seen.elapsed() > beat * 3 {
-                        let _ = self.session.clone().close(Some(CloseReason { code: CloseCode::Away, description: Some("no heartbeat".into()) })).await;
+                        let _ = Box::pin(self.session.clone().close(Some(CloseReason { code: CloseCode::Away, description: Some("no heartbeat".into()) }))).await;
                         break;
                     }
-                    if self.session.ping(b"").await.is_err() { break; }
+                    if Box::pin(self.session.ping(b"")).await.is_err() { break; }
                 }
                 _ = slow.cancelled() => break,
             }
@@ -256,20 +267,29 @@ impl SocketSession {
     }
 
     async fn forward(&mut self, out: Outbound) {
-        let Some(sub) = self.subs.get_mut(&out.conversation) else {
+        // Nothing of `out` but the text is kept across the write (this future is part of every
+        // socket's task).
+        let Outbound {
+            conversation,
+            seq,
+            frame,
+        } = out;
+        let Some(sub) = self.subs.get_mut(&conversation) else {
             return;
         };
-        if out.seq <= sub.last_sent {
+        if seq <= sub.last_sent {
             return;
         }
-        sub.last_sent = out.seq;
-        self.send_bytes(out.frame).await;
+        sub.last_sent = seq;
+        drop(conversation);
+        if let Some(text) = utf8(frame) {
+            self.send_text(text).await;
+        }
     }
 
     async fn send_bytes(&mut self, b: bytes::Bytes) {
-        match ByteString::try_from(b) {
-            Ok(s) => self.send_text(s).await,
-            Err(_) => tracing::error!("dropping a frame that is not UTF-8"),
+        if let Some(text) = utf8(b) {
+            self.send_text(text).await;
         }
     }
 
@@ -292,6 +312,11 @@ impl SocketSession {
             }
             _ = slow.cancelled() => self.closed = true,
         }
+    }
+
+    async fn refuse_binary(&mut self) {
+        let e = ApiError::bad_request("binary frames are not supported; send JSON text frames");
+        self.send_error(None, &e).await;
     }
 
     async fn send_error(&mut self, id: Option<Value>, e: &ApiError) {
