@@ -71,8 +71,11 @@ pub struct Conversation {
     texts: HashMap<String, (String, String)>,
     /// Highest seq assigned.
     seq: u64,
-    /// Highest seq known durable; watched by the engine sink for backpressure.
-    durable: watch::Sender<u64>,
+    /// Highest seq known durable.
+    durable_seq: u64,
+    /// The same, watched by the engine sink for backpressure; only while a run is active (an
+    /// idle conversation does not keep a channel).
+    durable_watch: Option<watch::Sender<u64>>,
     /// Assigned but not yet durable: (seq, event JSON), delivered once their commit is done.
     /// The wire frame is built at delivery, and only when someone is subscribed.
     undelivered: VecDeque<(u64, Bytes)>,
@@ -151,7 +154,6 @@ impl Conversation {
     ) -> Self {
         let history = recent.iter().filter_map(to_chat).collect();
         let cp = idle_view(&cp).unwrap_or(cp);
-        let (durable, _) = watch::channel(last_seq);
         Conversation {
             id: Arc::from(rec.id.as_str()),
             svc,
@@ -165,7 +167,8 @@ impl Conversation {
             history,
             texts: HashMap::new(),
             seq: last_seq,
-            durable,
+            durable_seq: last_seq,
+            durable_watch: None,
             undelivered: VecDeque::new(),
             pending_ops: Vec::new(),
             pending_waiters: Vec::new(),
@@ -365,12 +368,15 @@ impl Conversation {
     fn lazy(&self) -> bool {
         self.subscribers.is_empty()
             && self.run.as_ref().is_some_and(|r| r.report.is_some())
-            && self.seq.saturating_sub(*self.durable.borrow()) < MAX_UNDURABLE / 2
+            && self.seq.saturating_sub(self.durable_seq) < MAX_UNDURABLE / 2
     }
 
     /// Deliver every event up to `upto` to the subscribers.
     fn mark_durable(&mut self, upto: u64) {
-        self.durable.send_replace(upto);
+        self.durable_seq = upto;
+        if let Some(w) = &self.durable_watch {
+            w.send_replace(upto);
+        }
         while let Some((seq, _)) = self.undelivered.front() {
             if *seq > upto {
                 break;
@@ -483,7 +489,11 @@ impl Conversation {
         let engine = self.svc.engine.clone();
         let assistant = self.assistant.clone();
         let addr = ctx.address();
-        let durable = self.durable.subscribe();
+        let durable_seq = self.durable_seq;
+        let durable = self
+            .durable_watch
+            .get_or_insert_with(|| watch::channel(durable_seq).0)
+            .subscribe();
         let rid = run_id.clone();
         actix::spawn(async move {
             let mut sink = ActorSink {
@@ -724,6 +734,8 @@ impl Handler<RunDone> for Conversation {
     type Result = ();
     fn handle(&mut self, m: RunDone, ctx: &mut Self::Context) {
         let Some(run) = self.run.take() else { return };
+        // The run's sink is done: no one watches the durable mark until the next run.
+        self.durable_watch = None;
         if run.run_id != m.run_id {
             tracing::warn!(conversation = %self.id, "a finished run was not the active one");
         }
@@ -994,7 +1006,7 @@ impl Handler<msg::Subscribe> for Conversation {
         self.check_owner(&m.owner)?;
         self.last_active = Instant::now();
         self.subscribers.insert(m.subscriber.id, m.subscriber);
-        Ok(*self.durable.borrow())
+        Ok(self.durable_seq)
     }
 }
 
