@@ -340,7 +340,7 @@ impl SocketSession {
         if let (true, Some(u), Some(fid)) = (idempotent, &user, &id) {
             if let Some(ack) = self.svc.frame_acks.get(u, fid) {
                 // A retried frame: the original answer, nothing applied again.
-                self.send_json(ack).await;
+                self.send_text(ByteString::from(ack)).await;
                 return;
             }
         }
@@ -348,10 +348,11 @@ impl SocketSession {
             Ok(mut ack) => {
                 ack["type"] = json!("ack");
                 ack["id"] = id.clone().unwrap_or(Value::Null);
+                let text = ack.to_string();
                 if let (true, Some(u), Some(fid)) = (idempotent, &user, &id) {
-                    self.svc.frame_acks.put(u, fid, ack.clone());
+                    self.svc.frame_acks.put(u, fid, &text);
                 }
-                self.send_json(ack).await;
+                self.send_text(ByteString::from(text)).await;
             }
             Err(e) => self.send_error(id, &e).await,
         }
