@@ -637,6 +637,19 @@ pub async fn idle(o: &Options, report: &mut Report) -> anyhow::Result<()> {
     let open_time = started.elapsed();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss1 = server.rss_kib()?;
+    // Profiling aid: `LOAD_IDLE_HOLD=SECS` waits here, every socket open and every
+    // conversation idle after its first run, so that a heap profiler (LOAD_SERVER_WRAPPER) can
+    // be stopped at this point and show what stays allocated (its "leaks").
+    if let Some(secs) = std::env::var("LOAD_IDLE_HOLD")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+    {
+        eprintln!(
+            "HOLDING {secs} s after the first runs (server pid {})",
+            server.pid()
+        );
+        tokio::time::sleep(Duration::from_secs(secs)).await;
+    }
     let opened = set.opened.load(Relaxed);
     let per = (rss1.saturating_sub(rss0)) as f64 / opened.max(1) as f64;
     let per_socket = (rss_sockets.saturating_sub(rss0)) as f64 / connected.max(1) as f64;

@@ -85,8 +85,11 @@ pub struct Conversation {
     texts: HashMap<String, (String, String)>,
     /// Highest seq assigned.
     seq: u64,
-    /// Highest seq known durable; watched by the engine sink for backpressure.
-    durable: watch::Sender<u64>,
+    /// Highest seq known durable.
+    durable_seq: u64,
+    /// The same, watched by the engine sink for backpressure; only while a run is active (an
+    /// idle conversation does not keep a channel).
+    durable_watch: Option<watch::Sender<u64>>,
     /// Assigned but not yet durable: (seq, event JSON), delivered once their commit is done.
     /// The wire frame is built at delivery, and only when someone is subscribed.
     undelivered: VecDeque<(u64, Bytes)>,
@@ -105,10 +108,11 @@ pub struct Conversation {
     timeout_handle: Option<SpawnHandle>,
     /// Started for one synchronous call: leaves memory as soon as it is idle.
     transient: bool,
-    /// The last message stored (a run's report starts with the user message that started it).
-    last_message: Option<MessageRecord>,
-    /// The engine's newest checkpoint, not yet queued for the store.
-    cp_dirty: Option<Checkpoint>,
+    /// The last message stored if it is the user's (a run's report starts with the user message
+    /// that started it); taken by the run it starts.
+    last_user_message: Option<Box<MessageRecord>>,
+    /// The engine's newest checkpoint, not yet queued for the store (boxed: usually none).
+    cp_dirty: Option<Box<Checkpoint>>,
 }
 
 impl Conversation {
@@ -167,7 +171,7 @@ impl Conversation {
         recent: Vec<MessageRecord>,
     ) -> Self {
         let history = recent.iter().filter_map(to_chat).collect();
-        let (durable, _) = watch::channel(last_seq);
+        let cp = idle_view(&cp).unwrap_or(cp);
         Conversation {
             id: Arc::from(rec.id.as_str()),
             svc,
@@ -181,7 +185,8 @@ impl Conversation {
             history,
             texts: HashMap::new(),
             seq: last_seq,
-            durable,
+            durable_seq: last_seq,
+            durable_watch: None,
             undelivered: VecDeque::new(),
             pending_ops: Vec::new(),
             pending_events: Vec::new(),
@@ -194,7 +199,7 @@ impl Conversation {
             last_active: Instant::now(),
             timeout_handle: None,
             transient: false,
-            last_message: None,
+            last_user_message: None,
             cp_dirty: None,
         }
     }
@@ -279,10 +284,10 @@ impl Conversation {
                             self.history.pop_front();
                         }
                     }
-                    if let Some(run) = &mut self.run {
+                    if let Some(run) = self.run.as_mut().filter(|r| r.report.is_some()) {
                         run.messages.push(m.clone());
                     }
-                    self.last_message = Some(m.clone());
+                    self.last_user_message = (m.role == "user").then(|| Box::new(m.clone()));
                     self.pending_ops.push(WriteOp::AppendMessage {
                         conversation: self.id.to_string(),
                         message: m,
@@ -364,7 +369,7 @@ impl Conversation {
     /// Commit everything queued now.
     fn commit(&mut self, ctx: &mut Context<Self>) {
         if let Some(cp) = self.cp_dirty.take() {
-            match serde_json::to_vec(&cp) {
+            match serde_json::to_vec(&*cp) {
                 Ok(data) => self.pending_ops.push(WriteOp::PutCheckpoint {
                     conversation: self.id.to_string(),
                     data: Bytes::from(data),
@@ -429,12 +434,15 @@ impl Conversation {
     fn lazy(&self) -> bool {
         self.subscribers.is_empty()
             && self.run.as_ref().is_some_and(|r| r.report.is_some())
-            && self.seq.saturating_sub(*self.durable.borrow()) < MAX_UNDURABLE / 2
+            && self.seq.saturating_sub(self.durable_seq) < MAX_UNDURABLE / 2
     }
 
     /// Deliver every event up to `upto` to the subscribers.
     fn mark_durable(&mut self, upto: u64) {
-        self.durable.send_replace(upto);
+        self.durable_seq = upto;
+        if let Some(w) = &self.durable_watch {
+            w.send_replace(upto);
+        }
         while let Some((seq, _)) = self.undelivered.front() {
             if *seq > upto {
                 break;
@@ -467,6 +475,24 @@ impl Conversation {
                 self.subscribers.remove(&id);
             }
         }
+        if self.run.is_none() {
+            self.trim();
+        }
+    }
+
+    /// Between runs, once everything is delivered: give back what a run's buffers grew to, so
+    /// an idle conversation holds only its state.
+    fn trim(&mut self) {
+        if self.undelivered.is_empty() {
+            self.undelivered = VecDeque::new();
+        }
+        if self.texts.is_empty() {
+            self.texts = HashMap::new();
+        }
+        if self.queue.is_empty() {
+            self.queue = VecDeque::new();
+        }
+        self.history.shrink_to_fit();
     }
 
     // ---- runs ----------------------------------------------------------------------------------
@@ -508,8 +534,8 @@ impl Conversation {
                 .unwrap_or_else(|| uuid::Uuid::now_v7().to_string()),
         };
         let cancel = CancellationToken::new();
-        let messages = match (&input, &self.last_message) {
-            (Input::Message { .. }, Some(m)) if m.role == "user" => vec![m.clone()],
+        let messages = match (&input, self.last_user_message.take()) {
+            (Input::Message { .. }, Some(m)) if report.is_some() => vec![*m],
             _ => Vec::new(),
         };
         self.run = Some(ActiveRun {
@@ -529,7 +555,11 @@ impl Conversation {
         let engine = self.svc.engine.clone();
         let assistant = self.assistant.clone();
         let addr = ctx.address();
-        let durable = self.durable.subscribe();
+        let durable_seq = self.durable_seq;
+        let durable = self
+            .durable_watch
+            .get_or_insert_with(|| watch::channel(durable_seq).0)
+            .subscribe();
         let base = self.seq;
         let rid = run_id.clone();
         actix::spawn(async move {
@@ -670,6 +700,16 @@ impl Conversation {
     }
 }
 
+/// What an actor keeps in memory of a checkpoint whose run ended (position idle, no loop):
+/// only its run id. Nothing else of it is read again: the next message's run replaces the whole
+/// checkpoint, and answers and time-outs need a paused one. `None` if the run did not end.
+fn idle_view(cp: &Checkpoint) -> Option<Checkpoint> {
+    (cp.position == Position::Idle && cp.loops.is_empty()).then(|| Checkpoint {
+        run_id: cp.run_id.clone(),
+        ..Checkpoint::default()
+    })
+}
+
 fn to_chat(m: &MessageRecord) -> Option<ChatMessage> {
     let role = match m.role.as_str() {
         "user" => Role::User,
@@ -761,7 +801,7 @@ impl Handler<EngineCheckpoint> for Conversation {
     type Result = ();
     fn handle(&mut self, m: EngineCheckpoint, ctx: &mut Self::Context) {
         // Only the newest checkpoint matters: it is serialized when the next commit starts.
-        self.cp_dirty = Some(m.0);
+        self.cp_dirty = Some(Box::new(m.0));
         self.kick(ctx);
     }
 }
@@ -770,11 +810,24 @@ impl Handler<RunDone> for Conversation {
     type Result = ();
     fn handle(&mut self, m: RunDone, ctx: &mut Self::Context) {
         let Some(run) = self.run.take() else { return };
+        // The run's sink is done: no one watches the durable mark until the next run.
+        self.durable_watch = None;
         if run.run_id != m.run_id {
             tracing::warn!(conversation = %self.id, "a finished run was not the active one");
         }
         self.last_active = Instant::now();
-        self.cp = m.cp;
+        // Store the checkpoint with the run's end. A run that ended keeps only what the next
+        // one needs in memory (the whole checkpoint is stored; a new message replaces it).
+        self.cp = match idle_view(&m.cp) {
+            Some(slim) => {
+                self.cp_dirty = Some(Box::new(m.cp));
+                slim
+            }
+            None => {
+                self.cp_dirty = Some(Box::new(m.cp.clone()));
+                m.cp
+            }
+        };
         let metrics = &self.svc.metrics;
         metrics
             .run_seconds
@@ -812,8 +865,8 @@ impl Handler<RunDone> for Conversation {
                 Err(ApiError::new(refused.code, refused.message.clone()))
             }
         };
-        // Store the checkpoint and record with the run's end; answer a synchronous caller after.
-        self.cp_dirty = Some(self.cp.clone());
+        // Store the checkpoint (above) and record with the run's end; answer a synchronous
+        // caller after.
         let rx = self.durable_waiter(ctx);
         if let Some(report) = run.report {
             let rep = RunReport {
@@ -1030,7 +1083,7 @@ impl Handler<msg::Subscribe> for Conversation {
         self.check_owner(&m.owner)?;
         self.last_active = Instant::now();
         self.subscribers.insert(m.subscriber.id, m.subscriber);
-        Ok(*self.durable.borrow())
+        Ok(self.durable_seq)
     }
 }
 
@@ -1058,7 +1111,7 @@ impl Handler<msg::Cancel> for Conversation {
             let run_id = self.cp.run_id.clone().unwrap_or_default();
             self.cp.position = Position::Idle;
             self.cp.loops.clear();
-            self.cp_dirty = Some(self.cp.clone());
+            self.cp_dirty = Some(Box::new(self.cp.clone()));
             self.rec.pending_interrupts.clear();
             if let Some(h) = self.timeout_handle.take() {
                 ctx.cancel_future(h);

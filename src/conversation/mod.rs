@@ -10,16 +10,18 @@
 //! only once the commit that holds them is durable (the high-water mark, invariant 2).
 
 mod actor;
+mod outbound;
 mod registry;
 
 use std::sync::Arc;
 
 use bytes::Bytes;
 use serde_json::Value;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 pub use actor::Conversation;
+pub use outbound::{queue as outbound_queue, OutboundRx, OutboundTx};
 pub use registry::{recover_interrupted, Registry};
 
 use crate::error::ApiError;
@@ -39,7 +41,7 @@ pub struct Outbound {
 #[derive(Debug, Clone)]
 pub struct Subscriber {
     pub id: u64,
-    pub tx: mpsc::Sender<Outbound>,
+    pub tx: OutboundTx,
     pub slow: CancellationToken,
 }
 

@@ -60,8 +60,8 @@ pub trait ToolRunner: Send + Sync {
 }
 
 /// Where a run stands.
-// One per conversation, moved rarely: boxing the waiting variant would buy nothing.
-#[allow(clippy::large_enum_variant)]
+// One in every live conversation's memory: the waiting variant's large parts are boxed so
+// that an idle or running conversation does not carry their room (serialized the same).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "at", rename_all = "snake_case")]
 pub enum Position {
@@ -79,9 +79,9 @@ pub enum Position {
         node: String,
         #[serde(default)]
         inputs: Map<String, Value>,
-        interrupt: Interrupt,
+        interrupt: Box<Interrupt>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        agent: Option<AgentState>,
+        agent: Option<Box<AgentState>>,
     },
 }
 

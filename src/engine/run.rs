@@ -209,8 +209,8 @@ impl Engine {
             ) => Some(Resumed {
                 node,
                 inputs,
-                interrupt,
-                agent,
+                interrupt: *interrupt,
+                agent: agent.map(|a| *a),
                 answer,
             }),
             _ => None,
@@ -346,8 +346,8 @@ impl Run<'_> {
                     self.cp.position = Position::Waiting {
                         node: node_id,
                         inputs,
-                        interrupt: interrupt.clone(),
-                        agent,
+                        interrupt: Box::new(interrupt.clone()),
+                        agent: agent.map(Box::new),
                     };
                     self.save().await;
                     let usage = self.cp.usage;

@@ -20,11 +20,10 @@ use bytestring::ByteString;
 use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::auth::{self, User};
-use crate::conversation::{msg, Conversation, Outbound, Subscriber};
+use crate::conversation::{msg, outbound_queue, Conversation, Outbound, OutboundRx, Subscriber};
 use crate::error::{ApiError, ErrorCode};
 use crate::services::Services;
 
@@ -153,6 +152,16 @@ pub async fn handshake(
     Ok(response)
 }
 
+fn utf8(b: bytes::Bytes) -> Option<ByteString> {
+    match ByteString::try_from(b) {
+        Ok(s) => Some(s),
+        Err(_) => {
+            tracing::error!("dropping a frame that is not UTF-8");
+            None
+        }
+    }
+}
+
 struct Sub {
     addr: Addr<Conversation>,
     last_sent: u64,
@@ -163,7 +172,7 @@ struct SocketSession {
     session: Session,
     user: Option<User>,
     subscriber: Subscriber,
-    rx: Option<mpsc::Receiver<Outbound>>,
+    rx: Option<OutboundRx>,
     subs: HashMap<Arc<str>, Sub>,
     last_seen: Instant,
     closed: bool,
@@ -171,7 +180,7 @@ struct SocketSession {
 
 impl SocketSession {
     fn new(svc: Arc<Services>, session: Session, user: Option<User>) -> Self {
-        let (tx, rx) = mpsc::channel(svc.config.server.socket_outbound_buffer.max(16));
+        let (tx, rx) = outbound_queue(svc.config.server.socket_outbound_buffer.max(16));
         let subscriber = Subscriber {
             id: NEXT_SOCKET.fetch_add(1, Relaxed),
             tx,
@@ -200,12 +209,13 @@ impl SocketSession {
                 m = stream.next() => {
                     self.last_seen = Instant::now();
                     match m {
-                        Some(Ok(AggregatedMessage::Text(t))) => self.on_text(&t).await,
-                        Some(Ok(AggregatedMessage::Binary(_))) => {
-                            self.send_error(None, &ApiError::bad_request("binary frames are not supported; send JSON text frames")).await;
-                        }
+                        // This future lives as long as the socket, and is as large as the largest
+                        // thing it awaits: what is rare or large (handling a frame: the actor's
+                        // answer, a replay) is boxed, so an idle socket's task stays small.
+                        Some(Ok(AggregatedMessage::Text(t))) => Box::pin(self.on_text(&t)).await,
+                        Some(Ok(AggregatedMessage::Binary(_))) => Box::pin(self.refuse_binary()).await,
                         Some(Ok(AggregatedMessage::Ping(p))) => {
-                            if self.session.pong(&p).await.is_err() { break; }
+                            if Box::pin(self.session.pong(&p)).await.is_err() { break; }
                         }
                         Some(Ok(AggregatedMessage::Pong(_))) => {}
                         Some(Ok(AggregatedMessage::Close(_))) | None => break,
@@ -215,7 +225,7 @@ impl SocketSession {
                                 actix_ws::ProtocolError::Overflow => "frame too large (payload_too_large)".to_string(),
                                 other => format!("protocol error: {other}"),
                             };
-                            let _ = self.session.clone().close(Some(CloseReason { code: CloseCode::Size, description: Some(reason) })).await;
+                            let _ = Box::pin(self.session.clone().close(Some(CloseReason { code: CloseCode::Size, description: Some(reason) }))).await;
                             self.closed = true;
                         }
                     }
@@ -223,10 +233,10 @@ impl SocketSession {
                 Some(out) = rx.recv() => self.forward(out).await,
                 _ = ticker.tick() => {
                     if self.last_seen.elapsed() > beat * 3 {
-                        let _ = self.session.clone().close(Some(CloseReason { code: CloseCode::Away, description: Some("no heartbeat".into()) })).await;
+                        let _ = Box::pin(self.session.clone().close(Some(CloseReason { code: CloseCode::Away, description: Some("no heartbeat".into()) }))).await;
                         break;
                     }
-                    if self.session.ping(b"").await.is_err() { break; }
+                    if Box::pin(self.session.ping(b"")).await.is_err() { break; }
                 }
                 _ = slow.cancelled() => break,
             }
@@ -257,20 +267,29 @@ impl SocketSession {
     }
 
     async fn forward(&mut self, out: Outbound) {
-        let Some(sub) = self.subs.get_mut(&out.conversation) else {
+        // Nothing of `out` but the text is kept across the write (this future is part of every
+        // socket's task).
+        let Outbound {
+            conversation,
+            seq,
+            frame,
+        } = out;
+        let Some(sub) = self.subs.get_mut(&conversation) else {
             return;
         };
-        if out.seq <= sub.last_sent {
+        if seq <= sub.last_sent {
             return;
         }
-        sub.last_sent = out.seq;
-        self.send_bytes(out.frame).await;
+        sub.last_sent = seq;
+        drop(conversation);
+        if let Some(text) = utf8(frame) {
+            self.send_text(text).await;
+        }
     }
 
     async fn send_bytes(&mut self, b: bytes::Bytes) {
-        match ByteString::try_from(b) {
-            Ok(s) => self.send_text(s).await,
-            Err(_) => tracing::error!("dropping a frame that is not UTF-8"),
+        if let Some(text) = utf8(b) {
+            self.send_text(text).await;
         }
     }
 
@@ -295,6 +314,11 @@ impl SocketSession {
         }
     }
 
+    async fn refuse_binary(&mut self) {
+        let e = ApiError::bad_request("binary frames are not supported; send JSON text frames");
+        self.send_error(None, &e).await;
+    }
+
     async fn send_error(&mut self, id: Option<Value>, e: &ApiError) {
         let mut f = json!({"type": "error", "id": id, "code": e.code, "message": e.message});
         if let Some(d) = &e.details {
@@ -316,7 +340,7 @@ impl SocketSession {
         if let (true, Some(u), Some(fid)) = (idempotent, &user, &id) {
             if let Some(ack) = self.svc.frame_acks.get(u, fid) {
                 // A retried frame: the original answer, nothing applied again.
-                self.send_json(ack).await;
+                self.send_text(ByteString::from(ack)).await;
                 return;
             }
         }
@@ -324,10 +348,11 @@ impl SocketSession {
             Ok(mut ack) => {
                 ack["type"] = json!("ack");
                 ack["id"] = id.clone().unwrap_or(Value::Null);
+                let text = ack.to_string();
                 if let (true, Some(u), Some(fid)) = (idempotent, &user, &id) {
-                    self.svc.frame_acks.put(u, fid, ack.clone());
+                    self.svc.frame_acks.put(u, fid, &text);
                 }
-                self.send_json(ack).await;
+                self.send_text(ByteString::from(text)).await;
             }
             Err(e) => self.send_error(id, &e).await,
         }
