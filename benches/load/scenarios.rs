@@ -418,10 +418,21 @@ pub async fn hitl(o: &Options, b: &Baselines, report: &mut Report) -> anyhow::Re
     let server = home.start()?;
 
     let c0 = metric(server.addr, "parley_store_commits_total").await?;
+    let busy0 = metric(server.addr, "parley_store_commit_seconds_sum").await?;
     let w = Window::after(o.warmup, o.duration);
     let (mut t, gaps) = hitl_load(server.addr, 1, w).await;
     let r0 = metric(server.addr, COMPLETED).await.unwrap_or(0.0);
     let per = commits_since(server.addr, c0, r0 as u64).await;
+    // The mean time of one commit (apply + commit + fsync) while one client drives the server.
+    let commit_ms = {
+        let commits = metric(server.addr, "parley_store_commits_total").await? - c0;
+        let busy = metric(server.addr, "parley_store_commit_seconds_sum").await? - busy0;
+        if commits > 0.0 {
+            busy / commits * 1e3
+        } else {
+            0.0
+        }
+    };
     note_errors(report, "2 HITL, 1 client", &t);
     if gaps > 0 {
         report.problem(format!("2 HITL, 1 client: {gaps} seq gap(s)"));
@@ -473,7 +484,7 @@ pub async fn hitl(o: &Options, b: &Baselines, report: &mut Report) -> anyhow::Re
         .baseline(b.ws_rtt_rps),
     );
     report.note(format!(
-        "2: {one} round trips measured with 1 client ({per} store commits per round trip); with {} clients p50 {:.2} ms, p99 {:.2} ms, {cpu}. One round trip = 2 client frames, 2 acks, 2 run segments, about 20 events",
+        "2: {one} round trips measured with 1 client ({per} store commits per round trip, {commit_ms:.3} ms per commit: apply + commit + fsync); with {} clients p50 {:.2} ms, p99 {:.2} ms, {cpu}. One round trip = 2 client frames, 2 acks, 2 run segments, about 20 events",
         o.hitl_clients,
         t.samples.percentile_ms(50.0),
         t.samples.percentile_ms(99.0)

@@ -700,9 +700,10 @@ impl Conversation {
     }
 }
 
-/// What an actor keeps in memory of a checkpoint whose run ended (position idle, no loop):
-/// only its run id. Nothing else of it is read again: the next message's run replaces the whole
-/// checkpoint, and answers and time-outs need a paused one. `None` if the run did not end.
+/// What is kept of a checkpoint whose run ended (position idle, no loop), in memory and in
+/// the store: only its run id. Nothing else of it is read again: the next message's run
+/// replaces the whole checkpoint, and answers and time-outs need a paused one. `None` if the
+/// run did not end.
 fn idle_view(cp: &Checkpoint) -> Option<Checkpoint> {
     (cp.position == Position::Idle && cp.loops.is_empty()).then(|| Checkpoint {
         run_id: cp.run_id.clone(),
@@ -816,11 +817,12 @@ impl Handler<RunDone> for Conversation {
             tracing::warn!(conversation = %self.id, "a finished run was not the active one");
         }
         self.last_active = Instant::now();
-        // Store the checkpoint with the run's end. A run that ended keeps only what the next
-        // one needs in memory (the whole checkpoint is stored; a new message replaces it).
+        // Store the checkpoint with the run's end. Of a run that ended only what the next one
+        // needs is kept, in memory and in the store: its state is never read again (a new
+        // message replaces it, and the run's result went out with RUN_FINISHED).
         self.cp = match idle_view(&m.cp) {
             Some(slim) => {
-                self.cp_dirty = Some(Box::new(m.cp));
+                self.cp_dirty = Some(Box::new(slim.clone()));
                 slim
             }
             None => {
