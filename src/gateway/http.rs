@@ -360,7 +360,7 @@ impl Drop for CancelOnDrop {
         (status = 500, description = "`internal`", body = ErrorBody),
         (status = 502, description = "The run failed: `llm_error`, `tool_error`", body = ErrorBody),
         (status = 503, description = "`interrupted`: the server stopped during the run", body = ErrorBody),
-        (status = 504, description = "`run_timeout`: the run was cancelled; `details` has its `runId` and `conversationId`", body = ErrorBody),
+        (status = 504, description = "`run_timeout`: the run was cancelled (answered once the cancelled run is stored); `details` has its `runId` and `conversationId`", body = ErrorBody),
     )
 )]
 pub(super) async fn invoke(
