@@ -558,3 +558,30 @@ async fn an_open_socket_costs_the_server_one_descriptor() {
         after - before
     );
 }
+
+#[tokio::test]
+async fn a_model_that_streams_slowly_is_not_waited_for() {
+    // The commit of a message waits only while the engine produces without waiting; a model
+    // that streams (40 ms between deltas here) lets it go at once, so the ack and the first
+    // deltas come long before the run ends.
+    let s = Server::start();
+    let mut c = Client::connect(&s).await;
+    let began = std::time::Instant::now();
+    let conv = c.create("slow", "rivers").await;
+    let acked = began.elapsed();
+    c.events_until(&conv, |e| {
+        e["type"] == "TEXT_MESSAGE_CONTENT" && e["delta"] != "rivers"
+    })
+    .await;
+    let first_delta = began.elapsed();
+    c.run_events(&conv).await;
+    let ended = began.elapsed();
+    assert!(
+        ended > first_delta + std::time::Duration::from_millis(200),
+        "the reply streams: first delta at {first_delta:?}, end at {ended:?}"
+    );
+    assert!(
+        acked + std::time::Duration::from_millis(200) < ended,
+        "the ack came at {acked:?}, the end at {ended:?}"
+    );
+}
