@@ -67,7 +67,7 @@ fn migrate_events_v1(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
         }
     }
     let mut events = txn.open_table(EVENTS)?;
-    for op in super::encode::encode(std::mem::take(&mut ops))? {
+    for op in super::encode::encode(ops)? {
         if let super::encode::Encoded::AppendEvents {
             conversation,
             last,
