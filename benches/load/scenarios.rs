@@ -792,13 +792,7 @@ fn open_idle(addr: SocketAddr, n: usize, parallel: usize) -> IdleSet {
                     return t;
                 }
             };
-            let mut rx = begin.subscribe();
-            if let Err(e) = c
-                .idle_until(async move {
-                    let _ = rx.wait_for(|g| *g).await;
-                })
-                .await
-            {
+            if let Err(e) = idle_until_raised(&mut c, &begin).await {
                 settled.fetch_add(2, Relaxed);
                 t.error(format!("while idle: {e:#}"));
                 return t;
@@ -822,13 +816,7 @@ fn open_idle(addr: SocketAddr, n: usize, parallel: usize) -> IdleSet {
                     return t;
                 }
             }
-            let mut rx = go.subscribe();
-            if let Err(e) = c
-                .idle_until(async move {
-                    let _ = rx.wait_for(|g| *g).await;
-                })
-                .await
-            {
+            if let Err(e) = idle_until_raised(&mut c, &go).await {
                 settled.fetch_add(1, Relaxed);
                 t.error(format!("while idle: {e:#}"));
                 return t;
@@ -844,17 +832,24 @@ fn open_idle(addr: SocketAddr, n: usize, parallel: usize) -> IdleSet {
             }
             settled.fetch_add(1, Relaxed);
             gaps.fetch_add(c.seq_gaps, Relaxed);
-            let mut rx = done.subscribe();
-            let _ = c
-                .idle_until(async move {
-                    let _ = rx.wait_for(|g| *g).await;
-                })
-                .await;
+            let _ = idle_until_raised(&mut c, &done).await;
             c.close().await;
             t
         }));
     }
     IdleSet { handles, ..set }
+}
+
+/// Idles on the socket (answering pings) until `flag` is raised.
+async fn idle_until_raised(
+    c: &mut WsClient,
+    flag: &tokio::sync::watch::Sender<bool>,
+) -> anyhow::Result<()> {
+    let mut rx = flag.subscribe();
+    c.idle_until(async move {
+        let _ = rx.wait_for(|g| *g).await;
+    })
+    .await
 }
 
 // ---- 5. durable writes -------------------------------------------------------------------------
