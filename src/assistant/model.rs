@@ -129,6 +129,33 @@ pub struct Edge {
     pub arg_mapping: Option<BTreeMap<String, String>>,
 }
 
+/// The ports the engine itself gives a node, as written in an edge's `port` (a condition's
+/// branch ports and a card's buttons are the author's own names).
+pub mod port {
+    /// A `condition` whose branches all failed.
+    pub const ELSE: &str = "else";
+    /// An `iteration` with an item to run its body for.
+    pub const BODY: &str = "body";
+    /// An `iteration` whose list is exhausted.
+    pub const DONE: &str = "done";
+    /// A `page_action` with `timeoutSeconds` whose time ran out.
+    pub const TIMEOUT: &str = "timeout";
+    /// A `conversation_action` answered by a plain message (every card has it).
+    pub const REPLY: &str = "reply";
+}
+
+/// The actions of an answer (`resume`'s `action`) the engine knows by name.
+pub mod action {
+    /// A card answered by a plain `send` (also the card's `reply` port).
+    pub const REPLY: &str = super::port::REPLY;
+    /// A tool confirmation: run the call.
+    pub const APPROVE: &str = "approve";
+    /// A tool confirmation: do not run the call.
+    pub const REJECT: &str = "reject";
+    /// The buttons of a tool confirmation, in order.
+    pub const CONFIRM_BUTTONS: [&str; 2] = [APPROVE, REJECT];
+}
+
 /// A node: its id, optional description (used by routers) and its type-specific settings.
 #[derive(Debug, Clone, Serialize)]
 pub struct Node {

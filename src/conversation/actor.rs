@@ -252,8 +252,10 @@ impl Conversation {
     fn track_text(&mut self, event: &Event, _ctx: &mut Context<Self>) {
         match event {
             Event::TextMessageStart { message_id, role } => {
-                self.texts
-                    .insert(message_id.clone(), (role.clone(), String::new()));
+                self.texts.insert(
+                    message_id.clone(),
+                    (role.as_str().to_owned(), String::new()),
+                );
             }
             Event::TextMessageContent { message_id, delta } => {
                 if let Some((_, t)) = self.texts.get_mut(message_id) {
@@ -503,7 +505,7 @@ impl Conversation {
         self.emit(
             &Event::TextMessageStart {
                 message_id: message_id.clone(),
-                role: "user".into(),
+                role: crate::llm::Role::User,
             },
             ctx,
         );
@@ -843,8 +845,7 @@ impl Handler<RunDone> for Conversation {
             Ok(RunEnd::Paused { interrupt }) => {
                 metrics.runs_paused.fetch_add(1, Relaxed);
                 self.set_status(RunStatus::Paused);
-                self.rec.pending_interrupts =
-                    vec![serde_json::to_value(interrupt).unwrap_or(Value::Null)];
+                self.rec.pending_interrupts = vec![interrupt.to_json()];
                 self.schedule_timeout(ctx);
                 Err(ApiError::new(
                     ErrorCode::AssistantNotAutomated,
@@ -933,7 +934,9 @@ impl Handler<msg::Send> for Conversation {
                 return refuse(ApiError::internal("lost the pending interrupt"));
             };
             let action = match interrupt.reason {
-                InterruptReason::ConversationAction => Some("reply".to_string()),
+                InterruptReason::ConversationAction => {
+                    Some(crate::assistant::model::action::REPLY.to_string())
+                }
                 InterruptReason::ToolConfirmation => {
                     return refuse(ApiError::new(
                         ErrorCode::ConversationBusy,
@@ -1043,7 +1046,7 @@ impl Conversation {
                 format!("interrupt '{interrupt_id}' is not pending (a run is active)"),
             ));
         }
-        if let Err(r) = crate::engine::Engine::check_input(&self.assistant, &self.cp, &input) {
+        if let Err(r) = crate::engine::Engine::check_input(&self.cp, &input) {
             return refuse(ApiError::new(r.code, r.message));
         }
         let permit = match self.acquire_run_permit() {

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::ErrorCode;
-use crate::llm::Usage;
+use crate::llm::{Role, Usage};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(
@@ -32,7 +32,8 @@ pub enum Event {
     },
     TextMessageStart {
         message_id: String,
-        role: String,
+        /// `"assistant"` for the model's and reply nodes' text, `"user"` for the user's.
+        role: Role,
     },
     TextMessageContent {
         message_id: String,
@@ -142,6 +143,70 @@ pub struct Interrupt {
     pub tool_call_id: Option<String>,
 }
 
+impl Interrupt {
+    /// The one place an interrupt is made: a fresh id, the node that waits, and what the person
+    /// or page is told; the optional parts are set with the builder methods below.
+    pub fn new(reason: InterruptReason, node_id: &str, message: impl Into<String>) -> Self {
+        Interrupt {
+            id: uuid::Uuid::now_v7().to_string(),
+            reason,
+            node_id: node_id.to_string(),
+            message: message.into(),
+            payload: Value::Null,
+            buttons: None,
+            action: None,
+            params: None,
+            expires_at: None,
+            editable: false,
+            tool_call_id: None,
+        }
+    }
+
+    /// What the card or page shows (`payload`).
+    pub fn payload(mut self, payload: Value) -> Self {
+        self.payload = payload;
+        self
+    }
+
+    /// The buttons a person may answer with.
+    pub fn buttons(mut self, buttons: Vec<String>) -> Self {
+        self.buttons = Some(buttons);
+        self
+    }
+
+    /// For the page: the action to run and its parameters (also the `payload`).
+    pub fn page_action(mut self, action: String, params: Value) -> Self {
+        self.payload = params.clone();
+        self.action = Some(action);
+        self.params = Some(params);
+        self
+    }
+
+    /// When a page action's time runs out (RFC 3339).
+    pub fn expires_at(mut self, at: Option<String>) -> Self {
+        self.expires_at = at;
+        self
+    }
+
+    /// Whether the answer may replace the shown data.
+    pub fn editable(mut self, editable: bool) -> Self {
+        self.editable = editable;
+        self
+    }
+
+    /// The tool call this interrupt is about.
+    pub fn tool_call(mut self, call_id: &str) -> Self {
+        self.tool_call_id = Some(call_id.to_string());
+        self
+    }
+
+    /// The wire form (as stored in a conversation's `pendingInterrupts`). Every field is a
+    /// string, a bool or already JSON, so this cannot fail.
+    pub fn to_json(&self) -> Value {
+        serde_json::to_value(self).unwrap_or(Value::Null)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -175,5 +240,37 @@ mod tests {
         assert_eq!(serde_json::to_value(&e).unwrap()["code"], "cancelled");
         let back: Event = serde_json::from_value(v).unwrap();
         assert_eq!(back.type_name(), "RUN_FINISHED");
+        let e = Event::TextMessageStart {
+            message_id: "m1".into(),
+            role: Role::Assistant,
+        };
+        let v = serde_json::to_value(&e).unwrap();
+        assert_eq!(
+            v,
+            json!({"type": "TEXT_MESSAGE_START", "messageId": "m1", "role": "assistant"})
+        );
+        assert_eq!(serde_json::from_value::<Event>(v).unwrap(), e);
+    }
+
+    #[test]
+    fn interrupts_are_built_in_one_place_with_the_same_wire_form() {
+        let i = Interrupt::new(InterruptReason::ToolConfirmation, "n1", "Allow?")
+            .payload(json!({"tool": "t"}))
+            .buttons(vec!["approve".into(), "reject".into()])
+            .tool_call("c1");
+        let v = i.to_json();
+        assert_eq!(v["reason"], "tool_confirmation");
+        assert_eq!(v["nodeId"], "n1");
+        assert_eq!(v["toolCallId"], "c1");
+        assert_eq!(v["buttons"], json!(["approve", "reject"]));
+        // Unset optional parts are left out, as before.
+        for absent in ["action", "params", "expiresAt", "editable"] {
+            assert!(v.get(absent).is_none(), "{absent} in {v}");
+        }
+        let p = Interrupt::new(InterruptReason::PageAction, "n2", "")
+            .page_action("pick".into(), json!({"a": 1}));
+        assert_eq!(p.payload, json!({"a": 1}));
+        assert_eq!(p.params, Some(json!({"a": 1})));
+        assert_ne!(p.id, i.id);
     }
 }

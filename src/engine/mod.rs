@@ -9,6 +9,7 @@
 //! streams.
 
 pub mod events;
+mod nodes;
 mod run;
 #[cfg(test)]
 mod tests;

@@ -495,7 +495,7 @@ fn well_formed(ev: &[Event]) {
             Event::TextMessageStart { message_id, role } => {
                 assert!(open.is_none(), "two open messages: {t:?}");
                 assert!(!ended.contains(message_id));
-                assert_eq!(role, "assistant");
+                assert_eq!(role.as_str(), "assistant");
                 open = Some(message_id.clone());
             }
             Event::TextMessageContent { message_id, delta } => {
@@ -1652,7 +1652,6 @@ async fn second_answer_to_the_same_interrupt_is_refused() {
     let j = h.send(&a, &mut cp, "hotel").await.interrupt();
     assert_ne!(i.id, j.id);
     let e = Engine::check_input(
-        &a,
         &cp,
         &Input::Answer {
             interrupt_id: i.id.clone(),
@@ -1665,7 +1664,6 @@ async fn second_answer_to_the_same_interrupt_is_refused() {
     assert_eq!(e.code, ErrorCode::InterruptNotPending);
     // A new message while paused is refused (the actor turns it into an answer).
     let e = Engine::check_input(
-        &a,
         &cp,
         &Input::Message {
             run_id: "r2".into(),
@@ -1731,7 +1729,7 @@ async fn page_action_pauses_and_the_answer_is_its_value() {
     // Without a timeout there is nothing to time out.
     h.send(&a, &mut cp, "taxi").await.interrupt();
     let id = cp.pending_interrupt().unwrap().id.clone();
-    let e = Engine::check_input(&a, &cp, &Input::Timeout { interrupt_id: id }).err();
+    let e = Engine::check_input(&cp, &Input::Timeout { interrupt_id: id }).err();
     assert_eq!(e.map(|e| e.code), Some(ErrorCode::InterruptNotPending));
 }
 
