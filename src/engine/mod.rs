@@ -7,6 +7,39 @@
 //! interaction node leaves a checkpoint from which a fresh engine resumes *after* the wait point,
 //! so no finished node runs again. Cancellation is checked between steps and while a model
 //! streams.
+//!
+//! # Invariants
+//!
+//! - An input is checked ([`Engine::check_input`]) before anything runs; a refused input leaves
+//!   the checkpoint as it was.
+//! - A pause is in the checkpoint before the `RUN_FINISHED` that announces it; an answer is
+//!   applied only to the interrupt the checkpoint waits on, and continues *after* it.
+//! - Every run segment ends with exactly one `RUN_FINISHED` or `RUN_ERROR`.
+//! - Tools get `runId:nodeId:step[:nth]` as an idempotency key (the same after a crash).
+//!
+//! # Layout
+//!
+//! - `mod.rs`: the traits the engine is given ([`Sink`], [`ToolRunner`]) and its plain data
+//!   ([`Checkpoint`], [`Position`], [`Input`], [`RunEnd`]).
+//! - `events.rs`: the AG-UI events of a run and the [`Interrupt`] (built only by
+//!   [`Interrupt::new`] and its builder methods).
+//! - `run.rs`: checking inputs, starting and resuming, and the loop around the nodes (steps,
+//!   `STEP_*` events, state, edges, checkpoints, the end of a run).
+//! - `nodes/`: one file per node kind (`start.rs` … `page_action.rs`), each a `NodeExec` impl
+//!   on the kind's settings; `tool_calls.rs` and `llm_call.rs` are shared by the kinds that call
+//!   tools and models.
+//!
+//! # Adding a node kind
+//!
+//! 1. `assistant/model.rs`: the settings struct, a [`NodeKind`](crate::assistant::model::NodeKind)
+//!    variant, its `type_name` and its entry in `TYPES`.
+//! 2. `assistant/validate/nodes.rs`: its arm in `parse_kind`, a `check_<kind>` for its settings
+//!    and, if it leaves by named ports, its arm in `check_port` (reserved port names go in
+//!    `assistant::model::port`).
+//! 3. `engine/nodes/<kind>.rs`: `impl NodeExec` (`exec`, and `resume` if it pauses), and its arm
+//!    in `nodes::exec` (and `nodes::resume`).
+//! 4. If it can pause, `assistant/validate/mod.rs`'s `pause_points`, so the assistant is not
+//!    taken for automated.
 
 pub mod events;
 mod nodes;
