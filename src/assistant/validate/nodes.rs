@@ -376,3 +376,58 @@ fn check_names(c: &mut Checker<'_>, loc: &str, field: &str, names: Vec<String>) 
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_kind_leaves_by_its_own_ports() {
+        let iteration = NodeKind::Iteration(IterationNode { over: "x".into() });
+        assert_eq!(check_port(&iteration, Some(port::BODY), "b"), Ok(()));
+        assert_eq!(check_port(&iteration, Some(port::DONE), "b"), Ok(()));
+        assert_eq!(
+            check_port(&iteration, None, "b"),
+            Err("this node leaves by named ports; set 'port' to one of: body, done".into())
+        );
+        let card = NodeKind::ConversationAction(ConversationActionNode {
+            message: "m".into(),
+            display: None,
+            buttons: vec!["ok".into()],
+            editable: false,
+        });
+        // `reply` is a port of every card.
+        assert_eq!(check_port(&card, Some(port::REPLY), "b"), Ok(()));
+        assert_eq!(
+            check_port(&card, Some("no"), "b"),
+            Err("unknown port 'no' (ports: ok, reply)".into())
+        );
+        let page = NodeKind::PageAction(PageActionNode {
+            action: "a".into(),
+            params: Value::Null,
+            prompt: None,
+            timeout_seconds: None,
+        });
+        assert_eq!(
+            check_port(&page, Some(port::TIMEOUT), "b"),
+            Err("port 'timeout' needs timeoutSeconds on the page_action".into())
+        );
+        let router = NodeKind::Router(RouterNode {
+            prompt: None,
+            instructions: None,
+            llm: None,
+        });
+        assert_eq!(check_port(&router, Some("b"), "b"), Ok(()));
+        assert_eq!(
+            check_port(
+                &NodeKind::Reply(ReplyNode {
+                    text: "t".into(),
+                    data: None
+                }),
+                Some("x"),
+                "b"
+            ),
+            Err("a reply node has no ports, but the edge names port 'x'".into())
+        );
+    }
+}
