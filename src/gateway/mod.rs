@@ -6,6 +6,7 @@
 
 pub mod auth;
 pub mod dedup;
+pub mod frame;
 pub mod http;
 pub mod limits;
 pub mod openapi;
@@ -62,21 +63,21 @@ macro_rules! route_table {
 }
 
 route_table! {
-    get "/" => http::index;
-    get "/static/{file}" => http::static_file;
-    get "/healthz" => http::healthz;
-    get "/metrics" => http::metrics;
+    get "/" => http::static_files::index;
+    get "/static/{file}" => http::static_files::static_file;
+    get "/healthz" => http::server::healthz;
+    get "/metrics" => http::server::metrics;
     get "/openapi.json" => openapi::openapi_json;
-    get "/api/info" => http::info;
-    get "/api/assistants" => http::list_assistants;
-    get "/api/assistants/{id}" => http::get_assistant;
-    post "/api/assistants/{id}/invoke" => http::invoke;
-    get "/api/conversations" => http::list_conversations;
-    get "/api/conversations/{id}" => http::get_conversation;
-    patch "/api/conversations/{id}" => http::rename_conversation;
-    delete "/api/conversations/{id}" => http::delete_conversation;
-    get "/api/conversations/{id}/messages" => http::messages;
-    get "/api/conversations/{id}/events" => http::events;
+    get "/api/info" => http::server::info;
+    get "/api/assistants" => http::assistants::list_assistants;
+    get "/api/assistants/{id}" => http::assistants::get_assistant;
+    post "/api/assistants/{id}/invoke" => http::invoke::invoke;
+    get "/api/conversations" => http::conversations::list_conversations;
+    get "/api/conversations/{id}" => http::conversations::get_conversation;
+    patch "/api/conversations/{id}" => http::conversations::rename_conversation;
+    delete "/api/conversations/{id}" => http::conversations::delete_conversation;
+    get "/api/conversations/{id}/messages" => http::conversations::messages;
+    get "/api/conversations/{id}/events" => http::conversations::events;
     get "/ws" => ws::handshake;
 }
 
