@@ -2,7 +2,25 @@
 //!
 //! It is the only place that knows JSON frames and status codes. It never runs a process and
 //! never touches storage tables: it talks to conversation actors through the registry, and reads
-//! history through the store's typed reader API.
+//! history through the store's typed reader API. Dependencies point one way: gateway →
+//! conversation → engine; nothing below imports the gateway.
+//!
+//! Layout:
+//!
+//! | file | what it is |
+//! |---|---|
+//! | `mod.rs` | the one route table ([`routes`], [`ROUTES`]), [`ErrorBody`] and the mapping of an [`ApiError`] to a response |
+//! | `http/` | the HTTP API, one file per resource (see its module doc) |
+//! | `ws/` | the WebSocket session: `mod.rs` (loop, writing), `client_frame.rs` (decoding), `commands.rs` (one handler per client frame, replay) |
+//! | `frame.rs` | [`frame::ServerFrame`]: every frame the server writes on a socket (`ack`, `error`, `event`), serialized here only |
+//! | `auth.rs` | [`auth::User`], an extractor: a handler that takes one cannot run unauthenticated; tokens, origins |
+//! | `dedup.rs` | frame-id retries get the bytes of the original ack |
+//! | `limits.rs` | per-user rate limits |
+//! | `openapi.rs` | `GET /openapi.json`, generated from the handlers' `#[utoipa::path]` |
+//!
+//! Errors: handlers and the session return [`ApiError`] (one code vocabulary, DESIGN invariant
+//! 9). Over HTTP it becomes the code's status and `{"error": {…}}` ([`ErrorBody`]; `rate_limited`
+//! adds `Retry-After: 1`); on a socket an `error` frame that echoes the client frame's `id`.
 
 pub mod auth;
 pub mod dedup;

@@ -2,7 +2,7 @@
 //! closed its connection, so a synchronous call watches the connection's socket itself.
 //!
 //! [`on_connect`] (registered with `HttpServer::on_connect`) keeps each connection's socket
-//! descriptor in its data; [`client_gone`] peeks at it while a handler waits.
+//! descriptor in its data; `client_gone` peeks at it while a handler waits.
 
 use std::time::Duration;
 

@@ -8,9 +8,9 @@
 //! report channel, and the handler waits for the report, which the actor sends after the
 //! commit that ends the run (one fsync per call; DESIGN invariant 2).
 //!
-//! While it waits, the run is cancelled if the client goes away ([`CancelOnDrop`] and
-//! [`client_gone`]) or the timeout passes; a timed-out call answers `run_timeout` once the
-//! cancelled run is stored (at most [`CANCEL_GRACE`] later), so the conversation it names can
+//! While it waits, the run is cancelled if the client goes away (`CancelOnDrop` and
+//! `client_gone`) or the timeout passes; a timed-out call answers `run_timeout` once the
+//! cancelled run is stored (at most `CANCEL_GRACE` later), so the conversation it names can
 //! be read at once.
 
 use std::sync::Arc;

@@ -20,8 +20,8 @@
 //!   an oversized body is still refused with `413` first.
 //! - Errors are [`ApiError`]s returned with `?`; the gateway turns them into the status and body
 //!   of their code ([`super::ErrorBody`]).
-//! - Bodies and query strings are read by [`parse_body`] and [`query`], so a bad one is a
-//!   `bad_request` that names the problem; a conversation is read through [`owned_record`], so
+//! - Bodies and query strings are read by `parse_body` and `query`, so a bad one is a
+//!   `bad_request` that names the problem; a conversation is read through `owned_record`, so
 //!   another user's is `conversation_not_found`.
 
 pub mod assistants;
