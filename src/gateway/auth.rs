@@ -85,8 +85,9 @@ fn unauthorized() -> ApiError {
     )
 }
 
-/// The user of an HTTP request, or `unauthorized` (handlers take [`User`] instead).
-pub fn authenticate(cfg: &AuthConfig, req: &HttpRequest) -> Result<User, ApiError> {
+/// The user of an HTTP request, or `unauthorized` (what the [`User`] extractor does; handlers
+/// take a `User` rather than call this).
+fn authenticate(cfg: &AuthConfig, req: &HttpRequest) -> Result<User, ApiError> {
     match cfg.mode {
         AuthMode::None => Ok(User(LOCAL_USER.to_string())),
         AuthMode::Token => bearer(req)
