@@ -1,15 +1,55 @@
 //! Who is calling: `auth.mode = "none"` makes everyone the user `local`; `"token"` maps bearer
 //! tokens (stored as SHA-256 hashes in the config) to user ids.
+//!
+//! - **HTTP**: a handler that serves a user takes [`User`] as a parameter. `User` is an actix-web
+//!   extractor, so the handler only runs once the request is authenticated; otherwise the answer
+//!   is `401` with the `unauthorized` error body (the same for a missing and an unknown token,
+//!   so a caller learns nothing about which tokens exist). Handlers that serve anyone (the demo
+//!   page, health, metrics, info, the OpenAPI document) simply do not take one.
+//! - **WebSocket**: the upgrade checks the `Origin` first ([`origin_allowed`], `403`), then
+//!   the optional header ([`authenticate_optional`]): without one, the socket may authenticate
+//!   with an `auth` frame ([`user_for_token`]).
+//!
+//! Tokens are compared as SHA-256 hashes in constant time; the config never holds a token.
 
-use actix_web::HttpRequest;
+use std::sync::Arc;
+
+use actix_web::{dev::Payload, web, FromRequest, HttpRequest};
 use sha2::{Digest, Sha256};
 
 use crate::config::{AuthConfig, AuthMode};
 use crate::error::{ApiError, ErrorCode};
+use crate::services::Services;
 
 /// The user of a request or socket.
+///
+/// As a handler parameter it is the authenticated caller (see the module doc); extraction reads
+/// the `[auth]` section from the app's [`Services`] (or from an `AuthConfig` registered as app
+/// data, for an app without services, such as the tests).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct User(pub String);
+
+impl FromRequest for User {
+    type Error = ApiError;
+    type Future = std::future::Ready<Result<User, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        std::future::ready(match auth_config(req) {
+            Some(cfg) => authenticate(cfg, req),
+            None => {
+                tracing::error!("no auth configuration registered with the app");
+                Err(ApiError::internal("the server has no auth configuration"))
+            }
+        })
+    }
+}
+
+/// The `[auth]` section of the app that serves `req`.
+fn auth_config(req: &HttpRequest) -> Option<&AuthConfig> {
+    req.app_data::<web::Data<Arc<Services>>>()
+        .map(|svc| &svc.config.auth)
+        .or_else(|| req.app_data::<AuthConfig>())
+}
 
 pub const LOCAL_USER: &str = "local";
 
@@ -45,8 +85,9 @@ fn unauthorized() -> ApiError {
     )
 }
 
-/// The user of an HTTP request, or `unauthorized`.
-pub fn authenticate(cfg: &AuthConfig, req: &HttpRequest) -> Result<User, ApiError> {
+/// The user of an HTTP request, or `unauthorized` (what the [`User`] extractor does; handlers
+/// take a `User` rather than call this).
+fn authenticate(cfg: &AuthConfig, req: &HttpRequest) -> Result<User, ApiError> {
     match cfg.mode {
         AuthMode::None => Ok(User(LOCAL_USER.to_string())),
         AuthMode::Token => bearer(req)
@@ -115,5 +156,85 @@ mod tests {
         assert_eq!(user_for_token(&cfg, &t), Some(User("alice".into())));
         assert_eq!(user_for_token(&cfg, "pk_wrong"), None);
         assert_ne!(new_token(), t);
+    }
+
+    /// An app with one route that needs a user, answering with the user's name.
+    async fn call(cfg: AuthConfig, header: Option<&str>) -> (u16, String, Option<String>) {
+        use actix_web::{test, App, HttpResponse};
+        let app = test::init_service(App::new().app_data(cfg).route(
+            "/me",
+            web::get().to(|u: User| async move { HttpResponse::Ok().body(u.0) }),
+        ))
+        .await;
+        let mut req = test::TestRequest::get().uri("/me");
+        if let Some(h) = header {
+            req = req.insert_header(("Authorization", h));
+        }
+        let resp = test::call_service(&app, req.to_request()).await;
+        let status = resp.status().as_u16();
+        let ty = resp
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_string());
+        let body = test::read_body(resp).await;
+        (status, String::from_utf8(body.to_vec()).unwrap(), ty)
+    }
+
+    fn token_mode(token: &str) -> AuthConfig {
+        AuthConfig {
+            mode: AuthMode::Token,
+            tokens: vec![TokenEntry {
+                user: "alice".into(),
+                sha256: hash_token(token),
+            }],
+            allowed_origins: vec![],
+        }
+    }
+
+    const UNAUTHORIZED: &str = r#"{"error":{"code":"unauthorized","message":"missing or unknown bearer token (send 'Authorization: Bearer <token>')"}}"#;
+
+    #[actix_web::test]
+    async fn extractor_refuses_missing_and_unknown_tokens() {
+        let t = new_token();
+        for header in [
+            None,
+            Some("Bearer pk_wrong".to_string()),
+            Some(format!("Basic {t}")),
+            Some("Bearer ".to_string()),
+        ] {
+            let (status, body, ty) = call(token_mode(&t), header.as_deref()).await;
+            assert_eq!(status, 401, "{header:?}");
+            assert_eq!(body, UNAUTHORIZED, "{header:?}");
+            assert_eq!(ty.as_deref(), Some("application/json"));
+        }
+    }
+
+    #[actix_web::test]
+    async fn extractor_accepts_known_tokens() {
+        let t = new_token();
+        for header in [format!("Bearer {t}"), format!("bearer {t}  ")] {
+            let (status, body, _) = call(token_mode(&t), Some(&header)).await;
+            assert_eq!((status, body.as_str()), (200, "alice"), "{header}");
+        }
+    }
+
+    #[actix_web::test]
+    async fn extractor_in_anonymous_mode_is_the_local_user() {
+        for header in [None, Some("Bearer whatever")] {
+            let (status, body, _) = call(AuthConfig::default(), header).await;
+            assert_eq!((status, body.as_str()), (200, LOCAL_USER));
+        }
+    }
+
+    #[actix_web::test]
+    async fn extractor_without_configuration_is_an_internal_error() {
+        use actix_web::{test, App, HttpResponse};
+        let app = test::init_service(App::new().route(
+            "/me",
+            web::get().to(|u: User| async move { HttpResponse::Ok().body(u.0) }),
+        ))
+        .await;
+        let resp = test::call_service(&app, test::TestRequest::get().uri("/me").to_request()).await;
+        assert_eq!(resp.status().as_u16(), 500);
     }
 }

@@ -2,10 +2,29 @@
 //!
 //! It is the only place that knows JSON frames and status codes. It never runs a process and
 //! never touches storage tables: it talks to conversation actors through the registry, and reads
-//! history through the store's typed reader API.
+//! history through the store's typed reader API. Dependencies point one way: gateway →
+//! conversation → engine; nothing below imports the gateway.
+//!
+//! Layout:
+//!
+//! | file | what it is |
+//! |---|---|
+//! | `mod.rs` | the one route table ([`routes`], [`ROUTES`]), [`ErrorBody`] and the mapping of an [`ApiError`] to a response |
+//! | `http/` | the HTTP API, one file per resource (see its module doc) |
+//! | `ws/` | the WebSocket session: `mod.rs` (loop, writing), `client_frame.rs` (decoding), `commands.rs` (one handler per client frame, replay) |
+//! | `frame.rs` | [`frame::ServerFrame`]: every frame the server writes on a socket (`ack`, `error`, `event`), serialized here only |
+//! | `auth.rs` | [`auth::User`], an extractor: a handler that takes one cannot run unauthenticated; tokens, origins |
+//! | `dedup.rs` | frame-id retries get the bytes of the original ack |
+//! | `limits.rs` | per-user rate limits |
+//! | `openapi.rs` | `GET /openapi.json`, generated from the handlers' `#[utoipa::path]` |
+//!
+//! Errors: handlers and the session return [`ApiError`] (one code vocabulary, DESIGN invariant
+//! 9). Over HTTP it becomes the code's status and `{"error": {…}}` ([`ErrorBody`]; `rate_limited`
+//! adds `Retry-After: 1`); on a socket an `error` frame that echoes the client frame's `id`.
 
 pub mod auth;
 pub mod dedup;
+pub mod frame;
 pub mod http;
 pub mod limits;
 pub mod openapi;
@@ -62,21 +81,21 @@ macro_rules! route_table {
 }
 
 route_table! {
-    get "/" => http::index;
-    get "/static/{file}" => http::static_file;
-    get "/healthz" => http::healthz;
-    get "/metrics" => http::metrics;
+    get "/" => http::static_files::index;
+    get "/static/{file}" => http::static_files::static_file;
+    get "/healthz" => http::server::healthz;
+    get "/metrics" => http::server::metrics;
     get "/openapi.json" => openapi::openapi_json;
-    get "/api/info" => http::info;
-    get "/api/assistants" => http::list_assistants;
-    get "/api/assistants/{id}" => http::get_assistant;
-    post "/api/assistants/{id}/invoke" => http::invoke;
-    get "/api/conversations" => http::list_conversations;
-    get "/api/conversations/{id}" => http::get_conversation;
-    patch "/api/conversations/{id}" => http::rename_conversation;
-    delete "/api/conversations/{id}" => http::delete_conversation;
-    get "/api/conversations/{id}/messages" => http::messages;
-    get "/api/conversations/{id}/events" => http::events;
+    get "/api/info" => http::server::info;
+    get "/api/assistants" => http::assistants::list_assistants;
+    get "/api/assistants/{id}" => http::assistants::get_assistant;
+    post "/api/assistants/{id}/invoke" => http::invoke::invoke;
+    get "/api/conversations" => http::conversations::list_conversations;
+    get "/api/conversations/{id}" => http::conversations::get_conversation;
+    patch "/api/conversations/{id}" => http::conversations::rename_conversation;
+    delete "/api/conversations/{id}" => http::conversations::delete_conversation;
+    get "/api/conversations/{id}/messages" => http::conversations::messages;
+    get "/api/conversations/{id}/events" => http::conversations::events;
     get "/ws" => ws::handshake;
 }
 

@@ -1,0 +1,367 @@
+//! What each client frame does. [`SocketSession::on_text`] answers every text frame with exactly
+//! one `ack` or `error` ([`ServerFrame`]); the handlers below return the typed [`Ack`] or the
+//! [`ApiError`] to answer with.
+//!
+//! - `auth` works on any socket; every other frame needs a user (from the upgrade's header or
+//!   an earlier `auth`), else `unauthorized`.
+//! - `send` and `resume` are idempotent per (user, frame `id`): a retry gets the bytes of the
+//!   original ack from [`FrameAcks`](crate::gateway::dedup::FrameAcks) and is not applied
+//!   again (DESIGN invariant 5).
+//! - Changes are messages to the conversation's actor (its only owner); the ack is sent once
+//!   the actor answers, which for `send` and `resume` is after the durable commit (invariant 2).
+//! - `subscribe{since}`: the actor answers its durable mark H; the stored events in
+//!   `(since, H]` are replayed here, live ones (all > H) come through the outbound queue
+//!   (invariant 3).
+
+use std::sync::Arc;
+
+use actix::Addr;
+use bytestring::ByteString;
+use serde_json::Value;
+
+use super::client_frame::{decode, ClientFrame};
+use super::{auth, SocketSession, Sub};
+use crate::conversation::{msg, Conversation};
+use crate::error::{ApiError, ErrorCode};
+use crate::gateway::frame::{Ack, ServerFrame};
+
+/// Events replayed per store read.
+const REPLAY_PAGE: usize = 512;
+
+impl SocketSession {
+    /// Answer one text frame.
+    pub(super) async fn on_text(&mut self, text: &str) {
+        let (id, frame) = match decode(text) {
+            Ok(x) => x,
+            Err((id, e)) => {
+                let f = ServerFrame::Error {
+                    id: id.as_ref(),
+                    error: &e,
+                };
+                self.send_frame(f).await;
+                return;
+            }
+        };
+        let idempotent = matches!(frame, ClientFrame::Send { .. } | ClientFrame::Resume { .. });
+        let user = self.user.as_ref().map(|u| u.0.clone());
+        if let (true, Some(u), Some(fid)) = (idempotent, &user, &id) {
+            if let Some(ack) = self.svc.frame_acks.get(u, fid) {
+                // A retried frame: the original answer, nothing applied again.
+                self.send_text(ByteString::from(ack)).await;
+                return;
+            }
+        }
+        match self.handle(frame).await {
+            Ok(ack) => {
+                let bytes = ServerFrame::Ack {
+                    id: id.as_ref(),
+                    ack: &ack,
+                }
+                .to_bytes();
+                if let (true, Some(u), Some(fid)) = (idempotent, &user, &id) {
+                    if let Ok(text) = std::str::from_utf8(&bytes) {
+                        self.svc.frame_acks.put(u, fid, text);
+                    }
+                }
+                self.send_bytes(bytes).await;
+            }
+            Err(e) => {
+                let f = ServerFrame::Error {
+                    id: id.as_ref(),
+                    error: &e,
+                };
+                self.send_frame(f).await;
+            }
+        }
+    }
+
+    /// Apply one frame; the ack to answer with.
+    async fn handle(&mut self, frame: ClientFrame) -> Result<Ack, ApiError> {
+        match frame {
+            ClientFrame::Auth { token } => self.on_auth(&token),
+            ClientFrame::Send {
+                content,
+                assistant,
+                conversation_id,
+                new_conversation,
+                args,
+            } => {
+                let owner = self.user()?;
+                let existing = conversation_id.filter(|_| !new_conversation);
+                self.on_send(owner, content, assistant, existing, args)
+                    .await
+            }
+            ClientFrame::Resume {
+                conversation_id,
+                interrupt_id,
+                action,
+                value,
+            } => {
+                let owner = self.user()?;
+                let addr = self.conversation(&conversation_id)?;
+                let accepted = addr
+                    .send(msg::Resume {
+                        owner,
+                        interrupt_id,
+                        action,
+                        value,
+                    })
+                    .await
+                    .map_err(|_| ApiError::internal("the conversation stopped; resume again"))??;
+                Ok(Ack::Accepted {
+                    conversation_id: accepted.conversation_id,
+                    run_id: accepted.run_id,
+                })
+            }
+            ClientFrame::Subscribe {
+                conversation_id,
+                since,
+            } => {
+                let owner = self.user()?;
+                self.on_subscribe(owner, conversation_id, since).await
+            }
+            ClientFrame::Unsubscribe { conversation_id } => {
+                let owner = self.user()?;
+                self.on_unsubscribe(&owner, conversation_id)
+            }
+            ClientFrame::Cancel { conversation_id } => {
+                let owner = self.user()?;
+                let addr = self.conversation(&conversation_id)?;
+                let cancelled = addr
+                    .send(msg::Cancel { owner })
+                    .await
+                    .map_err(|_| ApiError::internal("the conversation stopped"))??;
+                Ok(Ack::Cancelled {
+                    conversation_id,
+                    cancelled,
+                })
+            }
+        }
+    }
+
+    /// `auth`: in token mode, the socket becomes the token's user (once: another user's token
+    /// is `forbidden`); without auth, everyone is the local user.
+    fn on_auth(&mut self, token: &str) -> Result<Ack, ApiError> {
+        let cfg = &self.svc.config.auth;
+        if cfg.mode == crate::config::AuthMode::None {
+            return Ok(Ack::Auth {
+                user: auth::LOCAL_USER.to_string(),
+            });
+        }
+        let u = auth::user_for_token(cfg, token)
+            .ok_or_else(|| ApiError::new(ErrorCode::Unauthorized, "unknown token"))?;
+        if self.user.as_ref().is_some_and(|x| x != &u) {
+            return Err(ApiError::new(
+                ErrorCode::Forbidden,
+                "this socket is already authenticated as another user",
+            ));
+        }
+        let name = u.0.clone();
+        self.user = Some(u);
+        Ok(Ack::Auth { user: name })
+    }
+
+    /// `send`: to `existing`, or to a new conversation of `assistant` (this socket follows a
+    /// conversation from its first message on).
+    async fn on_send(
+        &mut self,
+        owner: String,
+        content: String,
+        assistant: Option<String>,
+        existing: Option<String>,
+        args: Option<Value>,
+    ) -> Result<Ack, ApiError> {
+        self.limits(&content, &args)?;
+        if existing.is_none() {
+            self.svc.limits.new_conversation(&owner)?;
+        }
+        self.svc.limits.message(&owner)?;
+        let (id, addr) = match existing {
+            Some(id) => {
+                let addr = self.conversation(&id)?;
+                (id, addr)
+            }
+            None => self.create(&owner, assistant, &args)?,
+        };
+        let first = !self.subs.contains_key(id.as_str());
+        let subscriber = first.then(|| self.subscriber.clone());
+        let m = msg::Send {
+            owner,
+            content,
+            args,
+            subscriber,
+            report: None,
+        };
+        let accepted = match addr.send(m).await {
+            Ok(r) => r?,
+            Err(_) => return Err(ApiError::internal("the conversation stopped; send again")),
+        };
+        if first {
+            self.track(&id, addr, 0)?;
+        }
+        Ok(Ack::Accepted {
+            conversation_id: accepted.conversation_id,
+            run_id: accepted.run_id,
+        })
+    }
+
+    /// A new conversation of `assistant` (its args checked before it exists).
+    fn create(
+        &self,
+        owner: &str,
+        assistant: Option<String>,
+        args: &Option<Value>,
+    ) -> Result<(String, Addr<Conversation>), ApiError> {
+        let name = assistant.ok_or_else(|| {
+            ApiError::bad_request("'assistant' is required to start a conversation")
+        })?;
+        let a = self.svc.catalog.get(&name).ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::UnknownAssistant,
+                format!("there is no assistant '{name}'"),
+            )
+        })?;
+        // Refuse bad args before a conversation exists.
+        a.check_args(args.as_ref())?;
+        self.svc.registry.create(&self.svc, owner, &name)
+    }
+
+    /// `subscribe`: follow live from the actor's durable mark, replay `(since, mark]`.
+    async fn on_subscribe(
+        &mut self,
+        owner: String,
+        conversation_id: String,
+        since: u64,
+    ) -> Result<Ack, ApiError> {
+        let addr = self.conversation(&conversation_id)?;
+        let high = addr
+            .send(msg::Subscribe {
+                owner,
+                subscriber: self.subscriber.clone(),
+            })
+            .await
+            .map_err(|_| ApiError::internal("the conversation stopped; subscribe again"))??;
+        let known = self.subs.get(conversation_id.as_str()).map(|s| s.last_sent);
+        self.track(&conversation_id, addr, high.max(since))?;
+        if let (Some(k), Some(s)) = (known, self.subs.get_mut(conversation_id.as_str())) {
+            // Already following live: keep the newest position (no duplicates).
+            s.last_sent = s.last_sent.max(k);
+        }
+        self.replay(&conversation_id, since, high).await?;
+        Ok(Ack::Subscribed {
+            conversation_id,
+            last_seq: high,
+        })
+    }
+
+    /// `unsubscribe`: stop following (a conversation not followed must still be the user's).
+    fn on_unsubscribe(&mut self, owner: &str, conversation_id: String) -> Result<Ack, ApiError> {
+        if let Some(sub) = self.subs.remove(conversation_id.as_str()) {
+            sub.addr.do_send(msg::Unsubscribe {
+                subscriber_id: self.subscriber.id,
+            });
+        } else {
+            // Not following it: still refuse what is not this user's.
+            let rec = self
+                .svc
+                .store
+                .get_conversation(&conversation_id)
+                .map_err(|e| ApiError::internal(e.to_string()))?;
+            if rec.is_none_or(|r| r.owner != owner) {
+                return Err(ApiError::conversation_not_found(&conversation_id));
+            }
+        }
+        Ok(Ack::Unsubscribed { conversation_id })
+    }
+
+    fn user(&self) -> Result<String, ApiError> {
+        self.user.as_ref().map(|u| u.0.clone()).ok_or_else(|| {
+            ApiError::new(ErrorCode::Unauthorized, "authenticate first: send {\"type\":\"auth\",\"token\":\"…\"} or an Authorization header")
+        })
+    }
+
+    fn limits(&self, content: &str, args: &Option<Value>) -> Result<(), ApiError> {
+        let s = &self.svc.config.server;
+        if content.chars().count() > s.max_message_chars {
+            return Err(ApiError::new(
+                ErrorCode::PayloadTooLarge,
+                format!(
+                    "the message is longer than {} characters",
+                    s.max_message_chars
+                ),
+            ));
+        }
+        if let Some(a) = args {
+            if a.to_string().len() > s.max_args_bytes {
+                return Err(ApiError::new(
+                    ErrorCode::PayloadTooLarge,
+                    format!("args are larger than {} bytes", s.max_args_bytes),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The actor of a conversation: the one this socket follows if it is still running, else
+    /// the registry's (which checks nothing of ownership: the actor does, per message).
+    fn conversation(&self, id: &str) -> Result<Addr<Conversation>, ApiError> {
+        if let Some(s) = self.subs.get(id) {
+            if s.addr.connected() {
+                return Ok(s.addr.clone());
+            }
+        }
+        self.svc.registry.get(&self.svc, id)
+    }
+
+    /// Follow a conversation (bounded by `max_subscriptions_per_socket`).
+    fn track(
+        &mut self,
+        id: &str,
+        addr: Addr<Conversation>,
+        last_sent: u64,
+    ) -> Result<(), ApiError> {
+        if let Some(s) = self.subs.get_mut(id) {
+            s.addr = addr;
+            return Ok(());
+        }
+        if self.subs.len() >= self.svc.config.server.max_subscriptions_per_socket {
+            return Err(ApiError::new(
+                ErrorCode::PayloadTooLarge,
+                "this socket follows too many conversations; unsubscribe some first",
+            ));
+        }
+        self.subs.insert(Arc::from(id), Sub { addr, last_sent });
+        Ok(())
+    }
+
+    /// Send the stored events in `(since, high]`.
+    async fn replay(&mut self, conversation: &str, since: u64, high: u64) -> Result<(), ApiError> {
+        let mut cursor = since;
+        while cursor < high {
+            let page = self
+                .svc
+                .store
+                .events_since(conversation, cursor, REPLAY_PAGE)
+                .map_err(|e| ApiError::internal(e.to_string()))?;
+            if page.is_empty() {
+                break;
+            }
+            for (seq, json) in page {
+                if seq > high {
+                    return Ok(());
+                }
+                cursor = seq;
+                self.send_frame(ServerFrame::Event {
+                    conversation_id: conversation,
+                    seq,
+                    event: &json,
+                })
+                .await;
+                if self.closed {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+}
