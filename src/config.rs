@@ -449,6 +449,26 @@ mod tests {
     }
 
     #[test]
+    fn llm_fault_settings_default_in_a_file_section() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(
+            &f,
+            "[llm.remote]\nprovider = \"openai\"\nbase_url = \"http://127.0.0.1:1/v1\"\nstall_timeout_ms = 250\n",
+        )
+        .unwrap();
+        let c = Config::load(Some(&f), &Overrides::default()).unwrap();
+        let l = &c.llm["remote"];
+        let d = LlmConfig::new(LlmProviderKind::Openai);
+        assert_eq!(l.stall_timeout_ms, 250);
+        assert_eq!(l.first_byte_timeout_ms, d.first_byte_timeout_ms);
+        assert_eq!(l.max_stream_ms, d.max_stream_ms);
+        assert_eq!(l.max_output_chars, d.max_output_chars);
+        assert_eq!(l.breaker_threshold, 5);
+        assert_eq!(l.breaker_cooldown_ms, d.breaker_cooldown_ms);
+    }
+
+    #[test]
     fn unknown_keys_are_errors() {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("c.toml");
