@@ -6,24 +6,51 @@
 //!
 //! How a call goes:
 //!
-//! 1. A permit of the provider's semaphore (`max_concurrency`) is taken; it is held until the
+//! 1. The provider's circuit breaker ([`super::breaker`]) is asked first: while it is open the
+//!    call fails at once with [`LlmError::Unavailable`] and no request is sent.
+//! 2. A permit of the provider's semaphore (`max_concurrency`) is taken; it is held until the
 //!    returned stream ends or is dropped.
-//! 2. The request is sent. Connecting and receiving the response head is bounded by
-//!    `timeout_seconds`; after that, every gap between two chunks is bounded by the same time.
-//! 3. Failures before the first delta are retried (`max_retries`) with exponential backoff and
-//!    jitter when they are worth retrying: HTTP 429, 5xx, and connection errors. `Retry-After`
-//!    (and OpenAI's `retry-after-ms`) is honoured. The first delta is read before
-//!    [`LlmProvider::chat`] returns, so a stream that breaks before producing anything is
-//!    retried too; once a delta has been handed out, nothing is ever retried. Timeouts are not
-//!    retried (each already cost `timeout_seconds`), nor is a 429 for an exhausted quota or one
-//!    whose `Retry-After` exceeds a minute.
-//! 4. Each SSE `data:` chunk is decoded by an accumulator into [`LlmDelta`]s: content,
+//! 3. The request is sent. Connecting is bounded by `timeout_seconds`; from sending to the first
+//!    delta (response head included) by `first_byte_timeout_ms`; after that every gap between
+//!    two chunks by `stall_timeout_ms`, and the whole answer by `max_stream_ms` and
+//!    `max_output_chars`.
+//! 4. Failures before the first delta are retried (`max_retries`) with exponential backoff and
+//!    jitter when they are worth retrying: connection errors, first-byte timeouts, HTTP 429,
+//!    408 and 5xx. `Retry-After` (and OpenAI's `retry-after-ms`) is honoured. The first delta
+//!    is read before [`LlmProvider::chat`] returns, so a stream that breaks before producing
+//!    anything is retried too; once a delta has been handed out, nothing is ever retried. A 429
+//!    for an exhausted quota, or whose `Retry-After` exceeds a minute, is not retried.
+//! 5. Each SSE `data:` chunk is decoded by an accumulator into [`LlmDelta`]s: content,
 //!    reasoning (`reasoning_content` or `reasoning`), tool-call pieces (a `ToolCallStart` once a
 //!    call's name is known, then `ToolCallArgs`), and the usage chunk, which ends up in the final
 //!    `Done`. `[DONE]` ends the stream; a stream that ends before `[DONE]` and without a
-//!    `finish_reason` is an error.
+//!    `finish_reason` is an error, and so are tool-call arguments that are not whole JSON.
+//! 6. Every request's outcome, latency and tokens go to [`super::metrics`]; provider failures
+//!    (the starred outcomes below) count towards opening the breaker, other answers close it.
 //!
-//! If the endpoint ignores `stream: true` and answers with one JSON document, that document is
+//! # Faults and their outcomes
+//!
+//! The engine turns every error into `RUN_ERROR` with code `llm_error` and the error's text as
+//! the message (which names the provider's HTTP status when there was one). Text streamed
+//! before a failure stays in the conversation: its `TEXT_MESSAGE_END` precedes the `RUN_ERROR`.
+//!
+//! | fault | retried? | error (outcome label) |
+//! |---|---|---|
+//! | connection refused / reset before an answer | yes | `Connection` (`connection`*) |
+//! | no connection within `timeout_seconds` | yes | `Timeout{Connect}` (`timeout`*) |
+//! | no first delta within `first_byte_timeout_ms` | yes | `Timeout{FirstByte}` (`timeout`*) |
+//! | silence > `stall_timeout_ms` after the first delta | no, partial text kept | `Timeout{Stall}` (`timeout`*) |
+//! | HTTP 429 (storm), waiting `Retry-After` | yes, unless quota or `Retry-After` > 60 s | `RateLimited` "HTTP 429 …" (`rate_limited`*) |
+//! | HTTP 5xx / 408 | yes | `Status{status}` "HTTP 503 …" (`server_error`*) |
+//! | HTTP 401/403, 404, other 4xx | no | `Auth` / `UnknownModel` / `Refused` (`client_error`) |
+//! | malformed SSE chunk (bad JSON, wrong shape, not UTF-8) | no, partial text kept | `Protocol` (`protocol`*) |
+//! | stream ends before `[DONE]`/`finish_reason` | only if nothing was handed out | `Protocol` (`protocol`*) |
+//! | truncated tool-call JSON at the end of the answer | no | `Protocol` "not complete JSON" (`protocol`*) |
+//! | endless stream: > `max_stream_ms` or > `max_output_chars` | no, partial text kept | `TooLong` (`too_long`) |
+//! | `breaker_threshold` provider failures in a row | fails fast for `breaker_cooldown_ms`, then one probe | `Unavailable` (`breaker_open`); mid-retries the last provider error instead |
+//! | the caller drops the stream (cancel) | no | none (`cancelled`) |
+//!
+//! //! If the endpoint ignores `stream: true` and answers with one JSON document, that document is
 //! decoded the same way (the non-streaming fallback).
 //!
 //! The API key is read once from the variable named by `api_key_env`, sent as a bearer token
