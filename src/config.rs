@@ -149,8 +149,31 @@ pub struct LlmConfig {
     pub temperature: Option<f32>,
     #[serde(default)]
     pub max_tokens: Option<u32>,
+    /// Connecting, and reading an error answer, may take this long.
     #[serde(default = "d_llm_timeout")]
     pub timeout_seconds: u64,
+    /// From sending a request to the first piece of the answer (response head included).
+    /// Past it the attempt fails as a timeout and is retried like a connection error.
+    #[serde(default = "d_llm_first_byte")]
+    pub first_byte_timeout_ms: u64,
+    /// Longest silence between two chunks once the answer streams. Past it the call fails
+    /// (never retried: part of the answer was already handed out).
+    #[serde(default = "d_llm_stall")]
+    pub stall_timeout_ms: u64,
+    /// Longest a whole streamed answer may take (guards endless streams).
+    #[serde(default = "d_llm_max_stream")]
+    pub max_stream_ms: u64,
+    /// Most characters of text, reasoning and tool arguments in one answer (guards endless
+    /// streams that are fast).
+    #[serde(default = "d_llm_max_output")]
+    pub max_output_chars: usize,
+    /// Consecutive failed requests (connection, timeout, 429, 5xx, unreadable stream) that open
+    /// the circuit breaker. 0 turns the breaker off.
+    #[serde(default = "d_llm_breaker_threshold")]
+    pub breaker_threshold: u32,
+    /// How long an open breaker fails calls at once before one probe request is let through.
+    #[serde(default = "d_llm_breaker_cooldown")]
+    pub breaker_cooldown_ms: u64,
     /// Requests in flight to this provider at once.
     #[serde(default = "d_llm_concurrency")]
     pub max_concurrency: usize,
@@ -168,6 +191,24 @@ pub struct LlmConfig {
 fn d_llm_timeout() -> u64 {
     120
 }
+fn d_llm_first_byte() -> u64 {
+    60_000
+}
+fn d_llm_stall() -> u64 {
+    30_000
+}
+fn d_llm_max_stream() -> u64 {
+    600_000
+}
+fn d_llm_max_output() -> usize {
+    400_000
+}
+fn d_llm_breaker_threshold() -> u32 {
+    5
+}
+fn d_llm_breaker_cooldown() -> u64 {
+    30_000
+}
 fn d_llm_concurrency() -> usize {
     16
 }
@@ -176,6 +217,29 @@ fn d_llm_retries() -> u32 {
 }
 
 impl LlmConfig {
+    /// A section with every optional setting at its default.
+    pub fn new(provider: LlmProviderKind) -> Self {
+        LlmConfig {
+            provider,
+            base_url: None,
+            model: None,
+            api_key_env: None,
+            temperature: None,
+            max_tokens: None,
+            timeout_seconds: d_llm_timeout(),
+            first_byte_timeout_ms: d_llm_first_byte(),
+            stall_timeout_ms: d_llm_stall(),
+            max_stream_ms: d_llm_max_stream(),
+            max_output_chars: d_llm_max_output(),
+            breaker_threshold: d_llm_breaker_threshold(),
+            breaker_cooldown_ms: d_llm_breaker_cooldown(),
+            max_concurrency: d_llm_concurrency(),
+            max_retries: d_llm_retries(),
+            json_schema: false,
+            pace_ms: 0,
+        }
+    }
+
     /// The API key, read from the environment variable named by `api_key_env`.
     pub fn api_key(&self) -> Option<String> {
         self.api_key_env
@@ -382,6 +446,26 @@ mod tests {
         };
         let e = Config::load(None, &o).unwrap_err().to_string();
         assert!(e.contains("loopback"), "{e}");
+    }
+
+    #[test]
+    fn llm_fault_settings_default_in_a_file_section() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(
+            &f,
+            "[llm.remote]\nprovider = \"openai\"\nbase_url = \"http://127.0.0.1:1/v1\"\nstall_timeout_ms = 250\n",
+        )
+        .unwrap();
+        let c = Config::load(Some(&f), &Overrides::default()).unwrap();
+        let l = &c.llm["remote"];
+        let d = LlmConfig::new(LlmProviderKind::Openai);
+        assert_eq!(l.stall_timeout_ms, 250);
+        assert_eq!(l.first_byte_timeout_ms, d.first_byte_timeout_ms);
+        assert_eq!(l.max_stream_ms, d.max_stream_ms);
+        assert_eq!(l.max_output_chars, d.max_output_chars);
+        assert_eq!(l.breaker_threshold, 5);
+        assert_eq!(l.breaker_cooldown_ms, d.breaker_cooldown_ms);
     }
 
     #[test]

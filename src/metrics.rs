@@ -4,6 +4,9 @@
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+
+use crate::llm::metrics::ProviderMetrics;
 
 /// Upper bounds (seconds) of the latency histogram buckets.
 const BUCKETS: [f64; 12] = [
@@ -28,20 +31,35 @@ impl Histogram {
     }
 
     fn render(&self, out: &mut String, name: &str, help: &str) {
+        Self::render_header(out, name, help);
+        self.render_series(out, name, "");
+    }
+
+    /// `# HELP` and `# TYPE` of a histogram family.
+    pub(crate) fn render_header(out: &mut String, name: &str, help: &str) {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+    }
+
+    /// One series of a family; `labels` is `k="v",...` without braces (may be empty).
+    pub(crate) fn render_series(&self, out: &mut String, name: &str, labels: &str) {
+        let (pre, sep) = if labels.is_empty() {
+            (String::new(), "")
+        } else {
+            (format!("{{{labels}}}"), ",")
+        };
         let mut cum = 0;
         for (i, b) in BUCKETS.iter().enumerate() {
             cum += self.counts[i].load(Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {cum}");
+            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{b}\"}} {cum}");
         }
         cum += self.inf.load(Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cum}");
+        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {cum}");
         let _ = writeln!(
             out,
-            "{name}_sum {}",
+            "{name}_sum{pre} {}",
             self.sum_micros.load(Relaxed) as f64 / 1e6
         );
-        let _ = writeln!(out, "{name}_count {cum}");
+        let _ = writeln!(out, "{name}_count{pre} {cum}");
     }
 }
 
@@ -55,13 +73,20 @@ pub struct Metrics {
     pub live_actors: AtomicU64,
     pub open_sockets: AtomicU64,
     pub events_emitted: AtomicU64,
-    pub llm_calls: AtomicU64,
-    pub llm_errors: AtomicU64,
-    pub llm_seconds: Histogram,
+    /// Each model provider's figures (`crate::llm::metrics`), by provider name.
+    pub llm: Vec<(String, Arc<ProviderMetrics>)>,
     pub slow_consumers_closed: AtomicU64,
 }
 
 impl Metrics {
+    /// Metrics that also render the given providers' figures.
+    pub fn with_llm(llm: Vec<(String, Arc<ProviderMetrics>)>) -> Self {
+        Metrics {
+            llm,
+            ..Metrics::default()
+        }
+    }
+
     /// The Prometheus text. `store` adds the store's own figures (commits, batch sizes).
     pub fn render(&self, store: &crate::store::StoreStats) -> String {
         let mut o = String::with_capacity(4096);
@@ -101,20 +126,7 @@ impl Metrics {
             "Events emitted.",
             self.events_emitted.load(Relaxed),
         );
-        counter(
-            &mut o,
-            "parley_llm_calls_total",
-            "Model calls.",
-            self.llm_calls.load(Relaxed),
-        );
-        counter(
-            &mut o,
-            "parley_llm_errors_total",
-            "Model calls that failed.",
-            self.llm_errors.load(Relaxed),
-        );
-        self.llm_seconds
-            .render(&mut o, "parley_llm_duration_seconds", "Model call latency.");
+        crate::llm::metrics::render(&mut o, &self.llm);
         counter(
             &mut o,
             "parley_slow_consumers_closed_total",

@@ -34,13 +34,14 @@ impl Services {
         let runs = config.server.max_concurrent_runs;
         let invokes = config.server.max_concurrent_invokes;
         let limits = crate::gateway::limits::UserLimits::new(&config.server);
+        let metrics = Metrics::with_llm(engine.llms().metrics());
         Arc::new(Services {
             config,
             catalog,
             engine,
             store,
             registry: Registry::default(),
-            metrics: Metrics::default(),
+            metrics,
             frame_acks: Default::default(),
             limits,
             run_permits: Arc::new(Semaphore::new(runs)),

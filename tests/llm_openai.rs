@@ -13,10 +13,11 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use parley::config::{LlmConfig, LlmProviderKind};
+use parley::llm::metrics::Outcome;
 use parley::llm::openai::OpenAiProvider;
 use parley::llm::{
     ChatMessage, ChatRequest, DeltaStream, LlmDelta, LlmError, LlmProvider, ResponseFormat,
-    ToolDef, Usage,
+    TimeoutPhase, ToolDef, Usage,
 };
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -287,17 +288,17 @@ fn awkward(body: &[u8]) -> (Vec<Step>, Vec<usize>) {
 fn config(base_url: &str) -> LlmConfig {
     set_key();
     LlmConfig {
-        provider: LlmProviderKind::Openai,
         base_url: Some(base_url.to_string()),
         model: Some("test-model".into()),
         api_key_env: Some(KEY_VAR.into()),
         temperature: Some(0.2),
         max_tokens: Some(100),
         timeout_seconds: 5,
+        first_byte_timeout_ms: 5_000,
+        stall_timeout_ms: 5_000,
         max_concurrency: 4,
         max_retries: 2,
-        json_schema: false,
-        pace_ms: 0,
+        ..LlmConfig::new(LlmProviderKind::Openai)
     }
 }
 
@@ -557,9 +558,10 @@ async fn server_errors_exhaust_retries() {
     cfg.max_retries = 1;
     let e = chat(&provider(&cfg), hello()).await.err().unwrap();
     assert!(
-        matches!(&e, LlmError::Connection(m) if m.contains("502") && m.contains("bad gateway")),
+        matches!(&e, LlmError::Status { status: 502, message } if message.contains("bad gateway")),
         "{e:?}"
     );
+    assert!(e.to_string().contains("HTTP 502"), "{e}");
     assert_eq!(fake.count(), 2);
 }
 
@@ -687,16 +689,20 @@ async fn unresponsive_server_times_out() {
     }])
     .await;
     let mut cfg = config(&fake.base_url);
-    cfg.timeout_seconds = 1;
+    cfg.first_byte_timeout_ms = 300;
+    cfg.max_retries = 0;
     let started = Instant::now();
     let e = chat(&provider(&cfg), hello()).await.err().unwrap();
     let took = started.elapsed();
-    assert_eq!(e, LlmError::Timeout(1));
-    assert!(
-        took >= Duration::from_millis(950) && took < Duration::from_secs(3),
-        "{took:?}"
+    assert_eq!(
+        e,
+        LlmError::Timeout {
+            phase: TimeoutPhase::FirstByte,
+            ms: 300
+        }
     );
-    assert_eq!(fake.count(), 1, "timeouts are not retried");
+    assert!(took >= Duration::from_millis(290), "{took:?}");
+    assert_eq!(fake.count(), 1);
 }
 
 #[tokio::test]
@@ -711,12 +717,16 @@ async fn silence_between_chunks_times_out() {
     }])
     .await;
     let mut cfg = config(&fake.base_url);
-    cfg.timeout_seconds = 1;
-    let started = Instant::now();
+    cfg.stall_timeout_ms = 200;
     let (deltas, err) = drain(chat(&provider(&cfg), hello()).await.unwrap()).await;
     assert_eq!(text(&deltas), "first words");
-    assert_eq!(err, Some(LlmError::Timeout(1)));
-    assert!(started.elapsed() < Duration::from_secs(3));
+    assert_eq!(
+        err,
+        Some(LlmError::Timeout {
+            phase: TimeoutPhase::Stall,
+            ms: 200
+        })
+    );
 }
 
 #[tokio::test]
@@ -933,4 +943,432 @@ async fn garbage_chunk_is_a_protocol_error() {
     .await;
     assert_eq!(text(&deltas), "ok ");
     assert!(matches!(err, Some(LlmError::Protocol(m)) if m.contains("unreadable chunk")));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Faults: each has a defined outcome (docs/llm-providers.md, the table in src/llm/openai.rs).
+
+fn always(code: u16, headers: &[(&str, &str)], body: &str) -> Vec<Reply> {
+    vec![status(code, headers, body)]
+}
+
+fn sse(steps: Vec<Step>) -> Reply {
+    let mut all = vec![Step::Write(SSE_HEAD.to_vec())];
+    all.extend(steps);
+    Reply {
+        steps: all,
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn fault_connection_refused_is_retried_then_counted() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut cfg = config(&format!("http://127.0.0.1:{port}/v1"));
+    cfg.max_retries = 2;
+    let p = provider(&cfg);
+    let e = chat(&p, hello()).await.err().unwrap();
+    assert!(matches!(e, LlmError::Connection(_)), "{e:?}");
+    let m = p.provider_metrics();
+    assert_eq!(m.requests(Outcome::Connection), 3);
+    assert_eq!(m.retries(), 2);
+    assert_eq!(m.requests(Outcome::Ok), 0);
+}
+
+#[tokio::test]
+async fn fault_slow_first_byte_is_retried() {
+    // First connection: the head comes, then nothing (a model still loading); the second
+    // answers. The first-byte limit covers the head and the first piece of the answer.
+    let fake = Fake::start(vec![
+        Reply {
+            steps: vec![Step::Write(SSE_HEAD.to_vec())],
+            hang: true,
+            ..Default::default()
+        },
+        ok_stream("eventually"),
+    ])
+    .await;
+    let mut cfg = config(&fake.base_url);
+    cfg.first_byte_timeout_ms = 300;
+    cfg.stall_timeout_ms = 50; // does not apply before the first delta
+    cfg.max_retries = 1;
+    let p = provider(&cfg);
+    let (deltas, err) = drain(chat(&p, hello()).await.unwrap()).await;
+    assert!(err.is_none(), "{err:?}");
+    assert_eq!(text(&deltas), "eventually");
+    assert_eq!(fake.count(), 2);
+    assert_eq!(p.provider_metrics().requests(Outcome::Timeout), 1);
+    assert_eq!(p.provider_metrics().requests(Outcome::Ok), 1);
+
+    // With every attempt slow: the retries, then a first-byte timeout.
+    let fake = Fake::start(vec![Reply {
+        hang: true,
+        ..Default::default()
+    }])
+    .await;
+    let mut cfg = config(&fake.base_url);
+    cfg.first_byte_timeout_ms = 150;
+    cfg.max_retries = 1;
+    let e = chat(&provider(&cfg), hello()).await.err().unwrap();
+    assert_eq!(
+        e,
+        LlmError::Timeout {
+            phase: TimeoutPhase::FirstByte,
+            ms: 150
+        }
+    );
+    assert!(e.to_string().contains("first_byte_timeout_ms"), "{e}");
+    assert_eq!(fake.count(), 2);
+}
+
+#[tokio::test]
+async fn fault_stall_midway_keeps_the_partial_text_and_is_not_retried() {
+    let fake = Fake::start(vec![
+        Reply {
+            steps: vec![
+                Step::Write(SSE_HEAD.to_vec()),
+                Step::Write(sse_events(&[content("half an "), content("answer")], false)),
+            ],
+            hang: true,
+            ..Default::default()
+        },
+        ok_stream("must not be asked"),
+    ])
+    .await;
+    let mut cfg = config(&fake.base_url);
+    cfg.stall_timeout_ms = 200;
+    let p = provider(&cfg);
+    let (deltas, err) = drain(chat(&p, hello()).await.unwrap()).await;
+    assert_eq!(text(&deltas), "half an answer");
+    let e = err.expect("a stall error");
+    assert_eq!(
+        e,
+        LlmError::Timeout {
+            phase: TimeoutPhase::Stall,
+            ms: 200
+        }
+    );
+    // The connection is given up.
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while fake.closed_by_client.load(Ordering::SeqCst) == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the stalled connection was not closed");
+    assert_eq!(fake.count(), 1);
+    assert_eq!(p.provider_metrics().requests(Outcome::Timeout), 1);
+}
+
+#[tokio::test]
+async fn fault_429_storm_honours_retry_after_then_fails_with_the_status() {
+    let fake = Fake::start(always(
+        429,
+        &[("Retry-After", "0.05")],
+        r#"{"error":{"message":"Rate limit reached for requests","type":"requests"}}"#,
+    ))
+    .await;
+    let mut cfg = config(&fake.base_url);
+    cfg.max_retries = 3;
+    cfg.breaker_threshold = 0;
+    let p = provider(&cfg);
+    let e = chat(&p, hello()).await.err().unwrap();
+    assert!(matches!(&e, LlmError::RateLimited(_)), "{e:?}");
+    assert!(e.to_string().contains("HTTP 429"), "{e}");
+    assert!(e.to_string().contains("Rate limit reached"), "{e}");
+    let seen = fake.seen();
+    assert_eq!(seen.len(), 4);
+    for w in seen.windows(2) {
+        let gap = w[1].at - w[0].at;
+        assert!(gap >= Duration::from_millis(45), "retried after {gap:?}");
+    }
+    assert_eq!(p.provider_metrics().requests(Outcome::RateLimited), 4);
+    assert_eq!(p.provider_metrics().retries(), 3);
+
+    // A Retry-After beyond a minute is not waited for.
+    let fake = Fake::start(always(429, &[("Retry-After", "3600")], "{}")).await;
+    let e = chat(&provider(&config(&fake.base_url)), hello())
+        .await
+        .err()
+        .unwrap();
+    assert!(matches!(e, LlmError::RateLimited(_)), "{e:?}");
+    assert_eq!(fake.count(), 1);
+}
+
+#[tokio::test]
+async fn fault_500s_are_retried_then_fail_with_the_status() {
+    let fake = Fake::start(always(
+        503,
+        &[],
+        r#"{"error":{"message":"The engine is currently overloaded"}}"#,
+    ))
+    .await;
+    let mut cfg = config(&fake.base_url);
+    cfg.max_retries = 2;
+    let p = provider(&cfg);
+    let e = chat(&p, hello()).await.err().unwrap();
+    assert!(
+        matches!(&e, LlmError::Status { status: 503, message } if message.contains("overloaded")),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains("HTTP 503"), "{e}");
+    assert_eq!(fake.count(), 3);
+    assert_eq!(p.provider_metrics().requests(Outcome::ServerError), 3);
+}
+
+#[tokio::test]
+async fn fault_malformed_sse_chunks_are_protocol_errors() {
+    // Unreadable JSON as the very first chunk: not retried (the same garbage would come again).
+    let fake = Fake::start(vec![
+        sse(vec![Step::Write(b"data: {\"choices\": [\n\n".to_vec())]),
+        ok_stream("must not be asked"),
+    ])
+    .await;
+    let p = provider(&config(&fake.base_url));
+    let e = chat(&p, hello()).await.err().unwrap();
+    assert!(
+        matches!(&e, LlmError::Protocol(m) if m.contains("unreadable chunk")),
+        "{e:?}"
+    );
+    assert_eq!(fake.count(), 1);
+    assert_eq!(p.provider_metrics().requests(Outcome::Protocol), 1);
+
+    // Valid JSON of the wrong shape, after some text: the text is kept.
+    let fake = Fake::start(vec![sse(vec![
+        Step::Write(sse_events(&[content("kept ")], false)),
+        Step::Write(b"data: {\"choices\": \"not a list\"}\n\n".to_vec()),
+    ])])
+    .await;
+    let (deltas, err) = drain(
+        chat(&provider(&config(&fake.base_url)), hello())
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(text(&deltas), "kept ");
+    assert!(matches!(err, Some(LlmError::Protocol(_))), "{err:?}");
+
+    // Bytes that are not UTF-8 in the middle of the stream.
+    let fake = Fake::start(vec![sse(vec![
+        Step::Write(sse_events(&[content("before ")], false)),
+        Step::Write(b"data: \xff\xfe\xfd\n\n".to_vec()),
+        Step::Write(sse_events(&[content("after")], true)),
+    ])])
+    .await;
+    let (deltas, err) = drain(
+        chat(&provider(&config(&fake.base_url)), hello())
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert!(text(&deltas).starts_with("before "), "{deltas:?}");
+    assert!(matches!(err, Some(LlmError::Protocol(_))), "{err:?}");
+}
+
+fn tool_piece(index: u64, id: Option<&str>, name: Option<&str>, args: &str) -> Value {
+    let mut f = json!({"arguments": args});
+    if let Some(n) = name {
+        f["name"] = json!(n);
+    }
+    let mut call = json!({"index": index, "type": "function", "function": f});
+    if let Some(i) = id {
+        call["id"] = json!(i);
+    }
+    json!({"choices": [{"index": 0, "delta": {"tool_calls": [call]}}]})
+}
+
+#[tokio::test]
+async fn fault_truncated_tool_call_json_is_a_protocol_error() {
+    for (reason, hint) in [("tool_calls", ""), ("length", "max_tokens")] {
+        let fake = Fake::start(vec![sse(vec![Step::Write(sse_events(
+            &[
+                tool_piece(0, Some("c1"), Some("get_weather"), "{\"city\": \"Os"),
+                finish(reason),
+            ],
+            true,
+        ))])])
+        .await;
+        let p = provider(&config(&fake.base_url));
+        let (deltas, err) = drain(chat(&p, hello()).await.unwrap()).await;
+        assert!(
+            matches!(&deltas[0], LlmDelta::ToolCallStart { name, .. } if name == "get_weather"),
+            "{deltas:?}"
+        );
+        assert!(!deltas.iter().any(|d| matches!(d, LlmDelta::Done { .. })));
+        let e = err.expect("truncated arguments are an error");
+        assert!(
+            matches!(&e, LlmError::Protocol(m) if m.contains("get_weather") && m.contains("not complete JSON") && m.contains(hint)),
+            "{e:?}"
+        );
+        assert_eq!(p.provider_metrics().requests(Outcome::Protocol), 1);
+    }
+
+    // Whole arguments split across chunks are fine.
+    let fake = Fake::start(vec![sse(vec![Step::Write(sse_events(
+        &[
+            tool_piece(0, Some("c1"), Some("get_weather"), "{\"city\": \"Os"),
+            tool_piece(0, None, None, "lo\"}"),
+            finish("tool_calls"),
+        ],
+        true,
+    ))])])
+    .await;
+    let (deltas, err) = drain(
+        chat(&provider(&config(&fake.base_url)), hello())
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert!(err.is_none(), "{err:?}");
+    assert!(matches!(deltas.last(), Some(LlmDelta::Done { .. })));
+}
+
+/// `n` content chunks, each followed by a pause of `pause_ms`.
+fn endless(n: usize, pause_ms: u64) -> Reply {
+    let mut steps = Vec::new();
+    for i in 0..n {
+        steps.push(Step::Write(sse_events(
+            &[content(&format!("w{i} "))],
+            false,
+        )));
+        if pause_ms > 0 {
+            steps.push(Step::Pause(pause_ms));
+        }
+    }
+    sse(steps)
+}
+
+#[tokio::test]
+async fn fault_endless_stream_is_cut_by_max_output_chars() {
+    let fake = Fake::start(vec![endless(100_000, 0)]).await;
+    let mut cfg = config(&fake.base_url);
+    cfg.max_output_chars = 2_000;
+    let p = provider(&cfg);
+    let (deltas, err) = drain(chat(&p, hello()).await.unwrap()).await;
+    let e = err.expect("cut off");
+    assert!(
+        matches!(&e, LlmError::TooLong(m) if m.contains("max_output_chars")),
+        "{e:?}"
+    );
+    let t = text(&deltas);
+    assert!(t.starts_with("w0 w1 "), "the partial text is kept");
+    assert!(t.chars().count() <= 2_000, "{}", t.len());
+    assert_eq!(p.provider_metrics().requests(Outcome::TooLong), 1);
+    assert_eq!(fake.count(), 1, "not retried");
+}
+
+#[tokio::test]
+async fn fault_endless_stream_is_cut_by_max_stream_ms() {
+    // A steady trickle: never silent long enough to stall, never ending.
+    let fake = Fake::start(vec![endless(2_000, 10)]).await;
+    let mut cfg = config(&fake.base_url);
+    cfg.stall_timeout_ms = 5_000;
+    cfg.max_stream_ms = 400;
+    let p = provider(&cfg);
+    let (deltas, err) = drain(chat(&p, hello()).await.unwrap()).await;
+    let e = err.expect("cut off");
+    assert!(
+        matches!(&e, LlmError::TooLong(m) if m.contains("max_stream_ms")),
+        "{e:?}"
+    );
+    assert!(text(&deltas).starts_with("w0 "), "the partial text is kept");
+    assert_eq!(fake.count(), 1, "not retried");
+}
+
+#[tokio::test]
+async fn breaker_opens_fails_fast_then_probes() {
+    let fail = status(500, &[], r#"{"error":{"message":"boom"}}"#);
+    // Connections in order: two failures open it, the first probe fails, the second succeeds.
+    let fake = Fake::start(vec![fail.clone(), fail.clone(), fail, ok_stream("back")]).await;
+    let mut cfg = config(&fake.base_url);
+    cfg.max_retries = 0;
+    cfg.breaker_threshold = 2;
+    // Generous: calls 2 and 3 must fall inside one cool-down even on a loaded machine.
+    cfg.breaker_cooldown_ms = 1_500;
+    let p = provider(&cfg);
+    let m = p.provider_metrics().clone();
+    for _ in 0..2 {
+        let e = chat(&p, hello()).await.err().unwrap();
+        assert!(matches!(e, LlmError::Status { status: 500, .. }), "{e:?}");
+    }
+    // Open: no request is made.
+    let e = chat(&p, hello()).await.err().unwrap();
+    assert!(
+        matches!(&e, LlmError::Unavailable(m) if m.contains("[llm.test]")),
+        "{e:?}"
+    );
+    assert_eq!(fake.count(), 2);
+    assert_eq!(m.requests(Outcome::BreakerOpen), 1);
+
+    // After the cool-down one probe goes through; it fails, so the breaker opens again.
+    tokio::time::sleep(Duration::from_millis(1_600)).await;
+    let e = chat(&p, hello()).await.err().unwrap();
+    assert!(matches!(e, LlmError::Status { status: 500, .. }), "{e:?}");
+    assert_eq!(fake.count(), 3);
+    let e = chat(&p, hello()).await.err().unwrap();
+    assert!(matches!(e, LlmError::Unavailable(_)), "{e:?}");
+    assert_eq!(fake.count(), 3);
+
+    // The next probe succeeds and closes it.
+    tokio::time::sleep(Duration::from_millis(1_600)).await;
+    let (deltas, err) = drain(chat(&p, hello()).await.unwrap()).await;
+    assert!(err.is_none(), "{err:?}");
+    assert_eq!(text(&deltas), "back");
+    let (deltas, err) = drain(chat(&p, hello()).await.unwrap()).await;
+    assert!(err.is_none(), "{err:?}");
+    assert_eq!(text(&deltas), "back");
+    assert_eq!(fake.count(), 5);
+    assert_eq!(m.requests(Outcome::BreakerOpen), 2);
+    assert_eq!(m.requests(Outcome::ServerError), 3);
+    assert_eq!(m.requests(Outcome::Ok), 2);
+}
+
+#[tokio::test]
+async fn breaker_stops_a_retry_storm_and_keeps_the_provider_status() {
+    let fake = Fake::start(always(503, &[("retry-after-ms", "10")], "overloaded")).await;
+    let mut cfg = config(&fake.base_url);
+    cfg.max_retries = 5;
+    cfg.breaker_threshold = 2;
+    cfg.breaker_cooldown_ms = 60_000;
+    let p = provider(&cfg);
+    let e = chat(&p, hello()).await.err().unwrap();
+    assert!(matches!(e, LlmError::Status { status: 503, .. }), "{e:?}");
+    assert_eq!(fake.count(), 2, "the breaker ended the retries");
+}
+
+#[tokio::test]
+async fn metrics_count_outcomes_tokens_and_cancels() {
+    let fake = Fake::start(vec![
+        ok_stream("one"),
+        Reply {
+            steps: vec![
+                Step::Write(SSE_HEAD.to_vec()),
+                Step::Write(sse_events(&[content("never finished")], false)),
+            ],
+            hang: true,
+            ..Default::default()
+        },
+    ])
+    .await;
+    let p = provider(&config(&fake.base_url));
+    let (_, err) = drain(chat(&p, hello()).await.unwrap()).await;
+    assert!(err.is_none());
+    // A stream dropped before its end (a cancel) counts as cancelled.
+    let mut s = chat(&p, hello()).await.unwrap();
+    assert!(matches!(s.next().await, Some(Ok(LlmDelta::Text(_)))));
+    drop(s);
+    let m = p.provider_metrics();
+    assert_eq!(m.requests(Outcome::Ok), 1);
+    assert_eq!(m.requests(Outcome::Cancelled), 1);
+    assert_eq!(m.token_totals(), (3, 1));
+
+    let mut out = String::new();
+    parley::llm::metrics::render(&mut out, &[("test".into(), m.clone())]);
+    assert!(out.contains("parley_llm_requests_total{provider=\"test\",outcome=\"ok\"} 1"));
+    assert!(out.contains("parley_llm_tokens_total{provider=\"test\",kind=\"completion\"} 1"));
+    assert!(out.contains("parley_llm_request_duration_seconds_count{provider=\"test\"} 2"));
+    assert!(out.contains("parley_llm_breaker_state{provider=\"test\"} 0"));
 }

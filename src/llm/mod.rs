@@ -10,7 +10,9 @@
 //!
 //! [`LlmRegistry`] holds the named providers of `config.toml` (`[llm.default]`, `[llm.fast]`, ...).
 
+pub mod breaker;
 pub mod builtin;
+pub mod metrics;
 pub mod openai;
 
 use std::collections::BTreeMap;
@@ -169,8 +171,17 @@ pub enum LlmError {
     UnknownModel(String),
     #[error("the model provider is rate limiting us: {0}")]
     RateLimited(String),
-    #[error("the model provider timed out after {0} s")]
-    Timeout(u64),
+    /// HTTP 5xx or 408, after the retries.
+    #[error("the model provider failed (HTTP {status}): {message}")]
+    Status { status: u16, message: String },
+    #[error("the model provider timed out: {phase} within {ms} ms (the limit is {})", phase.setting())]
+    Timeout { phase: TimeoutPhase, ms: u64 },
+    /// The answer went on past `max_stream_ms` or `max_output_chars`; what came before is kept.
+    #[error("the model's answer was cut off: {0}")]
+    TooLong(String),
+    /// The circuit breaker is open: no request was sent.
+    #[error("the model provider is failing and is not being called for now: {0}")]
+    Unavailable(String),
     #[error("could not reach the model provider: {0}")]
     Connection(String),
     #[error("the model provider refused the request: {0}")]
@@ -179,6 +190,38 @@ pub enum LlmError {
     Protocol(String),
     #[error("no LLM named '{0}' is configured")]
     NotConfigured(String),
+}
+
+/// Which limit a [`LlmError::Timeout`] hit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeoutPhase {
+    /// No connection was made.
+    Connect,
+    /// The request was sent but no answer began.
+    FirstByte,
+    /// The answer began, then went silent.
+    Stall,
+}
+
+impl TimeoutPhase {
+    /// The `[llm.<name>]` setting that bounds this phase.
+    pub fn setting(self) -> &'static str {
+        match self {
+            TimeoutPhase::Connect => "timeout_seconds",
+            TimeoutPhase::FirstByte => "first_byte_timeout_ms",
+            TimeoutPhase::Stall => "stall_timeout_ms",
+        }
+    }
+}
+
+impl std::fmt::Display for TimeoutPhase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TimeoutPhase::Connect => "no connection was made",
+            TimeoutPhase::FirstByte => "no answer began",
+            TimeoutPhase::Stall => "the answer stalled, nothing more came",
+        })
+    }
 }
 
 pub type DeltaStream = BoxStream<'static, Result<LlmDelta, LlmError>>;
@@ -194,6 +237,11 @@ pub trait LlmProvider: Send + Sync + std::fmt::Debug {
     /// True for the offline built-in model (the demo page says so).
     fn is_builtin(&self) -> bool {
         false
+    }
+
+    /// This provider's figures for `/metrics`, if it keeps any.
+    fn metrics(&self) -> Option<Arc<metrics::ProviderMetrics>> {
+        None
     }
 }
 
@@ -221,6 +269,14 @@ impl LlmRegistry {
 
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.providers.keys().map(String::as_str)
+    }
+
+    /// The figures of every provider that keeps them, by name.
+    pub fn metrics(&self) -> Vec<(String, Arc<metrics::ProviderMetrics>)> {
+        self.providers
+            .iter()
+            .filter_map(|(n, p)| p.metrics().map(|m| (n.clone(), m)))
+            .collect()
     }
 
     pub fn is_builtin(&self, name: &str) -> bool {
@@ -254,17 +310,12 @@ mod tests {
 
     fn section(provider: LlmProviderKind, base_url: Option<&str>) -> LlmConfig {
         LlmConfig {
-            provider,
             base_url: base_url.map(str::to_string),
             model: Some("m".into()),
-            api_key_env: None,
-            temperature: None,
-            max_tokens: None,
             timeout_seconds: 5,
             max_concurrency: 1,
             max_retries: 0,
-            json_schema: false,
-            pace_ms: 0,
+            ..LlmConfig::new(provider)
         }
     }
 
@@ -283,6 +334,9 @@ mod tests {
         assert_eq!(reg.names().collect::<Vec<_>>(), vec!["default", "local"]);
         assert!(reg.is_builtin("default"));
         assert!(!reg.is_builtin("local"));
+        // The OpenAI-compatible provider keeps figures; the offline model does not.
+        let names: Vec<String> = reg.metrics().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(names, vec!["local".to_string()]);
         assert!(matches!(reg.get("nope"), Err(LlmError::NotConfigured(_))));
 
         cfg.insert(

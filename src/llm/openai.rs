@@ -6,24 +6,51 @@
 //!
 //! How a call goes:
 //!
-//! 1. A permit of the provider's semaphore (`max_concurrency`) is taken; it is held until the
+//! 1. The provider's circuit breaker ([`super::breaker`]) is asked first: while it is open the
+//!    call fails at once with [`LlmError::Unavailable`] and no request is sent.
+//! 2. A permit of the provider's semaphore (`max_concurrency`) is taken; it is held until the
 //!    returned stream ends or is dropped.
-//! 2. The request is sent. Connecting and receiving the response head is bounded by
-//!    `timeout_seconds`; after that, every gap between two chunks is bounded by the same time.
-//! 3. Failures before the first delta are retried (`max_retries`) with exponential backoff and
-//!    jitter when they are worth retrying: HTTP 429, 5xx, and connection errors. `Retry-After`
-//!    (and OpenAI's `retry-after-ms`) is honoured. The first delta is read before
-//!    [`LlmProvider::chat`] returns, so a stream that breaks before producing anything is
-//!    retried too; once a delta has been handed out, nothing is ever retried. Timeouts are not
-//!    retried (each already cost `timeout_seconds`), nor is a 429 for an exhausted quota or one
-//!    whose `Retry-After` exceeds a minute.
-//! 4. Each SSE `data:` chunk is decoded by an accumulator into [`LlmDelta`]s: content,
+//! 3. The request is sent. Connecting is bounded by `timeout_seconds`; from sending to the first
+//!    delta (response head included) by `first_byte_timeout_ms`; after that every gap between
+//!    two chunks by `stall_timeout_ms`, and the whole answer by `max_stream_ms` and
+//!    `max_output_chars`.
+//! 4. Failures before the first delta are retried (`max_retries`) with exponential backoff and
+//!    jitter when they are worth retrying: connection errors, first-byte timeouts, HTTP 429,
+//!    408 and 5xx. `Retry-After` (and OpenAI's `retry-after-ms`) is honoured. The first delta
+//!    is read before [`LlmProvider::chat`] returns, so a stream that breaks before producing
+//!    anything is retried too; once a delta has been handed out, nothing is ever retried. A 429
+//!    for an exhausted quota, or whose `Retry-After` exceeds a minute, is not retried.
+//! 5. Each SSE `data:` chunk is decoded by an accumulator into [`LlmDelta`]s: content,
 //!    reasoning (`reasoning_content` or `reasoning`), tool-call pieces (a `ToolCallStart` once a
 //!    call's name is known, then `ToolCallArgs`), and the usage chunk, which ends up in the final
 //!    `Done`. `[DONE]` ends the stream; a stream that ends before `[DONE]` and without a
-//!    `finish_reason` is an error.
+//!    `finish_reason` is an error, and so are tool-call arguments that are not whole JSON.
+//! 6. Every request's outcome, latency and tokens go to [`super::metrics`]; provider failures
+//!    (the starred outcomes below) count towards opening the breaker, other answers close it.
 //!
-//! If the endpoint ignores `stream: true` and answers with one JSON document, that document is
+//! # Faults and their outcomes
+//!
+//! The engine turns every error into `RUN_ERROR` with code `llm_error` and the error's text as
+//! the message (which names the provider's HTTP status when there was one). Text streamed
+//! before a failure stays in the conversation: its `TEXT_MESSAGE_END` precedes the `RUN_ERROR`.
+//!
+//! | fault | retried? | error (outcome label) |
+//! |---|---|---|
+//! | connection refused / reset before an answer | yes | `Connection` (`connection`*) |
+//! | no connection within `timeout_seconds` | yes | `Timeout{Connect}` (`timeout`*) |
+//! | no first delta within `first_byte_timeout_ms` | yes | `Timeout{FirstByte}` (`timeout`*) |
+//! | silence > `stall_timeout_ms` after the first delta | no, partial text kept | `Timeout{Stall}` (`timeout`*) |
+//! | HTTP 429 (storm), waiting `Retry-After` | yes, unless quota or `Retry-After` > 60 s | `RateLimited` "HTTP 429 …" (`rate_limited`*) |
+//! | HTTP 5xx / 408 | yes | `Status{status}` "HTTP 503 …" (`server_error`*) |
+//! | HTTP 401/403, 404, other 4xx | no | `Auth` / `UnknownModel` / `Refused` (`client_error`) |
+//! | malformed SSE chunk (bad JSON, wrong shape, not UTF-8) | no, partial text kept | `Protocol` (`protocol`*) |
+//! | stream ends before `[DONE]`/`finish_reason` | only if nothing was handed out | `Protocol` (`protocol`*) |
+//! | truncated tool-call JSON at the end of the answer | no | `Protocol` "not complete JSON" (`protocol`*) |
+//! | endless stream: > `max_stream_ms` or > `max_output_chars` | no, partial text kept | `TooLong` (`too_long`) |
+//! | `breaker_threshold` provider failures in a row | fails fast for `breaker_cooldown_ms`, then one probe | `Unavailable` (`breaker_open`); mid-retries the last provider error instead |
+//! | the caller drops the stream (cancel) | no | none (`cancelled`) |
+//!
+//! //! If the endpoint ignores `stream: true` and answers with one JSON document, that document is
 //! decoded the same way (the non-streaming fallback).
 //!
 //! The API key is read once from the variable named by `api_key_env`, sent as a bearer token
@@ -31,7 +58,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use eventsource_stream::{EventStream, EventStreamError, Eventsource};
@@ -43,9 +70,11 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use super::breaker::{Admit, Breaker};
+use super::metrics::{Outcome, ProviderMetrics};
 use super::{
     ChatMessage, ChatRequest, DeltaStream, LlmDelta, LlmError, LlmProvider, ResponseFormat, Role,
-    ToolDef, Usage,
+    TimeoutPhase, ToolDef, Usage,
 };
 use crate::config::LlmConfig;
 
@@ -72,10 +101,17 @@ pub struct OpenAiProvider {
     secret: Option<Arc<str>>,
     temperature: Option<f32>,
     max_tokens: Option<u32>,
+    /// Connect timeout.
     timeout: Duration,
+    first_byte: Duration,
+    stall: Duration,
+    max_stream: Duration,
+    max_output: usize,
     max_retries: u32,
     json_schema: bool,
     permits: Arc<Semaphore>,
+    breaker: Arc<Breaker>,
+    metrics: Arc<ProviderMetrics>,
 }
 
 impl std::fmt::Debug for OpenAiProvider {
@@ -93,6 +129,8 @@ impl std::fmt::Debug for OpenAiProvider {
                 },
             )
             .field("timeout", &self.timeout)
+            .field("first_byte", &self.first_byte)
+            .field("stall", &self.stall)
             .field("max_retries", &self.max_retries)
             .field("json_schema", &self.json_schema)
             .finish_non_exhaustive()
@@ -142,6 +180,10 @@ impl OpenAiProvider {
             None => None,
         };
         let timeout = Duration::from_secs(cfg.timeout_seconds.max(1));
+        let breaker = Arc::new(Breaker::new(
+            cfg.breaker_threshold,
+            Duration::from_millis(cfg.breaker_cooldown_ms),
+        ));
         let client = reqwest::Client::builder()
             .connect_timeout(timeout)
             .build()
@@ -158,14 +200,28 @@ impl OpenAiProvider {
             temperature: cfg.temperature,
             max_tokens: cfg.max_tokens,
             timeout,
+            first_byte: Duration::from_millis(cfg.first_byte_timeout_ms.max(1)),
+            stall: Duration::from_millis(cfg.stall_timeout_ms.max(1)),
+            max_stream: Duration::from_millis(cfg.max_stream_ms.max(1)),
+            max_output: cfg.max_output_chars.max(1),
             max_retries: cfg.max_retries,
             json_schema: cfg.json_schema,
             permits: Arc::new(Semaphore::new(cfg.max_concurrency.max(1))),
+            breaker: breaker.clone(),
+            metrics: Arc::new(ProviderMetrics::new(Some(breaker))),
         })
     }
 
-    fn timeout_secs(&self) -> u64 {
-        self.timeout.as_secs()
+    /// This provider's figures (also reachable through [`LlmProvider::metrics`]).
+    pub fn provider_metrics(&self) -> &Arc<ProviderMetrics> {
+        &self.metrics
+    }
+
+    fn first_byte_timeout(&self) -> LlmError {
+        LlmError::Timeout {
+            phase: TimeoutPhase::FirstByte,
+            ms: self.first_byte.as_millis() as u64,
+        }
     }
 
     fn scrub(&self) -> Scrubber {
@@ -212,8 +268,18 @@ impl OpenAiProvider {
         Value::Object(body)
     }
 
-    /// One attempt: send, check the status, read up to the first delta.
+    /// One attempt: send, check the status, read up to the first delta, all within
+    /// `first_byte_timeout_ms`.
     async fn attempt(&self, body: &Value) -> Result<(SseState, LlmDelta), Failure> {
+        match tokio::time::timeout(self.first_byte, self.attempt_inner(body)).await {
+            Ok(r) => r,
+            // Nothing was handed out yet: another attempt may do better.
+            Err(_) => Err(Failure::retry(self.first_byte_timeout())),
+        }
+    }
+
+    async fn attempt_inner(&self, body: &Value) -> Result<(SseState, LlmDelta), Failure> {
+        let started = Instant::now();
         let scrub = self.scrub();
         let mut rb = self
             .client
@@ -223,10 +289,9 @@ impl OpenAiProvider {
         if let Some(a) = &self.auth {
             rb = rb.header(AUTHORIZATION, a.clone());
         }
-        let resp = match tokio::time::timeout(self.timeout, rb.send()).await {
-            Err(_) => return Err(Failure::fatal(LlmError::Timeout(self.timeout_secs()))),
-            Ok(Err(e)) => return Err(self.transport_failure(e)),
-            Ok(Ok(r)) => r,
+        let resp = match rb.send().await {
+            Err(e) => return Err(self.transport_failure(e)),
+            Ok(r) => r,
         };
         let status = resp.status();
         if !status.is_success() {
@@ -239,10 +304,10 @@ impl OpenAiProvider {
             .is_some_and(|ct| ct.trim_start().starts_with("application/json"));
         let mut state = if is_json {
             tracing::debug!(llm = %self.name, "endpoint answered without streaming; decoding one JSON document");
-            let text = read_limited(resp, usize::MAX, self.timeout)
+            let text = read_limited(resp, self.max_output.saturating_mul(4), self.first_byte)
                 .await
                 .map_err(|e| match e {
-                    ReadError::Timeout => Failure::fatal(LlmError::Timeout(self.timeout_secs())),
+                    ReadError::Timeout => Failure::retry(self.first_byte_timeout()),
                     ReadError::Transport(e) => Failure::retry(LlmError::Connection(
                         scrub.apply(&format!("the answer broke off: {}", error_chain(&e))),
                     )),
@@ -256,13 +321,20 @@ impl OpenAiProvider {
             SseState {
                 events: Some(bytes.eventsource()),
                 acc: Accumulator::default(),
-                idle: self.timeout,
+                // Before the first delta only the first-byte limit applies.
+                idle: None,
+                deadline: started + self.max_stream,
+                max_stream: self.max_stream,
+                max_output: self.max_output,
                 scrub: scrub.clone(),
                 permit: None,
             }
         };
         match state.next_item().await {
-            Some(Ok(first)) => Ok((state, first)),
+            Some(Ok(first)) => {
+                state.idle = Some(self.stall);
+                Ok((state, first))
+            }
             Some(Err(Broken::Retryable(e))) => Err(Failure::retry(e)),
             Some(Err(Broken::Fatal(e))) => Err(Failure::fatal(e)),
             None => Err(Failure::fatal(LlmError::Protocol(
@@ -273,7 +345,10 @@ impl OpenAiProvider {
 
     fn transport_failure(&self, e: reqwest::Error) -> Failure {
         if e.is_timeout() {
-            return Failure::fatal(LlmError::Timeout(self.timeout_secs()));
+            return Failure::retry(LlmError::Timeout {
+                phase: TimeoutPhase::Connect,
+                ms: self.timeout.as_millis() as u64,
+            });
         }
         let msg = format!(
             "POST {}: {}",
@@ -286,11 +361,12 @@ impl OpenAiProvider {
     async fn status_failure(&self, resp: reqwest::Response) -> Failure {
         let status = resp.status();
         let retry_after = retry_after(resp.headers());
-        let text = read_limited(resp, MAX_ERROR_BODY, self.timeout)
+        let text = read_limited(resp, MAX_ERROR_BODY, self.first_byte)
             .await
             .unwrap_or_default();
         let detail = ErrorDetail::parse(&text);
         let msg = self.scrub().apply(&detail.describe(status));
+        let plain = self.scrub().apply(&detail.describe_plain());
         tracing::warn!(llm = %self.name, status = status.as_u16(), message = %msg, "model request failed");
         let model = self.model.as_deref().unwrap_or("(no model set)");
         match status.as_u16() {
@@ -314,7 +390,10 @@ impl OpenAiProvider {
                 }
             }
             408 | 500..=599 => Failure {
-                error: LlmError::Connection(format!("the provider failed: {msg}")),
+                error: LlmError::Status {
+                    status: status.as_u16(),
+                    message: plain,
+                },
                 retry: true,
                 retry_after: retry_after.filter(|d| *d <= MAX_RETRY_AFTER),
             },
@@ -341,6 +420,10 @@ impl OpenAiProvider {
 
 #[async_trait::async_trait]
 impl LlmProvider for OpenAiProvider {
+    fn metrics(&self) -> Option<Arc<ProviderMetrics>> {
+        Some(self.metrics.clone())
+    }
+
     async fn chat(&self, req: ChatRequest) -> Result<DeltaStream, LlmError> {
         let body = self.request_body(&req);
         let permit = self
@@ -357,17 +440,56 @@ impl LlmProvider for OpenAiProvider {
             "chat request"
         );
         let mut attempt = 0u32;
+        let mut last: Option<LlmError> = None;
         loop {
+            let probe = match self.breaker.admit() {
+                Admit::Go { probe } => probe,
+                Admit::Reject { retry_in } => {
+                    self.metrics.record(Outcome::BreakerOpen, None);
+                    // Mid-retries, the provider's own last answer says more than the breaker.
+                    let e = last.take().unwrap_or_else(|| {
+                        LlmError::Unavailable(format!(
+                            "[llm.{}] failed too many times in a row; the next try is in {} ms",
+                            self.name,
+                            retry_in.as_millis()
+                        ))
+                    });
+                    tracing::warn!(llm = %self.name, error = %e, "circuit breaker open; failing at once");
+                    return Err(e);
+                }
+            };
+            let mut call = Call {
+                metrics: self.metrics.clone(),
+                breaker: self.breaker.clone(),
+                started: Instant::now(),
+                probe,
+                ended: false,
+            };
             match self.attempt(&body).await {
                 Ok((mut state, first)) => {
+                    call.first_delta();
+                    if let LlmDelta::Done { usage, .. } = &first {
+                        call.tokens(*usage);
+                        call.end(Outcome::Ok);
+                    }
                     state.permit = Some(permit);
-                    let rest = stream::unfold(state, |mut st| async move {
-                        let item = st.next_item().await?;
-                        Some((item.map_err(Broken::into_error), st))
+                    let rest = stream::unfold((state, call), |(mut st, mut call)| async move {
+                        let item = st.next_item().await?.map_err(Broken::into_error);
+                        match &item {
+                            Ok(LlmDelta::Done { usage, .. }) => {
+                                call.tokens(*usage);
+                                call.end(Outcome::Ok);
+                            }
+                            Ok(_) => {}
+                            Err(e) => call.end(Outcome::of(e)),
+                        }
+                        Some((item, (st, call)))
                     });
                     return Ok(stream::iter([Ok(first)]).chain(rest).boxed());
                 }
                 Err(f) if f.retry && attempt < self.max_retries => {
+                    call.end(Outcome::of(&f.error));
+                    self.metrics.retry();
                     let delay = self.backoff(attempt, f.retry_after);
                     attempt += 1;
                     tracing::warn!(
@@ -378,13 +500,61 @@ impl LlmProvider for OpenAiProvider {
                         "retrying model request"
                     );
                     tokio::time::sleep(delay).await;
+                    last = Some(f.error);
                 }
                 Err(f) => {
+                    call.end(Outcome::of(&f.error));
                     tracing::warn!(llm = %self.name, error = %f.error, attempts = attempt + 1, "model request failed");
                     return Err(f.error);
                 }
             }
         }
+    }
+}
+
+/// One request's record: its outcome and latency go to the metrics and the breaker exactly
+/// once, when it ends; a request dropped before that (cancel) counts as cancelled.
+struct Call {
+    metrics: Arc<ProviderMetrics>,
+    breaker: Arc<Breaker>,
+    started: Instant,
+    probe: bool,
+    ended: bool,
+}
+
+impl Call {
+    fn first_delta(&self) {
+        self.metrics
+            .first_delta(self.started.elapsed().as_secs_f64());
+        self.breaker.on_success();
+    }
+
+    fn tokens(&self, u: Usage) {
+        self.metrics.tokens(u);
+    }
+
+    fn end(&mut self, outcome: Outcome) {
+        if self.ended {
+            return;
+        }
+        self.ended = true;
+        self.metrics
+            .record(outcome, Some(self.started.elapsed().as_secs_f64()));
+        if outcome.is_provider_failure() {
+            self.breaker.on_failure();
+        } else if outcome == Outcome::Cancelled {
+            if self.probe {
+                self.breaker.abandon_probe();
+            }
+        } else {
+            self.breaker.on_success();
+        }
+    }
+}
+
+impl Drop for Call {
+    fn drop(&mut self) {
+        self.end(Outcome::Cancelled);
     }
 }
 
@@ -450,7 +620,13 @@ impl Scrubber {
             LlmError::Refused(m) => LlmError::Refused(self.apply(&m)),
             LlmError::Protocol(m) => LlmError::Protocol(self.apply(&m)),
             LlmError::NotConfigured(m) => LlmError::NotConfigured(self.apply(&m)),
-            e @ LlmError::Timeout(_) => e,
+            LlmError::Status { status, message } => LlmError::Status {
+                status,
+                message: self.apply(&message),
+            },
+            LlmError::TooLong(m) => LlmError::TooLong(self.apply(&m)),
+            LlmError::Unavailable(m) => LlmError::Unavailable(self.apply(&m)),
+            e @ LlmError::Timeout { .. } => e,
         }
     }
 }
@@ -462,7 +638,12 @@ type SseEvents = EventStream<BoxStream<'static, reqwest::Result<Bytes>>>;
 struct SseState {
     events: Option<SseEvents>,
     acc: Accumulator,
-    idle: Duration,
+    /// Longest silence between chunks (`None` before the first delta).
+    idle: Option<Duration>,
+    /// The whole answer must end by then (`max_stream_ms`).
+    deadline: Instant,
+    max_stream: Duration,
+    max_output: usize,
     scrub: Scrubber,
     permit: Option<OwnedSemaphorePermit>,
 }
@@ -472,7 +653,10 @@ impl SseState {
         SseState {
             events: None,
             acc,
-            idle: Duration::ZERO,
+            idle: None,
+            deadline: Instant::now(),
+            max_stream: Duration::ZERO,
+            max_output: usize::MAX,
             scrub,
             permit: None,
         }
@@ -495,9 +679,23 @@ impl SseState {
                 return Some(Ok(d));
             }
             let events = self.events.as_mut()?;
-            let next = tokio::time::timeout(self.idle, events.next()).await;
+            let limit = match self.idle {
+                Some(idle) => (Instant::now() + idle).min(self.deadline),
+                None => self.deadline,
+            };
+            let next =
+                tokio::time::timeout_at(tokio::time::Instant::from_std(limit), events.next()).await;
             let step = match next {
-                Err(_) => Err(Broken::Fatal(LlmError::Timeout(self.idle.as_secs()))),
+                Err(_) if Instant::now() >= self.deadline => {
+                    Err(Broken::Fatal(LlmError::TooLong(format!(
+                        "still streaming after {} ms (max_stream_ms)",
+                        self.max_stream.as_millis()
+                    ))))
+                }
+                Err(_) => Err(Broken::Fatal(LlmError::Timeout {
+                    phase: TimeoutPhase::Stall,
+                    ms: self.idle.unwrap_or_default().as_millis() as u64,
+                })),
                 Ok(None) => self.acc.end_of_stream().map_err(|e| {
                     // Nothing was read that makes sense yet: the connection died early.
                     if self.acc.produced == 0 {
@@ -506,7 +704,16 @@ impl SseState {
                         Broken::Fatal(e)
                     }
                 }),
-                Ok(Some(Ok(event))) => self.acc.feed(&event.data).map_err(Broken::Fatal),
+                Ok(Some(Ok(event))) => match self.acc.feed(&event.data) {
+                    Err(e) => Err(Broken::Fatal(e)),
+                    Ok(()) if self.acc.chars > self.max_output => {
+                        Err(Broken::Fatal(LlmError::TooLong(format!(
+                            "more than {} characters (max_output_chars)",
+                            self.max_output
+                        ))))
+                    }
+                    Ok(()) => Ok(()),
+                },
                 Ok(Some(Err(EventStreamError::Transport(e)))) => {
                     Err(Broken::Retryable(LlmError::Connection(format!(
                         "the stream broke off: {}",
@@ -609,6 +816,8 @@ struct CallState {
     started: bool,
     /// Argument pieces that arrived before the name.
     early_args: String,
+    /// All argument text so far (checked to be whole JSON when the answer ends).
+    args: String,
 }
 
 /// Turns `data:` payloads into deltas. Pure: no I/O, so it is tested on its own.
@@ -622,6 +831,8 @@ struct Accumulator {
     done: bool,
     /// Deltas queued so far (text, reasoning, tool pieces).
     produced: usize,
+    /// Characters of text, reasoning and tool arguments so far.
+    chars: usize,
 }
 
 impl Accumulator {
@@ -703,12 +914,15 @@ impl Accumulator {
             .filter(|r| !r.is_empty())
             .or(delta.reasoning.filter(|r| !r.is_empty()));
         if let Some(r) = reasoning {
+            self.chars += r.chars().count();
             self.push(LlmDelta::Reasoning(r));
         }
         if let Some(t) = delta.content.filter(|t| !t.is_empty()) {
+            self.chars += t.chars().count();
             self.push(LlmDelta::Text(t));
         }
         if let Some(t) = delta.refusal.filter(|t| !t.is_empty()) {
+            self.chars += t.chars().count();
             self.push(LlmDelta::Text(t));
         }
         for (pos, call) in delta.tool_calls.unwrap_or_default().into_iter().enumerate() {
@@ -763,9 +977,11 @@ impl Accumulator {
             Some(Value::Null) | None => String::new(),
             Some(other) => other.to_string(),
         };
+        self.chars += args.chars().count();
         let mut out = Vec::new();
         {
             let call = &mut self.calls[slot];
+            call.args.push_str(&args);
             if call.id.is_none() {
                 call.id = piece.id.filter(|i| !i.is_empty());
             }
@@ -818,6 +1034,21 @@ impl Accumulator {
                 "tool call {} never got a function name",
                 c.index
             )));
+        }
+        for c in &self.calls {
+            let args = c.args.trim();
+            if !args.is_empty() && serde_json::from_str::<serde::de::IgnoredAny>(args).is_err() {
+                return Err(LlmError::Protocol(format!(
+                    "the arguments of tool call {} ({}) are not complete JSON{}: {}",
+                    c.index,
+                    c.name.as_deref().unwrap_or("?"),
+                    match self.finish_reason.as_deref() {
+                        Some("length") => " (the answer hit max_tokens)",
+                        _ => "",
+                    },
+                    clip(args, 200)
+                )));
+            }
         }
         self.done = true;
         self.pending.push_back(LlmDelta::Done {
@@ -1145,7 +1376,7 @@ mod tests {
             max_concurrency: 2,
             max_retries: 1,
             json_schema,
-            pace_ms: 0,
+            ..LlmConfig::new(LlmProviderKind::Openai)
         }
     }
 
