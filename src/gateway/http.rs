@@ -418,14 +418,14 @@ pub(super) async fn invoke(
         })?;
     let addr = match &b.conversation_id {
         Some(cid) => {
-            let rec = owned_record(&svc, &user.0, cid)?;
+            let rec = owned_record(&svc, &user.0, cid).await?;
             if rec.assistant != a.id {
                 return Err(ApiError::bad_request(format!(
                     "conversation '{cid}' belongs to assistant '{}', not '{}'",
                     rec.assistant, a.id
                 )));
             }
-            svc.registry.get(&svc, cid)?
+            svc.registry.get(&svc, cid).await?
         }
         None => svc.registry.create(&svc, &user.0, &a.id)?.1,
     };
@@ -514,7 +514,7 @@ impl From<&MessageRecord> for MessageView {
         MessageView {
             id: m.id.clone(),
             no: m.no,
-            role: m.role.clone(),
+            role: m.role.as_str().to_owned(),
             content: m.content.clone(),
             created_at: rfc3339(m.created_at),
             run_id: m.run_id.clone(),
@@ -556,7 +556,7 @@ pub struct ConversationView {
     pub message_count: u64,
 }
 
-fn conversation_view(svc: &Services, r: &ConversationRecord) -> ConversationView {
+async fn conversation_view(svc: &Services, r: &ConversationRecord) -> ConversationView {
     ConversationView {
         id: r.id.clone(),
         assistant: r.assistant.clone(),
@@ -566,14 +566,18 @@ fn conversation_view(svc: &Services, r: &ConversationRecord) -> ConversationView
         updated_at: rfc3339(r.updated_at),
         args: r.args.clone(),
         pending_interrupts: r.pending_interrupts.clone(),
-        last_seq: svc.store.last_seq(&r.id).unwrap_or(r.last_seq),
+        last_seq: svc.store.last_seq(&r.id).await.unwrap_or(r.last_seq),
         message_count: r.message_count,
     }
 }
 
 /// The record, if it is this user's (`conversation_not_found` otherwise: others' do not exist).
-fn owned_record(svc: &Services, user: &str, id: &str) -> Result<ConversationRecord, ApiError> {
-    match svc.store.get_conversation(id) {
+async fn owned_record(
+    svc: &Services,
+    user: &str,
+    id: &str,
+) -> Result<ConversationRecord, ApiError> {
+    match svc.store.get_conversation(id).await {
         Ok(Some(r)) if r.owner == user => Ok(r),
         Ok(_) => Err(ApiError::conversation_not_found(id)),
         Err(e) => Err(ApiError::internal(e.to_string())),
@@ -641,15 +645,15 @@ pub(super) async fn list_conversations(svc: Svc, req: HttpRequest) -> ApiResult 
             limit(q.limit, 20)?,
             q.cursor.as_deref(),
         )
+        .await
         .map_err(|e| match e {
             crate::store::StoreError::InvalidCursor => ApiError::bad_request(e.to_string()),
             other => ApiError::internal(other.to_string()),
         })?;
-    let items = page
-        .items
-        .iter()
-        .map(|r| conversation_view(&svc, r))
-        .collect();
+    let mut items = Vec::with_capacity(page.items.len());
+    for r in &page.items {
+        items.push(conversation_view(&svc, r).await);
+    }
     Ok(HttpResponse::Ok().json(ConversationList {
         items,
         next_cursor: page.next_cursor,
@@ -676,8 +680,8 @@ pub(super) async fn get_conversation(
     id: web::Path<String>,
 ) -> ApiResult {
     let user = auth::authenticate(&svc.config.auth, &req)?;
-    let r = owned_record(&svc, &user.0, &id)?;
-    Ok(HttpResponse::Ok().json(conversation_view(&svc, &r)))
+    let r = owned_record(&svc, &user.0, &id).await?;
+    Ok(HttpResponse::Ok().json(conversation_view(&svc, &r).await))
 }
 
 /// The body of `PATCH /api/conversations/{id}`.
@@ -721,16 +725,16 @@ pub(super) async fn rename_conversation(
         )
         .with_details(json!([{"field": "title", "message": "must have 1 to 200 characters"}])));
     }
-    owned_record(&svc, &user.0, &id)?;
-    let addr = svc.registry.get(&svc, &id)?;
+    owned_record(&svc, &user.0, &id).await?;
+    let addr = svc.registry.get(&svc, &id).await?;
     addr.send(msg::Rename {
         owner: user.0.clone(),
         title,
     })
     .await
     .map_err(|_| ApiError::internal("the conversation stopped; try again"))??;
-    let r = owned_record(&svc, &user.0, &id)?;
-    Ok(HttpResponse::Ok().json(conversation_view(&svc, &r)))
+    let r = owned_record(&svc, &user.0, &id).await?;
+    Ok(HttpResponse::Ok().json(conversation_view(&svc, &r).await))
 }
 
 /// Delete a conversation, its messages, events and checkpoints; stops its actor.
@@ -753,8 +757,8 @@ pub(super) async fn delete_conversation(
     id: web::Path<String>,
 ) -> ApiResult {
     let user = auth::authenticate(&svc.config.auth, &req)?;
-    owned_record(&svc, &user.0, &id)?;
-    let addr = svc.registry.get(&svc, &id)?;
+    owned_record(&svc, &user.0, &id).await?;
+    let addr = svc.registry.get(&svc, &id).await?;
     addr.send(msg::Delete { owner: user.0 })
         .await
         .map_err(|_| ApiError::internal("the conversation stopped; try again"))??;
@@ -799,11 +803,12 @@ pub struct MessageList {
 pub(super) async fn messages(svc: Svc, req: HttpRequest, id: web::Path<String>) -> ApiResult {
     let user = auth::authenticate(&svc.config.auth, &req)?;
     let q: MessagesQuery = query(&req)?;
-    owned_record(&svc, &user.0, &id)?;
+    owned_record(&svc, &user.0, &id).await?;
     let n = limit(q.limit, 20)?;
     let list = svc
         .store
         .messages(&id, q.before, n)
+        .await
         .map_err(|e| ApiError::internal(e.to_string()))?;
     let next = if list.len() == n {
         list.last().map(|m| m.no)
@@ -873,7 +878,7 @@ pub struct EventList {
 pub(super) async fn events(svc: Svc, req: HttpRequest, id: web::Path<String>) -> ApiResult {
     let user = auth::authenticate(&svc.config.auth, &req)?;
     let q: EventsQuery = query(&req)?;
-    owned_record(&svc, &user.0, &id)?;
+    owned_record(&svc, &user.0, &id).await?;
     let n = match q.limit {
         None => 1000,
         Some(n) if (1..=10_000).contains(&n) => n,
@@ -882,6 +887,7 @@ pub(super) async fn events(svc: Svc, req: HttpRequest, id: web::Path<String>) ->
     let list = svc
         .store
         .events_since(&id, q.since.unwrap_or(0), n)
+        .await
         .map_err(|e| ApiError::internal(e.to_string()))?;
     let mut items = Vec::with_capacity(list.len());
     for (seq, json) in &list {

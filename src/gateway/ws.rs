@@ -386,13 +386,13 @@ impl SocketSession {
         Ok(())
     }
 
-    fn conversation(&self, id: &str) -> Result<Addr<Conversation>, ApiError> {
+    async fn conversation(&self, id: &str) -> Result<Addr<Conversation>, ApiError> {
         if let Some(s) = self.subs.get(id) {
             if s.addr.connected() {
                 return Ok(s.addr.clone());
             }
         }
-        self.svc.registry.get(&self.svc, id)
+        self.svc.registry.get(&self.svc, id).await
     }
 
     fn track(
@@ -451,7 +451,7 @@ impl SocketSession {
                 self.svc.limits.message(&owner)?;
                 let (id, addr) = match existing {
                     Some(id) => {
-                        let addr = self.conversation(&id)?;
+                        let addr = self.conversation(&id).await?;
                         (id, addr)
                     }
                     None => {
@@ -495,7 +495,7 @@ impl SocketSession {
                 action,
                 value,
             } => {
-                let addr = self.conversation(&conversation_id)?;
+                let addr = self.conversation(&conversation_id).await?;
                 let accepted = addr
                     .send(msg::Resume {
                         owner,
@@ -511,7 +511,7 @@ impl SocketSession {
                 conversation_id,
                 since,
             } => {
-                let addr = self.conversation(&conversation_id)?;
+                let addr = self.conversation(&conversation_id).await?;
                 let high = addr
                     .send(msg::Subscribe {
                         owner,
@@ -541,6 +541,7 @@ impl SocketSession {
                         .svc
                         .store
                         .get_conversation(&conversation_id)
+                        .await
                         .map_err(|e| ApiError::internal(e.to_string()))?;
                     if rec.is_none_or(|r| r.owner != owner) {
                         return Err(ApiError::conversation_not_found(&conversation_id));
@@ -549,7 +550,7 @@ impl SocketSession {
                 Ok(json!({"conversationId": conversation_id}))
             }
             ClientFrame::Cancel { conversation_id } => {
-                let addr = self.conversation(&conversation_id)?;
+                let addr = self.conversation(&conversation_id).await?;
                 let cancelled = addr
                     .send(msg::Cancel { owner })
                     .await
@@ -567,6 +568,7 @@ impl SocketSession {
                 .svc
                 .store
                 .events_since(conversation, cursor, REPLAY_PAGE)
+                .await
                 .map_err(|e| ApiError::internal(e.to_string()))?;
             if page.is_empty() {
                 break;
