@@ -45,7 +45,8 @@ pub async fn build(config: Config) -> anyhow::Result<Arc<Services>> {
     let engine = Engine::new(Arc::new(llms), tools);
     let path = config.storage.data_dir.join("parley.redb");
     let store: Arc<dyn Store> = Arc::new(
-        RedbStore::open(&path).with_context(|| format!("opening the store at {}", path.display()))?,
+        RedbStore::open(&path)
+            .with_context(|| format!("opening the store at {}", path.display()))?,
     );
     let ended = crate::conversation::recover_interrupted(store.as_ref())
         .await

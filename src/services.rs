@@ -30,7 +30,12 @@ pub struct Services {
 }
 
 impl Services {
-    pub fn new(config: Config, catalog: Catalog, engine: Engine, store: Arc<dyn Store>) -> Arc<Self> {
+    pub fn new(
+        config: Config,
+        catalog: Catalog,
+        engine: Engine,
+        store: Arc<dyn Store>,
+    ) -> Arc<Self> {
         let runs = config.server.max_concurrent_runs;
         let invokes = config.server.max_concurrent_invokes;
         let limits = crate::gateway::limits::UserLimits::new(&config.server);

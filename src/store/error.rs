@@ -105,9 +105,15 @@ mod tests {
         let io = std::io::Error::other("disk on fire");
         let e = StoreError::io("cannot create directory /x", io);
         assert_eq!(e.to_string(), "cannot create directory /x: disk on fire");
-        assert_eq!(e.source().map(|s| s.to_string()).as_deref(), Some("disk on fire"));
+        assert_eq!(
+            e.source().map(|s| s.to_string()).as_deref(),
+            Some("disk on fire")
+        );
         let e = StoreError::Broken(Arc::new(StoreError::db(std::io::Error::other("eio"))));
-        assert_eq!(e.to_string(), "an earlier commit failed: storage error: eio");
+        assert_eq!(
+            e.to_string(),
+            "an earlier commit failed: storage error: eio"
+        );
         assert!(e.clone().source().is_some());
     }
 }

@@ -115,8 +115,7 @@ pub trait Store: Send + Sync + 'static {
     // ---- reads ----
 
     /// The conversation record, if it exists.
-    fn get_conversation<'a>(&'a self, id: &'a str)
-        -> StoreFuture<'a, Option<ConversationRecord>>;
+    fn get_conversation<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<ConversationRecord>>;
 
     /// The owner's conversations, newest `updated_at` first (ties: by id), optionally only those
     /// of one assistant. `limit` is at least 1. `cursor` is a `next_cursor` of an earlier page

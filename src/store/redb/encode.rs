@@ -85,9 +85,8 @@ pub(super) fn encode(ops: Vec<WriteOp>) -> Result<Vec<Encoded>, StoreError> {
                 }
             }
             WriteOp::PutConversation(record) => {
-                let json = serde_json::to_vec(&record).map_err(|e| {
-                    StoreError::encode(format!("conversation {:?}", record.id), e)
-                })?;
+                let json = serde_json::to_vec(&record)
+                    .map_err(|e| StoreError::encode(format!("conversation {:?}", record.id), e))?;
                 out.push(Encoded::PutConversation {
                     index: IndexFields::of(&record),
                     id: record.id,
@@ -98,9 +97,8 @@ pub(super) fn encode(ops: Vec<WriteOp>) -> Result<Vec<Encoded>, StoreError> {
                 conversation,
                 message,
             } => {
-                let json = serde_json::to_vec(&message).map_err(|e| {
-                    StoreError::encode(format!("message {:?}", message.id), e)
-                })?;
+                let json = serde_json::to_vec(&message)
+                    .map_err(|e| StoreError::encode(format!("message {:?}", message.id), e))?;
                 out.push(Encoded::AppendMessage {
                     conversation,
                     no: message.no,

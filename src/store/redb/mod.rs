@@ -196,10 +196,7 @@ impl Store for RedbStore {
         }
     }
 
-    fn get_conversation<'a>(
-        &'a self,
-        id: &'a str,
-    ) -> StoreFuture<'a, Option<ConversationRecord>> {
+    fn get_conversation<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<ConversationRecord>> {
         let id = id.to_owned();
         self.read(move |r| r.get_conversation(&id))
     }

@@ -33,7 +33,10 @@ impl Reader {
     }
 
     /// The conversation record, if it exists.
-    pub(super) fn get_conversation(&self, id: &str) -> Result<Option<ConversationRecord>, StoreError> {
+    pub(super) fn get_conversation(
+        &self,
+        id: &str,
+    ) -> Result<Option<ConversationRecord>, StoreError> {
         let txn = self.read_txn()?;
         let table = txn.open_table(CONVERSATIONS)?;
         let found = table.get(id)?;
@@ -140,7 +143,6 @@ impl Reader {
         Ok(out)
     }
 
-
     /// Events with `seq > since`, ascending, at most `limit`: `(seq, event JSON)`.
     pub(super) fn events_since(
         &self,
@@ -242,6 +244,9 @@ fn load_listed(
 
 fn decode_message(conversation: &str, no: u64, bytes: &[u8]) -> Result<MessageRecord, StoreError> {
     serde_json::from_slice(bytes).map_err(|e| {
-        StoreError::corrupt(format!("message {no} of conversation {conversation:?}: {e}"), e)
+        StoreError::corrupt(
+            format!("message {no} of conversation {conversation:?}: {e}"),
+            e,
+        )
     })
 }
