@@ -181,3 +181,81 @@ pub async fn recover_interrupted(store: &dyn Store) -> Result<usize, StoreError>
     }
     Ok(n)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::store::{ConversationRecord, WriteOp};
+
+    async fn services(dir: &std::path::Path) -> Arc<Services> {
+        let mut config = Config::embedded();
+        config.storage.data_dir = dir.to_owned();
+        config.assistants.dir = concat!(env!("CARGO_MANIFEST_DIR"), "/assistants").into();
+        crate::server::build(config).await.unwrap()
+    }
+
+    fn record(id: &str, assistant: &str) -> ConversationRecord {
+        ConversationRecord {
+            id: id.to_owned(),
+            owner: "u".to_owned(),
+            assistant: assistant.to_owned(),
+            title: "t".to_owned(),
+            title_set: false,
+            status: RunStatus::Idle,
+            created_at: 1,
+            updated_at: 1,
+            args: serde_json::json!({}),
+            last_seq: 0,
+            message_count: 0,
+            pending_interrupts: Vec::new(),
+        }
+    }
+
+    #[actix::test]
+    async fn concurrent_gets_of_one_id_start_one_actor() {
+        let dir = tempfile::tempdir().unwrap();
+        let svc = services(dir.path()).await;
+        let assistant = svc.catalog.iter().next().unwrap().id.clone();
+        let ops = vec![
+            WriteOp::PutConversation(record("c1", &assistant)),
+            WriteOp::PutConversation(record("c2", &assistant)),
+        ];
+        svc.store.write(ops).await.unwrap();
+
+        let gets = (0..8).map(|i| svc.registry.get(&svc, if i % 2 == 0 { "c1" } else { "c2" }));
+        let addrs: Vec<_> = futures_util::future::join_all(gets)
+            .await
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        for (i, addr) in addrs.iter().enumerate() {
+            assert_eq!(addr, &addrs[i % 2], "get {i} got another actor");
+        }
+        assert_ne!(addrs[0], addrs[1]);
+        assert_eq!(svc.registry.live_count(), 2);
+        // A later get finds the live actor.
+        assert_eq!(svc.registry.get(&svc, "c1").await.unwrap(), addrs[0]);
+    }
+
+    #[actix::test]
+    async fn a_failed_start_leaves_no_entry_and_keeps_its_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let svc = services(dir.path()).await;
+        let gets = (0..3).map(|_| svc.registry.get(&svc, "nope"));
+        for result in futures_util::future::join_all(gets).await {
+            let error = result.unwrap_err();
+            assert_eq!(error.code, ErrorCode::ConversationNotFound);
+        }
+        svc.store
+            .write(vec![WriteOp::PutConversation(record(
+                "gone",
+                "no_such_assistant",
+            ))])
+            .await
+            .unwrap();
+        let error = svc.registry.get(&svc, "gone").await.unwrap_err();
+        assert_eq!(error.code, ErrorCode::UnknownAssistant);
+        assert!(svc.registry.live.lock().is_empty(), "no entry left behind");
+    }
+}
