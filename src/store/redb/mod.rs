@@ -30,7 +30,7 @@
 //! | `conversations` | id | JSON of [`ConversationRecord`] |
 //! | `conversations_by_owner` | (owner, `u64::MAX - updated_at`, id) | () |
 //! | `conversations_by_owner_assistant` | (owner, assistant, `u64::MAX - updated_at`, id) | () |
-//! | `messages` | (conversation, no) | JSON of [`MessageRecord`](crate::store::MessageRecord) |
+//! | `messages` | (conversation, no) | JSON of [`MessageRecord`] |
 //! | `event_chunks` | (conversation, last seq of the chunk) | consecutive events, as sent to clients (see `encode.rs`) |
 //! | `checkpoints` | conversation | opaque bytes |
 //!
