@@ -16,6 +16,7 @@ use crate::config::Config;
 use crate::engine::Engine;
 use crate::llm::LlmRegistry;
 use crate::services::Services;
+use crate::store::redb::RedbStore;
 use crate::store::Store;
 
 /// Load and check the assistants named by the config.
@@ -43,9 +44,11 @@ pub async fn build(config: Config) -> anyhow::Result<Arc<Services>> {
     let tools = Arc::new(crate::tools::Tools::new().context("building the HTTP client for tools")?);
     let engine = Engine::new(Arc::new(llms), tools);
     let path = config.storage.data_dir.join("parley.redb");
-    let store =
-        Store::open(&path).with_context(|| format!("opening the store at {}", path.display()))?;
-    let ended = crate::conversation::recover_interrupted(&store)
+    let store: Arc<dyn Store> = Arc::new(
+        RedbStore::open(&path)
+            .with_context(|| format!("opening the store at {}", path.display()))?,
+    );
+    let ended = crate::conversation::recover_interrupted(store.as_ref())
         .await
         .context("ending runs interrupted by the last shutdown")?;
     if ended > 0 {

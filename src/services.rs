@@ -16,7 +16,7 @@ pub struct Services {
     pub config: Config,
     pub catalog: Catalog,
     pub engine: Engine,
-    pub store: Store,
+    pub store: Arc<dyn Store>,
     pub registry: Registry,
     pub metrics: Metrics,
     /// Acks of `send`/`resume` frames by (user, frame id), for retried frames.
@@ -30,7 +30,12 @@ pub struct Services {
 }
 
 impl Services {
-    pub fn new(config: Config, catalog: Catalog, engine: Engine, store: Store) -> Arc<Self> {
+    pub fn new(
+        config: Config,
+        catalog: Catalog,
+        engine: Engine,
+        store: Arc<dyn Store>,
+    ) -> Arc<Self> {
         let runs = config.server.max_concurrent_runs;
         let invokes = config.server.max_concurrent_invokes;
         let limits = crate::gateway::limits::UserLimits::new(&config.server);

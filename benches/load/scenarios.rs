@@ -16,6 +16,8 @@ use super::server::{CpuProbe, Home};
 use super::stats::{Samples, Tally, Window};
 use super::{Options, Report, Row, Target, Unit};
 
+use parley::llm::Role;
+use parley::store::redb::RedbStore;
 use parley::store::{ConversationRecord, MessageRecord, RunStatus, Store, WriteOp};
 
 /// About sixty words: the built-in model's pseudo-translation repeats them, one delta each.
@@ -858,7 +860,7 @@ fn message(no: u64) -> MessageRecord {
     MessageRecord {
         no,
         id: uuid::Uuid::now_v7().to_string(),
-        role: if no % 2 == 1 { "user" } else { "assistant" }.into(),
+        role: if no % 2 == 1 { Role::User } else { Role::Assistant },
         content: "I took a taxi to the airport for the customer visit; it cost 45 EUR and I have the receipt.".into(),
         run_id: Some("019a0000-0000-7000-8000-00000000abcd".into()),
         created_at: 1_760_000_000_000 + no as i64,
@@ -868,7 +870,7 @@ fn message(no: u64) -> MessageRecord {
 
 pub async fn durable(o: &Options, report: &mut Report) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let store = Store::open(&dir.path().join("parley.redb"))?;
+    let store = RedbStore::open(&dir.path().join("parley.redb"))?;
 
     // Single-message durable commits, one after another.
     let w = Window::after(o.warmup.min(Duration::from_millis(500)), o.store_duration);
@@ -933,7 +935,7 @@ pub async fn durable(o: &Options, report: &mut Report) -> anyhow::Result<()> {
     let commits = after.commits - before.commits;
     let group = (after.batches_committed - before.batches_committed) as f64 / commits.max(1) as f64;
     // Every acknowledged message is readable back.
-    let stored = store.messages("grouped-0", None, 100)?;
+    let stored = store.messages("grouped-0", None, 100).await?;
     if t.ops > 0 && stored.is_empty() {
         report.problem("5 durable: acknowledged messages are not in the store".into());
     }
@@ -969,7 +971,7 @@ pub async fn durable(o: &Options, report: &mut Report) -> anyhow::Result<()> {
 
 /// Write `n` conversations of `messages` messages (one event each) straight into the store.
 fn prepare_cold(db: &std::path::Path, n: usize, messages: u64) -> anyhow::Result<Vec<String>> {
-    let store = Store::open(db)?;
+    let store = RedbStore::open(db)?;
     let rt = tokio::runtime::Builder::new_current_thread().build()?;
     let mut ids = Vec::new();
     for _ in 0..n {

@@ -270,7 +270,12 @@ impl Conversation {
                     let m = MessageRecord {
                         no: self.rec.message_count,
                         id: message_id.clone(),
-                        role: role.clone(),
+                        role: match role.as_str() {
+                            "user" => Role::User,
+                            "system" => Role::System,
+                            "tool" => Role::Tool,
+                            _ => Role::Assistant,
+                        },
                         content: text,
                         run_id: self
                             .run
@@ -289,7 +294,7 @@ impl Conversation {
                     if let Some(run) = self.run.as_mut().filter(|r| r.report.is_some()) {
                         run.messages.push(m.clone());
                     }
-                    self.last_user_message = (m.role == "user").then(|| Box::new(m.clone()));
+                    self.last_user_message = (m.role == Role::User).then(|| Box::new(m.clone()));
                     self.pending_ops.push(WriteOp::AppendMessage {
                         conversation: self.id.to_string(),
                         message: m,
@@ -714,12 +719,10 @@ fn idle_view(cp: &Checkpoint) -> Option<Checkpoint> {
 }
 
 fn to_chat(m: &MessageRecord) -> Option<ChatMessage> {
-    let role = match m.role.as_str() {
-        "user" => Role::User,
-        "assistant" => Role::Assistant,
-        _ => return None,
-    };
-    Some(ChatMessage::new(role, m.content.clone()))
+    match m.role {
+        Role::User | Role::Assistant => Some(ChatMessage::new(m.role, m.content.clone())),
+        Role::System | Role::Tool => None,
+    }
 }
 
 impl Actor for Conversation {

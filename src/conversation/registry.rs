@@ -1,71 +1,77 @@
 //! Finds or starts the one actor of a conversation.
 //!
-//! The map is guarded by one mutex; looking up, loading from the store and starting the actor
-//! happen under it, so two callers asking for the same id at once get the same actor. An actor
-//! that leaves memory removes itself (only if the entry is still its own address) before it
-//! stops; a caller that raced with that gets a mailbox error and asks again.
+//! # Invariants
+//!
+//! - **At most one actor per id** (ARCHITECTURE invariant 1). The map holds, per id, either the
+//!   live actor or the one start in flight (a shared future that loads the conversation from
+//!   the store and starts its actor). A caller that finds a start in flight awaits that same
+//!   future, so two callers asking for the same id at once get the same actor.
+//! - **The lock is never held across a store read.** The mutex only guards the map: looking up
+//!   or inserting an entry. The loading runs outside it (its reads are async, off the worker),
+//!   so a slow load of one conversation blocks no other id.
+//! - **A start is resolved once.** The in-flight entry is replaced by the actor (success) or
+//!   removed (failure) by whoever sees the shared result first, and only if the entry is still
+//!   that same start. If every caller gives up while a start is in flight, the entry stays
+//!   and the next caller for that id drives the same future on.
+//! - An actor that leaves memory removes itself (only if the entry is still its own address)
+//!   before it stops; a caller that raced with that gets a mailbox error and asks again.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use actix::prelude::*;
+use futures_util::future::{BoxFuture, FutureExt, Shared};
 use parking_lot::Mutex;
 
 use super::actor::{Conversation, HISTORY_TAIL};
 use crate::engine::Checkpoint;
 use crate::error::{ApiError, ErrorCode};
 use crate::services::Services;
+use crate::store::{RunStatus, Store, StoreError};
+
+/// A start in flight: every caller for the id awaits a clone.
+type Start = Shared<BoxFuture<'static, Result<Addr<Conversation>, ApiError>>>;
+
+enum Entry {
+    Live(Addr<Conversation>),
+    Starting(Start),
+}
 
 #[derive(Default)]
 pub struct Registry {
-    live: Mutex<HashMap<Arc<str>, Addr<Conversation>>>,
+    live: Mutex<HashMap<Arc<str>, Entry>>,
 }
 
 impl Registry {
     /// The live actor of a stored conversation, started (restored from the store) if needed.
     /// The owner check is the actor's: every message carries the caller.
-    pub fn get(&self, svc: &Arc<Services>, id: &str) -> Result<Addr<Conversation>, ApiError> {
+    pub async fn get(&self, svc: &Arc<Services>, id: &str) -> Result<Addr<Conversation>, ApiError> {
+        let start = {
+            let mut live = self.live.lock();
+            match live.get(id) {
+                Some(Entry::Live(a)) if a.connected() => return Ok(a.clone()),
+                Some(Entry::Starting(start)) => start.clone(),
+                _ => {
+                    let start = load_and_start(svc.clone(), id.to_owned()).boxed().shared();
+                    live.insert(Arc::from(id), Entry::Starting(start.clone()));
+                    start
+                }
+            }
+        };
+        let result = start.clone().await;
         let mut live = self.live.lock();
-        if let Some(a) = live.get(id) {
-            if a.connected() {
-                return Ok(a.clone());
+        let ours = matches!(live.get(id), Some(Entry::Starting(s)) if s.ptr_eq(&start));
+        if ours {
+            match &result {
+                Ok(addr) => {
+                    live.insert(Arc::from(id), Entry::Live(addr.clone()));
+                }
+                Err(_) => {
+                    live.remove(id);
+                }
             }
         }
-        let store = &svc.store;
-        let rec = store
-            .get_conversation(id)
-            .map_err(|e| ApiError::internal(e.to_string()))?
-            .ok_or_else(|| ApiError::conversation_not_found(id))?;
-        let assistant = svc.catalog.get(&rec.assistant).ok_or_else(|| {
-            ApiError::new(
-                ErrorCode::UnknownAssistant,
-                format!(
-                    "assistant '{}' of this conversation is no longer installed",
-                    rec.assistant
-                ),
-            )
-        })?;
-        let cp: Checkpoint = match store
-            .checkpoint(id)
-            .map_err(|e| ApiError::internal(e.to_string()))?
-        {
-            Some(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
-                ApiError::internal(format!(
-                    "the stored checkpoint of '{id}' is unreadable: {e}"
-                ))
-            })?,
-            None => Checkpoint::default(),
-        };
-        let last_seq = store
-            .last_seq(id)
-            .map_err(|e| ApiError::internal(e.to_string()))?;
-        let recent = store
-            .recent_messages(id, HISTORY_TAIL)
-            .map_err(|e| ApiError::internal(e.to_string()))?;
-        let actor = Conversation::restore(svc.clone(), assistant, rec, cp, last_seq, recent);
-        let addr = actor.start();
-        live.insert(Arc::from(id), addr.clone());
-        Ok(addr)
+        result
     }
 
     /// A new conversation's actor (stored with its first message).
@@ -86,46 +92,170 @@ impl Registry {
         let addr = actor.start();
         self.live
             .lock()
-            .insert(Arc::from(id.as_str()), addr.clone());
+            .insert(Arc::from(id.as_str()), Entry::Live(addr.clone()));
         Ok((id, addr))
     }
 
     /// Forget an actor, if the entry is still this one.
     pub fn remove(&self, id: &str, addr: &Addr<Conversation>) {
         let mut live = self.live.lock();
-        if live.get(id).is_some_and(|a| a == addr) {
+        if matches!(live.get(id), Some(Entry::Live(a)) if a == addr) {
             live.remove(id);
         }
     }
 
+    /// Live actors (starts in flight are not counted).
     pub fn live_count(&self) -> usize {
-        self.live.lock().len()
+        self.live
+            .lock()
+            .values()
+            .filter(|e| matches!(e, Entry::Live(_)))
+            .count()
     }
 
     /// Every live actor (for shutdown).
     pub fn all(&self) -> Vec<Addr<Conversation>> {
-        self.live.lock().values().cloned().collect()
+        self.live
+            .lock()
+            .values()
+            .filter_map(|e| match e {
+                Entry::Live(a) => Some(a.clone()),
+                Entry::Starting(_) => None,
+            })
+            .collect()
     }
+}
+
+/// Loads a stored conversation (four short reads, off the worker) and starts its actor.
+async fn load_and_start(svc: Arc<Services>, id: String) -> Result<Addr<Conversation>, ApiError> {
+    let store = &svc.store;
+    let internal = |e: StoreError| ApiError::internal(e.to_string());
+    let rec = store
+        .get_conversation(&id)
+        .await
+        .map_err(internal)?
+        .ok_or_else(|| ApiError::conversation_not_found(&id))?;
+    let assistant = svc.catalog.get(&rec.assistant).ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::UnknownAssistant,
+            format!(
+                "assistant '{}' of this conversation is no longer installed",
+                rec.assistant
+            ),
+        )
+    })?;
+    let cp: Checkpoint = match store.checkpoint(&id).await.map_err(internal)? {
+        Some(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+            ApiError::internal(format!(
+                "the stored checkpoint of '{id}' is unreadable: {e}"
+            ))
+        })?,
+        None => Checkpoint::default(),
+    };
+    let last_seq = store.last_seq(&id).await.map_err(internal)?;
+    let recent = store
+        .recent_messages(&id, HISTORY_TAIL)
+        .await
+        .map_err(internal)?;
+    let actor = Conversation::restore(svc.clone(), assistant, rec, cp, last_seq, recent);
+    Ok(actor.start())
 }
 
 /// At start-up: end every run that was active when the process stopped (see
 /// [`super::actor::interrupted_ops`]). Returns how many were ended.
-pub async fn recover_interrupted(
-    store: &crate::store::Store,
-) -> Result<usize, crate::store::StoreError> {
-    let running = store.conversations_with_status(crate::store::RunStatus::Running)?;
+pub async fn recover_interrupted(store: &dyn Store) -> Result<usize, StoreError> {
+    let running = store.conversations_with_status(RunStatus::Running).await?;
     let mut ops = Vec::new();
     let n = running.len();
     for mut rec in running {
         let mut cp: Checkpoint = store
-            .checkpoint(&rec.id)?
+            .checkpoint(&rec.id)
+            .await?
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default();
-        let last = store.last_seq(&rec.id)?;
+        let last = store.last_seq(&rec.id).await?;
         ops.extend(super::actor::interrupted_ops(&mut rec, &mut cp, last));
     }
     if !ops.is_empty() {
         store.write(ops).await?;
     }
     Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::store::{ConversationRecord, WriteOp};
+
+    async fn services(dir: &std::path::Path) -> Arc<Services> {
+        let mut config = Config::embedded();
+        config.storage.data_dir = dir.to_owned();
+        config.assistants.dir = concat!(env!("CARGO_MANIFEST_DIR"), "/assistants").into();
+        crate::server::build(config).await.unwrap()
+    }
+
+    fn record(id: &str, assistant: &str) -> ConversationRecord {
+        ConversationRecord {
+            id: id.to_owned(),
+            owner: "u".to_owned(),
+            assistant: assistant.to_owned(),
+            title: "t".to_owned(),
+            title_set: false,
+            status: RunStatus::Idle,
+            created_at: 1,
+            updated_at: 1,
+            args: serde_json::json!({}),
+            last_seq: 0,
+            message_count: 0,
+            pending_interrupts: Vec::new(),
+        }
+    }
+
+    #[actix::test]
+    async fn concurrent_gets_of_one_id_start_one_actor() {
+        let dir = tempfile::tempdir().unwrap();
+        let svc = services(dir.path()).await;
+        let assistant = svc.catalog.iter().next().unwrap().id.clone();
+        let ops = vec![
+            WriteOp::PutConversation(record("c1", &assistant)),
+            WriteOp::PutConversation(record("c2", &assistant)),
+        ];
+        svc.store.write(ops).await.unwrap();
+
+        let gets = (0..8).map(|i| svc.registry.get(&svc, if i % 2 == 0 { "c1" } else { "c2" }));
+        let addrs: Vec<_> = futures_util::future::join_all(gets)
+            .await
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        for (i, addr) in addrs.iter().enumerate() {
+            assert_eq!(addr, &addrs[i % 2], "get {i} got another actor");
+        }
+        assert_ne!(addrs[0], addrs[1]);
+        assert_eq!(svc.registry.live_count(), 2);
+        // A later get finds the live actor.
+        assert_eq!(svc.registry.get(&svc, "c1").await.unwrap(), addrs[0]);
+    }
+
+    #[actix::test]
+    async fn a_failed_start_leaves_no_entry_and_keeps_its_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let svc = services(dir.path()).await;
+        let gets = (0..3).map(|_| svc.registry.get(&svc, "nope"));
+        for result in futures_util::future::join_all(gets).await {
+            let error = result.unwrap_err();
+            assert_eq!(error.code, ErrorCode::ConversationNotFound);
+        }
+        svc.store
+            .write(vec![WriteOp::PutConversation(record(
+                "gone",
+                "no_such_assistant",
+            ))])
+            .await
+            .unwrap();
+        let error = svc.registry.get(&svc, "gone").await.unwrap_err();
+        assert_eq!(error.code, ErrorCode::UnknownAssistant);
+        assert!(svc.registry.live.lock().is_empty(), "no entry left behind");
+    }
 }

@@ -65,15 +65,15 @@ pub(in crate::gateway) async fn list_conversations(
             limit(q.limit, 20)?,
             q.cursor.as_deref(),
         )
+        .await
         .map_err(|e| match e {
             crate::store::StoreError::InvalidCursor => ApiError::bad_request(e.to_string()),
             other => ApiError::internal(other.to_string()),
         })?;
-    let items = page
-        .items
-        .iter()
-        .map(|r| conversation_view(&svc, r))
-        .collect();
+    let mut items = Vec::with_capacity(page.items.len());
+    for r in &page.items {
+        items.push(conversation_view(&svc, r).await);
+    }
     Ok(HttpResponse::Ok().json(ConversationList {
         items,
         next_cursor: page.next_cursor,
@@ -99,8 +99,8 @@ pub(in crate::gateway) async fn get_conversation(
     id: web::Path<String>,
     user: User,
 ) -> ApiResult {
-    let r = owned_record(&svc, &user.0, &id)?;
-    Ok(HttpResponse::Ok().json(conversation_view(&svc, &r)))
+    let r = owned_record(&svc, &user.0, &id).await?;
+    Ok(HttpResponse::Ok().json(conversation_view(&svc, &r).await))
 }
 
 /// The body of `PATCH /api/conversations/{id}`.
@@ -143,16 +143,16 @@ pub(in crate::gateway) async fn rename_conversation(
         )
         .with_details(json!([{"field": "title", "message": "must have 1 to 200 characters"}])));
     }
-    owned_record(&svc, &user.0, &id)?;
-    let addr = svc.registry.get(&svc, &id)?;
+    owned_record(&svc, &user.0, &id).await?;
+    let addr = svc.registry.get(&svc, &id).await?;
     addr.send(msg::Rename {
         owner: user.0.clone(),
         title,
     })
     .await
     .map_err(|_| ApiError::internal("the conversation stopped; try again"))??;
-    let r = owned_record(&svc, &user.0, &id)?;
-    Ok(HttpResponse::Ok().json(conversation_view(&svc, &r)))
+    let r = owned_record(&svc, &user.0, &id).await?;
+    Ok(HttpResponse::Ok().json(conversation_view(&svc, &r).await))
 }
 
 /// Delete a conversation, its messages, events and checkpoints; stops its actor.
@@ -174,8 +174,8 @@ pub(in crate::gateway) async fn delete_conversation(
     id: web::Path<String>,
     user: User,
 ) -> ApiResult {
-    owned_record(&svc, &user.0, &id)?;
-    let addr = svc.registry.get(&svc, &id)?;
+    owned_record(&svc, &user.0, &id).await?;
+    let addr = svc.registry.get(&svc, &id).await?;
     addr.send(msg::Delete { owner: user.0 })
         .await
         .map_err(|_| ApiError::internal("the conversation stopped; try again"))??;
@@ -224,11 +224,12 @@ pub(in crate::gateway) async fn messages(
     user: User,
 ) -> ApiResult {
     let q: MessagesQuery = query(&req)?;
-    owned_record(&svc, &user.0, &id)?;
+    owned_record(&svc, &user.0, &id).await?;
     let n = limit(q.limit, 20)?;
     let list = svc
         .store
         .messages(&id, q.before, n)
+        .await
         .map_err(|e| ApiError::internal(e.to_string()))?;
     let next = if list.len() == n {
         list.last().map(|m| m.no)
@@ -302,7 +303,7 @@ pub(in crate::gateway) async fn events(
     user: User,
 ) -> ApiResult {
     let q: EventsQuery = query(&req)?;
-    owned_record(&svc, &user.0, &id)?;
+    owned_record(&svc, &user.0, &id).await?;
     let n = match q.limit {
         None => 1000,
         Some(n) if (1..=10_000).contains(&n) => n,
@@ -311,6 +312,7 @@ pub(in crate::gateway) async fn events(
     let list = svc
         .store
         .events_since(&id, q.since.unwrap_or(0), n)
+        .await
         .map_err(|e| ApiError::internal(e.to_string()))?;
     let mut items = Vec::with_capacity(list.len());
     for (seq, json) in &list {

@@ -141,7 +141,7 @@ pub(in crate::gateway) async fn invoke(
                 "too many synchronous calls at once; retry shortly",
             )
         })?;
-    let addr = conversation(&svc, &user, &a, b.conversation_id.as_deref())?;
+    let addr = conversation(&svc, &user, &a, b.conversation_id.as_deref()).await?;
     let (tx, rx) = oneshot::channel::<RunReport>();
     let m = msg::Send {
         owner: user.0.clone(),
@@ -204,7 +204,7 @@ fn check_body(svc: &Services, a: &Assistant, b: &InvokeBody) -> Result<f64, ApiE
 }
 
 /// The actor of the conversation to continue (the caller's, of this assistant), or of a new one.
-fn conversation(
+async fn conversation(
     svc: &Arc<Services>,
     user: &User,
     a: &Assistant,
@@ -212,14 +212,14 @@ fn conversation(
 ) -> Result<Addr<Conversation>, ApiError> {
     match conversation_id {
         Some(cid) => {
-            let rec = owned_record(svc, &user.0, cid)?;
+            let rec = owned_record(svc, &user.0, cid).await?;
             if rec.assistant != a.id {
                 return Err(ApiError::bad_request(format!(
                     "conversation '{cid}' belongs to assistant '{}', not '{}'",
                     rec.assistant, a.id
                 )));
             }
-            svc.registry.get(svc, cid)
+            svc.registry.get(svc, cid).await
         }
         None => Ok(svc.registry.create(svc, &user.0, &a.id)?.1),
     }

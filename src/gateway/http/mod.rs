@@ -64,8 +64,12 @@ fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError
 }
 
 /// The record, if it is this user's (`conversation_not_found` otherwise: others' do not exist).
-fn owned_record(svc: &Services, user: &str, id: &str) -> Result<ConversationRecord, ApiError> {
-    match svc.store.get_conversation(id) {
+async fn owned_record(
+    svc: &Services,
+    user: &str,
+    id: &str,
+) -> Result<ConversationRecord, ApiError> {
+    match svc.store.get_conversation(id).await {
         Ok(Some(r)) if r.owner == user => Ok(r),
         Ok(_) => Err(ApiError::conversation_not_found(id)),
         Err(e) => Err(ApiError::internal(e.to_string())),

@@ -33,7 +33,7 @@ impl From<&MessageRecord> for MessageView {
         MessageView {
             id: m.id.clone(),
             no: m.no,
-            role: m.role.clone(),
+            role: m.role.as_str().to_owned(),
             content: m.content.clone(),
             created_at: rfc3339(m.created_at),
             run_id: m.run_id.clone(),
@@ -75,7 +75,10 @@ pub struct ConversationView {
     pub message_count: u64,
 }
 
-pub(super) fn conversation_view(svc: &Services, r: &ConversationRecord) -> ConversationView {
+pub(super) async fn conversation_view(
+    svc: &Services,
+    r: &ConversationRecord,
+) -> ConversationView {
     ConversationView {
         id: r.id.clone(),
         assistant: r.assistant.clone(),
@@ -85,7 +88,7 @@ pub(super) fn conversation_view(svc: &Services, r: &ConversationRecord) -> Conve
         updated_at: rfc3339(r.updated_at),
         args: r.args.clone(),
         pending_interrupts: r.pending_interrupts.clone(),
-        last_seq: svc.store.last_seq(&r.id).unwrap_or(r.last_seq),
+        last_seq: svc.store.last_seq(&r.id).await.unwrap_or(r.last_seq),
         message_count: r.message_count,
     }
 }

@@ -98,7 +98,7 @@ impl SocketSession {
                 value,
             } => {
                 let owner = self.user()?;
-                let addr = self.conversation(&conversation_id)?;
+                let addr = self.conversation(&conversation_id).await?;
                 let accepted = addr
                     .send(msg::Resume {
                         owner,
@@ -122,11 +122,11 @@ impl SocketSession {
             }
             ClientFrame::Unsubscribe { conversation_id } => {
                 let owner = self.user()?;
-                self.on_unsubscribe(&owner, conversation_id)
+                self.on_unsubscribe(&owner, conversation_id).await
             }
             ClientFrame::Cancel { conversation_id } => {
                 let owner = self.user()?;
-                let addr = self.conversation(&conversation_id)?;
+                let addr = self.conversation(&conversation_id).await?;
                 let cancelled = addr
                     .send(msg::Cancel { owner })
                     .await
@@ -178,7 +178,7 @@ impl SocketSession {
         self.svc.limits.message(&owner)?;
         let (id, addr) = match existing {
             Some(id) => {
-                let addr = self.conversation(&id)?;
+                let addr = self.conversation(&id).await?;
                 (id, addr)
             }
             None => self.create(&owner, assistant, &args)?,
@@ -233,7 +233,7 @@ impl SocketSession {
         conversation_id: String,
         since: u64,
     ) -> Result<Ack, ApiError> {
-        let addr = self.conversation(&conversation_id)?;
+        let addr = self.conversation(&conversation_id).await?;
         let high = addr
             .send(msg::Subscribe {
                 owner,
@@ -255,7 +255,11 @@ impl SocketSession {
     }
 
     /// `unsubscribe`: stop following (a conversation not followed must still be the user's).
-    fn on_unsubscribe(&mut self, owner: &str, conversation_id: String) -> Result<Ack, ApiError> {
+    async fn on_unsubscribe(
+        &mut self,
+        owner: &str,
+        conversation_id: String,
+    ) -> Result<Ack, ApiError> {
         if let Some(sub) = self.subs.remove(conversation_id.as_str()) {
             sub.addr.do_send(msg::Unsubscribe {
                 subscriber_id: self.subscriber.id,
@@ -266,6 +270,7 @@ impl SocketSession {
                 .svc
                 .store
                 .get_conversation(&conversation_id)
+                .await
                 .map_err(|e| ApiError::internal(e.to_string()))?;
             if rec.is_none_or(|r| r.owner != owner) {
                 return Err(ApiError::conversation_not_found(&conversation_id));
@@ -304,13 +309,13 @@ impl SocketSession {
 
     /// The actor of a conversation: the one this socket follows if it is still running, else
     /// the registry's (which checks nothing of ownership: the actor does, per message).
-    fn conversation(&self, id: &str) -> Result<Addr<Conversation>, ApiError> {
+    async fn conversation(&self, id: &str) -> Result<Addr<Conversation>, ApiError> {
         if let Some(s) = self.subs.get(id) {
             if s.addr.connected() {
                 return Ok(s.addr.clone());
             }
         }
-        self.svc.registry.get(&self.svc, id)
+        self.svc.registry.get(&self.svc, id).await
     }
 
     /// Follow a conversation (bounded by `max_subscriptions_per_socket`).
@@ -342,6 +347,7 @@ impl SocketSession {
                 .svc
                 .store
                 .events_since(conversation, cursor, REPLAY_PAGE)
+                .await
                 .map_err(|e| ApiError::internal(e.to_string()))?;
             if page.is_empty() {
                 break;

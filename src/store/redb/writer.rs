@@ -13,24 +13,21 @@
 //!   [`MAX_GROUP_OPS`] ops (a single larger batch is still taken whole).
 
 use std::collections::VecDeque;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
 use parking_lot::{Condvar, Mutex};
 use redb::{Database, Durability, ReadableTable, Table, WriteTransaction};
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::Notify;
 
 use super::encode::Encoded;
 use super::tables::{
     inverted_time, IndexFields, BY_OWNER, BY_OWNER_ASSISTANT, CHECKPOINTS, CONVERSATIONS, EVENTS,
     MESSAGES,
 };
-use super::StoreError;
+use crate::store::{AckSender, StoreError};
 
 /// `enqueue`/`write` wait while this many batches are queued.
 pub const QUEUE_SOFT_CAP: usize = 1024;
@@ -41,7 +38,7 @@ pub const MAX_GROUP_BATCHES: usize = 1024;
 /// At most this many ops are committed together (a single larger batch is taken whole).
 pub const MAX_GROUP_OPS: usize = 4096;
 
-pub(super) type Reply = oneshot::Sender<Result<(), StoreError>>;
+pub(super) type Reply = AckSender;
 
 /// Ops that are committed atomically, and who to tell.
 pub(super) struct Batch {
@@ -54,48 +51,6 @@ impl Batch {
         if let Some(done) = self.done {
             // The waiter may have gone away; its batch is committed (or not) all the same.
             let _ = done.send(result);
-        }
-    }
-}
-
-/// The future of a batch's durable commit. `Send`, `'static` and `Unpin`: it can be stored in
-/// an actor or spawned. Dropping it does not cancel the write.
-#[must_use = "the write happens anyway; await the Ack to know it is durable"]
-#[derive(Debug)]
-pub struct Ack {
-    state: AckState,
-}
-
-#[derive(Debug)]
-enum AckState {
-    Waiting(oneshot::Receiver<Result<(), StoreError>>),
-    Failed(Option<StoreError>),
-}
-
-impl Ack {
-    pub(super) fn waiting(rx: oneshot::Receiver<Result<(), StoreError>>) -> Ack {
-        Ack {
-            state: AckState::Waiting(rx),
-        }
-    }
-
-    pub(super) fn failed(error: StoreError) -> Ack {
-        Ack {
-            state: AckState::Failed(Some(error)),
-        }
-    }
-}
-
-impl Future for Ack {
-    type Output = Result<(), StoreError>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match &mut self.get_mut().state {
-            // A dropped sender means the writer went away without answering.
-            AckState::Waiting(rx) => Pin::new(rx)
-                .poll(cx)
-                .map(|r| r.unwrap_or(Err(StoreError::Closed))),
-            AckState::Failed(error) => Poll::Ready(Err(error.take().unwrap_or(StoreError::Closed))),
         }
     }
 }
@@ -123,10 +78,7 @@ impl Refused {
         if self.closed {
             StoreError::Closed
         } else {
-            StoreError::Db(format!(
-                "the store's write queue is full ({} batches waiting)",
-                self.cap
-            ))
+            StoreError::QueueFull { waiting: self.cap }
         }
     }
 }
@@ -276,7 +228,7 @@ pub(super) fn spawn(
             }
             tracing::debug!("store writer stopped");
         })
-        .map_err(|e| StoreError::Db(format!("cannot start the store writer thread: {e}")))
+        .map_err(|e| StoreError::io("cannot start the store writer thread", e))
 }
 
 struct ExitGuard(Arc<Queue>);
@@ -292,13 +244,13 @@ struct Writer {
     metrics: Arc<Metrics>,
     /// Set after a failed commit: redb refuses further write transactions until reopened, and
     /// answering later batches (flushes especially) with success would hide the loss.
-    broken: Option<String>,
+    broken: Option<Arc<StoreError>>,
 }
 
 impl Writer {
     fn commit_group(&mut self, group: Vec<Batch>) {
         if let Some(reason) = &self.broken {
-            let error = StoreError::Db(format!("an earlier commit failed: {reason}"));
+            let error = StoreError::Broken(reason.clone());
             answer_all(group, &error);
             return;
         }
@@ -341,7 +293,7 @@ impl Writer {
                     "store commit failed; its waiters get the error"
                 );
                 if failure.at_commit {
-                    self.broken = Some(failure.error.to_string());
+                    self.broken = Some(Arc::new(failure.error.clone()));
                 }
                 answer_all(group, &failure.error);
             }
@@ -363,7 +315,7 @@ impl Writer {
 
 fn answer_all(group: Vec<Batch>, error: &StoreError) {
     for batch in group {
-        batch.answer(Err(error.duplicate()));
+        batch.answer(Err(error.clone()));
     }
 }
 
@@ -462,9 +414,3 @@ fn unindex(
     }
     Ok(true)
 }
-
-// `Ack` must stay storable in actors and spawnable.
-const _: fn() = || {
-    fn check<T: Send + Unpin + 'static>() {}
-    check::<Ack>();
-};

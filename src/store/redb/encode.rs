@@ -25,7 +25,7 @@
 use bytes::Bytes;
 
 use super::tables::IndexFields;
-use super::{StoreError, WriteOp};
+use crate::store::{StoreError, WriteOp};
 
 /// At most this many events per chunk.
 pub const CHUNK_MAX_EVENTS: usize = 256;
@@ -85,9 +85,8 @@ pub(super) fn encode(ops: Vec<WriteOp>) -> Result<Vec<Encoded>, StoreError> {
                 }
             }
             WriteOp::PutConversation(record) => {
-                let json = serde_json::to_vec(&record).map_err(|e| {
-                    StoreError::Db(format!("cannot encode conversation {:?}: {e}", record.id))
-                })?;
+                let json = serde_json::to_vec(&record)
+                    .map_err(|e| StoreError::encode(format!("conversation {:?}", record.id), e))?;
                 out.push(Encoded::PutConversation {
                     index: IndexFields::of(&record),
                     id: record.id,
@@ -98,9 +97,8 @@ pub(super) fn encode(ops: Vec<WriteOp>) -> Result<Vec<Encoded>, StoreError> {
                 conversation,
                 message,
             } => {
-                let json = serde_json::to_vec(&message).map_err(|e| {
-                    StoreError::Db(format!("cannot encode message {:?}: {e}", message.id))
-                })?;
+                let json = serde_json::to_vec(&message)
+                    .map_err(|e| StoreError::encode(format!("message {:?}", message.id), e))?;
                 out.push(Encoded::AppendMessage {
                     conversation,
                     no: message.no,
@@ -194,10 +192,9 @@ pub(super) fn decode_chunk(
     last: u64,
     chunk: &[u8],
 ) -> Result<Vec<(u64, Bytes)>, StoreError> {
-    let corrupt = |what: &str| {
-        StoreError::Corrupt(format!(
-            "event chunk ending at seq {last} of conversation {conversation:?}: {what}"
-        ))
+    let corrupt = |what: &str| StoreError::Corrupt {
+        what: format!("event chunk ending at seq {last} of conversation {conversation:?}: {what}"),
+        source: None,
     };
     let (count, mut rest) = split_u32(chunk).ok_or_else(|| corrupt("no event count"))?;
     let count = u64::from(count);
@@ -265,7 +262,7 @@ mod tests {
             message: crate::store::MessageRecord {
                 no: 1,
                 id: "m".into(),
-                role: "user".into(),
+                role: crate::llm::Role::User,
                 content: "hi".into(),
                 run_id: None,
                 created_at: 0,

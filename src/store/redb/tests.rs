@@ -1,5 +1,8 @@
-//! Tests of the store: round trips, listing and paging, group commit, FIFO, shutdown, reopen,
-//! and crash consistency through a storage backend that can lose unsynced writes.
+//! Tests of the redb backend: the shared suite of the `Store` trait (`store/suite.rs`) on an
+//! in-memory database, then what only redb has: the activity index's keys, cursor encoding,
+//! damaged records, group commit and the queue's bounds, reopening a file, the migration of
+//! files written before event chunks, and crash consistency through a storage backend that can
+//! lose unsynced writes.
 //!
 //! The invariants under test are those of the module docs: one writer, ack after durable
 //! commit, FIFO commits, atomic batches.
@@ -8,49 +11,22 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use ::redb::backends::InMemoryBackend;
+use ::redb::{ReadableDatabase, StorageBackend};
 use bytes::Bytes;
-use redb::backends::InMemoryBackend;
-use redb::{ReadableDatabase, StorageBackend};
-use serde_json::json;
 
 use super::tables::{Cursor, BY_OWNER, CONVERSATIONS, MESSAGES};
 use super::writer::{Batch, Queue};
 use super::*;
+use crate::store::suite::{self, append_event, append_message, conv, event_json, ids, put};
+
+crate::store::suite::store_suite!(Arc::new(mem_store()));
 
 // ---------------------------------------------------------------------------------------------
 // helpers
 
-fn mem_store() -> Store {
-    Store::open_with_backend(InMemoryBackend::new()).unwrap()
-}
-
-fn conv(id: &str, owner: &str, assistant: &str, updated_at: i64) -> ConversationRecord {
-    ConversationRecord {
-        id: id.to_owned(),
-        owner: owner.to_owned(),
-        assistant: assistant.to_owned(),
-        title: format!("title of {id}"),
-        title_set: false,
-        status: RunStatus::Idle,
-        created_at: 1,
-        updated_at,
-        args: json!({"department": "sales"}),
-        last_seq: 0,
-        message_count: 0,
-        pending_interrupts: vec![],
-    }
-}
-
-fn message(no: u64) -> MessageRecord {
-    MessageRecord {
-        no,
-        id: format!("m{no}"),
-        role: if no % 2 == 1 { "user" } else { "assistant" }.to_owned(),
-        content: format!("message number {no}"),
-        run_id: no.is_multiple_of(2).then(|| "run-1".to_owned()),
-        created_at: 1000 + no as i64,
-        data: (no == 3).then(|| json!({"card": [1, 2, 3]})),
-    }
+fn mem_store() -> RedbStore {
+    RedbStore::open_with_backend(InMemoryBackend::new()).unwrap()
 }
 
 /// One encoded op, for tests of the queue itself (which counts encoded ops).
@@ -61,161 +37,8 @@ fn raw_op(n: u64) -> encode::Encoded {
     }
 }
 
-fn append_message(conversation: &str, no: u64) -> WriteOp {
-    WriteOp::AppendMessage {
-        conversation: conversation.to_owned(),
-        message: message(no),
-    }
-}
-
-fn event_json(conversation: &str, seq: u64) -> Bytes {
-    Bytes::from(format!(
-        r#"{{"type":"TEXT_MESSAGE_CONTENT","conversation":"{conversation}","delta":"d{seq}"}}"#
-    ))
-}
-
-fn append_event(conversation: &str, seq: u64) -> WriteOp {
-    WriteOp::AppendEvent {
-        conversation: conversation.to_owned(),
-        seq,
-        json: event_json(conversation, seq),
-    }
-}
-
-fn put(record: &ConversationRecord) -> WriteOp {
-    WriteOp::PutConversation(record.clone())
-}
-
-fn ids(page: &ConversationPage) -> Vec<String> {
-    page.items.iter().map(|c| c.id.clone()).collect()
-}
-
-/// Every page of a listing, following cursors.
-fn all_pages(
-    store: &Store,
-    owner: &str,
-    assistant: Option<&str>,
-    limit: usize,
-) -> Vec<Vec<String>> {
-    let mut pages = Vec::new();
-    let mut cursor: Option<String> = None;
-    loop {
-        let page = store
-            .list_conversations(owner, assistant, limit, cursor.as_deref())
-            .unwrap();
-        pages.push(ids(&page));
-        match page.next_cursor {
-            Some(next) => cursor = Some(next),
-            None => return pages,
-        }
-        assert!(pages.len() < 1000, "paging does not end");
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // round trips
-
-#[tokio::test]
-async fn conversation_round_trip_and_replace() {
-    let store = mem_store();
-    assert_eq!(store.get_conversation("c1").unwrap(), None);
-
-    let mut record = conv("c1", "alice", "expense_claim", 10);
-    record.pending_interrupts = vec![json!({"id": "i1", "reason": "page_action"})];
-    record.status = RunStatus::Paused;
-    store.write(vec![put(&record)]).await.unwrap();
-    assert_eq!(store.get_conversation("c1").unwrap(), Some(record.clone()));
-
-    record.title = "renamed".to_owned();
-    record.title_set = true;
-    record.last_seq = 42;
-    record.message_count = 7;
-    store.write(vec![put(&record)]).await.unwrap();
-    assert_eq!(store.get_conversation("c1").unwrap(), Some(record));
-}
-
-#[tokio::test]
-async fn messages_page_newest_first_and_recent_oldest_first() {
-    let store = mem_store();
-    let ops: Vec<WriteOp> = (1..=10).map(|no| append_message("c", no)).collect();
-    store.write(ops).await.unwrap();
-    store
-        .write(vec![append_message("c2", 1), append_message("ca", 1)])
-        .await
-        .unwrap();
-
-    let nos = |v: Vec<MessageRecord>| v.into_iter().map(|m| m.no).collect::<Vec<_>>();
-    assert_eq!(nos(store.messages("c", None, 3).unwrap()), vec![10, 9, 8]);
-    assert_eq!(nos(store.messages("c", Some(8), 3).unwrap()), vec![7, 6, 5]);
-    assert_eq!(nos(store.messages("c", Some(3), 10).unwrap()), vec![2, 1]);
-    assert!(store.messages("c", Some(1), 10).unwrap().is_empty());
-    assert!(store.messages("c", Some(0), 10).unwrap().is_empty());
-    assert_eq!(
-        nos(store.messages("c", Some(u64::MAX), 2).unwrap()),
-        vec![10, 9]
-    );
-    assert!(store.messages("c", None, 0).unwrap().is_empty());
-    assert_eq!(
-        nos(store.recent_messages("c", 4).unwrap()),
-        vec![7, 8, 9, 10]
-    );
-    assert_eq!(
-        nos(store.recent_messages("c", 100).unwrap()),
-        (1..=10).collect::<Vec<_>>()
-    );
-    assert!(store.messages("nope", None, 10).unwrap().is_empty());
-    // Full records survive, optional fields included.
-    assert_eq!(store.messages("c", Some(4), 1).unwrap(), vec![message(3)]);
-    assert_eq!(store.messages("c2", None, 10).unwrap(), vec![message(1)]);
-}
-
-#[tokio::test]
-async fn events_since_and_last_seq() {
-    let store = mem_store();
-    let ops: Vec<WriteOp> = (1..=5).map(|seq| append_event("c", seq)).collect();
-    store.write(ops).await.unwrap();
-    store.write(vec![append_event("c0", 1)]).await.unwrap();
-
-    let all = store.events_since("c", 0, 100).unwrap();
-    assert_eq!(
-        all,
-        (1..=5).map(|s| (s, event_json("c", s))).collect::<Vec<_>>()
-    );
-    let seqs = |v: Vec<(u64, Bytes)>| v.into_iter().map(|e| e.0).collect::<Vec<_>>();
-    assert_eq!(seqs(store.events_since("c", 3, 100).unwrap()), vec![4, 5]);
-    assert_eq!(seqs(store.events_since("c", 0, 2).unwrap()), vec![1, 2]);
-    assert!(store.events_since("c", 5, 100).unwrap().is_empty());
-    assert!(store.events_since("c", u64::MAX, 100).unwrap().is_empty());
-    assert!(store.events_since("c", 0, 0).unwrap().is_empty());
-    assert_eq!(store.last_seq("c").unwrap(), 5);
-    assert_eq!(store.last_seq("c0").unwrap(), 1);
-    assert_eq!(store.last_seq("nope").unwrap(), 0);
-    assert!(store.events_since("nope", 0, 10).unwrap().is_empty());
-}
-
-#[tokio::test]
-async fn events_across_chunks_replay_from_any_seq() {
-    let store = mem_store();
-    // Three commits, so three chunks: 1..=4, 5..=5, 6..=9.
-    for range in [1..=4u64, 5..=5, 6..=9] {
-        store
-            .write(range.map(|seq| append_event("c", seq)).collect())
-            .await
-            .unwrap();
-    }
-    let seqs = |v: Vec<(u64, Bytes)>| v.into_iter().map(|e| e.0).collect::<Vec<_>>();
-    for since in 0..=9u64 {
-        for limit in 1..=10usize {
-            let got = store.events_since("c", since, limit).unwrap();
-            let want: Vec<u64> = (since + 1..=9).take(limit).collect();
-            assert_eq!(seqs(got.clone()), want, "since {since}, limit {limit}");
-            for (seq, json) in got {
-                assert_eq!(json, event_json("c", seq));
-            }
-        }
-    }
-    assert_eq!(store.last_seq("c").unwrap(), 9);
-}
 
 #[tokio::test]
 async fn a_file_with_one_key_per_event_is_moved_into_chunks_on_open() {
@@ -223,8 +46,9 @@ async fn a_file_with_one_key_per_event_is_moved_into_chunks_on_open() {
     let path = dir.path().join("old.redb");
     {
         // The format before event chunks: table "events", (conversation, seq) -> event.
-        let db = redb::Database::create(&path).unwrap();
-        let old: redb::TableDefinition<(&str, u64), &[u8]> = redb::TableDefinition::new("events");
+        let db = ::redb::Database::create(&path).unwrap();
+        let old: ::redb::TableDefinition<(&str, u64), &[u8]> =
+            ::redb::TableDefinition::new("events");
         let txn = db.begin_write().unwrap();
         {
             let mut t = txn.open_table(old).unwrap();
@@ -235,237 +59,46 @@ async fn a_file_with_one_key_per_event_is_moved_into_chunks_on_open() {
         }
         txn.commit().unwrap();
     }
-    let store = Store::open(&path).unwrap();
+    let store = RedbStore::open(&path).unwrap();
     let seqs = |v: Vec<(u64, Bytes)>| v.into_iter().map(|e| e.0).collect::<Vec<_>>();
     assert_eq!(
-        seqs(store.events_since("a", 0, 100).unwrap()),
+        seqs(store.events_since("a", 0, 100).await.unwrap()),
         vec![1, 2, 3, 5, 6]
     );
     assert_eq!(
-        store.events_since("a", 4, 1).unwrap(),
+        store.events_since("a", 4, 1).await.unwrap(),
         vec![(5, event_json("a", 5))]
     );
     assert_eq!(
-        store.events_since("b", 0, 100).unwrap(),
+        store.events_since("b", 0, 100).await.unwrap(),
         vec![(1, event_json("b", 1))]
     );
-    assert_eq!(store.last_seq("a").unwrap(), 6);
+    assert_eq!(store.last_seq("a").await.unwrap(), 6);
     store.shutdown();
     drop(store);
     // Opening again finds nothing left to move and the same events.
-    let store = Store::open(&path).unwrap();
+    let store = RedbStore::open(&path).unwrap();
     assert_eq!(
-        seqs(store.events_since("a", 0, 100).unwrap()),
+        seqs(store.events_since("a", 0, 100).await.unwrap()),
         vec![1, 2, 3, 5, 6]
     );
 }
 
-#[tokio::test]
-async fn checkpoint_put_and_replace() {
-    let store = mem_store();
-    assert_eq!(store.checkpoint("c").unwrap(), None);
-    let put_checkpoint = |data: &'static [u8]| WriteOp::PutCheckpoint {
-        conversation: "c".to_owned(),
-        data: Bytes::from_static(data),
-    };
-    store.write(vec![put_checkpoint(b"one")]).await.unwrap();
-    assert_eq!(
-        store.checkpoint("c").unwrap(),
-        Some(Bytes::from_static(b"one"))
-    );
-    store.write(vec![put_checkpoint(b"two")]).await.unwrap();
-    assert_eq!(
-        store.checkpoint("c").unwrap(),
-        Some(Bytes::from_static(b"two"))
-    );
-    assert_eq!(store.checkpoint("c2").unwrap(), None);
-}
-
-#[tokio::test]
-async fn conversations_with_status_scans_everything() {
-    let store = mem_store();
-    let mut ops = Vec::new();
-    for (i, status) in [
-        RunStatus::Running,
-        RunStatus::Paused,
-        RunStatus::Running,
-        RunStatus::Completed,
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        let mut c = conv(&format!("c{i}"), &format!("owner{i}"), "a", i as i64);
-        c.status = status;
-        ops.push(put(&c));
-    }
-    store.write(ops).await.unwrap();
-    let running: Vec<String> = store
-        .conversations_with_status(RunStatus::Running)
-        .unwrap()
-        .into_iter()
-        .map(|c| c.id)
-        .collect();
-    assert_eq!(running, vec!["c0", "c2"]);
-    assert_eq!(
-        store.conversations_with_status(RunStatus::Paused).unwrap()[0].id,
-        "c1"
-    );
-    assert!(store
-        .conversations_with_status(RunStatus::Failed)
-        .unwrap()
-        .is_empty());
-}
-
 // ---------------------------------------------------------------------------------------------
-// listing
+// the activity index: exactly one key per conversation
 
 #[tokio::test]
-async fn listing_is_newest_first_per_owner_with_assistant_filter() {
+async fn the_activity_index_keeps_one_key_per_conversation() {
     let store = mem_store();
-    store
-        .write(vec![
-            put(&conv("a1", "alice", "expense", 100)),
-            put(&conv("a2", "alice", "travel", 300)),
-            put(&conv("a3", "alice", "expense", 200)),
-            put(&conv("a4", "alice", "expense", -5)), // before 1970 sorts last
-            put(&conv("b1", "alice2", "expense", 999)), // owner sharing a prefix
-            put(&conv("b2", "bob", "expense", 500)),
-            put(&conv("b3", "ali", "expense", 600)),
-        ])
-        .await
-        .unwrap();
-
-    let page = store.list_conversations("alice", None, 10, None).unwrap();
-    assert_eq!(ids(&page), vec!["a2", "a3", "a1", "a4"]);
-    assert_eq!(page.next_cursor, None);
-    assert_eq!(page.items[0], conv("a2", "alice", "travel", 300));
-
-    let page = store
-        .list_conversations("alice", Some("expense"), 10, None)
-        .unwrap();
-    assert_eq!(ids(&page), vec!["a3", "a1", "a4"]);
-    let page = store
-        .list_conversations("alice", Some("exp"), 10, None)
-        .unwrap();
-    assert!(page.items.is_empty());
-    assert_eq!(
-        ids(&store.list_conversations("bob", None, 10, None).unwrap()),
-        vec!["b2"]
-    );
-    assert!(store
-        .list_conversations("nobody", None, 10, None)
-        .unwrap()
-        .items
-        .is_empty());
-
-    // Pages of 2, following the cursor.
-    assert_eq!(
-        all_pages(&store, "alice", None, 2),
-        vec![vec!["a2", "a3"], vec!["a1", "a4"]]
-    );
-    // limit 0 is treated as 1.
-    assert_eq!(
-        ids(&store.list_conversations("alice", None, 0, None).unwrap()),
-        vec!["a2"]
-    );
-}
-
-#[tokio::test]
-async fn paging_is_stable_when_timestamps_are_equal() {
-    let store = mem_store();
-    let mut ops = Vec::new();
-    for i in 0..25 {
-        // Ids inserted in a scrambled order; all share one updated_at.
-        let id = format!("conv-{:02}", (i * 7) % 25);
-        let assistant = if i % 2 == 0 { "even" } else { "odd" };
-        ops.push(put(&conv(&id, "u", assistant, 1_700_000_000_000)));
-    }
-    store.write(ops).await.unwrap();
-
-    let pages = all_pages(&store, "u", None, 10);
-    assert_eq!(
-        pages.iter().map(Vec::len).collect::<Vec<_>>(),
-        vec![10, 10, 5]
-    );
-    let flat: Vec<String> = pages.concat();
-    let distinct: BTreeSet<&String> = flat.iter().collect();
-    assert_eq!(distinct.len(), 25, "no duplicates, nothing skipped");
-    let mut sorted = flat.clone();
-    sorted.sort();
-    assert_eq!(flat, sorted, "ties are broken by id");
-
-    // The same through the assistant index.
-    let even = all_pages(&store, "u", Some("even"), 4).concat();
-    let odd = all_pages(&store, "u", Some("odd"), 4).concat();
-    assert_eq!(even.len() + odd.len(), 25);
-    let union: BTreeSet<&String> = even.iter().chain(odd.iter()).collect();
-    assert_eq!(union.len(), 25);
-
-    // An exact multiple of the page size ends without an empty trailing page.
-    let twenty: Vec<WriteOp> = (0..20)
-        .map(|i| put(&conv(&format!("x{i:02}"), "v", "a", 5)))
-        .collect();
-    store.write(twenty).await.unwrap();
-    let pages = all_pages(&store, "v", None, 10);
-    assert_eq!(pages.iter().map(Vec::len).collect::<Vec<_>>(), vec![10, 10]);
-}
-
-#[tokio::test]
-async fn activity_index_moves_with_updated_at_and_assistant() {
-    let store = mem_store();
-    store
-        .write(vec![
-            put(&conv("c1", "u", "a", 1)),
-            put(&conv("c2", "u", "a", 2)),
-        ])
-        .await
-        .unwrap();
-    assert_eq!(
-        ids(&store.list_conversations("u", None, 10, None).unwrap()),
-        vec!["c2", "c1"]
-    );
-
-    // Two updates of c1 in one group, then one more in its own commit.
-    store
-        .write(vec![
-            put(&conv("c1", "u", "a", 3)),
-            put(&conv("c1", "u", "a", 4)),
-        ])
-        .await
-        .unwrap();
-    store
-        .write(vec![put(&conv("c1", "u", "a", 5))])
-        .await
-        .unwrap();
-    assert_eq!(
-        ids(&store.list_conversations("u", None, 10, None).unwrap()),
-        vec!["c1", "c2"]
-    );
-    assert_eq!(
-        ids(&store.list_conversations("u", Some("a"), 10, None).unwrap()),
-        vec!["c1", "c2"]
-    );
-    // The index holds exactly one key per conversation.
+    suite::activity_index_moves_with_updated_at_and_assistant(Arc::new(store.clone())).await;
     assert_eq!(index_len(&store), 2);
-
-    // Moving to another assistant leaves the old assistant's listing.
-    store
-        .write(vec![put(&conv("c1", "u", "b", 6))])
-        .await
-        .unwrap();
-    assert_eq!(
-        ids(&store.list_conversations("u", Some("a"), 10, None).unwrap()),
-        vec!["c2"]
-    );
-    assert_eq!(
-        ids(&store.list_conversations("u", Some("b"), 10, None).unwrap()),
-        vec!["c1"]
-    );
-    assert_eq!(index_len(&store), 2);
+    let store = mem_store();
+    suite::delete_removes_everything_of_that_conversation_only(Arc::new(store.clone())).await;
+    assert_eq!(index_len(&store), 1);
 }
 
-fn index_len(store: &Store) -> usize {
-    use redb::ReadableTableMetadata;
+fn index_len(store: &RedbStore) -> usize {
+    use ::redb::ReadableTableMetadata;
     let txn = store.inner.db.begin_read().unwrap();
     let table = txn.open_table(BY_OWNER).unwrap();
     table.len().unwrap() as usize
@@ -488,68 +121,12 @@ async fn cursors_are_opaque_and_checked() {
         "gfffffffffffffff00",
         "ffffffffffffffffff",
     ] {
-        let result = store.list_conversations("u", None, 10, Some(bad));
+        let result = store.list_conversations("u", None, 10, Some(bad)).await;
         assert!(
             matches!(result, Err(StoreError::InvalidCursor)),
             "{bad:?} -> {result:?}"
         );
     }
-}
-
-// ---------------------------------------------------------------------------------------------
-// delete
-
-#[tokio::test]
-async fn delete_removes_everything_of_that_conversation_only() {
-    let store = mem_store();
-    for id in ["a", "ab"] {
-        let mut ops = vec![put(&conv(id, "u", "asst", 10))];
-        ops.extend((1..=3).map(|no| append_message(id, no)));
-        ops.extend((1..=4).map(|seq| append_event(id, seq)));
-        ops.push(WriteOp::PutCheckpoint {
-            conversation: id.to_owned(),
-            data: Bytes::from_static(b"state"),
-        });
-        store.write(ops).await.unwrap();
-    }
-    store
-        .write(vec![WriteOp::DeleteConversation {
-            conversation: "a".to_owned(),
-        }])
-        .await
-        .unwrap();
-
-    assert_eq!(store.get_conversation("a").unwrap(), None);
-    assert!(store.messages("a", None, 10).unwrap().is_empty());
-    assert!(store.recent_messages("a", 10).unwrap().is_empty());
-    assert!(store.events_since("a", 0, 10).unwrap().is_empty());
-    assert_eq!(store.last_seq("a").unwrap(), 0);
-    assert_eq!(store.checkpoint("a").unwrap(), None);
-    assert_eq!(
-        ids(&store.list_conversations("u", None, 10, None).unwrap()),
-        vec!["ab"]
-    );
-    assert_eq!(
-        ids(&store
-            .list_conversations("u", Some("asst"), 10, None)
-            .unwrap()),
-        vec!["ab"]
-    );
-    assert_eq!(index_len(&store), 1);
-
-    // The neighbour whose id extends the deleted one is intact.
-    assert!(store.get_conversation("ab").unwrap().is_some());
-    assert_eq!(store.messages("ab", None, 10).unwrap().len(), 3);
-    assert_eq!(store.last_seq("ab").unwrap(), 4);
-    assert!(store.checkpoint("ab").unwrap().is_some());
-
-    // Deleting what does not exist is fine.
-    store
-        .write(vec![WriteOp::DeleteConversation {
-            conversation: "zzz".to_owned(),
-        }])
-        .await
-        .unwrap();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -581,21 +158,22 @@ async fn corrupt_records_become_errors_not_panics() {
     }
 
     assert!(matches!(
-        store.get_conversation("bad"),
-        Err(StoreError::Corrupt(_))
+        store.get_conversation("bad").await,
+        Err(StoreError::Corrupt { .. })
     ));
     assert!(matches!(
-        store.messages("good", None, 10),
-        Err(StoreError::Corrupt(_))
+        store.messages("good", None, 10).await,
+        Err(StoreError::Corrupt { .. })
     ));
     // Scans skip what they cannot read.
     assert_eq!(
-        ids(&store.list_conversations("u", None, 10, None).unwrap()),
+        ids(&store.list_conversations("u", None, 10, None).await.unwrap()),
         vec!["good"]
     );
     assert_eq!(
         store
             .conversations_with_status(RunStatus::Idle)
+            .await
             .unwrap()
             .len(),
         1
@@ -607,11 +185,11 @@ async fn corrupt_records_become_errors_not_panics() {
         .await
         .unwrap();
     assert_eq!(
-        store.get_conversation("bad").unwrap(),
+        store.get_conversation("bad").await.unwrap(),
         Some(conv("bad", "u", "a", 7))
     );
     assert_eq!(
-        ids(&store.list_conversations("u", None, 10, None).unwrap()),
+        ids(&store.list_conversations("u", None, 10, None).await.unwrap()),
         vec!["bad", "good"]
     );
     // Deleting works over damage too.
@@ -621,7 +199,7 @@ async fn corrupt_records_become_errors_not_panics() {
         }])
         .await
         .unwrap();
-    assert!(store.messages("good", None, 10).unwrap().is_empty());
+    assert!(store.messages("good", None, 10).await.unwrap().is_empty());
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -643,14 +221,14 @@ async fn many_submits_are_grouped_into_few_commits() {
         stats.commits < 200,
         "200 batches submitted at once must share commits: {stats:?}"
     );
-    assert_eq!(store.last_seq("c").unwrap(), 200);
-    assert_eq!(store.events_since("c", 0, 1000).unwrap().len(), 200);
+    assert_eq!(store.last_seq("c").await.unwrap(), 200);
+    assert_eq!(store.events_since("c", 0, 1000).await.unwrap().len(), 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_concurrent_tasks_share_one_commit_behind_a_slow_fsync() {
     let disk = CrashDisk::default();
-    let store = Store::open_with_backend(disk.clone()).unwrap();
+    let store = RedbStore::open_with_backend(disk.clone()).unwrap();
     let before = store.stats().commits;
 
     // Hold the first commit inside its fsync while 50 tasks queue 199 more batches.
@@ -698,116 +276,13 @@ async fn fifty_concurrent_tasks_share_one_commit_behind_a_slow_fsync() {
         let id = format!("t{t:02}");
         let seqs: Vec<u64> = store
             .events_since(&id, 0, 100)
+            .await
             .unwrap()
             .into_iter()
             .map(|e| e.0)
             .collect();
         assert_eq!(seqs, vec![1, 2, 3, 4], "{id}");
     }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fifty_concurrent_writers_all_durable() {
-    let store = mem_store();
-    let mut tasks = Vec::new();
-    for t in 0..50u64 {
-        let store = store.clone();
-        tasks.push(tokio::spawn(async move {
-            let id = format!("w{t}");
-            for seq in 1..=4 {
-                store
-                    .write(vec![append_event(&id, seq), append_message(&id, seq)])
-                    .await
-                    .unwrap();
-            }
-        }));
-    }
-    for task in tasks {
-        task.await.unwrap();
-    }
-    let stats = store.stats();
-    assert_eq!(stats.batches_committed, 200);
-    assert!(stats.commits <= 200);
-    for t in 0..50u64 {
-        let id = format!("w{t}");
-        assert_eq!(store.last_seq(&id).unwrap(), 4);
-        assert_eq!(store.messages(&id, None, 10).unwrap().len(), 4);
-    }
-}
-
-#[tokio::test]
-async fn submit_order_is_commit_order_even_when_acks_are_awaited_backwards() {
-    let store = mem_store();
-    let mut acks: Vec<Ack> = (1..=50)
-        .map(|n| store.submit(vec![put(&conv("c", "u", "a", n))]))
-        .collect();
-    acks.reverse();
-    for ack in acks {
-        ack.await.unwrap();
-    }
-    // The last submitted record wins: it was committed last.
-    assert_eq!(store.get_conversation("c").unwrap().unwrap().updated_at, 50);
-
-    // `enqueue` awaited in turn keeps order too, with the acks awaited later.
-    let mut acks = Vec::new();
-    for n in 51..=60 {
-        acks.push(
-            store
-                .enqueue(vec![put(&conv("c", "u", "a", n))])
-                .await
-                .unwrap(),
-        );
-    }
-    for ack in acks.into_iter().rev() {
-        ack.await.unwrap();
-    }
-    assert_eq!(store.get_conversation("c").unwrap().unwrap().updated_at, 60);
-    assert_eq!(
-        ids(&store.list_conversations("u", None, 10, None).unwrap()),
-        vec!["c"]
-    );
-}
-
-#[tokio::test]
-async fn flush_waits_for_everything_queued_before_it() {
-    let store = mem_store();
-    let acks: Vec<Ack> = (1..=20)
-        .map(|seq| store.submit(vec![append_event("c", seq)]))
-        .collect();
-    store.flush().await.unwrap();
-    assert_eq!(store.last_seq("c").unwrap(), 20);
-    drop(acks); // dropping acks does not cancel anything
-    let ack = store.submit(vec![append_event("c", 21)]);
-    drop(ack);
-    store.flush().await.unwrap();
-    assert_eq!(store.last_seq("c").unwrap(), 21);
-    // Flushing an idle store is immediate.
-    store.flush().await.unwrap();
-}
-
-#[tokio::test]
-async fn shutdown_commits_the_queue_then_refuses_writes() {
-    let store = mem_store();
-    let other = store.clone();
-    let acks: Vec<Ack> = (1..=30)
-        .map(|seq| store.submit(vec![append_event("c", seq)]))
-        .collect();
-    store.shutdown();
-    for ack in acks {
-        ack.await.unwrap();
-    }
-    assert_eq!(other.last_seq("c").unwrap(), 30, "reads still work");
-    assert!(matches!(
-        other.write(vec![append_event("c", 31)]).await,
-        Err(StoreError::Closed)
-    ));
-    assert!(matches!(
-        other.submit(vec![append_event("c", 31)]).await,
-        Err(StoreError::Closed)
-    ));
-    assert!(matches!(other.flush().await, Err(StoreError::Closed)));
-    other.shutdown(); // idempotent
-    assert_eq!(store.last_seq("c").unwrap(), 30);
 }
 
 #[tokio::test]
@@ -826,7 +301,7 @@ async fn queue_bounds_wait_at_soft_cap_and_refuse_at_hard_cap() {
     // ...while `push_now` goes on up to the hard cap, then refuses.
     assert!(queue.push_now(batch()).is_ok());
     let refused = queue.push_now(batch()).err().unwrap().into_error();
-    assert!(matches!(refused, StoreError::Db(m) if m.contains("full")));
+    assert!(matches!(refused, StoreError::QueueFull { .. }));
 
     // The writer taking a group makes room.
     let group = queue.next_group().unwrap();
@@ -884,7 +359,7 @@ async fn reopen_after_clean_shutdown_keeps_everything() {
     let mut record = conv("c1", "u", "a", 77);
     record.last_seq = 3;
     {
-        let store = Store::open(&path).unwrap();
+        let store = RedbStore::open(&path).unwrap();
         let clone = store.clone();
         let mut ops = vec![put(&record)];
         ops.extend((1..=3).map(|seq| append_event("c1", seq)));
@@ -900,24 +375,30 @@ async fn reopen_after_clean_shutdown_keeps_everything() {
         drop(clone); // the last handle: commits the queue, joins the writer, closes the file
     }
     {
-        let store = Store::open(&path).unwrap();
-        assert_eq!(store.get_conversation("c1").unwrap(), Some(record.clone()));
-        assert_eq!(store.last_seq("c1").unwrap(), 4);
-        assert_eq!(store.recent_messages("c1", 10).unwrap().len(), 2);
+        let store = RedbStore::open(&path).unwrap();
         assert_eq!(
-            store.checkpoint("c1").unwrap(),
+            store.get_conversation("c1").await.unwrap(),
+            Some(record.clone())
+        );
+        assert_eq!(store.last_seq("c1").await.unwrap(), 4);
+        assert_eq!(store.recent_messages("c1", 10).await.unwrap().len(), 2);
+        assert_eq!(
+            store.checkpoint("c1").await.unwrap(),
             Some(Bytes::from_static(b"cp"))
         );
         assert_eq!(
-            ids(&store.list_conversations("u", Some("a"), 10, None).unwrap()),
+            ids(&store
+                .list_conversations("u", Some("a"), 10, None)
+                .await
+                .unwrap()),
             vec!["c1"]
         );
         // And it takes writes again.
         store.write(vec![append_event("c1", 5)]).await.unwrap();
         store.shutdown();
     }
-    let store = Store::open(&path).unwrap();
-    assert_eq!(store.last_seq("c1").unwrap(), 5);
+    let store = RedbStore::open(&path).unwrap();
+    assert_eq!(store.last_seq("c1").await.unwrap(), 5);
 }
 
 /// One unsynced change to the simulated disk.
@@ -1109,11 +590,11 @@ fn crash_batch(c: u64, seq: u64) -> Vec<WriteOp> {
 /// Checks a store reopened from a crash image: every acknowledged batch is there, each
 /// conversation's log is a gap-free prefix, and each record agrees with its log.
 async fn check_recovered(image: Vec<u8>, acked: &[u64], what: &str) {
-    let store = Store::open_with_backend(CrashDisk::from_image(image))
+    let store = RedbStore::open_with_backend(CrashDisk::from_image(image))
         .unwrap_or_else(|e| panic!("{what}: the crash image does not open: {e}"));
     for c in 0..CRASH_CONVERSATIONS {
         let id = format!("crash-{c}");
-        let events = store.events_since(&id, 0, 100_000).unwrap();
+        let events = store.events_since(&id, 0, 100_000).await.unwrap();
         let n = events.len() as u64;
         assert!(
             n >= acked[c as usize],
@@ -1124,19 +605,22 @@ async fn check_recovered(image: Vec<u8>, acked: &[u64], what: &str) {
             assert_eq!(*seq, i as u64 + 1, "{what}: {id} has a gap");
             assert_eq!(json, &event_json(&id, *seq), "{what}: {id} event {seq}");
         }
-        match store.get_conversation(&id).unwrap() {
+        match store.get_conversation(&id).await.unwrap() {
             Some(record) => assert_eq!(record.last_seq, n, "{what}: {id} record vs log"),
             None => assert_eq!(n, 0, "{what}: {id} log without record"),
         }
         assert_eq!(
-            store.messages(&id, None, 100_000).unwrap().len() as u64,
+            store.messages(&id, None, 100_000).await.unwrap().len() as u64,
             n / 3,
             "{what}: {id} messages"
         );
     }
     // The recovered store takes writes and lists consistently.
     store.write(crash_batch(99, 1)).await.unwrap();
-    let listed = store.list_conversations("u", None, 100, None).unwrap();
+    let listed = store
+        .list_conversations("u", None, 100, None)
+        .await
+        .unwrap();
     let distinct: BTreeSet<String> = ids(&listed).into_iter().collect();
     assert_eq!(
         distinct.len(),
@@ -1151,7 +635,7 @@ async fn acknowledged_writes_survive_a_crash() {
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     for crash_after in [1usize, 5, 23, 80, 170] {
         let disk = CrashDisk::default();
-        let store = Store::open_with_backend(disk.clone()).unwrap();
+        let store = RedbStore::open_with_backend(disk.clone()).unwrap();
 
         // Pipelined writers: up to 16 batches in flight, round-robin over the conversations.
         let mut next_seq = vec![1u64; CRASH_CONVERSATIONS as usize];
@@ -1204,7 +688,7 @@ async fn acknowledged_writes_survive_a_crash() {
 async fn a_crash_image_taken_after_each_sync_is_consistent() {
     // Crash at every point the writer can stop between two fsyncs: after each ack.
     let disk = CrashDisk::default();
-    let store = Store::open_with_backend(disk.clone()).unwrap();
+    let store = RedbStore::open_with_backend(disk.clone()).unwrap();
     let mut acked = vec![0u64; CRASH_CONVERSATIONS as usize];
     for seq in 1..=6 {
         for c in 0..CRASH_CONVERSATIONS {
@@ -1224,7 +708,7 @@ async fn a_crash_image_taken_after_each_sync_is_consistent() {
 #[ignore = "timing print, not a test"]
 async fn bench_group_commit() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&dir.path().join("bench.redb")).unwrap();
+    let store = RedbStore::open(&dir.path().join("bench.redb")).unwrap();
 
     let n = 300u64;
     let started = Instant::now();

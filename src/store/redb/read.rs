@@ -1,29 +1,42 @@
-//! The read side: synchronous methods, one short read transaction each.
+//! The read side: synchronous methods of [`Reader`], one short read transaction each. They
+//! block (disk reads), so `RedbStore` runs them on tokio's blocking pool, never on an async
+//! worker (see `mod.rs`).
 //!
 //! Invariants: readers never write and never wait for the writer (redb MVCC snapshots); each
-//! method opens one read transaction and drops it before returning, so no snapshot is held
-//! across an `.await` of the caller. A reader sees only committed data, i.e. data whose waiters
-//! have been (or are about to be) answered with success.
+//! method opens one read transaction and drops it before returning, so no snapshot outlives the
+//! call. A reader sees only committed data, i.e. data whose waiters have been (or are about to
+//! be) answered with success.
 
 use std::ops::Bound;
 
 use bytes::Bytes;
-use redb::{ReadTransaction, ReadableDatabase, ReadableTable};
+use std::sync::Arc;
+
+use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable};
 
 use super::encode::decode_chunk;
 use super::tables::{
     decode_conversation, inverted_time, Cursor, BY_OWNER, BY_OWNER_ASSISTANT, CHECKPOINTS,
     CONVERSATIONS, EVENTS, MESSAGES,
 };
-use super::{ConversationPage, ConversationRecord, MessageRecord, RunStatus, Store, StoreError};
+use crate::store::{ConversationPage, ConversationRecord, MessageRecord, RunStatus, StoreError};
 
-impl Store {
+/// The synchronous readers over one database (cheap to clone into a blocking task).
+#[derive(Clone)]
+pub(super) struct Reader {
+    pub db: Arc<Database>,
+}
+
+impl Reader {
     fn read_txn(&self) -> Result<ReadTransaction, StoreError> {
-        Ok(self.inner.db.begin_read()?)
+        Ok(self.db.begin_read()?)
     }
 
     /// The conversation record, if it exists.
-    pub fn get_conversation(&self, id: &str) -> Result<Option<ConversationRecord>, StoreError> {
+    pub(super) fn get_conversation(
+        &self,
+        id: &str,
+    ) -> Result<Option<ConversationRecord>, StoreError> {
         let txn = self.read_txn()?;
         let table = txn.open_table(CONVERSATIONS)?;
         let found = table.get(id)?;
@@ -39,7 +52,7 @@ impl Store {
     /// may be seen twice or not at all, as with any activity-ordered listing.
     ///
     /// Undecodable records are logged and skipped (see the module docs).
-    pub fn list_conversations(
+    pub(super) fn list_conversations(
         &self,
         owner: &str,
         assistant: Option<&str>,
@@ -106,7 +119,7 @@ impl Store {
     }
 
     /// Messages with `no < before` (all when `None`), newest first, at most `limit`.
-    pub fn messages(
+    pub(super) fn messages(
         &self,
         conversation: &str,
         before: Option<u64>,
@@ -130,19 +143,8 @@ impl Store {
         Ok(out)
     }
 
-    /// The last `n` messages, oldest first (what an actor needs to come back to life).
-    pub fn recent_messages(
-        &self,
-        conversation: &str,
-        n: usize,
-    ) -> Result<Vec<MessageRecord>, StoreError> {
-        let mut out = self.messages(conversation, None, n)?;
-        out.reverse();
-        Ok(out)
-    }
-
     /// Events with `seq > since`, ascending, at most `limit`: `(seq, event JSON)`.
-    pub fn events_since(
+    pub(super) fn events_since(
         &self,
         conversation: &str,
         since: u64,
@@ -174,7 +176,7 @@ impl Store {
     }
 
     /// The highest stored seq of the conversation's events (0 when it has none).
-    pub fn last_seq(&self, conversation: &str) -> Result<u64, StoreError> {
+    pub(super) fn last_seq(&self, conversation: &str) -> Result<u64, StoreError> {
         let txn = self.read_txn()?;
         let table = txn.open_table(EVENTS)?;
         let mut range = table.range((conversation, 0u64)..=(conversation, u64::MAX))?;
@@ -185,7 +187,7 @@ impl Store {
     }
 
     /// The conversation's checkpoint, if any.
-    pub fn checkpoint(&self, conversation: &str) -> Result<Option<Bytes>, StoreError> {
+    pub(super) fn checkpoint(&self, conversation: &str) -> Result<Option<Bytes>, StoreError> {
         let txn = self.read_txn()?;
         let table = txn.open_table(CHECKPOINTS)?;
         let found = table.get(conversation)?;
@@ -195,7 +197,7 @@ impl Store {
     /// Every conversation whose status is `status`. A FULL SCAN of the conversations table, meant
     /// for startup (finding runs that were active when the process died), not for request paths.
     /// Undecodable records are logged and skipped so that one cannot block the others' recovery.
-    pub fn conversations_with_status(
+    pub(super) fn conversations_with_status(
         &self,
         status: RunStatus,
     ) -> Result<Vec<ConversationRecord>, StoreError> {
@@ -242,8 +244,9 @@ fn load_listed(
 
 fn decode_message(conversation: &str, no: u64, bytes: &[u8]) -> Result<MessageRecord, StoreError> {
     serde_json::from_slice(bytes).map_err(|e| {
-        StoreError::Corrupt(format!(
-            "message {no} of conversation {conversation:?}: {e}"
-        ))
+        StoreError::corrupt(
+            format!("message {no} of conversation {conversation:?}: {e}"),
+            e,
+        )
     })
 }

@@ -1,4 +1,5 @@
-//! Table definitions, key encodings, the listing cursor and error conversions.
+//! Table definitions, key encodings, the listing cursor and the conversions of redb's errors
+//! (each kept as the [`StoreError`]'s source).
 //!
 //! Invariants kept here: every key is a tuple whose first element is the conversation (or the
 //! owner), so replay, history and listing are range scans on a prefix; the activity index key
@@ -9,7 +10,7 @@
 use redb::{Database, ReadableTable, TableDefinition, TableHandle};
 use serde::Deserialize;
 
-use super::{ConversationRecord, StoreError};
+use crate::store::{ConversationRecord, StoreError, WriteOp};
 
 /// id → JSON of `ConversationRecord`.
 pub(super) const CONVERSATIONS: TableDefinition<&str, &[u8]> =
@@ -59,7 +60,7 @@ fn migrate_events_v1(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
         for entry in old.iter()? {
             let (key, value) = entry?;
             let (conversation, seq) = key.value();
-            ops.push(super::WriteOp::AppendEvent {
+            ops.push(WriteOp::AppendEvent {
                 conversation: conversation.to_owned(),
                 seq,
                 json: bytes::Bytes::copy_from_slice(value.value()),
@@ -114,7 +115,7 @@ pub(super) fn decode_conversation(
     bytes: &[u8],
 ) -> Result<ConversationRecord, StoreError> {
     serde_json::from_slice(bytes)
-        .map_err(|e| StoreError::Corrupt(format!("conversation {id:?}: {e}")))
+        .map_err(|e| StoreError::corrupt(format!("conversation {id:?}: {e}"), e))
 }
 
 /// A position in a listing: the last index entry returned. Opaque to clients: 16 hex digits of
@@ -147,23 +148,11 @@ impl Cursor {
     }
 }
 
-impl StoreError {
-    /// The same error again, for answering every waiter of a failed group.
-    pub(super) fn duplicate(&self) -> StoreError {
-        match self {
-            StoreError::Db(m) => StoreError::Db(m.clone()),
-            StoreError::Closed => StoreError::Closed,
-            StoreError::Corrupt(m) => StoreError::Corrupt(m.clone()),
-            StoreError::InvalidCursor => StoreError::InvalidCursor,
-        }
-    }
-}
-
 impl From<redb::StorageError> for StoreError {
     fn from(e: redb::StorageError) -> Self {
         match e {
-            redb::StorageError::Corrupted(m) => StoreError::Corrupt(m),
-            other => StoreError::Db(other.to_string()),
+            redb::StorageError::Corrupted(what) => StoreError::Corrupt { what, source: None },
+            other => StoreError::db(other),
         }
     }
 }
@@ -172,7 +161,7 @@ macro_rules! redb_error_into_db {
     ($($t:ty),* $(,)?) => {
         $(impl From<$t> for StoreError {
             fn from(e: $t) -> Self {
-                StoreError::Db(e.to_string())
+                StoreError::db(e)
             }
         })*
     };
