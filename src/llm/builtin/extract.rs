@@ -89,44 +89,50 @@ pub(super) fn find_numbers(text: &str) -> Vec<FoundNumber> {
         let negative = before == Some(b'-')
             && (start < 2 || !text[..start - 1].ends_with(|c: char| c.is_alphanumeric()));
         let value = if negative { -value } else { value };
-        // Currency: a symbol right before, or a code/word right after.
-        let mut t_start = if negative { start - 1 } else { start };
-        let mut t_end = end;
-        let mut currency = None;
-        let lead = text[..t_start].trim_end_matches(' ');
-        if let Some(c) = lead.chars().next_back() {
-            if let Some((sym, code)) = CURRENCY_SYMBOLS.iter().find(|(s, _)| *s == c) {
-                currency = Some(code.to_string());
-                t_start = lead.len() - sym.len_utf8();
-            }
-        }
-        if currency.is_none() {
-            let after = &text[end..];
-            let trimmed = after.trim_start_matches(' ');
-            let word: String = trimmed.chars().take_while(|c| c.is_alphabetic()).collect();
-            let sym = trimmed.chars().next();
-            if let Some((_, code)) = CURRENCY_WORDS
-                .iter()
-                .find(|(w, _)| word.to_lowercase() == *w)
-            {
-                currency = Some(code.to_string());
-                t_end = end + (after.len() - trimmed.len()) + word.len();
-            } else if let Some((s, code)) =
-                sym.and_then(|c| CURRENCY_SYMBOLS.iter().find(|(s, _)| *s == c))
-            {
-                currency = Some(code.to_string());
-                t_end = end + (after.len() - trimmed.len()) + s.len_utf8();
-            }
-        }
-        out.push(FoundNumber {
-            value,
-            text: text[t_start..t_end].to_string(),
-            currency,
-            start: t_start,
-            end: t_end,
-        });
+        let t_start = if negative { start - 1 } else { start };
+        out.push(with_currency(text, t_start, end, value));
     }
     out
+}
+
+/// The number `value` written at `text[start..end]`, widened to the currency written with it:
+/// a symbol right before, or a code, word or symbol right after.
+fn with_currency(text: &str, start: usize, end: usize, value: f64) -> FoundNumber {
+    let mut t_start = start;
+    let mut t_end = end;
+    let mut currency = None;
+    let lead = text[..t_start].trim_end_matches(' ');
+    if let Some(c) = lead.chars().next_back() {
+        if let Some((sym, code)) = CURRENCY_SYMBOLS.iter().find(|(s, _)| *s == c) {
+            currency = Some(code.to_string());
+            t_start = lead.len() - sym.len_utf8();
+        }
+    }
+    if currency.is_none() {
+        let after = &text[end..];
+        let trimmed = after.trim_start_matches(' ');
+        let word: String = trimmed.chars().take_while(|c| c.is_alphabetic()).collect();
+        let sym = trimmed.chars().next();
+        if let Some((_, code)) = CURRENCY_WORDS
+            .iter()
+            .find(|(w, _)| word.to_lowercase() == *w)
+        {
+            currency = Some(code.to_string());
+            t_end = end + (after.len() - trimmed.len()) + word.len();
+        } else if let Some((s, code)) =
+            sym.and_then(|c| CURRENCY_SYMBOLS.iter().find(|(s, _)| *s == c))
+        {
+            currency = Some(code.to_string());
+            t_end = end + (after.len() - trimmed.len()) + s.len_utf8();
+        }
+    }
+    FoundNumber {
+        value,
+        text: text[t_start..t_end].to_string(),
+        currency,
+        start: t_start,
+        end: t_end,
+    }
 }
 
 /// "1,200.50" -> 1200.5, "12,5" -> 12.5, "1,200" -> 1200.
