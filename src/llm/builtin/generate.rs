@@ -1,4 +1,12 @@
 //! The schema-driven generator: a value for a JSON Schema, filled from the input text.
+//!
+//! [`generate`] walks the schema: `const`, then `enum` (the option sharing most words with the
+//! input), `anyOf`/`oneOf` (each option merged with its parent's keywords, the first value the
+//! whole schema accepts), `allOf` (merged), then the type's own generator (`fill.rs` for
+//! leaves, [`super::pattern`] for `pattern`). Local `$ref`s (`#`, `#/$defs/...`) are followed
+//! into the root schema. Nesting is bounded by [`MAX_DEPTH`]: deeper objects and arrays are
+//! empty. Whether a value fits is decided by [`crate::schema`], the server's one validator; the
+//! generator has no validator of its own.
 
 use std::sync::Arc;
 
@@ -14,6 +22,19 @@ pub(super) struct Gen<'a> {
     pub(super) system: &'a str,
     /// The plain-text answer, for properties like `answer` or `reply`.
     pub(super) reply: &'a str,
+    /// The whole schema, which `$ref`s point into.
+    pub(super) root: &'a Value,
+}
+
+/// A value for `root` filled from `input` (`reply` for answer-like properties).
+pub(super) fn generate(input: &str, system: &str, reply: &str, root: &Value) -> Value {
+    let gen = Gen {
+        input,
+        system,
+        reply,
+        root,
+    };
+    gen.value(root, None, 0)
 }
 
 pub(super) const MAX_DEPTH: usize = 16;
@@ -26,6 +47,19 @@ impl Gen<'_> {
             Value::Bool(false) => return Value::Null,
             _ => return Value::String(self.string_for(name, &Map::new())),
         };
+        if let Some(Value::String(r)) = s.get("$ref") {
+            if depth < MAX_DEPTH {
+                if let Some(target) = self.resolve(r) {
+                    let mut rest = s.clone();
+                    rest.remove("$ref");
+                    let merged = match target {
+                        Value::Object(t) => merge_schema(t, &rest),
+                        _ => rest,
+                    };
+                    return self.value(&Value::Object(merged), name, depth + 1);
+                }
+            }
+        }
         if let Some(c) = s.get("const") {
             return c.clone();
         }
@@ -62,6 +96,12 @@ impl Gen<'_> {
             "null" => Value::Null,
             _ => Value::String(self.string(s, name)),
         }
+    }
+
+    /// The schema a local `$ref` points to (`#` is the root; `#/$defs/x` a JSON Pointer).
+    fn resolve(&self, r: &str) -> Option<&Value> {
+        let pointer = r.strip_prefix('#')?;
+        self.root.pointer(pointer).filter(|t| t.is_object())
     }
 
     pub(super) fn object(&self, s: &Map<String, Value>, depth: usize) -> Value {
@@ -112,6 +152,14 @@ impl Gen<'_> {
                 Some(v @ (Value::Object(_) | Value::Bool(_))) => Some(v.clone()),
                 _ => None,
             },
+        };
+        // Items that follow a `$ref` may nest without end (a tree): past half the depth, only
+        // as many as `minItems` asks for.
+        let by_ref = rest.as_ref().is_some_and(|r| r.get("$ref").is_some());
+        let n = if by_ref && depth >= MAX_DEPTH / 2 {
+            min.min(n)
+        } else {
+            n
         };
         let n = n.max(prefix.len().min(max.unwrap_or(usize::MAX)));
         let item_name = name.map(singular);
@@ -165,7 +213,7 @@ impl Gen<'_> {
         name: Option<&str>,
         depth: usize,
     ) -> Value {
-        let whole = Check::of(parent);
+        let whole = Check::of(parent, self.root);
         if let Some(c) = self.pick_const(parent, opts, &whole) {
             return c;
         }
@@ -197,6 +245,7 @@ impl Gen<'_> {
             input: "",
             system: self.system,
             reply: "",
+            root: self.root,
         };
         for m in &merged {
             let v = blank.value(m, name, depth + 1);
@@ -289,7 +338,10 @@ impl Gen<'_> {
                 text = text.chars().take(m).collect();
             }
         }
-        text
+        match s.get("pattern").and_then(Value::as_str) {
+            Some(p) => super::pattern::fit(text, p),
+            None => text,
+        }
     }
 
     /// A string in a JSON Schema `format`, from the input when it has one.
@@ -402,12 +454,19 @@ pub(super) fn merge_schema(base: &Map<String, Value>, over: &Map<String, Value>)
 }
 
 /// A schema generated values must satisfy, compiled by [`crate::schema`] (the one validator).
-/// A schema it cannot compile accepts everything: the generator still does its best.
+/// A part of a schema gets the root's `$defs`/`definitions`, so its `$ref`s resolve. A schema
+/// that does not compile accepts everything: the generator still does its best.
 pub(super) struct Check(Option<Arc<Schema>>);
 
 impl Check {
-    pub(super) fn of(s: &Map<String, Value>) -> Check {
-        Check(schema::compiled(&Value::Object(s.clone())).ok())
+    pub(super) fn of(s: &Map<String, Value>, root: &Value) -> Check {
+        let mut s = s.clone();
+        for defs in ["$defs", "definitions"] {
+            if let Some(d) = root.get(defs) {
+                s.entry(defs).or_insert_with(|| d.clone());
+            }
+        }
+        Check(schema::compiled(&Value::Object(s)).ok())
     }
 
     pub(super) fn accepts(&self, v: &Value) -> bool {

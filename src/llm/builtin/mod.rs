@@ -32,6 +32,7 @@ mod extract;
 mod fill;
 mod generate;
 mod intents;
+mod pattern;
 mod plan;
 mod tables;
 #[cfg(test)]

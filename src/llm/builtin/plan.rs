@@ -2,7 +2,7 @@
 
 use serde_json::{Map, Value};
 
-use super::generate::Gen;
+use super::generate::generate;
 use super::intents::*;
 use super::text::*;
 use crate::llm::{ChatRequest, ResponseFormat, Role, ToolDef};
@@ -82,14 +82,10 @@ pub(super) enum Plan {
 pub(super) fn plan(req: &ChatRequest, conv: &Conversation) -> Plan {
     let input = conv.input();
     let reply = text_answer(conv);
-    let gen = Gen {
-        input: &input,
-        system: &conv.system,
-        reply: &reply,
-    };
+    let gen = |root: &Value| generate(&input, &conv.system, &reply, root);
     if conv.tool_results.is_empty() {
         if let Some(tool) = pick_tool(&req.tools, conv.last_user) {
-            let args = gen.value(&tool.parameters, None, 0);
+            let args = gen(&tool.parameters);
             let args = match args {
                 Value::Object(_) => args,
                 _ => Value::Object(Map::new()),
@@ -101,7 +97,7 @@ pub(super) fn plan(req: &ChatRequest, conv: &Conversation) -> Plan {
         }
     }
     if let ResponseFormat::Json { schema } = &req.response_format {
-        return Plan::Json(gen.value(schema, None, 0).to_string());
+        return Plan::Json(gen(schema).to_string());
     }
     Plan::Text(reply)
 }

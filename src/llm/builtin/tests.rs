@@ -787,3 +787,60 @@ proptest! {
         }
     }
 }
+
+/// The model writes values for the whole of JSON Schema 2020-12 that the server's validator
+/// accepts: `$ref` into `$defs` (recursive too), `allOf`, `pattern` and `format`.
+#[test]
+fn json_satisfies_refs_all_of_patterns_and_formats() {
+    let s = json!({
+        "$defs": {
+            "code": {"type": "string", "pattern": "^[A-Z]{3}-[0-9]{2}$"},
+            "contact": {"type": "object", "required": ["email"],
+                        "properties": {"email": {"type": "string", "format": "email"}}},
+            "node": {"type": "object", "required": ["label", "children"],
+                     "properties": {"label": {"type": "string", "minLength": 1},
+                                    "children": {"type": "array", "items": {"$ref": "#/$defs/node"}}}}
+        },
+        "allOf": [
+            {"$ref": "#/$defs/contact"},
+            {"type": "object", "required": ["items", "on", "tree"],
+             "properties": {"items": {"type": "array", "items": {"$ref": "#/$defs/code"}, "minItems": 2},
+                            "on": {"type": "string", "format": "date"},
+                            "kind": {"anyOf": [{"$ref": "#/$defs/code"}, {"type": "null"}]},
+                            "tree": {"$ref": "#/$defs/node"}}}
+        ]
+    });
+    for text in [
+        "",
+        "Mail ann@example.org about ABC-12 on 2024-05-03",
+        "taxi 45 EUR",
+    ] {
+        let v = answer_json(&s, text);
+        assert_eq!(crate::schema::validate(&s, &v), Ok(()), "{text:?} gave {v}");
+        assert!(oracle_accepts(&s, &v), "{text:?} gave {v}");
+    }
+    let v = answer_json(&s, "Mail ann@example.org about it on 2024-05-03");
+    assert_eq!(v["email"], "ann@example.org");
+    assert_eq!(v["on"], "2024-05-03");
+    assert_eq!(v["items"][0], "AAA-00");
+    // The same schema as a tool's parameters.
+    let req = ChatRequest {
+        messages: vec![ChatMessage::user("use file_it for ann@example.org")],
+        tools: vec![ToolDef {
+            name: "file_it".into(),
+            description: "File it".into(),
+            parameters: s.clone(),
+        }],
+        ..Default::default()
+    };
+    let args: String = BuiltinModel::new(0)
+        .answer(&req)
+        .iter()
+        .filter_map(|x| match x {
+            LlmDelta::ToolCallArgs { delta, .. } => Some(delta.as_str()),
+            _ => None,
+        })
+        .collect();
+    let args: Value = serde_json::from_str(&args).unwrap();
+    assert_eq!(crate::schema::validate(&s, &args), Ok(()), "{args}");
+}
