@@ -86,7 +86,11 @@ static CACHE: LazyLock<Mutex<HashMap<String, Arc<Schema>>>> =
 /// `schema` compiled, from the cache when it was compiled before.
 pub fn compiled(schema: &Value) -> Result<Arc<Schema>, SchemaError> {
     let key = schema.to_string();
-    let cache = || CACHE.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let cache = || {
+        CACHE
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    };
     if let Some(s) = cache().get(&key) {
         return Ok(s.clone());
     }
@@ -179,12 +183,8 @@ fn describe(e: &ValidationError<'_>) -> Vec<String> {
         }
         ValidationErrorKind::Minimum { limit } => one(format!("{path} must be ≥ {limit}")),
         ValidationErrorKind::Maximum { limit } => one(format!("{path} must be ≤ {limit}")),
-        ValidationErrorKind::ExclusiveMinimum { limit } => {
-            one(format!("{path} must be > {limit}"))
-        }
-        ValidationErrorKind::ExclusiveMaximum { limit } => {
-            one(format!("{path} must be < {limit}"))
-        }
+        ValidationErrorKind::ExclusiveMinimum { limit } => one(format!("{path} must be > {limit}")),
+        ValidationErrorKind::ExclusiveMaximum { limit } => one(format!("{path} must be < {limit}")),
         ValidationErrorKind::MinLength { limit } => {
             one(format!("{path} must have at least {limit} characters"))
         }
@@ -297,7 +297,10 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.len(), 3, "{e:?}");
-        assert!(e.iter().any(|m| m == "$.email must be a valid email"), "{e:?}");
+        assert!(
+            e.iter().any(|m| m == "$.email must be a valid email"),
+            "{e:?}"
+        );
         assert!(
             e.iter()
                 .any(|m| m == "$.items[1] must match the pattern ^[A-Z]{3}-[0-9]{2}$"),

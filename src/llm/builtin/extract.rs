@@ -14,7 +14,8 @@ pub(super) struct FoundNumber {
     pub(super) end: usize,
 }
 
-pub(super) const CURRENCY_SYMBOLS: &[(char, &str)] = &[('€', "EUR"), ('$', "USD"), ('£', "GBP"), ('¥', "JPY")];
+pub(super) const CURRENCY_SYMBOLS: &[(char, &str)] =
+    &[('€', "EUR"), ('$', "USD"), ('£', "GBP"), ('¥', "JPY")];
 pub(super) const CURRENCY_WORDS: &[(&str, &str)] = &[
     ("eur", "EUR"),
     ("euro", "EUR"),

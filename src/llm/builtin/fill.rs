@@ -170,7 +170,12 @@ impl Gen<'_> {
         None
     }
 
-    pub(super) fn number(&self, s: &Map<String, Value>, name: Option<&str>, integer: bool) -> Value {
+    pub(super) fn number(
+        &self,
+        s: &Map<String, Value>,
+        name: Option<&str>,
+        integer: bool,
+    ) -> Value {
         let words = name.map(name_words).unwrap_or_default();
         let has = |list: &[&str]| words.iter().any(|w| list.contains(&w.as_str()));
         let body = payload(self.input);

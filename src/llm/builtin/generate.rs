@@ -429,7 +429,10 @@ pub(super) fn schema_type(s: &Map<String, Value>) -> &str {
 }
 
 /// `over`'s keywords on top of `base`; `properties` and `required` are combined.
-pub(super) fn merge_schema(base: &Map<String, Value>, over: &Map<String, Value>) -> Map<String, Value> {
+pub(super) fn merge_schema(
+    base: &Map<String, Value>,
+    over: &Map<String, Value>,
+) -> Map<String, Value> {
     let mut out = base.clone();
     for (k, v) in over {
         match (k.as_str(), out.get_mut(k), v) {

@@ -26,8 +26,6 @@
 //! A system prompt containing "think step by step" adds a short reasoning stream first. Usage is
 //! estimated at four characters per token.
 
-
-
 mod extract;
 mod fill;
 mod generate;
@@ -139,7 +137,6 @@ impl LlmProvider for BuiltinModel {
         true
     }
 }
-
 
 /// Word-by-word chunks: each word with the whitespace after it. Joined, they give `text`.
 fn word_chunks(text: &str) -> Vec<String> {

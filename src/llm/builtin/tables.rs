@@ -1,7 +1,5 @@
 //! The word tables the intents read: languages, topics with their words, neutral labels, expense words.
 
-
-
 pub(super) const LANGUAGES: &[&str] = &[
     "english",
     "french",

@@ -2,12 +2,12 @@
 
 use super::extract::*;
 use super::*;
-use crate::llm::{ResponseFormat, ToolDef};
-use serde_json::{Map, Value};
 use crate::llm::{ChatMessage, ToolCall};
+use crate::llm::{ResponseFormat, ToolDef};
 use futures_util::TryStreamExt;
 use proptest::prelude::*;
 use serde_json::json;
+use serde_json::{Map, Value};
 
 fn user(text: &str) -> ChatRequest {
     ChatRequest {
@@ -360,7 +360,8 @@ fn json_fields_follow_the_input() {
         "required": ["amount", "purpose"],
         "additionalProperties": false
     });
-    let text = "On 2024-03-05 I took an urgent taxi to the airport for 45.50 EUR, mail ann@example.org";
+    let text =
+        "On 2024-03-05 I took an urgent taxi to the airport for 45.50 EUR, mail ann@example.org";
     let v = answer_json(&schema, text);
     assert_eq!(v["amount"], json!(45.5));
     assert_eq!(v["currency"], "EUR");

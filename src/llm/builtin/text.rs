@@ -1,7 +1,5 @@
 //! Text utilities: keywords, stemming, word limits, sentences, quoting.
 
-
-
 pub(super) const STOP_WORDS: &[&str] = &[
     "the",
     "and",
