@@ -1,4 +1,6 @@
 //! Entity extractors: numbers and amounts, e-mails, URLs, dates, places, people, purposes.
+//! Each finds the first occurrence in the text;
+//! numbers skip the parts of dates and times and carry the currency written next to them.
 
 use super::text::*;
 

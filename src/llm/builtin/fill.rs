@@ -1,4 +1,10 @@
 //! Leaf values of the generator: strings, numbers and booleans chosen by the property's name.
+//!
+//! A string property's words (`expenseAmount` -> amount) pick the rule: entities first
+//! (amount, currency, e-mail, link, date, place, language), then intents (category, summary,
+//! the plain-text reply, purpose, query), then names (person, title, id), else the first
+//! sentence of the input. Numbers come from the input and are moved into the schema's bounds;
+//! booleans are the property's own word, not negated, or a short "yes".
 
 use serde_json::{Map, Value};
 

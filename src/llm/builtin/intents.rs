@@ -1,4 +1,6 @@
-//! The text intents: summary, pseudo-translation, classification, expense-claim draft and the generic reply.
+//! The text intents: summary, pseudo-translation, classification, expense-claim draft and the
+//! generic reply. Each is a pure function of the text it is given; the cue that selects one is
+//! read in `plan.rs`, the words they match in `tables.rs`.
 
 use super::extract::*;
 use super::plan::Conversation;

@@ -25,6 +25,24 @@
 //!
 //! A system prompt containing "think step by step" adds a short reasoning stream first. Usage is
 //! estimated at four characters per token.
+//!
+//! **Invariants.** The answer is a pure function of the request (no clock, no randomness, no
+//! state between calls); a tool call's id is a hash of its name and arguments. Every JSON value
+//! and tool argument it writes is checked by [`crate::schema`], the server's one JSON Schema
+//! implementation, while it is generated: the model has no validator of its own.
+//!
+//! **Layout** (each file one concept):
+//!
+//! - `mod.rs`: [`BuiltinModel`], the deltas of an answer, streaming, usage.
+//! - `plan.rs`: reading the request and choosing the answer: tool call, JSON or text.
+//! - `intents.rs`: the text answers (summary, pseudo-translation, classification, claim draft,
+//!   generic reply); `tables.rs`: the word tables they read.
+//! - `generate.rs`: the schema-driven generator (`$ref`, `enum`, `anyOf`/`oneOf`, `allOf`,
+//!   objects, arrays); `fill.rs`: its leaves (strings, numbers, booleans by property name);
+//!   `pattern.rs`: strings for a `pattern`.
+//! - `extract.rs`: entities found in text (amounts, e-mails, URLs, dates, places, people).
+//! - `text.rs`: text utilities (keywords, stemming, sentences, quoting).
+//! - `tests.rs`, `props.rs`: examples and property tests.
 
 mod extract;
 mod fill;
@@ -32,6 +50,8 @@ mod generate;
 mod intents;
 mod pattern;
 mod plan;
+#[cfg(test)]
+mod props;
 mod tables;
 #[cfg(test)]
 mod tests;

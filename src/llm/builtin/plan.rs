@@ -1,4 +1,9 @@
-//! Answer planning: what the request asks for (a tool call, JSON, or text) and the text answer.
+//! Answer planning: what the request asks for and which answer it gets.
+//!
+//! [`Conversation`] is the part of a request the rules read (system prompt, last user message,
+//! earlier user turns, tool results after the last user message). [`plan`] decides, in this
+//! order: a call of the tool the last user message mentions (unless tool results already
+//! answer it), a JSON value when JSON is asked for, else text ([`text_answer`]).
 
 use serde_json::{Map, Value};
 

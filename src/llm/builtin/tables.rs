@@ -1,4 +1,6 @@
-//! The word tables the intents read: languages, topics with their words, neutral labels, expense words.
+//! The word tables the intents read: languages, topics with the words that suggest them (the
+//! first name of a topic is the label answered), neutral labels, expense words. Order matters:
+//! the first best match wins.
 
 pub(super) const LANGUAGES: &[&str] = &[
     "english",

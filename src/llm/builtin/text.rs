@@ -1,4 +1,5 @@
-//! Text utilities: keywords, stemming, word limits, sentences, quoting.
+//! Text utilities: keywords (stop words removed, lightly stemmed), word limits, sentences,
+//! quoting.
 
 pub(super) const STOP_WORDS: &[&str] = &[
     "the",
