@@ -1,82 +1,135 @@
-//! A small JSON Schema checker for the subset assistants use: `type` (one or a list), `properties`,
-//! `required`, `additionalProperties: false`, `items`, `enum`, `const`, `anyOf`/`oneOf`,
-//! `minimum`/`maximum`, `minLength`/`maxLength`, `minItems`/`maxItems`.
+//! JSON Schema, the one implementation: the [`jsonschema`] crate, draft 2020-12, formats
+//! asserted (`email`, `date`, `uri`, ...; unknown formats are ignored).
 //!
-//! Used for `llm`/`agent` JSON outputs, tool arguments and input args. Errors name the path
-//! (`$.amount`) so a person (or a model asked to repair its answer) can act on them.
+//! Used for `llm`/`agent` JSON outputs, tool arguments, input args' schema and by the built-in
+//! model, which generates values and keeps the first one this module accepts. Assistants may
+//! use the whole of 2020-12: `$ref`/`$defs`, `allOf`, `pattern`, `format`, `if`/`then`, ...
+//! Nothing is fetched: a `$ref` to another document is an invalid schema (the crate is built
+//! without its `resolve-http`/`resolve-file` features).
+//!
+//! **Compiled once.** [`compiled`] keeps every schema it has compiled, keyed by its JSON text,
+//! so the check at assistant load ([`check_schema`]) compiles it and each run's [`validate`]
+//! finds it ready. The cache is bounded ([`CACHE_LIMIT`]; it is emptied when full, which only
+//! costs recompiling). Callers that own a schema may hold a [`Schema`] instead.
+//!
+//! **Errors name the path**, as `$`, `$.amount`, `$.items[0].name`, one message per problem
+//! (`$.amount is required`, `$.tags[0] must be string, got number`), so a person (or a model
+//! asked to repair its answer) can act on them. An invalid schema is reported as
+//! `schema at <path>: <problem>` (`schema at $ has an unknown type "obj"`).
 
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, Mutex};
+
+use jsonschema::error::{TypeKind, ValidationErrorKind};
+use jsonschema::paths::{Location, LocationSegment};
+use jsonschema::{Draft, ValidationError, Validator};
 use serde_json::Value;
 
-const TYPES: &[&str] = &[
-    "object", "array", "string", "number", "integer", "boolean", "null",
-];
+/// How many compiled schemas [`compiled`] keeps before it starts over.
+pub const CACHE_LIMIT: usize = 512;
 
-/// Check that a schema only uses what this module understands.
-pub fn check_schema(schema: &Value) -> Result<(), String> {
-    check_at(schema, "$")
+/// A schema that cannot be compiled: its message names where in the schema the problem is.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct SchemaError(String);
+
+/// A compiled schema.
+pub struct Schema {
+    validator: Validator,
 }
 
-fn check_at(schema: &Value, path: &str) -> Result<(), String> {
-    let Some(obj) = schema.as_object() else {
-        return Err(format!("schema at {path} must be a JSON object"));
-    };
-    match obj.get("type") {
-        None => {}
-        Some(Value::String(t)) if TYPES.contains(&t.as_str()) => {}
-        Some(Value::Array(ts))
-            if ts
-                .iter()
-                .all(|t| t.as_str().is_some_and(|t| TYPES.contains(&t))) => {}
-        Some(other) => return Err(format!("schema at {path} has an unknown type {other}")),
+impl std::fmt::Debug for Schema {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Schema")
     }
-    if let Some(props) = obj.get("properties") {
-        let Some(props) = props.as_object() else {
-            return Err(format!("schema at {path}: properties must be an object"));
-        };
-        for (k, v) in props {
-            check_at(v, &format!("{path}.{k}"))?;
+}
+
+impl Schema {
+    /// Compile `schema` (draft 2020-12 unless it names another with `$schema`).
+    pub fn compile(schema: &Value) -> Result<Schema, SchemaError> {
+        let validator = jsonschema::options()
+            .with_draft(Draft::Draft202012)
+            .should_validate_formats(true)
+            .build(schema)
+            .map_err(|e| SchemaError(schema_problem(&e)))?;
+        Ok(Schema { validator })
+    }
+
+    /// Whether `value` satisfies the schema.
+    pub fn is_valid(&self, value: &Value) -> bool {
+        self.validator.is_valid(value)
+    }
+
+    /// Every problem of `value`, each naming its path.
+    pub fn validate(&self, value: &Value) -> Result<(), Vec<String>> {
+        if self.validator.is_valid(value) {
+            return Ok(());
         }
-    }
-    if let Some(req) = obj.get("required") {
-        if !req
-            .as_array()
-            .is_some_and(|r| r.iter().all(Value::is_string))
-        {
-            return Err(format!(
-                "schema at {path}: required must be a list of names"
-            ));
-        }
-    }
-    if let Some(items) = obj.get("items") {
-        check_at(items, &format!("{path}[]"))?;
-    }
-    for key in ["anyOf", "oneOf"] {
-        if let Some(alts) = obj.get(key) {
-            let Some(alts) = alts.as_array() else {
-                return Err(format!("schema at {path}: {key} must be a list"));
-            };
-            for a in alts {
-                check_at(a, path)?;
+        let mut errs: Vec<String> = Vec::new();
+        for e in self.validator.iter_errors(value) {
+            for m in describe(&e) {
+                if !errs.contains(&m) {
+                    errs.push(m);
+                }
             }
         }
-    }
-    if let Some(e) = obj.get("enum") {
-        if !e.is_array() {
-            return Err(format!("schema at {path}: enum must be a list"));
+        if errs.is_empty() {
+            errs.push("$ does not match the schema".into());
         }
-    }
-    Ok(())
-}
-
-/// Validate a value; every problem is listed.
-pub fn validate(schema: &Value, value: &Value) -> Result<(), Vec<String>> {
-    let mut errs = Vec::new();
-    validate_at(schema, value, "$", &mut errs);
-    if errs.is_empty() {
-        Ok(())
-    } else {
         Err(errs)
     }
+}
+
+static CACHE: LazyLock<Mutex<HashMap<String, Arc<Schema>>>> =
+    LazyLock::new(|| Mutex::new(HashMap::new()));
+
+/// `schema` compiled, from the cache when it was compiled before.
+pub fn compiled(schema: &Value) -> Result<Arc<Schema>, SchemaError> {
+    let key = schema.to_string();
+    let cache = || {
+        CACHE
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    };
+    if let Some(s) = cache().get(&key) {
+        return Ok(s.clone());
+    }
+    // Compiled outside the lock: two threads may compile the same schema once each.
+    let s = Arc::new(Schema::compile(schema)?);
+    let mut c = cache();
+    if c.len() >= CACHE_LIMIT {
+        c.clear();
+    }
+    c.insert(key, s.clone());
+    Ok(s)
+}
+
+/// Check that `schema` is a valid JSON Schema (and compile it for later calls).
+pub fn check_schema(schema: &Value) -> Result<(), String> {
+    compiled(schema).map(|_| ()).map_err(|e| e.to_string())
+}
+
+/// Validate a value; every problem is listed. An invalid schema is one problem.
+pub fn validate(schema: &Value, value: &Value) -> Result<(), Vec<String>> {
+    match compiled(schema) {
+        Ok(s) => s.validate(value),
+        Err(e) => Err(vec![format!("the schema is invalid: {e}")]),
+    }
+}
+
+/// `$`, `$.amount`, `$.items[0]`.
+fn dollar_path(at: &Location) -> String {
+    let mut out = String::from("$");
+    for seg in at.segments() {
+        match seg {
+            LocationSegment::Property(p) => {
+                out.push('.');
+                out.push_str(&p);
+            }
+            LocationSegment::Index(i) => out.push_str(&format!("[{i}]")),
+        }
+    }
+    out
 }
 
 fn type_name(v: &Value) -> &'static str {
@@ -91,120 +144,90 @@ fn type_name(v: &Value) -> &'static str {
     }
 }
 
-fn has_type(v: &Value, t: &str) -> bool {
-    match t {
-        "integer" => v.is_i64() || v.is_u64() || v.as_f64().is_some_and(|f| f.fract() == 0.0),
-        "number" => v.is_number(),
-        other => type_name(v) == other,
+/// The messages of one error of the crate, in this module's words.
+fn describe(e: &ValidationError<'_>) -> Vec<String> {
+    let path = dollar_path(e.instance_path());
+    let got = type_name(e.instance());
+    let one = |m: String| vec![m];
+    match e.kind() {
+        ValidationErrorKind::Required { property } => match property {
+            Value::String(name) => one(format!("{path}.{name} is required")),
+            other => one(format!("{path}.{other} is required")),
+        },
+        ValidationErrorKind::AdditionalProperties { unexpected }
+        | ValidationErrorKind::UnevaluatedProperties { unexpected } => unexpected
+            .iter()
+            .map(|k| format!("{path}.{k} is not allowed"))
+            .collect(),
+        ValidationErrorKind::Type {
+            kind: TypeKind::Single(t),
+        } => one(format!("{path} must be {t}, got {got}")),
+        ValidationErrorKind::Type {
+            kind: TypeKind::Multiple(ts),
+        } => {
+            let names: Vec<Value> = ts.iter().map(|t| Value::from(t.to_string())).collect();
+            one(format!(
+                "{path} has type {got}, not one of {}",
+                Value::Array(names)
+            ))
+        }
+        ValidationErrorKind::Constant { expected_value } => {
+            one(format!("{path} must be {expected_value}"))
+        }
+        ValidationErrorKind::Enum { options } => one(format!("{path} must be one of {options}")),
+        ValidationErrorKind::AnyOf { .. } | ValidationErrorKind::OneOfNotValid { .. } => {
+            one(format!("{path} matches none of the allowed alternatives"))
+        }
+        ValidationErrorKind::OneOfMultipleValid { .. } => {
+            one(format!("{path} matches more than one of the alternatives"))
+        }
+        ValidationErrorKind::Minimum { limit } => one(format!("{path} must be ≥ {limit}")),
+        ValidationErrorKind::Maximum { limit } => one(format!("{path} must be ≤ {limit}")),
+        ValidationErrorKind::ExclusiveMinimum { limit } => one(format!("{path} must be > {limit}")),
+        ValidationErrorKind::ExclusiveMaximum { limit } => one(format!("{path} must be < {limit}")),
+        ValidationErrorKind::MinLength { limit } => {
+            one(format!("{path} must have at least {limit} characters"))
+        }
+        ValidationErrorKind::MaxLength { limit } => {
+            one(format!("{path} must have at most {limit} characters"))
+        }
+        ValidationErrorKind::MinItems { limit } => {
+            one(format!("{path} needs at least {limit} items"))
+        }
+        ValidationErrorKind::MaxItems { limit } => {
+            one(format!("{path} allows at most {limit} items"))
+        }
+        ValidationErrorKind::Pattern { pattern } => {
+            one(format!("{path} must match the pattern {pattern}"))
+        }
+        ValidationErrorKind::Format { format } => one(format!("{path} must be a valid {format}")),
+        _ => one(format!("{path}: {e}")),
     }
 }
 
-fn validate_at(schema: &Value, v: &Value, path: &str, errs: &mut Vec<String>) {
-    let Some(s) = schema.as_object() else { return };
-    match s.get("type") {
-        Some(Value::String(t)) if !has_type(v, t) => {
-            errs.push(format!("{path} must be {t}, got {}", type_name(v)));
-            return;
-        }
-        Some(Value::Array(ts)) if !ts.iter().filter_map(Value::as_str).any(|t| has_type(v, t)) => {
-            errs.push(format!(
-                "{path} has type {}, not one of {}",
-                type_name(v),
-                Value::Array(ts.clone())
-            ));
-            return;
-        }
-        _ => {}
+/// The message for a schema the crate refuses: where in the schema, and what.
+fn schema_problem(e: &ValidationError<'_>) -> String {
+    let at = e.instance_path();
+    let last = at.segments().last().map(|s| match s {
+        LocationSegment::Property(p) => p.to_string(),
+        LocationSegment::Index(i) => i.to_string(),
+    });
+    // A meta-schema error: the instance is the schema itself.
+    if last.as_deref() == Some("type") {
+        let parent: Location = {
+            let segs: Vec<LocationSegment<'_>> = at.segments().collect();
+            segs[..segs.len() - 1].iter().cloned().collect()
+        };
+        return format!(
+            "schema at {} has an unknown type {}",
+            dollar_path(&parent),
+            e.instance()
+        );
     }
-    if let Some(c) = s.get("const") {
-        if c != v {
-            errs.push(format!("{path} must be {c}"));
-        }
-    }
-    if let Some(Value::Array(options)) = s.get("enum") {
-        if !options.contains(v) {
-            errs.push(format!(
-                "{path} must be one of {}",
-                Value::Array(options.clone())
-            ));
-        }
-    }
-    for key in ["anyOf", "oneOf"] {
-        if let Some(Value::Array(alts)) = s.get(key) {
-            let ok = alts.iter().any(|a| {
-                let mut e = Vec::new();
-                validate_at(a, v, path, &mut e);
-                e.is_empty()
-            });
-            if !ok {
-                errs.push(format!("{path} matches none of the allowed alternatives"));
-            }
-        }
-    }
-    match v {
-        Value::Object(map) => {
-            if let Some(Value::Array(req)) = s.get("required") {
-                for r in req.iter().filter_map(Value::as_str) {
-                    if !map.contains_key(r) {
-                        errs.push(format!("{path}.{r} is required"));
-                    }
-                }
-            }
-            let props = s.get("properties").and_then(Value::as_object);
-            for (k, item) in map {
-                match props.and_then(|p| p.get(k)) {
-                    Some(ps) => validate_at(ps, item, &format!("{path}.{k}"), errs),
-                    None => {
-                        if s.get("additionalProperties") == Some(&Value::Bool(false)) {
-                            errs.push(format!("{path}.{k} is not allowed"));
-                        }
-                    }
-                }
-            }
-        }
-        Value::Array(items) => {
-            if let Some(is) = s.get("items") {
-                for (i, item) in items.iter().enumerate() {
-                    validate_at(is, item, &format!("{path}[{i}]"), errs);
-                }
-            }
-            if let Some(min) = s.get("minItems").and_then(Value::as_u64) {
-                if (items.len() as u64) < min {
-                    errs.push(format!("{path} needs at least {min} items"));
-                }
-            }
-            if let Some(max) = s.get("maxItems").and_then(Value::as_u64) {
-                if (items.len() as u64) > max {
-                    errs.push(format!("{path} allows at most {max} items"));
-                }
-            }
-        }
-        Value::String(text) => {
-            let n = text.chars().count() as u64;
-            if let Some(min) = s.get("minLength").and_then(Value::as_u64) {
-                if n < min {
-                    errs.push(format!("{path} must have at least {min} characters"));
-                }
-            }
-            if let Some(max) = s.get("maxLength").and_then(Value::as_u64) {
-                if n > max {
-                    errs.push(format!("{path} must have at most {max} characters"));
-                }
-            }
-        }
-        Value::Number(num) => {
-            if let (Some(x), Some(min)) = (num.as_f64(), s.get("minimum").and_then(Value::as_f64)) {
-                if x < min {
-                    errs.push(format!("{path} must be ≥ {min}"));
-                }
-            }
-            if let (Some(x), Some(max)) = (num.as_f64(), s.get("maximum").and_then(Value::as_f64)) {
-                if x > max {
-                    errs.push(format!("{path} must be ≤ {max}"));
-                }
-            }
-        }
-        _ => {}
+    match e.kind() {
+        ValidationErrorKind::Referencing(r) => format!("schema at $: {r}"),
+        _ if at.as_str().is_empty() => format!("schema at $: {e}"),
+        _ => format!("schema at {}: {e}", dollar_path(at)),
     }
 }
 
@@ -246,5 +269,69 @@ mod tests {
         assert!(check_schema(&json!({"type": "obj"})).is_err());
         assert!(check_schema(&json!("string")).is_err());
         assert!(check_schema(&json!({"properties": {"a": {"type": 3}}})).is_err());
+    }
+
+    /// The whole of 2020-12: `$ref` into `$defs`, `allOf`, `pattern` and `format`, with every
+    /// problem named by its path.
+    #[test]
+    fn refs_all_of_patterns_and_formats_name_the_path() {
+        let s = json!({
+            "$defs": {
+                "code": {"type": "string", "pattern": "^[A-Z]{3}-[0-9]{2}$"},
+                "contact": {"type": "object", "required": ["email"],
+                            "properties": {"email": {"type": "string", "format": "email"}}}
+            },
+            "allOf": [
+                {"$ref": "#/$defs/contact"},
+                {"type": "object", "required": ["items"],
+                 "properties": {"items": {"type": "array", "items": {"$ref": "#/$defs/code"}},
+                                "on": {"type": "string", "format": "date"}}}
+            ]
+        });
+        check_schema(&s).unwrap();
+        let good = json!({"email": "ann@example.org", "items": ["ABC-12"], "on": "2024-05-03"});
+        assert_eq!(validate(&s, &good), Ok(()));
+        let e = validate(
+            &s,
+            &json!({"email": "not an address", "items": ["ABC-12", "abc"], "on": "May 3rd"}),
+        )
+        .unwrap_err();
+        assert_eq!(e.len(), 3, "{e:?}");
+        assert!(
+            e.iter().any(|m| m == "$.email must be a valid email"),
+            "{e:?}"
+        );
+        assert!(
+            e.iter()
+                .any(|m| m == "$.items[1] must match the pattern ^[A-Z]{3}-[0-9]{2}$"),
+            "{e:?}"
+        );
+        assert!(e.iter().any(|m| m == "$.on must be a valid date"), "{e:?}");
+        let e = validate(&s, &json!({"items": []})).unwrap_err();
+        assert_eq!(e, vec!["$.email is required".to_string()]);
+    }
+
+    #[test]
+    fn invalid_schemas_say_where() {
+        assert_eq!(
+            check_schema(&json!({"type": "obj"})).unwrap_err(),
+            r#"schema at $ has an unknown type "obj""#
+        );
+        let e = check_schema(&json!({"properties": {"a": {"minLength": "x"}}})).unwrap_err();
+        assert!(e.starts_with("schema at $.properties.a.minLength: "), "{e}");
+        // Nothing is fetched.
+        let e = check_schema(&json!({"$ref": "https://example.com/s.json"})).unwrap_err();
+        assert!(e.starts_with("schema at $"), "{e}");
+        assert!(validate(&json!({"type": "obj"}), &json!(1)).unwrap_err()[0]
+            .starts_with("the schema is invalid: "));
+    }
+
+    #[test]
+    fn compiled_once() {
+        let s = json!({"type": "object", "title": "compiled_once"});
+        let a = compiled(&s).unwrap();
+        let b = compiled(&s).unwrap();
+        assert!(Arc::ptr_eq(&a, &b));
+        assert!(a.is_valid(&json!({})) && !a.is_valid(&json!([])));
     }
 }
