@@ -49,6 +49,36 @@ const STATIC: &[(&str, &str, &[u8])] = &[
         "text/css; charset=utf-8",
         include_bytes!("../../static/style.css"),
     ),
+    (
+        "render.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../static/render.js"),
+    ),
+    (
+        "claim.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../static/claim.js"),
+    ),
+    (
+        "graph.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../static/graph.js"),
+    ),
+    (
+        "vendor-marked.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../static/vendor/marked.umd.js"),
+    ),
+    (
+        "vendor-purify.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../static/vendor/purify.min.js"),
+    ),
+    (
+        "vendor-dagre.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../static/vendor/dagre.min.js"),
+    ),
 ];
 
 fn serve(name: &str) -> HttpResponse {
