@@ -903,7 +903,7 @@
         for (const interrupt of outcome.interrupts || []) renderInterrupt(view, interrupt, meta);
         const open = (outcome.interrupts || []).find((i) => i && i.id);
         view.pause = open ? { interrupt: open, seq: meta.seq } : null;
-      } else if (outcome.result && Object.keys(outcome.result).length) {
+      } else if (outcome.result && Object.keys(outcome.result).length && !echoesReply(view, outcome.result)) {
         // The run's output, laid out from the assistant's output args.
         append(R.resultCard(outcome.result, (state.assistant && state.assistant.outputArgs) || []));
       }
@@ -926,6 +926,14 @@
       refreshConversationsSoon();
     },
   };
+
+  /** A result that only repeats the reply just shown (one text field) needs no card. */
+  function echoesReply(view, result) {
+    const values = Object.values(result);
+    if (values.length !== 1 || typeof values[0] !== "string") return false;
+    const said = Array.from(view.messages.values()).filter((m) => m.role === "assistant").map((m) => m.text.data.trim());
+    return said.includes(values[0].trim());
+  }
 
   function newRun(runId) {
     return { id: runId || null, progress: null, log: null, tools: new Map(), reasoning: new Map() };
@@ -1356,7 +1364,7 @@
     if (!pause || state.running) return null;
     const i = pause.interrupt;
     if (i.reason === "page_action") {
-      const what = i.action === "fill_claim_form" ? "Expense claim form" : i.message || humanize(i.action || "page action");
+      const what = i.action === "fill_claim_form" ? "Expense claim form" : i.message || i.prompt || humanize(i.action || "page action");
       return { reason: i.reason, canSend: true, text: `Your message will answer: ${what} — it is sent in place of the page's answer.` };
     }
     if (i.reason === "tool_confirmation") {
