@@ -524,175 +524,13 @@
     claim.show(conversationId);
   });
 
-  // ======================================================================== input args form
+  // ======================================================================== input args form (args.js)
 
-  /** Build the form from the assistant's inputArgs. */
-  function renderArgsForm(args) {
-    const form = $("args-form");
-    $("args-error").hidden = true;
-    form.replaceChildren();
-    $("args-hint").textContent = args.length ? "Sent with every message." : "This assistant takes no input args.";
-    for (const arg of args) form.append(argField(arg));
-    updatePanelDot();
-  }
-
-  function argField(arg) {
-    const id = "arg-" + arg.name;
-    const label = el(
-      "label",
-      { for: id },
-      arg.title || humanize(arg.name),
-      arg.required ? el("span", { class: "req", "aria-hidden": "true" }, " *") : null
-    );
-    const describedBy = [];
-    const hint = arg.description ? el("p", { class: "field-hint", id: id + "-hint" }, arg.description) : null;
-    if (hint) describedBy.push(hint.id);
-    const error = el("p", { class: "field-error", id: id + "-error", hidden: true });
-    describedBy.push(error.id);
-    const common = {
-      id,
-      name: arg.name,
-      "aria-describedby": describedBy.join(" "),
-      required: !!arg.required,
-      dataset: { type: arg.type || "string" },
-    };
-    let control;
-    if (Array.isArray(arg.enum) && arg.enum.length) {
-      control = el("select", common, arg.required ? null : el("option", { value: "" }, "—"));
-      arg.enum.forEach((v, i) => control.append(el("option", { value: String(i) }, String(v))));
-      const di = arg.default !== undefined ? arg.enum.findIndex((v) => v === arg.default) : -1;
-      control.value = di >= 0 ? String(di) : arg.required ? "0" : "";
-    } else if (arg.type === "boolean") {
-      control = el("input", { ...common, type: "checkbox", required: false });
-      control.checked = arg.default === true;
-      const wrap = el("div", { class: "field field-check", dataset: { arg: arg.name } }, control, label, hint, error);
-      control.addEventListener("change", () => clearFieldError(arg.name));
-      return wrap;
-    } else if (arg.type === "number" || arg.type === "integer") {
-      control = el("input", { ...common, type: "number", step: arg.type === "integer" ? "1" : "any", inputmode: "decimal" });
-      if (typeof arg.default === "number") control.value = String(arg.default);
-    } else if (arg.type === "object" || arg.type === "array") {
-      control = el("textarea", { ...common, rows: "3", class: "mono", spellcheck: "false", placeholder: arg.type === "array" ? "[ ]" : "{ }" });
-      if (arg.default !== undefined) control.value = prettyJson(arg.default);
-    } else {
-      control = el("input", { ...common, type: "text" });
-      if (arg.default !== undefined && arg.default !== null) control.value = String(arg.default);
-    }
-    control.addEventListener("input", () => clearFieldError(arg.name));
-    return el("div", { class: "field", dataset: { arg: arg.name } }, label, control, hint, error);
-  }
-
-  /** Read and check the form: {ok, values, errors: {name: message}}. */
-  function collectArgs() {
-    const values = {};
-    const errors = {};
-    for (const arg of (state.assistant && state.assistant.inputArgs) || []) {
-      const control = $("arg-" + arg.name);
-      if (!control) continue;
-      const type = arg.type || "string";
-      if (Array.isArray(arg.enum) && arg.enum.length) {
-        if (control.value === "") {
-          if (arg.required) errors[arg.name] = "Choose a value.";
-        } else values[arg.name] = arg.enum[Number(control.value)];
-        continue;
-      }
-      if (type === "boolean") {
-        values[arg.name] = control.checked;
-        continue;
-      }
-      const raw = control.value.trim();
-      if (raw === "") {
-        if (arg.required) errors[arg.name] = "This field is required.";
-        continue;
-      }
-      if (type === "number" || type === "integer") {
-        const n = Number(raw);
-        if (!Number.isFinite(n)) errors[arg.name] = "Enter a number.";
-        else if (type === "integer" && !Number.isInteger(n)) errors[arg.name] = "Enter a whole number.";
-        else values[arg.name] = n;
-      } else if (type === "object" || type === "array") {
-        try {
-          const v = JSON.parse(raw);
-          const isArray = Array.isArray(v);
-          if (type === "array" && !isArray) errors[arg.name] = "Enter a JSON array, like [1, 2].";
-          else if (type === "object" && (isArray || v === null || typeof v !== "object"))
-            errors[arg.name] = 'Enter a JSON object, like {"key": "value"}.';
-          else values[arg.name] = v;
-        } catch (e) {
-          errors[arg.name] = "Not valid JSON: " + e.message;
-        }
-      } else {
-        values[arg.name] = control.value;
-      }
-    }
-    return { ok: Object.keys(errors).length === 0, values, errors };
-  }
-
-  /** Put stored args (e.g. of a reopened conversation) back into the form. */
-  function fillArgsForm(values) {
-    for (const arg of (state.assistant && state.assistant.inputArgs) || []) {
-      const control = $("arg-" + arg.name);
-      if (!control || !(arg.name in values)) continue;
-      const v = values[arg.name];
-      if (Array.isArray(arg.enum) && arg.enum.length) {
-        const i = arg.enum.findIndex((x) => x === v);
-        if (i >= 0) control.value = String(i);
-      } else if (arg.type === "boolean") control.checked = v === true;
-      else if (arg.type === "object" || arg.type === "array") control.value = prettyJson(v);
-      else control.value = v === null ? "" : String(v);
-    }
-  }
-
-  function showFieldErrors(errors, general) {
-    let shown = 0;
-    for (const [name, message] of Object.entries(errors)) {
-      const box = $("arg-" + name + "-error");
-      if (!box) continue;
-      box.textContent = message;
-      box.hidden = false;
-      $("arg-" + name).setAttribute("aria-invalid", "true");
-      shown++;
-    }
-    const extra = Object.keys(errors).filter((n) => !$("arg-" + n + "-error"));
-    const generalText = [general, ...extra.map((n) => n + ": " + errors[n])].filter(Boolean).join(" ");
-    $("args-error").textContent = generalText;
-    $("args-error").hidden = !generalText;
-    updatePanelDot(shown > 0 || !!generalText);
-    if (shown || generalText) {
-      openPanel();
-      const first = Object.keys(errors).map((n) => $("arg-" + n)).find(Boolean);
-      if (first) first.focus();
-    }
-  }
-
-  function clearFieldError(name) {
-    const box = $("arg-" + name + "-error");
-    if (box) box.hidden = true;
-    const control = $("arg-" + name);
-    if (control) control.removeAttribute("aria-invalid");
-    if (!document.querySelector("#args-form [aria-invalid]")) {
-      $("args-error").hidden = true;
-      updatePanelDot(false);
-    }
-  }
-
-  /** Server `invalid_args`: details may be [{field, message}], {field: message} or text. */
-  function showServerArgErrors(err) {
-    const errors = {};
-    const d = err.details;
-    if (Array.isArray(d)) {
-      for (const item of d) {
-        if (item && typeof item === "object") {
-          const f = item.field || item.name || item.path;
-          if (f) errors[String(f).replace(/^(args|start)\./, "")] = item.message || "Invalid value.";
-        }
-      }
-    } else if (d && typeof d === "object") {
-      for (const [f, m] of Object.entries(d)) errors[f] = typeof m === "string" ? m : prettyJson(m);
-    }
-    const hasFields = Object.keys(errors).length > 0;
-    showFieldErrors(errors, hasFields ? "" : err.message);
-  }
+  const argsForm = window.ParleyArgs.create(
+    { $, el, humanize, prettyJson },
+    { state, updatePanelDot: (...x) => updatePanelDot(...x), openPanel: () => openPanel() }
+  );
+  const { renderArgsForm, collectArgs, fillArgsForm, showFieldErrors, showServerArgErrors } = argsForm;
 
   // ======================================================================== chat rendering
 
@@ -997,6 +835,12 @@
     const run = view.run;
     if (!run || !run.progress) return;
     for (const item of run.progressList.querySelectorAll(".step.running")) setStepState(view, item, label.trim() || "done");
+    if (!label) {
+      // Finished: the line sums the run up instead of naming its last step.
+      const n = run.stepCount;
+      run.progressSummary.textContent = `${n} step${n === 1 ? "" : "s"} · finished`;
+      run.progressSummary.dataset.state = "done";
+    }
   }
 
   /** A user or assistant bubble, created on first sight of its messageId. */
@@ -1128,162 +972,9 @@
     else if (!view.cards.has(interrupt.id)) view.cards.set(interrupt.id, actionCard(interrupt, meta));
   }
 
-  // ======================================================================== action cards
+  // ======================================================================== action cards (cards.js)
 
-  const BUTTON_KIND = { approve: "approve", confirm: "approve", yes: "approve", reject: "reject", deny: "reject", no: "reject" };
-
-  /**
-   * Action in Conversation (and tool confirmation): the message, the payload (editable when
-   * the node allows it) and one button per choice. A click resumes the interrupt once.
-   */
-  function actionCard(interrupt, meta) {
-    const conversationId = meta.conversationId;
-    // Buttons come with the interrupt; approve/reject if it names none (tool confirmations).
-    const buttons = Array.isArray(interrupt.buttons) && interrupt.buttons.length ? interrupt.buttons : ["approve", "reject"];
-    const isTool = interrupt.reason === "tool_confirmation";
-    const card = el("div", {
-      class: "action-card",
-      "data-testid": "action-card",
-      role: "group",
-      "aria-label": isTool ? "Tool confirmation" : "Action needed",
-      dataset: { interruptId: interrupt.id, reason: interrupt.reason || "" },
-    });
-    card.append(el("div", { class: "action-card-kicker" }, isTool ? "Confirm" : "Action needed"));
-    const payload = interrupt.payload;
-    if (isTool) {
-      // In words ("Refund 120 EUR on INV-1002?"), the call itself behind a disclosure.
-      card.append(el("p", { class: "action-card-message", dir: "auto" }, R.toolSentence(interrupt)));
-      if (payload !== undefined && payload !== null) card.append(R.jsonDisclosure(payload, "Show the tool call"));
-    } else if (interrupt.message) card.append(el("p", { class: "action-card-message", dir: "auto" }, interrupt.message));
-
-    // The card's data: a table, or form fields (from its shape) when the node allows editing.
-    const hasPayload = payload !== undefined && payload !== null && !(typeof payload === "object" && Object.keys(payload).length === 0);
-    const display = el("div", { class: "action-card-payload" });
-    let editor = null;
-    const showEditor = () => {
-      if (editor) return;
-      editor = R.dataForm(hasPayload ? payload : {}, "card-" + String(interrupt.id).replace(/[^A-Za-z0-9_-]/g, ""));
-      display.replaceChildren(editor.node);
-    };
-    if (!isTool) {
-      if (interrupt.editable) showEditor();
-      else if (hasPayload) display.append(R.valueNode(payload));
-    }
-    card.append(display);
-    const error = el("p", { class: "field-error", hidden: true, role: "alert" });
-    card.append(error);
-
-    // "reply" asks for a text answer in the card itself.
-    let replyBox = null;
-    const row = el("div", { class: "action-card-buttons" });
-    const status = el("p", { class: "action-card-status", role: "status" });
-    const ctrl = { nodeId: interrupt.nodeId, seq: meta.seq, done: false, closedSeq: 0, label: isTool ? "the confirmation" : interrupt.message || "the card" };
-    const buttonEls = new Map();
-
-    const lock = (chosen, text) => {
-      ctrl.done = true;
-      card.classList.add("answered");
-      for (const [name, b] of buttonEls) {
-        b.disabled = true;
-        if (name === chosen) {
-          b.classList.add("chosen");
-          b.setAttribute("aria-pressed", "true");
-        }
-      }
-      if (editor) editor.setReadOnly(true);
-      if (replyBox) replyBox.readOnly = true;
-      status.textContent = text;
-    };
-    const answerText = (action, value) =>
-      action === "reply" && typeof value === "string" && value ? "Answered with a reply: “" + value + "”" : action ? "Answered: " + humanize(action) : "Answered";
-    ctrl.answered = (action, value) => {
-      if (ctrl.done) {
-        if (action && !ctrl.action) {
-          ctrl.action = action;
-          if (buttonEls.has(action)) lock(action, answerText(action, value));
-          else status.textContent = answerText(action, value);
-        }
-        return;
-      }
-      ctrl.action = action || null;
-      lock(action, answerText(action, value));
-    };
-
-    const submit = (name) => {
-      let value = null;
-      if (editor) {
-        try {
-          value = editor.value();
-        } catch (e) {
-          error.textContent = e.message;
-          error.hidden = false;
-          return;
-        }
-      }
-      if (name === "reply") {
-        if (!replyBox) {
-          replyBox = el("textarea", { class: "action-card-reply", rows: "2", placeholder: "Your reply…", "aria-label": "Your reply" });
-          card.insertBefore(replyBox, row);
-          replyBox.focus();
-          return;
-        }
-        if (!replyBox.value.trim()) {
-          replyBox.focus();
-          return;
-        }
-        value = replyBox.value.trim();
-      }
-      if (name === "edit" && !editor) {
-        showEditor();
-        const first = editor.node.querySelector("input, textarea");
-        if (first) first.focus();
-        buttonEls.get("edit").lastChild.textContent = "Save edits";
-        return;
-      }
-      error.hidden = true;
-      lock(name, "Sending…");
-      ctrl.action = name;
-      client.resume(interrupt.id, name, value, conversationId).then(
-        () => {
-          status.textContent = answerText(name, value);
-        },
-        (err) => {
-          if (err.code === "interrupt_not_pending") {
-            status.textContent = "Already answered";
-            return;
-          }
-          // Not applied: let the user try again.
-          ctrl.done = false;
-          ctrl.action = null;
-          card.classList.remove("answered");
-          for (const b of buttonEls.values()) {
-            b.disabled = false;
-            b.classList.remove("chosen");
-            b.removeAttribute("aria-pressed");
-          }
-          if (editor) editor.setReadOnly(false);
-          if (replyBox) replyBox.readOnly = false;
-          status.textContent = "";
-          error.textContent = err.message;
-          error.hidden = false;
-        }
-      );
-    };
-
-    for (const name of buttons) {
-      const kind = BUTTON_KIND[String(name).toLowerCase()] || "neutral";
-      const b = el(
-        "button",
-        { type: "button", class: "btn btn-" + kind, "data-testid": "action-button", dataset: { action: name }, onclick: () => submit(name) },
-        el("span", {}, humanize(name))
-      );
-      buttonEls.set(name, b);
-      row.append(b);
-    }
-    card.append(row, status);
-    append(card);
-    return ctrl;
-  }
+  const { actionCard } = window.ParleyCards.create({ el, humanize }, { client, append: (n) => append(n) });
 
   // ======================================================================== Action in Page
 

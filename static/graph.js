@@ -110,6 +110,10 @@
         );
         out.append(grp);
       }
+      // Its own size (the page's icon rule would shrink an svg), never wider than the dialog.
+      out.style.width = Math.ceil(width) + "px";
+      out.style.height = "auto";
+      out.style.maxWidth = "100%";
       const scroller = document.createElement("div");
       scroller.className = "graph-scroll";
       scroller.append(out);

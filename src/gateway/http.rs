@@ -60,6 +60,16 @@ const STATIC: &[(&str, &str, &[u8])] = &[
         include_bytes!("../../static/claim.js"),
     ),
     (
+        "args.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../static/args.js"),
+    ),
+    (
+        "cards.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../static/cards.js"),
+    ),
+    (
         "graph.js",
         "text/javascript; charset=utf-8",
         include_bytes!("../../static/graph.js"),

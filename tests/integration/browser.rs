@@ -554,7 +554,7 @@ impl Drop for Browser {
 
 // ================================================================================ helpers
 
-pub async fn get_json(s: &Server, path: &str) -> (u16, Value) {
+async fn get_json(s: &Server, path: &str) -> (u16, Value) {
     let r = http().get(s.http(path)).send().await.expect("GET");
     let status = r.status().as_u16();
     let body = r.json().await.unwrap_or(Value::Null);

@@ -62,6 +62,7 @@ fn test_assistants() -> Vec<(&'static str, Value)> {
             json!({
                 "title": "Result",
                 "description": "Ends with an output to show as a card",
+                "inputArgs": [{"name": "tags", "type": "array", "title": "Tags", "default": ["a", "b"]}],
                 "outputArgs": [
                     {"name": "summary", "type": "string", "title": "Summary"},
                     {"name": "keywords", "type": "array", "title": "Keywords"},
@@ -428,8 +429,18 @@ async fn result_card_shows_the_output_args() {
     let (s, _dir) = server();
     let b = Browser::open(&s).await;
     b.select_assistant("result").await;
+    // An array arg is a list, one item a line (not raw JSON).
+    assert_eq!(
+        b.js("return document.getElementById('arg-tags').value").await,
+        json!("a\nb")
+    );
+    b.js("const t = document.getElementById('arg-tags'); t.value = 'red\\n green \\n\\nblue'; t.dispatchEvent(new Event('input')); return true")
+        .await;
     b.send_message("go").await;
     b.wait_visible("[data-testid=result-card]").await;
+    let conv = b.conversation_id().await;
+    let rec = get_json(&s, &format!("/api/conversations/{conv}")).await;
+    assert_eq!(rec["args"]["tags"], json!(["red", "green", "blue"]));
     let v = b
         .js("const c = document.querySelector('[data-testid=result-card]');\
              return {text: c.querySelector('.result-card-text').innerText,\
