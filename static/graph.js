@@ -68,7 +68,11 @@
       const g = new window.dagre.graphlib.Graph({ multigraph: true });
       g.setGraph({ rankdir: "TB", nodesep: 24, ranksep: 36, marginx: 8, marginy: 8 });
       g.setDefaultEdgeLabel(() => ({}));
-      for (const n of m.nodes) g.setNode(n.id, { width: 168, height: 48, node: n });
+      // Wide enough for the longer of its two lines (title; type and state), ~7 px a character.
+      for (const n of m.nodes) {
+        const longest = Math.max(String(n.title || n.id).slice(0, 22).length, ((TYPE_LABELS[n.type] || n.type || "") + " · waiting").length);
+        g.setNode(n.id, { width: Math.max(150, 7 * longest + 24), height: 48, node: n });
+      }
       m.edges.forEach((e, i) => {
         if (g.hasNode(e.from) && g.hasNode(e.to)) g.setEdge(e.from, e.to, { label: e.port || "", width: e.port ? 8 * e.port.length : 0, height: e.port ? 16 : 0 }, "e" + i);
       });

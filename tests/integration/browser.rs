@@ -53,7 +53,10 @@ const CHROMIUM_ARGS: &[&str] = &[
 ];
 
 /// Chromium flags that make the page see `prefers-color-scheme: dark`.
-pub const DARK_MODE: &[&str] = &["--force-dark-mode", "--blink-settings=preferredColorScheme=0"];
+pub const DARK_MODE: &[&str] = &[
+    "--force-dark-mode",
+    "--blink-settings=preferredColorScheme=0",
+];
 
 pub const ENTER: &str = "\u{E007}";
 /// Ctrl+A, then release the modifier (WebDriver key codes).

@@ -25,7 +25,10 @@ async fn axe_violations(b: &Browser) -> Value {
             .map(v => ({id: v.id, impact: v.impact, nodes: v.nodes.slice(0, 5).map(n => n.target.join(' ') + ' :: ' + n.failureSummary)}))}))")
         .await;
     // axe really looked at the page (it checks colour contrast, names, roles…).
-    assert!(v["passes"].as_u64().unwrap_or(0) > 10, "axe-core did not run: {v}");
+    assert!(
+        v["passes"].as_u64().unwrap_or(0) > 10,
+        "axe-core did not run: {v}"
+    );
     v["bad"].clone()
 }
 

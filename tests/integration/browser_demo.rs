@@ -262,7 +262,9 @@ async fn typed_answer_rule_is_shown_for_each_pause() {
     let t = composer_target(&b).await;
     assert_eq!(t[1], "page_action", "{t}");
     assert!(
-        t[2].as_str().unwrap().starts_with("Your message will answer: Expense claim form"),
+        t[2].as_str()
+            .unwrap()
+            .starts_with("Your message will answer: Expense claim form"),
         "{t}"
     );
 
@@ -320,7 +322,9 @@ async fn typed_answer_rule_is_shown_for_each_pause() {
     .await;
     let note = b.text_of("[data-testid=page-action-note]").await;
     assert!(
-        note.contains("Answered in the chat") && !note.contains("Done on the page") && !note.contains("cannot run"),
+        note.contains("Answered in the chat")
+            && !note.contains("Done on the page")
+            && !note.contains("cannot run"),
         "{note}"
     );
     b.assert_no_errors().await;
@@ -356,14 +360,19 @@ async fn each_card_keeps_its_own_answer_after_replay() {
     ]);
     b.wait(
         "each card's own answer",
-        &format!("const v = (() => {{ {statuses} }})(); return JSON.stringify(v) === {} && v", json!(want.to_string())),
+        &format!(
+            "const v = (() => {{ {statuses} }})(); return JSON.stringify(v) === {} && v",
+            json!(want.to_string())
+        ),
     )
     .await;
 
     // Reopen: the replay gives the same answers.
     b.click("[data-testid=new-conversation]").await;
-    b.click(&format!("[data-testid=conversation-item][data-id='{conv}'] .conv-open"))
-        .await;
+    b.click(&format!(
+        "[data-testid=conversation-item][data-id='{conv}'] .conv-open"
+    ))
+    .await;
     b.wait(
         "the replayed cards",
         "return document.querySelectorAll('[data-testid=action-card]').length === 2",
@@ -431,7 +440,8 @@ async fn result_card_shows_the_output_args() {
     b.select_assistant("result").await;
     // An array arg is a list, one item a line (not raw JSON).
     assert_eq!(
-        b.js("return document.getElementById('arg-tags').value").await,
+        b.js("return document.getElementById('arg-tags').value")
+            .await,
         json!("a\nb")
     );
     b.js("const t = document.getElementById('arg-tags'); t.value = 'red\\n green \\n\\nblue'; t.dispatchEvent(new Event('input')); return true")
