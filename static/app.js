@@ -4,8 +4,12 @@
  * replayed), keyed by seq, so a reconnect or a reopen never shows a message twice.
  *
  * Sections: DOM helpers · HTTP API · state · connection pill · assistants · conversations ·
- * input args form · chat rendering · action cards · Action in Page (claim form) · composer ·
- * drawers · boot.
+ * input args form · chat rendering · action cards · Action in Page · composer (and the
+ * typed-answer rule) · drawers · boot.
+ *
+ * Helpers in their own files (loaded first): render.js (Markdown, result cards, card data as
+ * form fields, tool confirmations in words), claim.js (the sample claim form, per
+ * conversation), graph.js (the graph view).
  */
 (function () {
   "use strict";
@@ -13,6 +17,7 @@
   // ======================================================================== DOM helpers
 
   const $ = (id) => document.getElementById(id);
+  const R = window.ParleyRender;
 
   /** el("div", {class: "x", dataset: {a: 1}, onclick: fn}, child, "text", ...) */
   function el(tag, attrs, ...children) {
@@ -51,10 +56,7 @@
   }
 
   /** "draft_reply" → "Draft reply" */
-  function humanize(name) {
-    const s = String(name).replace(/[_-]+/g, " ").trim();
-    return s.charAt(0).toUpperCase() + s.slice(1);
-  }
+  const humanize = R.humanize;
 
   function relativeTime(value) {
     if (!value) return "";
@@ -157,14 +159,18 @@
     running: false,
     sending: false,
     view: null, // what the chat shows for the current conversation (see resetView)
+    details: new Map(), // assistant id -> GET /api/assistants/{id} (pause points, graph)
+    maxMessageChars: 32768, // from GET /api/info when it says (config default otherwise)
+    filterAll: true, // the sidebar lists every assistant's conversations
   };
 
   const client = new window.ParleyClient({ token: token || undefined });
+  const graph = window.ParleyGraph.create(document.getElementById("graph-body"));
   window.parleyApp = { client, state };
 
   // ======================================================================== connection pill
 
-  const CONN_LABELS = { connecting: "connecting", open: "open", reconnecting: "reconnecting", closed: "closed" };
+  const CONN_LABELS = { connecting: "Connecting…", open: "Connected", reconnecting: "Reconnecting…", closed: "Disconnected" };
 
   client.on("connection", ({ state: s }) => {
     const pill = $("conn-state");
@@ -221,6 +227,8 @@
     try {
       const info = await api("/api/info");
       state.builtinModel = !!(info && info.builtinModel);
+      if (info && Number.isFinite(info.maxMessageChars)) state.maxMessageChars = info.maxMessageChars;
+      updateComposer();
     } catch (_) {
       state.builtinModel = false; // 404 or older server: no notice unless the assistant says so
     }
@@ -245,6 +253,29 @@
     if (!keepConversation) startNewConversation();
     else renderEmptyState();
     loadConversations();
+    updateClaimPanel();
+    graph.setDefinition(null);
+    loadDetail(assistant.id);
+  }
+
+  /** The assistant's details: its pause points (does it use the page form?) and its graph. */
+  async function loadDetail(id) {
+    try {
+      const d = state.details.get(id) || (await api("/api/assistants/" + encodeURIComponent(id)));
+      state.details.set(id, d);
+      if (!state.assistant || state.assistant.id !== id) return;
+      updateClaimPanel();
+      graph.setDefinition(d.graph || null);
+    } catch (_) {
+      /* the page works without it: no graph definition, the form stays as it was */
+    }
+  }
+
+  /** The sample form is shown when the assistant can ask for it, or while it waits. */
+  function updateClaimPanel() {
+    const d = state.assistant && state.details.get(state.assistant.id);
+    const usesPage = !!(d && (d.pausePoints || []).some((p) => /\(page_action\)/.test(p)));
+    $("claim-panel").hidden = !(usesPage || claim.isWaiting());
   }
 
   $("assistant-select").addEventListener("change", (e) => selectAssistant(e.target.value));
@@ -261,7 +292,8 @@
 
   async function loadConversations() {
     if (!state.assistant) return;
-    const q = new URLSearchParams({ assistant: state.assistant.id, limit: "50" });
+    const q = new URLSearchParams({ limit: "50" });
+    if (!state.filterAll) q.set("assistant", state.assistant.id);
     try {
       const data = await api("/api/conversations?" + q);
       state.conversations = (data && data.items) || (Array.isArray(data) ? data : []);
@@ -278,7 +310,17 @@
     if (state.renaming) return; // redrawn when the inline edit ends
     const list = $("conversation-list");
     const current = client.conversationId;
+    // Keep the keyboard focus on the same conversation across a redraw.
+    const focused = list.contains(document.activeElement) ? document.activeElement.closest(".conversation-item") : null;
+    const focusId = focused && focused.dataset.id;
     list.replaceChildren(...state.conversations.map((c) => conversationItem(c, c.id === current)));
+    if (focusId) {
+      const again = list.querySelector(`.conversation-item[data-id="${CSS.escape(focusId)}"] .conv-open`);
+      if (again) again.focus();
+    }
+    const waiting = state.conversations.filter((c) => c.status === "paused").length;
+    $("waiting-count").hidden = waiting === 0;
+    $("waiting-count").textContent = waiting + " waiting";
     const empty = $("conversation-empty");
     empty.hidden = state.conversations.length > 0;
     empty.textContent = errorText || "No conversations yet.";
@@ -288,27 +330,48 @@
 
   function conversationItem(c, active) {
     const status = STATUS_LABELS[c.status];
+    const other = c.assistant && state.assistant && c.assistant !== state.assistant.id;
+    const owner = other ? state.assistants.find((a) => a.id === c.assistant) : null;
     const open = el(
       "button",
-      { type: "button", class: "conv-open", onclick: () => openConversation(c.id), "aria-current": active ? "true" : null },
-      el("span", { class: "conv-title" }, c.title || "Untitled"),
+      {
+        type: "button",
+        class: "conv-open",
+        onclick: () => openConversation(c.id, c.assistant),
+        "aria-current": active ? "true" : null,
+        "aria-keyshortcuts": "F2 Delete",
+        title: (c.title || "Untitled") + " — F2 renames, Delete deletes",
+      },
+      el("span", { class: "conv-title", dir: "auto" }, c.title || "Untitled"),
       el(
         "span",
         { class: "conv-meta" },
         relativeTime(c.updatedAt),
-        status ? el("span", { class: "conv-status conv-status-" + c.status }, status) : null
+        other ? el("span", { class: "conv-assistant" }, (owner && owner.title) || c.assistant) : null,
+        status ? el("span", { class: "conv-status conv-status-" + c.status, "data-testid": c.status === "paused" ? "waiting-badge" : null }, status) : null
       )
     );
+    // One Tab stop per conversation: the rename and delete buttons are reached with the mouse,
+    // or from the keyboard with F2 and Delete on the conversation.
     const rename = el(
       "button",
-      { type: "button", class: "icon-btn icon-btn-small", "data-testid": "rename-button", "aria-label": "Rename", title: "Rename" },
+      { type: "button", class: "icon-btn icon-btn-small", "data-testid": "rename-button", "aria-label": "Rename", title: "Rename (F2)", tabindex: "-1" },
       icon("pencil")
     );
     const del = el(
       "button",
-      { type: "button", class: "icon-btn icon-btn-small icon-btn-danger", "data-testid": "delete-button", "aria-label": "Delete", title: "Delete" },
+      { type: "button", class: "icon-btn icon-btn-small icon-btn-danger", "data-testid": "delete-button", "aria-label": "Delete", title: "Delete (Delete key)", tabindex: "-1" },
       icon("trash")
     );
+    open.addEventListener("keydown", (e) => {
+      if (e.key === "F2") {
+        e.preventDefault();
+        beginRename(item, c);
+      } else if (e.key === "Delete") {
+        e.preventDefault();
+        deleteConversation(c);
+      }
+    });
     const item = el(
       "li",
       { class: "conversation-item" + (active ? " active" : ""), "data-testid": "conversation-item", dataset: { id: c.id } },
@@ -352,7 +415,7 @@
       state.renaming = null;
       renderConversationList();
       if (wasFocused) {
-        const button = document.querySelector(`.conversation-item[data-id="${CSS.escape(c.id)}"] [data-testid="rename-button"]`);
+        const button = document.querySelector(`.conversation-item[data-id="${CSS.escape(c.id)}"] .conv-open`);
         if (button) button.focus();
       }
     };
@@ -386,9 +449,14 @@
   }
 
   /** Open an old conversation: its whole history replays as events (subscribe since 0). */
-  async function openConversation(id) {
+  async function openConversation(id, assistantId) {
     closeDrawers();
+    if (assistantId && state.assistant && assistantId !== state.assistant.id && state.assistants.some((a) => a.id === assistantId)) {
+      selectAssistant(assistantId, { keepConversation: true });
+    }
     resetView();
+    state.view.replaying = true;
+    loadMessageTimes(id);
     client.open(id).catch((err) => {
       if (err.code === "conversation_not_found") {
         toast("That conversation no longer exists");
@@ -397,6 +465,7 @@
       }
     });
     setHash(id);
+    claim.show(id);
     const known = state.conversations.find((c) => c.id === id);
     setChatTitle(known ? known.title : "Conversation");
     renderConversationList();
@@ -414,6 +483,7 @@
   function startNewConversation() {
     client.newConversation();
     resetView();
+    claim.show(null);
     setHash(null);
     setChatTitle(null);
     renderConversationList();
@@ -423,6 +493,8 @@
   function setChatTitle(title) {
     state.conversationTitle = title || null;
     $("chat-title").textContent = title || "New conversation";
+    $("chat-title").title = title || "";
+    claim.refreshTitle();
   }
 
   function setHash(id) {
@@ -436,6 +508,11 @@
     return m ? decodeURIComponent(m[1]) : null;
   }
 
+  $("conversation-filter").addEventListener("change", (e) => {
+    state.filterAll = e.target.value === "all";
+    loadConversations();
+  });
+
   $("new-conversation").addEventListener("click", () => {
     closeDrawers();
     startNewConversation();
@@ -444,177 +521,16 @@
   // A conversation created by a send becomes current: reflect it in the URL and the list.
   client.on("conversation", ({ conversationId }) => {
     if (conversationId) setHash(conversationId);
+    claim.show(conversationId);
   });
 
-  // ======================================================================== input args form
+  // ======================================================================== input args form (args.js)
 
-  /** Build the form from the assistant's inputArgs. */
-  function renderArgsForm(args) {
-    const form = $("args-form");
-    $("args-error").hidden = true;
-    form.replaceChildren();
-    $("args-hint").textContent = args.length ? "Sent with every message." : "This assistant takes no input args.";
-    for (const arg of args) form.append(argField(arg));
-    updatePanelDot();
-  }
-
-  function argField(arg) {
-    const id = "arg-" + arg.name;
-    const label = el(
-      "label",
-      { for: id },
-      arg.title || humanize(arg.name),
-      arg.required ? el("span", { class: "req", "aria-hidden": "true" }, " *") : null
-    );
-    const describedBy = [];
-    const hint = arg.description ? el("p", { class: "field-hint", id: id + "-hint" }, arg.description) : null;
-    if (hint) describedBy.push(hint.id);
-    const error = el("p", { class: "field-error", id: id + "-error", hidden: true });
-    describedBy.push(error.id);
-    const common = {
-      id,
-      name: arg.name,
-      "aria-describedby": describedBy.join(" "),
-      required: !!arg.required,
-      dataset: { type: arg.type || "string" },
-    };
-    let control;
-    if (Array.isArray(arg.enum) && arg.enum.length) {
-      control = el("select", common, arg.required ? null : el("option", { value: "" }, "—"));
-      arg.enum.forEach((v, i) => control.append(el("option", { value: String(i) }, String(v))));
-      const di = arg.default !== undefined ? arg.enum.findIndex((v) => v === arg.default) : -1;
-      control.value = di >= 0 ? String(di) : arg.required ? "0" : "";
-    } else if (arg.type === "boolean") {
-      control = el("input", { ...common, type: "checkbox", required: false });
-      control.checked = arg.default === true;
-      const wrap = el("div", { class: "field field-check", dataset: { arg: arg.name } }, control, label, hint, error);
-      control.addEventListener("change", () => clearFieldError(arg.name));
-      return wrap;
-    } else if (arg.type === "number" || arg.type === "integer") {
-      control = el("input", { ...common, type: "number", step: arg.type === "integer" ? "1" : "any", inputmode: "decimal" });
-      if (typeof arg.default === "number") control.value = String(arg.default);
-    } else if (arg.type === "object" || arg.type === "array") {
-      control = el("textarea", { ...common, rows: "3", class: "mono", spellcheck: "false", placeholder: arg.type === "array" ? "[ ]" : "{ }" });
-      if (arg.default !== undefined) control.value = prettyJson(arg.default);
-    } else {
-      control = el("input", { ...common, type: "text" });
-      if (arg.default !== undefined && arg.default !== null) control.value = String(arg.default);
-    }
-    control.addEventListener("input", () => clearFieldError(arg.name));
-    return el("div", { class: "field", dataset: { arg: arg.name } }, label, control, hint, error);
-  }
-
-  /** Read and check the form: {ok, values, errors: {name: message}}. */
-  function collectArgs() {
-    const values = {};
-    const errors = {};
-    for (const arg of (state.assistant && state.assistant.inputArgs) || []) {
-      const control = $("arg-" + arg.name);
-      if (!control) continue;
-      const type = arg.type || "string";
-      if (Array.isArray(arg.enum) && arg.enum.length) {
-        if (control.value === "") {
-          if (arg.required) errors[arg.name] = "Choose a value.";
-        } else values[arg.name] = arg.enum[Number(control.value)];
-        continue;
-      }
-      if (type === "boolean") {
-        values[arg.name] = control.checked;
-        continue;
-      }
-      const raw = control.value.trim();
-      if (raw === "") {
-        if (arg.required) errors[arg.name] = "This field is required.";
-        continue;
-      }
-      if (type === "number" || type === "integer") {
-        const n = Number(raw);
-        if (!Number.isFinite(n)) errors[arg.name] = "Enter a number.";
-        else if (type === "integer" && !Number.isInteger(n)) errors[arg.name] = "Enter a whole number.";
-        else values[arg.name] = n;
-      } else if (type === "object" || type === "array") {
-        try {
-          const v = JSON.parse(raw);
-          const isArray = Array.isArray(v);
-          if (type === "array" && !isArray) errors[arg.name] = "Enter a JSON array, like [1, 2].";
-          else if (type === "object" && (isArray || v === null || typeof v !== "object"))
-            errors[arg.name] = 'Enter a JSON object, like {"key": "value"}.';
-          else values[arg.name] = v;
-        } catch (e) {
-          errors[arg.name] = "Not valid JSON: " + e.message;
-        }
-      } else {
-        values[arg.name] = control.value;
-      }
-    }
-    return { ok: Object.keys(errors).length === 0, values, errors };
-  }
-
-  /** Put stored args (e.g. of a reopened conversation) back into the form. */
-  function fillArgsForm(values) {
-    for (const arg of (state.assistant && state.assistant.inputArgs) || []) {
-      const control = $("arg-" + arg.name);
-      if (!control || !(arg.name in values)) continue;
-      const v = values[arg.name];
-      if (Array.isArray(arg.enum) && arg.enum.length) {
-        const i = arg.enum.findIndex((x) => x === v);
-        if (i >= 0) control.value = String(i);
-      } else if (arg.type === "boolean") control.checked = v === true;
-      else if (arg.type === "object" || arg.type === "array") control.value = prettyJson(v);
-      else control.value = v === null ? "" : String(v);
-    }
-  }
-
-  function showFieldErrors(errors, general) {
-    let shown = 0;
-    for (const [name, message] of Object.entries(errors)) {
-      const box = $("arg-" + name + "-error");
-      if (!box) continue;
-      box.textContent = message;
-      box.hidden = false;
-      $("arg-" + name).setAttribute("aria-invalid", "true");
-      shown++;
-    }
-    const extra = Object.keys(errors).filter((n) => !$("arg-" + n + "-error"));
-    const generalText = [general, ...extra.map((n) => n + ": " + errors[n])].filter(Boolean).join(" ");
-    $("args-error").textContent = generalText;
-    $("args-error").hidden = !generalText;
-    updatePanelDot(shown > 0 || !!generalText);
-    if (shown || generalText) {
-      openPanel();
-      const first = Object.keys(errors).map((n) => $("arg-" + n)).find(Boolean);
-      if (first) first.focus();
-    }
-  }
-
-  function clearFieldError(name) {
-    const box = $("arg-" + name + "-error");
-    if (box) box.hidden = true;
-    const control = $("arg-" + name);
-    if (control) control.removeAttribute("aria-invalid");
-    if (!document.querySelector("#args-form [aria-invalid]")) {
-      $("args-error").hidden = true;
-      updatePanelDot(false);
-    }
-  }
-
-  /** Server `invalid_args`: details may be [{field, message}], {field: message} or text. */
-  function showServerArgErrors(err) {
-    const errors = {};
-    const d = err.details;
-    if (Array.isArray(d)) {
-      for (const item of d) {
-        if (item && typeof item === "object") {
-          const f = item.field || item.name || item.path;
-          if (f) errors[String(f).replace(/^(args|start)\./, "")] = item.message || "Invalid value.";
-        }
-      }
-    } else if (d && typeof d === "object") {
-      for (const [f, m] of Object.entries(d)) errors[f] = typeof m === "string" ? m : prettyJson(m);
-    }
-    const hasFields = Object.keys(errors).length > 0;
-    showFieldErrors(errors, hasFields ? "" : err.message);
-  }
+  const argsForm = window.ParleyArgs.create(
+    { $, el, humanize, prettyJson },
+    { state, updatePanelDot: (...x) => updatePanelDot(...x), openPanel: () => openPanel() }
+  );
+  const { renderArgsForm, collectArgs, fillArgsForm, showFieldErrors, showServerArgErrors } = argsForm;
 
   // ======================================================================== chat rendering
 
@@ -630,13 +546,18 @@
       steps: new Map(), // stepName -> its latest progress item (a paused step ends in a later run)
       cards: new Map(), // interruptId -> action card controller
       pageNotes: new Map(), // interruptId -> note element
+      runStartSeq: 0, // seq of the latest RUN_STARTED (which run answered a card)
+      pause: null, // the open interrupt of this conversation, if any: the typed-answer rule
+      times: new Map(), // messageId -> createdAt (from the stored messages, for a replay)
     };
+    graph.reset();
     const chat = $("chat");
     chat.replaceChildren($("empty-state"));
     pinned = true;
     lastScrollTop = 0;
     setRunning(false);
     renderEmptyState();
+    updateComposer();
   }
 
   /** Welcome message and prologue chips, shown while the conversation is empty. */
@@ -713,6 +634,7 @@
     $("stop-button").hidden = !running;
     $("send-button").hidden = running;
     $("chat").setAttribute("aria-busy", running ? "true" : "false");
+    updateComposer();
   }
 
   /** Every event of the current conversation, live or replayed, goes through here once. */
@@ -729,35 +651,26 @@
     RUN_STARTED(ev, meta, view) {
       setRunning(true);
       answerOpenInterrupts(view, meta.seq);
+      view.runStartSeq = meta.seq;
+      view.pause = null;
       view.run = newRun(ev.runId);
+      updateComposer();
     },
     STEP_STARTED(ev, meta, view) {
-      const run = ensureRun(view);
-      if (!run.progress) {
-        run.progress = append(el("div", { class: "step-progress", "data-testid": "step-progress", "aria-label": "Progress" }));
-      }
-      const item = el(
-        "span",
-        { class: "step running", dataset: { step: ev.stepName } },
-        "▸ ",
-        el("strong", {}, ev.stepName),
-        ev.nodeType ? " (" + ev.nodeType + ")" : "",
-        el("span", { class: "step-state" }, " …")
-      );
-      run.progress.append(item);
-      view.steps.set(ev.stepName, item);
+      stepStarted(view, ev);
+      graph.step(ev.stepName, ev.nodeType, "running");
       keepPinned();
     },
     STEP_FINISHED(ev, meta, view) {
       const item = view.steps.get(ev.stepName);
-      if (item && !item.classList.contains("done")) {
-        item.classList.remove("running", "waiting");
-        item.classList.add("done");
-        item.querySelector(".step-state").textContent = " done";
-      }
-      // The end of an interaction node tells which button answered it (also in a replay).
+      if (item && !item.classList.contains("done")) setStepState(view, item, "done");
+      graph.step(ev.stepName, ev.nodeType, "done");
+      // The end of an interaction node tells which button answered it (also in a replay) —
+      // only to the card that this run answered: an older card of the same node keeps its own.
       for (const card of view.cards.values()) {
-        if (card.nodeId === ev.stepName && card.seq < meta.seq) card.answered(ev.output && ev.output.action);
+        if (card.nodeId === ev.stepName && card.seq < meta.seq && (!card.closedSeq || card.closedSeq === view.runStartSeq)) {
+          card.answered(ev.output && ev.output.action, ev.output && ev.output.value);
+        }
       }
       for (const [id, note] of view.pageNotes) {
         if (note.nodeId === ev.stepName && note.seq < meta.seq) markPageNoteDone(view, id);
@@ -774,6 +687,7 @@
     TEXT_MESSAGE_END(ev, meta, view) {
       const m = messageBubble(view, ev.messageId, ev.role);
       m.node.classList.remove("streaming");
+      if (m.role === "assistant") renderMarkdown(m);
     },
     REASONING_MESSAGE_CONTENT(ev, meta, view) {
       const run = ensureLog(view);
@@ -822,20 +736,24 @@
       setRunning(false);
       const outcome = ev.outcome || {};
       finishProgress(view, outcome.type === "interrupt" ? " waiting" : "");
+      graph.settle(outcome.type === "interrupt" ? "waiting" : "done");
       if (outcome.type === "interrupt") {
         for (const interrupt of outcome.interrupts || []) renderInterrupt(view, interrupt, meta);
-      } else if (outcome.result && Object.keys(outcome.result).length) {
-        const run = ensureLog(view);
-        run.logBody.append(
-          el("div", { class: "log-entry" }, el("span", { class: "log-label" }, "Result"), el("pre", {}, prettyJson(outcome.result)))
-        );
+        const open = (outcome.interrupts || []).find((i) => i && i.id);
+        view.pause = open ? { interrupt: open, seq: meta.seq } : null;
+      } else if (outcome.result && Object.keys(outcome.result).length && !echoesReply(view, outcome.result)) {
+        // The run's output, laid out from the assistant's output args.
+        append(R.resultCard(outcome.result, (state.assistant && state.assistant.outputArgs) || []));
       }
+      updateComposer();
       refreshConversationsSoon();
     },
     RUN_ERROR(ev, meta, view) {
       setRunning(false);
       const cancelled = ev.code === "cancelled";
       finishProgress(view, cancelled ? " stopped" : " failed");
+      graph.settle("done");
+      view.pause = null;
       append(
         el(
           "div",
@@ -847,6 +765,14 @@
     },
   };
 
+  /** A result that only repeats the reply just shown (one text field) needs no card. */
+  function echoesReply(view, result) {
+    const values = Object.values(result);
+    if (values.length !== 1 || typeof values[0] !== "string") return false;
+    const said = Array.from(view.messages.values()).filter((m) => m.role === "assistant").map((m) => m.text.data.trim());
+    return said.includes(values[0].trim());
+  }
+
   function newRun(runId) {
     return { id: runId || null, progress: null, log: null, tools: new Map(), reasoning: new Map() };
   }
@@ -856,14 +782,64 @@
     return view.run;
   }
 
+  const STEP_STATE_TEXT = { running: "running…", done: "done", waiting: "waiting for you", stopped: "stopped", failed: "failed" };
+
+  /**
+   * Progress: one line per run ("3 steps · Draft — running…") that opens into the list of its
+   * steps, by title, with a repeated step shown once with a count ("Review × 15").
+   */
+  function stepStarted(view, ev) {
+    const run = ensureRun(view);
+    if (!run.progress) {
+      run.progressSummary = el("summary", { class: "step-summary" });
+      run.progressList = el("ol", { class: "step-list" });
+      run.progress = append(
+        el("details", { class: "step-progress", "data-testid": "step-progress" }, run.progressSummary, run.progressList)
+      );
+      run.stepCount = 0;
+    }
+    run.stepCount++;
+    let item = run.progressList.querySelector(`.step[data-step="${CSS.escape(ev.stepName)}"]`);
+    if (!item) {
+      item = el(
+        "li",
+        { class: "step", dataset: { step: ev.stepName, count: "0" } },
+        el("span", { class: "step-name" }, humanize(ev.stepName)),
+        ev.nodeType ? el("span", { class: "step-type" }, R.humanize(ev.nodeType)) : null,
+        el("span", { class: "step-times" }),
+        el("span", { class: "step-state" })
+      );
+      run.progressList.append(item);
+    }
+    const n = Number(item.dataset.count) + 1;
+    item.dataset.count = String(n);
+    item.querySelector(".step-times").textContent = n > 1 ? "× " + n : "";
+    view.steps.set(ev.stepName, item);
+    setStepState(view, item, "running");
+  }
+
+  function setStepState(view, item, st) {
+    item.classList.remove("running", "waiting", "done", "stopped", "failed");
+    item.classList.add(st);
+    item.querySelector(".step-state").textContent = STEP_STATE_TEXT[st] || st;
+    const run = view.run;
+    if (!run || !run.progressSummary || !run.progressList.contains(item)) return;
+    const kinds = run.progressList.children.length;
+    const name = item.querySelector(".step-name").textContent;
+    run.progressSummary.textContent = `${kinds} step${kinds === 1 ? "" : "s"} · ${name} — ${STEP_STATE_TEXT[st] || st}`;
+    run.progressSummary.dataset.state = st;
+  }
+
   /** The run ended (or paused): steps still marked running become `label` ("" or " waiting"). */
   function finishProgress(view, label = "") {
     const run = view.run;
     if (!run || !run.progress) return;
-    for (const item of run.progress.querySelectorAll(".step.running")) {
-      item.classList.remove("running");
-      if (label) item.classList.add(label.trim()); // waiting | stopped | failed
-      item.querySelector(".step-state").textContent = label;
+    for (const item of run.progressList.querySelectorAll(".step.running")) setStepState(view, item, label.trim() || "done");
+    if (!label) {
+      // Finished: the line sums the run up instead of naming its last step.
+      const n = run.stepCount;
+      run.progressSummary.textContent = `${n} step${n === 1 ? "" : "s"} · finished`;
+      run.progressSummary.dataset.state = "done";
     }
   }
 
@@ -874,15 +850,56 @@
     if (m) return m;
     const r = role === "user" ? "user" : "assistant";
     const text = document.createTextNode("");
+    const bubble = el("div", { class: "bubble", dir: "auto" }, text);
+    const when = view.times.get(key) || (view.replaying ? null : new Date().toISOString());
+    const time = el("time", { class: "message-time" });
+    setTime(time, when);
+    m = { node: null, text, bubble, role: r, time };
     const node = el(
       "div",
       { class: "message message-" + r + (r === "assistant" ? " streaming" : ""), "data-testid": "message-" + r, dataset: { messageId: key } },
-      el("div", { class: "bubble" }, text)
+      bubble,
+      el("div", { class: "message-meta" }, time, R.copyButton(() => m.text.data, r === "user" ? "Copy your message" : "Copy reply"))
     );
-    m = { node, text };
+    m.node = node;
     view.messages.set(key, m);
     append(node);
     return m;
+  }
+
+  /** The time shown under a message (from CSS, so it is not part of the message's text). */
+  function setTime(time, iso) {
+    const t = iso ? new Date(iso) : null;
+    if (!t || !Number.isFinite(t.getTime())) return;
+    time.setAttribute("datetime", t.toISOString());
+    time.dataset.label = t.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+    time.title = t.toLocaleString();
+  }
+
+  /** A finished assistant message: its Markdown, sanitised; the source stays in data-source. */
+  function renderMarkdown(m) {
+    const source = m.text.data;
+    m.bubble.dataset.source = source;
+    m.bubble.replaceChildren(R.markdown(source));
+    m.bubble.classList.add("markdown");
+    keepPinned();
+  }
+
+  /** The stored messages' times, for the bubbles of a replayed conversation. */
+  async function loadMessageTimes(id) {
+    try {
+      const data = await api("/api/conversations/" + encodeURIComponent(id) + "/messages?limit=100");
+      const view = state.view;
+      if (!view || client.conversationId !== id) return;
+      for (const msg of (data && data.items) || []) {
+        view.times.set(msg.id, msg.createdAt);
+        const shown = view.messages.get(msg.id);
+        if (shown && !shown.time.dataset.label) setTime(shown.time, msg.createdAt);
+      }
+    } catch (_) {
+      /* no times: the bubbles still show */
+    }
+    if (state.view && client.conversationId === id) state.view.replaying = false;
   }
 
   /** The collapsible log of a run: tool calls, reasoning, other custom events, the result. */
@@ -929,32 +946,23 @@
     const card = el("div", { class: "data-card", "data-testid": "data-card" });
     if (value && typeof value === "object" && !Array.isArray(value)) {
       const { title, text, ...rest } = value;
-      if (title) card.append(el("div", { class: "data-card-title" }, String(title)));
-      if (text) card.append(el("p", {}, String(text)));
-      if (Object.keys(rest).length) card.append(kvTable(rest));
+      if (title) card.append(el("div", { class: "data-card-title", dir: "auto" }, String(title)));
+      if (text) card.append(el("p", { dir: "auto" }, String(text)));
+      if (Object.keys(rest).length) card.append(R.kvTable(rest));
     } else {
       card.append(el("pre", {}, prettyJson(value)));
     }
     return card;
   }
 
-  function kvTable(obj) {
-    return el(
-      "table",
-      { class: "kv" },
-      el(
-        "tbody",
-        {},
-        Object.entries(obj).map(([k, v]) =>
-          el("tr", {}, el("th", { scope: "row" }, humanize(k)), el("td", {}, v !== null && typeof v === "object" ? el("pre", {}, prettyJson(v)) : String(v)))
-        )
-      )
-    );
-  }
-
   /** A new run started at `seq`: every interrupt shown before it has been answered. */
   function answerOpenInterrupts(view, seq) {
-    for (const card of view.cards.values()) if (card.seq < seq) card.answered(null);
+    for (const card of view.cards.values()) {
+      if (card.seq < seq && !card.closedSeq) {
+        card.closedSeq = seq;
+        card.answered(null);
+      }
+    }
     for (const [id, note] of view.pageNotes) if (note.seq < seq) markPageNoteDone(view, id);
   }
 
@@ -964,150 +972,9 @@
     else if (!view.cards.has(interrupt.id)) view.cards.set(interrupt.id, actionCard(interrupt, meta));
   }
 
-  // ======================================================================== action cards
+  // ======================================================================== action cards (cards.js)
 
-  const BUTTON_KIND = { approve: "approve", confirm: "approve", yes: "approve", reject: "reject", deny: "reject", no: "reject" };
-
-  /**
-   * Action in Conversation (and tool confirmation): the message, the payload (editable when
-   * the node allows it) and one button per choice. A click resumes the interrupt once.
-   */
-  function actionCard(interrupt, meta) {
-    const conversationId = meta.conversationId;
-    // Buttons come with the interrupt; approve/reject if it names none (tool confirmations).
-    const buttons = Array.isArray(interrupt.buttons) && interrupt.buttons.length ? interrupt.buttons : ["approve", "reject"];
-    const isTool = interrupt.reason === "tool_confirmation";
-    const card = el("div", {
-      class: "action-card",
-      "data-testid": "action-card",
-      role: "group",
-      "aria-label": isTool ? "Tool confirmation" : "Action needed",
-      dataset: { interruptId: interrupt.id, reason: interrupt.reason || "" },
-    });
-    card.append(el("div", { class: "action-card-kicker" }, isTool ? "Confirm tool call" : "Action needed"));
-    if (interrupt.message) card.append(el("p", { class: "action-card-message" }, interrupt.message));
-
-    // Payload: a key/value table, or JSON; an editable JSON box when the node allows editing.
-    const payload = interrupt.payload;
-    const hasPayload = payload !== undefined && payload !== null && !(typeof payload === "object" && Object.keys(payload).length === 0);
-    const display = el("div", { class: "action-card-payload" });
-    let editor = null;
-    const showEditor = () => {
-      if (editor) return;
-      editor = el("textarea", { class: "mono action-card-editor", rows: "6", spellcheck: "false", "aria-label": "Edit the data" });
-      editor.value = hasPayload ? (typeof payload === "string" ? JSON.stringify(payload) : prettyJson(payload)) : "";
-      display.replaceChildren(editor);
-    };
-    if (interrupt.editable) showEditor();
-    else if (hasPayload) {
-      display.append(payload && typeof payload === "object" && !Array.isArray(payload) ? kvTable(payload) : typeof payload === "string" ? el("p", {}, payload) : el("pre", {}, prettyJson(payload)));
-    }
-    card.append(display);
-    const error = el("p", { class: "field-error", hidden: true, role: "alert" });
-    card.append(error);
-
-    // "reply" asks for a text answer in the card itself.
-    let replyBox = null;
-    const row = el("div", { class: "action-card-buttons" });
-    const status = el("p", { class: "action-card-status", role: "status" });
-    const ctrl = { nodeId: interrupt.nodeId, seq: meta.seq, done: false };
-    const buttonEls = new Map();
-
-    const lock = (chosen, text) => {
-      ctrl.done = true;
-      card.classList.add("answered");
-      for (const [name, b] of buttonEls) {
-        b.disabled = true;
-        if (name === chosen) {
-          b.classList.add("chosen");
-          b.setAttribute("aria-pressed", "true");
-        }
-      }
-      if (editor) editor.readOnly = true;
-      if (replyBox) replyBox.readOnly = true;
-      status.textContent = text;
-    };
-    ctrl.answered = (action) => {
-      if (ctrl.done) {
-        if (action && buttonEls.has(action) && !card.querySelector(".chosen")) lock(action, "Answered: " + humanize(action));
-        return;
-      }
-      lock(action, action ? "Answered: " + humanize(action) : "Answered");
-    };
-
-    const submit = (name) => {
-      let value = null;
-      if (editor) {
-        try {
-          value = editor.value.trim() ? JSON.parse(editor.value) : null;
-        } catch (e) {
-          error.textContent = "The data is not valid JSON: " + e.message;
-          error.hidden = false;
-          editor.focus();
-          return;
-        }
-      }
-      if (name === "reply") {
-        if (!replyBox) {
-          replyBox = el("textarea", { class: "action-card-reply", rows: "2", placeholder: "Your reply…", "aria-label": "Your reply" });
-          card.insertBefore(replyBox, row);
-          replyBox.focus();
-          return;
-        }
-        if (!replyBox.value.trim()) {
-          replyBox.focus();
-          return;
-        }
-        value = replyBox.value.trim();
-      }
-      if (name === "edit" && !editor) {
-        showEditor();
-        editor.focus();
-        buttonEls.get("edit").lastChild.textContent = "Save edits";
-        return;
-      }
-      error.hidden = true;
-      lock(name, "Sending…");
-      client.resume(interrupt.id, name, value, conversationId).then(
-        () => {
-          status.textContent = "Answered: " + humanize(name);
-        },
-        (err) => {
-          if (err.code === "interrupt_not_pending") {
-            status.textContent = "Already answered";
-            return;
-          }
-          // Not applied: let the user try again.
-          ctrl.done = false;
-          card.classList.remove("answered");
-          for (const b of buttonEls.values()) {
-            b.disabled = false;
-            b.classList.remove("chosen");
-            b.removeAttribute("aria-pressed");
-          }
-          if (editor) editor.readOnly = false;
-          if (replyBox) replyBox.readOnly = false;
-          status.textContent = "";
-          error.textContent = err.message;
-          error.hidden = false;
-        }
-      );
-    };
-
-    for (const name of buttons) {
-      const kind = BUTTON_KIND[String(name).toLowerCase()] || "neutral";
-      const b = el(
-        "button",
-        { type: "button", class: "btn btn-" + kind, "data-testid": "action-button", dataset: { action: name }, onclick: () => submit(name) },
-        el("span", {}, humanize(name))
-      );
-      buttonEls.set(name, b);
-      row.append(b);
-    }
-    card.append(row, status);
-    append(card);
-    return ctrl;
-  }
+  const { actionCard } = window.ParleyCards.create({ el, humanize }, { client, append: (n) => append(n) });
 
   // ======================================================================== Action in Page
 
@@ -1124,116 +991,40 @@
         ? el("button", { type: "button", class: "btn btn-small", onclick: () => revealClaimForm() }, "Show form")
         : el("span", { class: "system-note-sub" }, "This page cannot run “" + interrupt.action + "”; reply in the chat to continue.")
     );
-    view.pageNotes.set(interrupt.id, { node, nodeId: interrupt.nodeId, seq: meta.seq });
+    view.pageNotes.set(interrupt.id, { node, nodeId: interrupt.nodeId, seq: meta.seq, supported });
     append(node);
   }
 
-  function markPageNoteDone(view, id) {
+  /** The page action was answered: by the page (the form), or — when this page cannot run it,
+   * or a typed message answered it — in the chat. */
+  function markPageNoteDone(view, id, how) {
     const note = view.pageNotes.get(id);
     if (!note || note.done) return;
     note.done = true;
     note.node.classList.add("done");
-    note.node.querySelector(".system-note-text").textContent = "✓ Done on the page";
+    const byPage = how === "page" || (how === undefined && note.supported && !note.typed);
+    note.node.querySelector(".system-note-text").textContent = byPage ? "✓ Done on the page" : "✓ Answered in the chat";
+    const sub = note.node.querySelector(".system-note-sub");
+    if (sub) sub.remove();
     const b = note.node.querySelector("button");
     if (b) b.remove();
   }
 
-  /**
-   * The sample business form. `request` fills it from the assistant's params and resolves with
-   * the form's values when the user presses Submit: that answers the page action.
-   */
-  const claimForm = (() => {
-    const FIELDS = ["employee", "department", "amount", "currency", "purpose", "date"];
-    const form = $("claim-form");
-    let pending = null; // {resolve, interrupt}
-
-    function set(name, value) {
-      const input = form.elements[name];
-      if (!input) return false;
-      const text = value === null || value === undefined ? "" : typeof value === "object" ? JSON.stringify(value) : String(value);
-      if (name === "amount") {
-        const n = typeof value === "number" ? value : Number(String(text).replace(/[^0-9.\-]/g, ""));
-        if (!Number.isFinite(n) || text.trim() === "") return false;
-        input.value = String(n);
-        return true;
-      }
-      input.value = name === "date" ? text.slice(0, 10) : text;
-      return input.value !== "" || text === "";
-    }
-
-    function values() {
-      const out = {};
-      for (const name of [...FIELDS, "notes"]) {
-        const v = form.elements[name].value.trim();
-        out[name] = name === "amount" ? (v === "" ? null : Number(v)) : v;
-      }
-      return out;
-    }
-
-    function request(params, interrupt, signal) {
-      form.reset();
-      const notes = [];
-      for (const [key, value] of Object.entries(params || {})) {
-        if (key === "notes") notes.unshift(String(value));
-        else if (!FIELDS.includes(key) || !set(key, value)) {
-          notes.push(key + ": " + (typeof value === "object" ? JSON.stringify(value) : String(value)));
-        }
-      }
-      form.elements.notes.value = notes.join("\n");
-      setWaiting(true, interrupt.message || interrupt.prompt);
-      revealClaimForm();
-      return new Promise((resolve) => {
-        pending = { resolve, interrupt };
-        signal.addEventListener("abort", () => {
-          if (pending && pending.interrupt === interrupt) {
-            pending = null;
-            setWaiting(false);
-            $("claim-status").textContent = "Answered in the chat.";
-          }
-        });
-      });
-    }
-
-    // The hint as written in index.html (with its <code>), restored when nobody waits.
-    const idleHint = Array.from($("claim-hint").childNodes, (n) => n.cloneNode(true));
-
-    function setWaiting(on, message) {
-      $("claim-panel").classList.toggle("highlight", on);
-      $("claim-waiting").hidden = !on;
-      if (on) $("claim-hint").textContent = message || "The assistant filled this form. Check it and press Submit.";
-      else $("claim-hint").replaceChildren(...idleHint.map((n) => n.cloneNode(true)));
-      $("claim-status").textContent = "";
+  /** The sample business form (claim.js): each request belongs to its conversation. */
+  const claim = window.ParleyClaim.create({
+    current: () => client.conversationId,
+    titleOf: (id) => (id === client.conversationId && state.conversationTitle) || ((state.conversations.find((c) => c.id === id) || {}).title),
+    onChange: () => {
       updatePanelDot();
-    }
-
-    form.addEventListener("submit", (e) => {
-      e.preventDefault();
-      const amount = form.elements.amount;
-      const amountError = $("claim-amount-error");
-      if (amount.value !== "" && !Number.isFinite(Number(amount.value))) {
-        amountError.textContent = "Enter a number.";
-        amountError.hidden = false;
-        amount.focus();
-        return;
-      }
-      amountError.hidden = true;
-      if (!pending) {
-        $("claim-status").textContent = "Saved. No assistant is waiting for this form.";
-        return;
-      }
-      const { resolve } = pending;
-      pending = null;
-      setWaiting(false);
-      $("claim-status").textContent = "Sent to the assistant ✓";
-      resolve(values());
+      updateClaimPanel();
+    },
+    reveal: () => revealClaimForm(),
+    afterSubmit: () => {
       // On a phone the form is a drawer over the chat: close it so the reply can be seen.
       if (medium.matches) closeDrawers();
-    });
-
-    return { request, isWaiting: () => !!pending };
-  })();
-
-  client.onPageAction("fill_claim_form", (params, interrupt, ctx) => claimForm.request(params, interrupt, ctx.signal));
+    },
+  });
+  client.onPageAction("fill_claim_form", (params, interrupt, ctx) => claim.request(params, interrupt, ctx));
 
   function revealClaimForm() {
     openPanel();
@@ -1250,6 +1041,53 @@
   // ======================================================================== composer
 
   const input = $("message-input");
+  const HINT = "Enter to send · Shift+Enter for a new line";
+
+  /**
+   * The typed-answer rule, made visible before it happens: while the conversation waits at a
+   * pause, the composer says what a message will do there — at a card it is a reply, at a page
+   * action it is the action's value (in place of the page's own answer), and a tool
+   * confirmation cannot be answered by a message (its buttons answer it).
+   */
+  function pauseTarget() {
+    const view = state.view;
+    const pause = view && view.pause;
+    if (!pause || state.running) return null;
+    const i = pause.interrupt;
+    if (i.reason === "page_action") {
+      const what = i.action === "fill_claim_form" ? "Expense claim form" : i.message || i.prompt || humanize(i.action || "page action");
+      return { reason: i.reason, canSend: true, text: `Your message will answer: ${what} — it is sent in place of the page's answer.` };
+    }
+    if (i.reason === "tool_confirmation") {
+      return { reason: i.reason, canSend: false, text: `Answer the confirmation above first: ${R.toolSentence(i)} Approve or Reject.` };
+    }
+    return { reason: i.reason || "conversation_action", canSend: true, text: `Your message will answer: “${i.message || "the card above"}” (as a reply).` };
+  }
+
+  /** Composer state: the pause target line, the character counter, the send button. */
+  function updateComposer() {
+    const target = pauseTarget();
+    const line = $("composer-target");
+    line.hidden = !target;
+    line.textContent = target ? target.text : "";
+    line.dataset.reason = target ? target.reason : "";
+    const len = input.value.length;
+    const max = state.maxMessageChars;
+    const count = $("char-count");
+    count.hidden = len < max * 0.8;
+    count.textContent = `${len.toLocaleString()} / ${max.toLocaleString()}`;
+    count.classList.toggle("over", len > max);
+    const blocked = (target && !target.canSend) || len > max;
+    $("send-button").disabled = blocked || state.sending;
+    $("send-button").querySelector(".btn-label").textContent = target && target.canSend ? "Answer" : "Send";
+    $("send-button").setAttribute("aria-label", target && target.canSend ? "Send as the answer" : "Send");
+  }
+
+  function hint(text, warn) {
+    const h = $("composer-hint");
+    h.textContent = text || HINT;
+    h.classList.toggle("hint-warn", !!warn);
+  }
 
   function autoGrow() {
     input.style.height = "auto";
@@ -1260,6 +1098,16 @@
   async function sendText(text) {
     const content = String(text || "").trim();
     if (!content || state.sending) return;
+    const target = pauseTarget();
+    if (target && !target.canSend) {
+      hint(target.text, true);
+      return;
+    }
+    if (content.length > state.maxMessageChars) {
+      hint(`The message is too long: at most ${state.maxMessageChars.toLocaleString()} characters.`, true);
+      return;
+    }
+    hint(null);
     if (!state.assistant) {
       toast("No assistant is available — cannot reach the server.");
       return;
@@ -1270,7 +1118,7 @@
       return;
     }
     state.sending = true;
-    $("send-button").disabled = true;
+    updateComposer();
     const typed = input.value;
     if (typed.trim() === content) {
       input.value = "";
@@ -1282,6 +1130,12 @@
         assistant: state.assistant.id,
         newConversation: !client.conversationId,
       });
+      // A page action answered by this message: its note says so (not "done on the page").
+      const view = state.view;
+      if (target && target.reason === "page_action" && view && view.pause) {
+        const note = view.pageNotes.get(view.pause.interrupt.id);
+        if (note) note.typed = true;
+      }
       refreshConversationsSoon(0);
     } catch (err) {
       if (!input.value) {
@@ -1289,11 +1143,11 @@
         autoGrow();
       }
       if (err.code === "invalid_args") showServerArgErrors(err);
-      else if (err.code === "conversation_busy") toast("The assistant is still working — wait or press Stop.");
+      else if (err.code === "conversation_busy") hint(state.running ? "The assistant is still answering — wait, or press Stop." : err.message, true);
       else toast(err.message || "Sending failed");
     } finally {
       state.sending = false;
-      $("send-button").disabled = false;
+      updateComposer();
     }
   }
 
@@ -1305,14 +1159,34 @@
   input.addEventListener("keydown", (e) => {
     if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {
       e.preventDefault();
-      if (state.running) return;
+      if (state.running) {
+        hint("The assistant is still answering — wait, or press Stop.", true);
+        return;
+      }
       sendText(input.value);
     }
   });
-  input.addEventListener("input", autoGrow);
+  input.addEventListener("input", () => {
+    autoGrow();
+    updateComposer();
+    if ($("composer-hint").classList.contains("hint-warn") && !state.running) hint(null);
+  });
 
   $("stop-button").addEventListener("click", () => {
     client.cancel().catch((err) => toast(err.message));
+  });
+
+  // ======================================================================== graph view
+
+  $("graph-button").addEventListener("click", () => {
+    const d = $("graph-dialog");
+    $("graph-title").textContent = "How " + ((state.assistant && state.assistant.title) || "the assistant") + " works";
+    d.showModal();
+    graph.render();
+  });
+  $("graph-close").addEventListener("click", () => $("graph-dialog").close());
+  $("graph-dialog").addEventListener("click", (e) => {
+    if (e.target === $("graph-dialog")) $("graph-dialog").close(); // a click on the backdrop
   });
 
   // ======================================================================== drawers
@@ -1342,7 +1216,7 @@
   /** A dot on the panel toggle when the hidden panel needs attention. */
   function updatePanelDot(argErrors) {
     const hasErrors = argErrors !== undefined ? argErrors : !!document.querySelector("#args-form [aria-invalid]");
-    $("panel-dot").hidden = !(hasErrors || claimForm.isWaiting());
+    $("panel-dot").hidden = !(hasErrors || claim.isWaiting());
   }
 
   $("sidebar-toggle").addEventListener("click", () => {

@@ -23,7 +23,7 @@ use serde_json::{json, Value};
 use crate::common::*;
 
 /// How long one UI step may take.
-const UI_WAIT: Duration = Duration::from_secs(10);
+pub const UI_WAIT: Duration = Duration::from_secs(10);
 /// Longer bound for the end of a deliberately slow stream (`[llm.slow]`, 40 ms per token).
 const SLOW_WAIT: Duration = Duration::from_secs(30);
 const POLL: Duration = Duration::from_millis(50);
@@ -52,7 +52,13 @@ const CHROMIUM_ARGS: &[&str] = &[
     "--force-prefers-reduced-motion",
 ];
 
-const ENTER: &str = "\u{E007}";
+/// Chromium flags that make the page see `prefers-color-scheme: dark`.
+pub const DARK_MODE: &[&str] = &[
+    "--force-dark-mode",
+    "--blink-settings=preferredColorScheme=0",
+];
+
+pub const ENTER: &str = "\u{E007}";
 /// Ctrl+A, then release the modifier (WebDriver key codes).
 const SELECT_ALL: &str = "\u{E009}a\u{E000}";
 
@@ -161,7 +167,18 @@ impl Browser {
         b
     }
 
+    /// Like [`Browser::open`], with extra Chromium flags (e.g. [`DARK_MODE`]).
+    pub async fn open_with(server: &Server, extra_args: &[&str]) -> Browser {
+        let b = Self::launch_with(&format!("http://{}", server.addr), extra_args).await;
+        b.goto("/").await;
+        b
+    }
+
     pub async fn launch(base: &str) -> Browser {
+        Self::launch_with(base, &[]).await
+    }
+
+    pub async fn launch_with(base: &str, extra_args: &[&str]) -> Browser {
         let missing = || {
             panic!(
                 "the browser tests need Chromium and chromedriver (Debian packages `chromium` and \
@@ -202,6 +219,7 @@ impl Browser {
 
         let mut args: Vec<String> = CHROMIUM_ARGS.iter().map(|s| s.to_string()).collect();
         args.push(format!("--user-data-dir={}", profile.display()));
+        args.extend(extra_args.iter().map(|s| s.to_string()));
         let caps = json!({
             "browserName": "chrome",
             "unhandledPromptBehavior": "ignore",
@@ -450,14 +468,15 @@ impl Browser {
         .await;
     }
 
-    /// The chat's messages as shown: `{id, role, text}` in order.
+    /// The chat's messages as shown: `{id, role, text}` in order. An assistant message is shown
+    /// as rendered Markdown; its text is the source it was rendered from (`data-source`).
     pub async fn dom_messages(&self) -> Vec<Value> {
         let v = self
             .js(
                 "return Array.from(document.querySelectorAll('#chat .message')).map((m) => ({\
                    id: m.dataset.messageId,\
                    role: m.classList.contains('message-user') ? 'user' : 'assistant',\
-                   text: m.querySelector('.bubble').textContent}))",
+                   text: (b => b.dataset.source !== undefined ? b.dataset.source : b.textContent)(m.querySelector('.bubble'))}))",
             )
             .await;
         v.as_array().cloned().unwrap_or_default()
@@ -546,7 +565,7 @@ async fn get_json(s: &Server, path: &str) -> (u16, Value) {
 }
 
 /// The stored messages of a conversation, oldest first: `{id, role, text}`.
-async fn stored_messages(s: &Server, conv: &str) -> Vec<Value> {
+pub async fn stored_messages(s: &Server, conv: &str) -> Vec<Value> {
     let (st, v) = get_json(s, &format!("/api/conversations/{conv}/messages?limit=100")).await;
     assert_eq!(st, 200, "{v}");
     let mut items: Vec<Value> = v["items"]
@@ -559,13 +578,13 @@ async fn stored_messages(s: &Server, conv: &str) -> Vec<Value> {
     items
 }
 
-async fn conversation_status(s: &Server, conv: &str) -> String {
+pub async fn conversation_status(s: &Server, conv: &str) -> String {
     let (_, v) = get_json(s, &format!("/api/conversations/{conv}")).await;
     v["status"].as_str().unwrap_or_default().to_string()
 }
 
 /// Wait (polling the HTTP API) until the conversation has `status`.
-async fn wait_status(s: &Server, conv: &str, status: &str, limit: Duration) {
+pub async fn wait_status(s: &Server, conv: &str, status: &str, limit: Duration) {
     let deadline = Instant::now() + limit;
     loop {
         let now = conversation_status(s, conv).await;
@@ -582,7 +601,7 @@ async fn wait_status(s: &Server, conv: &str, status: &str, limit: Duration) {
 
 /// The chat shows every stored message exactly once, in order, with the same text; and the
 /// page reported no error on the way.
-async fn assert_chat_matches_store(b: &Browser, s: &Server, conv: &str) {
+pub async fn assert_chat_matches_store(b: &Browser, s: &Server, conv: &str) {
     b.assert_no_errors().await;
     let shown = b.dom_messages().await;
     let stored = stored_messages(s, conv).await;
@@ -593,7 +612,7 @@ async fn assert_chat_matches_store(b: &Browser, s: &Server, conv: &str) {
     );
 }
 
-fn screenshots_dir() -> PathBuf {
+pub fn screenshots_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/screenshots")
 }
 
@@ -662,7 +681,7 @@ async fn prologue_streams_reply_and_progress() {
     .await;
     b.wait(
         "node progress",
-        "const p = document.querySelector('[data-testid=step-progress]'); return p && p.innerText.includes('answer')",
+        "const p = document.querySelector('[data-testid=step-progress]'); return p && !!p.querySelector('.step[data-step=answer]') && p.textContent.includes('Answer')",
     )
     .await;
     b.wait_idle(UI_WAIT).await;
@@ -725,13 +744,15 @@ async fn approval_card_answered_with_its_button() {
     )
     .await;
 
-    // The node is editable: change the amount in the card, then approve.
-    b.type_into(
-        "[data-testid=action-card] textarea",
-        r#"{"request": "a new laptop", "amount": 43}"#,
-        true,
-    )
-    .await;
+    // The node is editable: its data shows as form fields (a number field for the amount);
+    // change the amount, then approve.
+    assert_eq!(
+        b.js("const f = document.querySelector('[data-testid=action-card] [data-testid=data-form]');              return f && [f.querySelector('[name=request]').value, f.querySelector('[name=amount]').type]")
+            .await,
+        json!(["a new laptop", "number"])
+    );
+    b.type_into("[data-testid=action-card] [name=amount]", "43", true)
+        .await;
     b.click("[data-testid=action-card] [data-action=approve]")
         .await;
 

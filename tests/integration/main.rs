@@ -2,6 +2,8 @@
 //! One test binary with shared helpers (`common`).
 
 mod browser;
+mod browser_a11y;
+mod browser_demo;
 mod common;
 mod examples;
 mod http;

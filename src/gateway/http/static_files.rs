@@ -10,27 +10,31 @@ use crate::error::ApiError;
 use crate::gateway::ErrorBody;
 
 /// The demo page's files, compiled into the binary.
+const HTML: &str = "text/html; charset=utf-8";
+const JS: &str = "text/javascript; charset=utf-8";
+const CSS: &str = "text/css; charset=utf-8";
+
+/// A file of `static/` embedded in the binary: (name in the URL, content type, bytes).
+macro_rules! embedded {
+    ($name:literal, $path:literal, $ty:expr) => {
+        ($name, $ty, include_bytes!(concat!("../../../", $path)) as &[u8])
+    };
+}
+
+/// Every file the page may load (one URL segment each; vendored libraries under `static/vendor/`).
 const STATIC: &[(&str, &str, &[u8])] = &[
-    (
-        "index.html",
-        "text/html; charset=utf-8",
-        include_bytes!("../../../static/index.html"),
-    ),
-    (
-        "parley.js",
-        "text/javascript; charset=utf-8",
-        include_bytes!("../../../static/parley.js"),
-    ),
-    (
-        "app.js",
-        "text/javascript; charset=utf-8",
-        include_bytes!("../../../static/app.js"),
-    ),
-    (
-        "style.css",
-        "text/css; charset=utf-8",
-        include_bytes!("../../../static/style.css"),
-    ),
+    embedded!("index.html", "static/index.html", HTML),
+    embedded!("parley.js", "static/parley.js", JS),
+    embedded!("app.js", "static/app.js", JS),
+    embedded!("style.css", "static/style.css", CSS),
+    embedded!("render.js", "static/render.js", JS),
+    embedded!("claim.js", "static/claim.js", JS),
+    embedded!("args.js", "static/args.js", JS),
+    embedded!("cards.js", "static/cards.js", JS),
+    embedded!("graph.js", "static/graph.js", JS),
+    embedded!("vendor-marked.js", "static/vendor/marked.umd.js", JS),
+    embedded!("vendor-purify.js", "static/vendor/purify.min.js", JS),
+    embedded!("vendor-dagre.js", "static/vendor/dagre.min.js", JS),
 ];
 
 fn serve(name: &str) -> HttpResponse {
