@@ -1,7 +1,9 @@
 //! The one error vocabulary of Parley (CONTRACT §2, DESIGN invariant 9).
 //!
 //! Every refusal that reaches a client, over HTTP or WebSocket, carries one [`ErrorCode`].
-//! Internal errors convert into an [`ApiError`] at the edge with a message a person can act on.
+//! Internal errors convert into an [`ApiError`] at the edge with a message a person can act on;
+//! the conversation layer's [`ConversationError`](crate::conversation::ConversationError) does
+//! so with `?` (the `From` below), keeping each code and message.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -139,6 +141,19 @@ impl ApiError {
             ErrorCode::ConversationNotFound,
             format!("conversation '{id}' does not exist"),
         )
+    }
+}
+
+/// The conversation layer's errors at the edge: the same code and message a client always got.
+impl From<crate::conversation::ConversationError> for ApiError {
+    fn from(e: crate::conversation::ConversationError) -> Self {
+        use crate::conversation::ConversationError as E;
+        match e {
+            E::InvalidArgs(api) => *api,
+            E::NotFound(id) => ApiError::conversation_not_found(&id),
+            E::Refused { code, message } => ApiError::new(code, message),
+            e => ApiError::new(e.code(), e.to_string()),
+        }
     }
 }
 

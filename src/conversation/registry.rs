@@ -62,7 +62,7 @@ impl Registry {
         let recent = store
             .recent_messages(id, HISTORY_TAIL)
             .map_err(|e| ApiError::internal(e.to_string()))?;
-        let actor = Conversation::restore(svc.clone(), assistant, rec, cp, last_seq, recent);
+        let actor = Conversation::restore(svc.actors.clone(), assistant, rec, cp, last_seq, recent);
         let addr = actor.start();
         live.insert(Arc::from(id), addr.clone());
         Ok(addr)
@@ -82,7 +82,8 @@ impl Registry {
             )
         })?;
         let id = uuid::Uuid::now_v7().to_string();
-        let actor = Conversation::new_unstored(svc.clone(), a, id.clone(), owner.to_string());
+        let actor =
+            Conversation::new_unstored(svc.actors.clone(), a, id.clone(), owner.to_string());
         let addr = actor.start();
         self.live
             .lock()

@@ -365,6 +365,7 @@ impl Drop for CancelOnDrop {
 )]
 pub(super) async fn invoke(
     svc: Svc,
+    gw: web::Data<super::GatewayState>,
     req: HttpRequest,
     id: web::Path<String>,
     body: web::Bytes,
@@ -403,9 +404,9 @@ pub(super) async fn invoke(
         None => s.invoke_timeout_seconds as f64,
     };
     if b.conversation_id.is_none() {
-        svc.limits.new_conversation(&user.0)?;
+        gw.limits.new_conversation(&user.0)?;
     }
-    svc.limits.message(&user.0)?;
+    gw.limits.message(&user.0)?;
     let _permit = svc
         .invoke_permits
         .clone()

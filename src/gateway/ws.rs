@@ -126,6 +126,7 @@ pub async fn handshake(
     req: HttpRequest,
     body: web::Payload,
     svc: web::Data<Arc<Services>>,
+    gw: web::Data<super::GatewayState>,
 ) -> Result<HttpResponse, actix_web::Error> {
     let cfg = &svc.config;
     if !auth::origin_allowed(&cfg.auth, &req) {
@@ -144,7 +145,7 @@ pub async fn handshake(
     let svc = svc.get_ref().clone();
     actix_web::rt::spawn(async move {
         svc.metrics.open_sockets.fetch_add(1, Relaxed);
-        let mut s = SocketSession::new(svc.clone(), session, user);
+        let mut s = SocketSession::new(svc.clone(), gw, session, user);
         s.run(stream).await;
         s.cleanup();
         svc.metrics.open_sockets.fetch_sub(1, Relaxed);
@@ -169,6 +170,7 @@ struct Sub {
 
 struct SocketSession {
     svc: Arc<Services>,
+    gw: web::Data<super::GatewayState>,
     session: Session,
     user: Option<User>,
     subscriber: Subscriber,
@@ -179,7 +181,12 @@ struct SocketSession {
 }
 
 impl SocketSession {
-    fn new(svc: Arc<Services>, session: Session, user: Option<User>) -> Self {
+    fn new(
+        svc: Arc<Services>,
+        gw: web::Data<super::GatewayState>,
+        session: Session,
+        user: Option<User>,
+    ) -> Self {
         let (tx, rx) = outbound_queue(svc.config.server.socket_outbound_buffer.max(16));
         let subscriber = Subscriber {
             id: NEXT_SOCKET.fetch_add(1, Relaxed),
@@ -188,6 +195,7 @@ impl SocketSession {
         };
         SocketSession {
             svc,
+            gw,
             session,
             user,
             subscriber,
@@ -272,7 +280,7 @@ impl SocketSession {
         let Outbound {
             conversation,
             seq,
-            frame,
+            event,
         } = out;
         let Some(sub) = self.subs.get_mut(&conversation) else {
             return;
@@ -281,7 +289,8 @@ impl SocketSession {
             return;
         }
         sub.last_sent = seq;
-        drop(conversation);
+        let frame = super::frame::event_frame(&conversation, seq, &event);
+        drop((conversation, event));
         if let Some(text) = utf8(frame) {
             self.send_text(text).await;
         }
@@ -338,7 +347,7 @@ impl SocketSession {
         let idempotent = matches!(frame, ClientFrame::Send { .. } | ClientFrame::Resume { .. });
         let user = self.user.as_ref().map(|u| u.0.clone());
         if let (true, Some(u), Some(fid)) = (idempotent, &user, &id) {
-            if let Some(ack) = self.svc.frame_acks.get(u, fid) {
+            if let Some(ack) = self.gw.frame_acks.get(u, fid) {
                 // A retried frame: the original answer, nothing applied again.
                 self.send_text(ByteString::from(ack)).await;
                 return;
@@ -350,7 +359,7 @@ impl SocketSession {
                 ack["id"] = id.clone().unwrap_or(Value::Null);
                 let text = ack.to_string();
                 if let (true, Some(u), Some(fid)) = (idempotent, &user, &id) {
-                    self.svc.frame_acks.put(u, fid, &text);
+                    self.gw.frame_acks.put(u, fid, &text);
                 }
                 self.send_text(ByteString::from(text)).await;
             }
@@ -446,9 +455,9 @@ impl SocketSession {
                 self.limits(&content, &args)?;
                 let existing = conversation_id.filter(|_| !new_conversation);
                 if existing.is_none() {
-                    self.svc.limits.new_conversation(&owner)?;
+                    self.gw.limits.new_conversation(&owner)?;
                 }
-                self.svc.limits.message(&owner)?;
+                self.gw.limits.message(&owner)?;
                 let (id, addr) = match existing {
                     Some(id) => {
                         let addr = self.conversation(&id)?;
@@ -576,7 +585,7 @@ impl SocketSession {
                     return Ok(());
                 }
                 cursor = seq;
-                let frame = crate::conversation::event_frame(conversation, seq, &json);
+                let frame = super::frame::event_frame(conversation, seq, &json);
                 self.send_bytes(frame).await;
                 if self.closed {
                     return Ok(());
