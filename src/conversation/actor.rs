@@ -15,7 +15,8 @@
 //!   coalescing and the backpressure bound (invariant 2). This file is its glue: it spawns the
 //!   commit future and the coalescing rounds, and hands what became durable to the fan-out.
 //! - [`Fanout`](super::fanout::Fanout): the subscribers; it gets events only once durable.
-//! - `handlers.rs`: the public messages (`send`, `resume`, `subscribe`, `cancel`, ...).
+//! - `actor/handlers.rs`: the public messages (`send`, `resume`, `subscribe`, `cancel`, ...);
+//!   `actor/sink.rs`: the engine's sink and the messages of a run (events, checkpoints, end).
 //! - [`Deps`]: everything the actor uses of the server (store, engine, metrics, run permits,
 //!   the registry it unregisters from). Nothing here knows frames or the gateway.
 //!
@@ -29,6 +30,9 @@
 //! an ended run's checkpoint only the run id (invariant 8).
 
 mod handlers;
+mod sink;
+
+use sink::{ActorSink, RunDone};
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering::Relaxed;
@@ -47,7 +51,7 @@ use super::fanout::Fanout;
 use super::journal::{Backpressure, Conditions, Journal, Kick, Round, Waiter};
 use super::RunReport;
 use crate::assistant::Assistant;
-use crate::engine::{Checkpoint, Event, Input, InterruptReason, Position, RunEnd, Sink};
+use crate::engine::{Checkpoint, Event, Input, InterruptReason, Position, RunEnd};
 use crate::error::ErrorCode;
 use crate::llm::{ChatMessage, Role};
 use crate::store::{ConversationRecord, MessageRecord, RunStatus, StoreError, WriteOp};
@@ -636,96 +640,6 @@ impl Actor for Conversation {
         if let Some(run) = &self.run {
             run.cancel.cancel();
         }
-    }
-}
-
-// ---- the engine's sink ---------------------------------------------------------------------
-
-#[derive(Message)]
-#[rtype(result = "()")]
-struct EngineEvent(Event);
-
-#[derive(Message)]
-#[rtype(result = "()")]
-struct EngineCheckpoint(Checkpoint);
-
-#[derive(Message)]
-#[rtype(result = "()")]
-struct RunDone {
-    run_id: String,
-    cp: Checkpoint,
-    end: Result<RunEnd, crate::engine::Refused>,
-}
-
-struct ActorSink {
-    addr: Addr<Conversation>,
-    backpressure: Backpressure,
-}
-
-#[async_trait::async_trait]
-impl Sink for ActorSink {
-    async fn event(&mut self, event: Event) {
-        // No round trip per event: the mailbox is FIFO, and the backlog is bounded.
-        self.addr.do_send(EngineEvent(event));
-        self.backpressure.sent_one().await;
-    }
-
-    async fn checkpoint(&mut self, checkpoint: &Checkpoint) {
-        self.addr.do_send(EngineCheckpoint(checkpoint.clone()));
-    }
-}
-
-impl Handler<EngineEvent> for Conversation {
-    type Result = ();
-    fn handle(&mut self, m: EngineEvent, ctx: &mut Self::Context) {
-        self.emit(&m.0);
-        self.kick(ctx);
-    }
-}
-
-impl Handler<EngineCheckpoint> for Conversation {
-    type Result = ();
-    fn handle(&mut self, m: EngineCheckpoint, ctx: &mut Self::Context) {
-        // Only the newest checkpoint matters: it is serialized when the next commit starts.
-        self.journal.put_checkpoint(m.0);
-        self.kick(ctx);
-    }
-}
-
-impl Handler<RunDone> for Conversation {
-    type Result = ();
-    fn handle(&mut self, m: RunDone, ctx: &mut Self::Context) {
-        let Some(run) = self.run.take() else { return };
-        // The run's sink is done: no one watches the durable mark until the next run.
-        self.journal.end_watch();
-        if run.run_id != m.run_id {
-            tracing::warn!(conversation = %self.id, "a finished run was not the active one");
-        }
-        self.last_active = Instant::now();
-        self.deps
-            .metrics
-            .run_seconds
-            .observe(run.started.elapsed().as_secs_f64());
-        let result = self.run_ended(m, ctx);
-        // Store the checkpoint and record with the run's end; answer a synchronous caller after.
-        let rx = self.durable_waiter(ctx);
-        if let Some(report) = run.report {
-            let rep = RunReport {
-                conversation_id: self.id.to_string(),
-                run_id: run.run_id,
-                result,
-                messages: run.messages,
-            };
-            actix::spawn(async move {
-                let result = match rx.await {
-                    Ok(Ok(())) => rep.result,
-                    Ok(Err(e)) => Err(e),
-                    Err(_) => Err(ConversationError::Stopped),
-                };
-                let _ = report.send(RunReport { result, ..rep });
-            });
-        }
-        self.next_queued(ctx);
     }
 }
 

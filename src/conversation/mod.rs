@@ -13,7 +13,8 @@
 //! # Layout
 //!
 //! - `actor.rs`: the actor (state machine, runs, the glue between journal, store and fan-out);
-//!   `actor/handlers.rs`: its public messages ([`msg`]).
+//!   `actor/handlers.rs`: its public messages ([`msg`]); `actor/sink.rs`: the engine's side
+//!   of a run.
 //! - `journal.rs`: the durability bookkeeping, a plain struct unit-tested without actix.
 //! - `fanout.rs`: the subscribers and delivery to their queues.
 //! - `outbound.rs`: a socket's bounded queue of [`Outbound`] events.
