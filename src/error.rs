@@ -175,6 +175,90 @@ mod tests {
     }
 
     #[test]
+    fn conversation_errors_keep_their_codes_and_messages_at_the_edge() {
+        use crate::conversation::ConversationError as E;
+        let cases: Vec<(E, ErrorCode, &str)> = vec![
+            (
+                E::NotFound("c1".into()),
+                ErrorCode::ConversationNotFound,
+                "conversation 'c1' does not exist",
+            ),
+            (
+                E::UnknownAssistant("x".into()),
+                ErrorCode::UnknownAssistant,
+                "there is no assistant 'x'",
+            ),
+            (
+                E::AssistantGone("x".into()),
+                ErrorCode::UnknownAssistant,
+                "assistant 'x' of this conversation is no longer installed",
+            ),
+            (
+                E::Busy,
+                ErrorCode::ConversationBusy,
+                "a run is active in this conversation; wait for it to finish or cancel it",
+            ),
+            (
+                E::RunActive("i1".into()),
+                ErrorCode::InterruptNotPending,
+                "interrupt 'i1' is not pending (a run is active)",
+            ),
+            (
+                E::Paused,
+                ErrorCode::AssistantNotAutomated,
+                "the run paused for a person or the page",
+            ),
+            (E::Cancelled, ErrorCode::Cancelled, "the run was cancelled"),
+            (
+                E::NoRunPermit,
+                ErrorCode::RateLimited,
+                "the server is running as many processes as it allows; try again shortly",
+            ),
+            (
+                E::Broken,
+                ErrorCode::Internal,
+                "this conversation could not be stored; try again in a moment",
+            ),
+            (E::Stopped, ErrorCode::Internal, "the conversation stopped"),
+            (
+                E::StoppedBeforeStored,
+                ErrorCode::Internal,
+                "the conversation stopped before storing the message",
+            ),
+            (
+                E::CommitFailed(std::sync::Arc::new(crate::store::StoreError::Closed)),
+                ErrorCode::Internal,
+                "storage failed: the store is shut down",
+            ),
+            (
+                E::DeleteFailed(crate::store::StoreError::Closed),
+                ErrorCode::Internal,
+                "could not delete: the store is shut down",
+            ),
+            (
+                E::Store(crate::store::StoreError::Closed),
+                ErrorCode::Internal,
+                "the store is shut down",
+            ),
+            (
+                E::Refused {
+                    code: ErrorCode::LlmError,
+                    message: "down".into(),
+                },
+                ErrorCode::LlmError,
+                "down",
+            ),
+        ];
+        for (e, code, message) in cases {
+            let api = ApiError::from(e);
+            assert_eq!((api.code, api.message.as_str()), (code, message));
+            assert_eq!(api.details, None);
+        }
+        let args = ApiError::new(ErrorCode::InvalidArgs, "bad").with_details(serde_json::json!([]));
+        assert_eq!(ApiError::from(E::InvalidArgs(Box::new(args.clone()))), args);
+    }
+
+    #[test]
     fn statuses() {
         assert_eq!(ErrorCode::InvalidArgs.http_status(), 422);
         assert_eq!(ErrorCode::AssistantNotAutomated.http_status(), 409);
