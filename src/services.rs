@@ -1,5 +1,9 @@
 //! The shared services of one server: configuration, assistants, engine, store, registry,
-//! metrics and the global limits. Built once at start and handed to the gateway and the actors.
+//! metrics and the global run and call permits. Built once at start and handed to the gateway.
+//!
+//! The conversation actors do not see this struct: they get [`Deps`] (store, engine, metrics,
+//! run permits, registry), built here once and shared. Gateway state (frame-id dedup, per-user
+//! limits) lives in `gateway::GatewayState`, not here.
 
 use std::sync::Arc;
 
@@ -7,7 +11,7 @@ use tokio::sync::Semaphore;
 
 use crate::assistant::Catalog;
 use crate::config::Config;
-use crate::conversation::Registry;
+use crate::conversation::{Deps, Registry};
 use crate::engine::Engine;
 use crate::metrics::Metrics;
 use crate::store::Store;
@@ -17,16 +21,14 @@ pub struct Services {
     pub catalog: Catalog,
     pub engine: Engine,
     pub store: Arc<dyn Store>,
-    pub registry: Registry,
-    pub metrics: Metrics,
-    /// Acks of `send`/`resume` frames by (user, frame id), for retried frames.
-    pub frame_acks: crate::gateway::dedup::FrameAcks,
-    /// Per-user rate limits.
-    pub limits: crate::gateway::limits::UserLimits,
+    pub registry: Arc<Registry>,
+    pub metrics: Arc<Metrics>,
     /// One permit per active run (`server.max_concurrent_runs`).
     pub run_permits: Arc<Semaphore>,
     /// One permit per synchronous invocation (`server.max_concurrent_invokes`).
     pub invoke_permits: Arc<Semaphore>,
+    /// What every conversation actor is given (shares the fields above).
+    pub actors: Arc<Deps>,
 }
 
 impl Services {
@@ -38,19 +40,26 @@ impl Services {
     ) -> Arc<Self> {
         let runs = config.server.max_concurrent_runs;
         let invokes = config.server.max_concurrent_invokes;
-        let limits = crate::gateway::limits::UserLimits::new(&config.server);
-        let metrics = Metrics::with_llm(engine.llms().metrics());
+        let registry = Arc::new(Registry::default());
+        let metrics = Arc::new(Metrics::with_llm(engine.llms().metrics()));
+        let run_permits = Arc::new(Semaphore::new(runs));
+        let actors = Arc::new(Deps {
+            store: store.clone(),
+            engine: engine.clone(),
+            metrics: metrics.clone(),
+            run_permits: run_permits.clone(),
+            registry: registry.clone(),
+        });
         Arc::new(Services {
             config,
             catalog,
             engine,
             store,
-            registry: Registry::default(),
+            registry,
             metrics,
-            frame_acks: Default::default(),
-            limits,
-            run_permits: Arc::new(Semaphore::new(runs)),
+            run_permits,
             invoke_permits: Arc::new(Semaphore::new(invokes)),
+            actors,
         })
     }
 

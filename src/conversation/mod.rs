@@ -3,13 +3,36 @@
 //! A [`Conversation`] actor is the only owner of one conversation: its process checkpoint, its
 //! active run, its subscribers, its pending interrupt and its `seq` counter (DESIGN invariant 1).
 //! Every mutation of a conversation (send, resume, cancel, rename, delete) is a message to its
-//! actor. The [`Registry`] maps ids to live actors under one lock, so two sockets opening the
-//! same conversation get the same actor, and an actor leaving memory unregisters itself first.
+//! actor. The [`Registry`] maps ids to live actors, so two sockets opening the same
+//! conversation get the same actor, and an actor leaving memory unregisters itself first.
 //!
-//! Events are numbered by the actor, written through the store, and delivered to subscribers
-//! only once the commit that holds them is durable (the high-water mark, invariant 2).
+//! Events are numbered by the actor's [`journal`], written through the store, and delivered to
+//! subscribers only once the commit that holds them is durable (the high-water mark,
+//! invariant 2).
+//!
+//! # Layout
+//!
+//! - `actor.rs`: the actor (state machine, runs, the glue between journal, store and fan-out);
+//!   `actor/handlers.rs`: its public messages ([`msg`]); `actor/sink.rs`: the engine's side
+//!   of a run.
+//! - `journal.rs`: the durability bookkeeping, a plain struct unit-tested without actix.
+//! - `fanout.rs`: the subscribers and delivery to their queues.
+//! - `outbound.rs`: a socket's bounded queue of [`Outbound`] events.
+//! - `deps.rs`: what an actor uses of the server ([`Deps`]).
+//! - `error.rs`: [`ConversationError`], mapped to the wire's `ApiError` at the gateway.
+//! - `registry.rs`: find-or-start, start-up recovery.
+//!
+//! # Dependencies
+//!
+//! This layer depends on the engine, the store, the assistants and the metrics, never on the
+//! gateway: it hands out events as stored (JSON bytes with their seq); frames, frame-id dedup
+//! and per-user limits are the gateway's.
 
 mod actor;
+mod deps;
+mod error;
+mod fanout;
+pub mod journal;
 mod outbound;
 mod registry;
 
@@ -21,18 +44,20 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 pub use actor::Conversation;
+pub use deps::Deps;
+pub use error::ConversationError;
 pub use outbound::{queue as outbound_queue, OutboundRx, OutboundTx};
 pub use registry::{recover_interrupted, Registry};
 
-use crate::error::ApiError;
 use crate::store::MessageRecord;
 
-/// A frame for one socket: the conversation and seq it belongs to, and the bytes to send.
+/// A durable event for one socket: the conversation and seq it belongs to, and the event JSON
+/// as stored (the gateway builds the wire frame).
 #[derive(Debug, Clone)]
 pub struct Outbound {
     pub conversation: Arc<str>,
     pub seq: u64,
-    pub frame: Bytes,
+    pub event: Bytes,
 }
 
 /// A socket's subscription handle: a bounded queue of frames, and a token the actor cancels
@@ -53,30 +78,13 @@ pub struct Accepted {
 }
 
 /// The end of a run, for a synchronous caller.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct RunReport {
     pub conversation_id: String,
     pub run_id: String,
-    pub result: Result<Value, ApiError>,
+    pub result: Result<Value, ConversationError>,
     pub messages: Vec<MessageRecord>,
 }
-
-/// Build the wire frame of an event: `{"type":"event","conversationId":…,"seq":N,"event":{…}}`.
-/// `event_json` is the event object as stored.
-pub fn event_frame(conversation: &str, seq: u64, event_json: &[u8]) -> Bytes {
-    let id = serde_json::to_string(conversation).unwrap_or_else(|_| "\"\"".into());
-    let mut out = Vec::with_capacity(event_json.len() + id.len() + 64);
-    out.extend_from_slice(b"{\"type\":\"event\",\"conversationId\":");
-    out.extend_from_slice(id.as_bytes());
-    out.extend_from_slice(b",\"seq\":");
-    out.extend_from_slice(seq.to_string().as_bytes());
-    out.extend_from_slice(b",\"event\":");
-    out.extend_from_slice(event_json);
-    out.push(b'}');
-    Bytes::from(out)
-}
-
-pub(crate) type Waiter = oneshot::Sender<Result<(), ApiError>>;
 
 pub mod msg {
     //! The messages a conversation actor answers.
@@ -85,7 +93,7 @@ pub mod msg {
 
     /// A user message: starts a run, or answers a paused `page_action` / `conversation_action`.
     #[derive(Message)]
-    #[rtype(result = "Result<Accepted, ApiError>")]
+    #[rtype(result = "Result<Accepted, ConversationError>")]
     pub struct Send {
         pub owner: String,
         pub content: String,
@@ -98,7 +106,7 @@ pub mod msg {
 
     /// An answer to a pending interrupt.
     #[derive(Message)]
-    #[rtype(result = "Result<Accepted, ApiError>")]
+    #[rtype(result = "Result<Accepted, ConversationError>")]
     pub struct Resume {
         pub owner: String,
         pub interrupt_id: String,
@@ -109,7 +117,7 @@ pub mod msg {
     /// Register a subscriber; answers the durable high-water mark at that moment: every event up
     /// to it is in the store, every later one will be delivered live.
     #[derive(Message)]
-    #[rtype(result = "Result<u64, ApiError>")]
+    #[rtype(result = "Result<u64, ConversationError>")]
     pub struct Subscribe {
         pub owner: String,
         pub subscriber: Subscriber,
@@ -123,13 +131,13 @@ pub mod msg {
 
     /// Stop the active run. Answers whether a run was active.
     #[derive(Message)]
-    #[rtype(result = "Result<bool, ApiError>")]
+    #[rtype(result = "Result<bool, ConversationError>")]
     pub struct Cancel {
         pub owner: String,
     }
 
     #[derive(Message)]
-    #[rtype(result = "Result<(), ApiError>")]
+    #[rtype(result = "Result<(), ConversationError>")]
     pub struct Rename {
         pub owner: String,
         pub title: String,
@@ -137,7 +145,7 @@ pub mod msg {
 
     /// Delete everything of the conversation and stop the actor.
     #[derive(Message)]
-    #[rtype(result = "Result<(), ApiError>")]
+    #[rtype(result = "Result<(), ConversationError>")]
     pub struct Delete {
         pub owner: String,
     }
@@ -151,15 +159,6 @@ pub fn title_of(content: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn frames() {
-        let f = event_frame("c1", 7, br#"{"type":"RUN_STARTED","runId":"r"}"#);
-        let v: Value = serde_json::from_slice(&f).unwrap();
-        assert_eq!(v["seq"], 7);
-        assert_eq!(v["conversationId"], "c1");
-        assert_eq!(v["event"]["type"], "RUN_STARTED");
-    }
 
     #[test]
     fn titles() {

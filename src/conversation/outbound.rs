@@ -153,7 +153,7 @@ mod tests {
         Outbound {
             conversation: Arc::from("c"),
             seq,
-            frame: Bytes::from_static(b"{}"),
+            event: Bytes::from_static(b"{}"),
         }
     }
 

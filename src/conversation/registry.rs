@@ -88,7 +88,8 @@ impl Registry {
             )
         })?;
         let id = uuid::Uuid::now_v7().to_string();
-        let actor = Conversation::new_unstored(svc.clone(), a, id.clone(), owner.to_string());
+        let actor =
+            Conversation::new_unstored(svc.actors.clone(), a, id.clone(), owner.to_string());
         let addr = actor.start();
         self.live
             .lock()
@@ -157,7 +158,7 @@ async fn load_and_start(svc: Arc<Services>, id: String) -> Result<Addr<Conversat
         .recent_messages(&id, HISTORY_TAIL)
         .await
         .map_err(internal)?;
-    let actor = Conversation::restore(svc.clone(), assistant, rec, cp, last_seq, recent);
+    let actor = Conversation::restore(svc.actors.clone(), assistant, rec, cp, last_seq, recent);
     Ok(actor.start())
 }
 

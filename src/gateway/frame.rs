@@ -92,15 +92,38 @@ pub fn event_frame(conversation_id: &str, seq: u64, event_json: &[u8]) -> Bytes 
     .to_bytes()
 }
 
-fn event_bytes(conversation_id: &str, seq: u64, event: &[u8]) -> Bytes {
-    let id = serde_json::to_string(conversation_id).unwrap_or_else(|_| "\"\"".into());
-    let mut out = Vec::with_capacity(event.len() + id.len() + 64);
-    out.extend_from_slice(b"{\"type\":\"event\",\"conversationId\":");
-    out.extend_from_slice(id.as_bytes());
+/// Built once per event and socket on the socket's task, so it is kept cheap: one allocation,
+/// and ids that need no escaping (the server's UUIDs) are copied as they are.
+fn event_bytes(conversation: &str, seq: u64, event_json: &[u8]) -> Bytes {
+    const HEAD: &[u8] = b"{\"type\":\"event\",\"conversationId\":";
+    let mut out = Vec::with_capacity(HEAD.len() + conversation.len() + event_json.len() + 40);
+    out.extend_from_slice(HEAD);
+    let plain = conversation
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if plain {
+        out.push(b'"');
+        out.extend_from_slice(conversation.as_bytes());
+        out.push(b'"');
+    } else {
+        let id = serde_json::to_string(conversation).unwrap_or_else(|_| "\"\"".into());
+        out.extend_from_slice(id.as_bytes());
+    }
     out.extend_from_slice(b",\"seq\":");
-    out.extend_from_slice(seq.to_string().as_bytes());
+    let mut digits = [0u8; 20];
+    let mut n = seq;
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
     out.extend_from_slice(b",\"event\":");
-    out.extend_from_slice(event);
+    out.extend_from_slice(event_json);
     out.push(b'}');
     Bytes::from(out)
 }
@@ -306,5 +329,22 @@ mod tests {
             event: b"{}",
         };
         assert!(serde_json::to_string(&f).is_err());
+    }
+
+    #[test]
+    fn bytes_are_those_of_the_plain_construction() {
+        let event = br#"{"type":"RUN_STARTED","runId":"r"}"#;
+        for (id, seq) in [("0190c-ab_1", 0), ("c\"1", 7), ("é", u64::MAX), ("", 10)] {
+            let want = format!(
+                r#"{{"type":"event","conversationId":{},"seq":{seq},"event":{}}}"#,
+                serde_json::to_string(id).unwrap(),
+                std::str::from_utf8(event).unwrap()
+            );
+            assert_eq!(
+                &event_frame(id, seq, event)[..],
+                want.as_bytes(),
+                "{id} {seq}"
+            );
+        }
     }
 }

@@ -28,7 +28,10 @@ pub mod frame;
 pub mod http;
 pub mod limits;
 pub mod openapi;
+pub mod state;
 pub mod ws;
+
+pub use state::GatewayState;
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};

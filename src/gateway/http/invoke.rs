@@ -118,6 +118,7 @@ impl Drop for CancelOnDrop {
 )]
 pub(in crate::gateway) async fn invoke(
     svc: Svc,
+    gw: web::Data<crate::gateway::GatewayState>,
     req: HttpRequest,
     id: web::Path<String>,
     body: web::Bytes,
@@ -128,9 +129,9 @@ pub(in crate::gateway) async fn invoke(
     let b: InvokeBody = parse_body(&body)?;
     let timeout = check_body(&svc, &a, &b)?;
     if b.conversation_id.is_none() {
-        svc.limits.new_conversation(&user.0)?;
+        gw.limits.new_conversation(&user.0)?;
     }
-    svc.limits.message(&user.0)?;
+    gw.limits.message(&user.0)?;
     let _permit = svc
         .invoke_permits
         .clone()

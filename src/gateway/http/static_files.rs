@@ -17,7 +17,11 @@ const CSS: &str = "text/css; charset=utf-8";
 /// A file of `static/` embedded in the binary: (name in the URL, content type, bytes).
 macro_rules! embedded {
     ($name:literal, $path:literal, $ty:expr) => {
-        ($name, $ty, include_bytes!(concat!("../../../", $path)) as &[u8])
+        (
+            $name,
+            $ty,
+            include_bytes!(concat!("../../../", $path)) as &[u8],
+        )
     };
 }
 

@@ -75,10 +75,7 @@ pub struct ConversationView {
     pub message_count: u64,
 }
 
-pub(super) async fn conversation_view(
-    svc: &Services,
-    r: &ConversationRecord,
-) -> ConversationView {
+pub(super) async fn conversation_view(svc: &Services, r: &ConversationRecord) -> ConversationView {
     ConversationView {
         id: r.id.clone(),
         assistant: r.assistant.clone(),

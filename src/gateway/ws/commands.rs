@@ -45,7 +45,7 @@ impl SocketSession {
         let idempotent = matches!(frame, ClientFrame::Send { .. } | ClientFrame::Resume { .. });
         let user = self.user.as_ref().map(|u| u.0.clone());
         if let (true, Some(u), Some(fid)) = (idempotent, &user, &id) {
-            if let Some(ack) = self.svc.frame_acks.get(u, fid) {
+            if let Some(ack) = self.gw.frame_acks.get(u, fid) {
                 // A retried frame: the original answer, nothing applied again.
                 self.send_text(ByteString::from(ack)).await;
                 return;
@@ -60,7 +60,7 @@ impl SocketSession {
                 .to_bytes();
                 if let (true, Some(u), Some(fid)) = (idempotent, &user, &id) {
                     if let Ok(text) = std::str::from_utf8(&bytes) {
-                        self.svc.frame_acks.put(u, fid, text);
+                        self.gw.frame_acks.put(u, fid, text);
                     }
                 }
                 self.send_bytes(bytes).await;
@@ -173,9 +173,9 @@ impl SocketSession {
     ) -> Result<Ack, ApiError> {
         self.limits(&content, &args)?;
         if existing.is_none() {
-            self.svc.limits.new_conversation(&owner)?;
+            self.gw.limits.new_conversation(&owner)?;
         }
-        self.svc.limits.message(&owner)?;
+        self.gw.limits.message(&owner)?;
         let (id, addr) = match existing {
             Some(id) => {
                 let addr = self.conversation(&id).await?;

@@ -68,6 +68,7 @@ pub async fn handshake(
     req: HttpRequest,
     body: web::Payload,
     svc: web::Data<Arc<Services>>,
+    gw: web::Data<super::GatewayState>,
 ) -> Result<HttpResponse, actix_web::Error> {
     let cfg = &svc.config;
     if !auth::origin_allowed(&cfg.auth, &req) {
@@ -86,7 +87,7 @@ pub async fn handshake(
     let svc = svc.get_ref().clone();
     actix_web::rt::spawn(async move {
         svc.metrics.open_sockets.fetch_add(1, Relaxed);
-        let mut s = SocketSession::new(svc.clone(), session, user);
+        let mut s = SocketSession::new(svc.clone(), gw, session, user);
         s.run(stream).await;
         s.cleanup();
         svc.metrics.open_sockets.fetch_sub(1, Relaxed);
@@ -111,6 +112,7 @@ struct Sub {
 
 struct SocketSession {
     svc: Arc<Services>,
+    gw: web::Data<super::GatewayState>,
     session: Session,
     user: Option<User>,
     subscriber: Subscriber,
@@ -121,7 +123,12 @@ struct SocketSession {
 }
 
 impl SocketSession {
-    fn new(svc: Arc<Services>, session: Session, user: Option<User>) -> Self {
+    fn new(
+        svc: Arc<Services>,
+        gw: web::Data<super::GatewayState>,
+        session: Session,
+        user: Option<User>,
+    ) -> Self {
         let (tx, rx) = outbound_queue(svc.config.server.socket_outbound_buffer.max(16));
         let subscriber = Subscriber {
             id: NEXT_SOCKET.fetch_add(1, Relaxed),
@@ -130,6 +137,7 @@ impl SocketSession {
         };
         SocketSession {
             svc,
+            gw,
             session,
             user,
             subscriber,
@@ -214,7 +222,7 @@ impl SocketSession {
         let Outbound {
             conversation,
             seq,
-            frame,
+            event,
         } = out;
         let Some(sub) = self.subs.get_mut(&conversation) else {
             return;
@@ -223,7 +231,8 @@ impl SocketSession {
             return;
         }
         sub.last_sent = seq;
-        drop(conversation);
+        let frame = super::frame::event_frame(&conversation, seq, &event);
+        drop((conversation, event));
         if let Some(text) = utf8(frame) {
             self.send_text(text).await;
         }

@@ -1,0 +1,24 @@
+//! What a conversation actor uses of the server, and nothing more.
+//!
+//! One `Arc<Deps>` is shared by every actor (built once with the services). The conversation
+//! layer depends on the store, the engine and the metrics; it knows nothing of the gateway
+//! (frames, frame-id dedup and per-user limits are the gateway's own state).
+
+use std::sync::Arc;
+
+use tokio::sync::Semaphore;
+
+use super::Registry;
+use crate::engine::Engine;
+use crate::metrics::Metrics;
+use crate::store::Store;
+
+pub struct Deps {
+    pub store: Arc<dyn Store>,
+    pub engine: Engine,
+    pub metrics: Arc<Metrics>,
+    /// One permit per active run (`server.max_concurrent_runs`).
+    pub run_permits: Arc<Semaphore>,
+    /// For an actor to unregister itself before it stops.
+    pub registry: Arc<Registry>,
+}

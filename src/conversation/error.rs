@@ -1,0 +1,105 @@
+//! The conversation layer's errors.
+//!
+//! The actor and the registry answer with a [`ConversationError`]; the gateway turns it into the
+//! wire's [`ApiError`](crate::error::ApiError) with `?` (`From` in `src/error.rs`), with the same
+//! code and message as a client always got. Each variant's message is for a person: what went
+//! wrong and what to do about it.
+
+use std::sync::Arc;
+
+use crate::error::{ApiError, ErrorCode};
+use crate::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConversationError {
+    /// No such conversation, or not the caller's (the two are not told apart).
+    #[error("conversation '{0}' does not exist")]
+    NotFound(String),
+    /// A new conversation names an assistant that is not installed.
+    #[error("there is no assistant '{0}'")]
+    UnknownAssistant(String),
+    /// A stored conversation's assistant is no longer installed.
+    #[error("assistant '{0}' of this conversation is no longer installed")]
+    AssistantGone(String),
+    #[error("a run is active in this conversation; wait for it to finish or cancel it")]
+    Busy,
+    /// A `send` while a tool call waits for approval (it needs a `resume`).
+    #[error("the assistant is waiting for approval of a tool call; answer it with resume (approve or reject)")]
+    AwaitingApproval,
+    /// An answer while a run is active: nothing is pending.
+    #[error("interrupt '{0}' is not pending (a run is active)")]
+    RunActive(String),
+    /// The assistant refused the arguments (its check answers in the wire type, with the list
+    /// of bad fields as details).
+    #[error("{0}")]
+    InvalidArgs(Box<ApiError>),
+    /// The engine refused an input, or a run ended with this code.
+    #[error("{message}")]
+    Refused { code: ErrorCode, message: String },
+    /// A synchronous call's run paused for a person or the page.
+    #[error("the run paused for a person or the page")]
+    Paused,
+    #[error("the run was cancelled")]
+    Cancelled,
+    /// Every run permit is taken (`server.max_concurrent_runs`).
+    #[error("the server is running as many processes as it allows; try again shortly")]
+    NoRunPermit,
+    /// A commit of this conversation failed earlier; it takes no more messages.
+    #[error("this conversation could not be stored; try again in a moment")]
+    Broken,
+    #[error("lost the pending interrupt")]
+    LostInterrupt,
+    /// The actor stopped before it answered.
+    #[error("the conversation stopped")]
+    Stopped,
+    #[error("the conversation stopped before storing the message")]
+    StoppedBeforeStored,
+    /// The commit holding what a waiter waited for failed (shared by all its waiters).
+    #[error("storage failed: {0}")]
+    CommitFailed(Arc<StoreError>),
+    #[error("could not delete: {0}")]
+    DeleteFailed(#[source] StoreError),
+    #[error("the stored checkpoint of '{id}' is unreadable: {source}")]
+    CorruptCheckpoint {
+        id: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl ConversationError {
+    /// The error code a client sees.
+    pub fn code(&self) -> ErrorCode {
+        use ConversationError as E;
+        match self {
+            E::NotFound(_) => ErrorCode::ConversationNotFound,
+            E::UnknownAssistant(_) | E::AssistantGone(_) => ErrorCode::UnknownAssistant,
+            E::Busy | E::AwaitingApproval => ErrorCode::ConversationBusy,
+            E::RunActive(_) => ErrorCode::InterruptNotPending,
+            E::InvalidArgs(e) => e.code,
+            E::Refused { code, .. } => *code,
+            E::Paused => ErrorCode::AssistantNotAutomated,
+            E::Cancelled => ErrorCode::Cancelled,
+            E::NoRunPermit => ErrorCode::RateLimited,
+            E::Broken
+            | E::LostInterrupt
+            | E::Stopped
+            | E::StoppedBeforeStored
+            | E::CommitFailed(_)
+            | E::DeleteFailed(_)
+            | E::CorruptCheckpoint { .. }
+            | E::Store(_) => ErrorCode::Internal,
+        }
+    }
+}
+
+impl From<crate::engine::Refused> for ConversationError {
+    fn from(r: crate::engine::Refused) -> Self {
+        ConversationError::Refused {
+            code: r.code,
+            message: r.message,
+        }
+    }
+}
