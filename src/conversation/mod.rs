@@ -70,6 +70,25 @@ pub struct Subscriber {
     pub slow: CancellationToken,
 }
 
+impl Subscriber {
+    /// A subscriber id no other socket or stream of this process has.
+    pub fn next_id() -> u64 {
+        use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        NEXT.fetch_add(1, Relaxed)
+    }
+}
+
+/// The answer to a subscribe: where the store ends and live delivery begins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Subscribed {
+    /// Every event up to this seq is durable (replay it from the store); every later one is
+    /// delivered live.
+    pub high: u64,
+    /// A run was active when the subscriber was registered.
+    pub running: bool,
+}
+
 /// A `send` or `resume` was accepted and durably stored.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Accepted {
@@ -114,10 +133,11 @@ pub mod msg {
         pub value: Value,
     }
 
-    /// Register a subscriber; answers the durable high-water mark at that moment: every event up
-    /// to it is in the store, every later one will be delivered live.
+    /// Register a subscriber; answers the durable high-water mark at that moment (every event up
+    /// to it is in the store, every later one will be delivered live) and whether a run is
+    /// active.
     #[derive(Message)]
-    #[rtype(result = "Result<u64, ConversationError>")]
+    #[rtype(result = "Result<Subscribed, ConversationError>")]
     pub struct Subscribe {
         pub owner: String,
         pub subscriber: Subscriber,

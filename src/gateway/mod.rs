@@ -29,6 +29,7 @@ pub mod http;
 pub mod limits;
 pub mod openapi;
 pub mod state;
+pub mod stream;
 pub mod ws;
 
 pub use state::GatewayState;

@@ -13,7 +13,7 @@ use tokio::sync::oneshot;
 use super::{Conversation, Queued};
 use crate::assistant::model::{action, OnBusy};
 use crate::conversation::error::ConversationError;
-use crate::conversation::{msg, title_of, Accepted, Subscriber};
+use crate::conversation::{msg, title_of, Accepted, Subscribed, Subscriber};
 use crate::engine::{Event, Input, InterruptReason, Position};
 use crate::error::ErrorCode;
 use crate::store::{RunStatus, WriteOp};
@@ -208,12 +208,15 @@ impl Handler<msg::Resume> for Conversation {
 }
 
 impl Handler<msg::Subscribe> for Conversation {
-    type Result = Result<u64, ConversationError>;
+    type Result = Result<Subscribed, ConversationError>;
     fn handle(&mut self, m: msg::Subscribe, _ctx: &mut Self::Context) -> Self::Result {
         self.check_owner(&m.owner)?;
         self.last_active = Instant::now();
         self.fanout.insert(m.subscriber);
-        Ok(self.journal.durable_seq())
+        Ok(Subscribed {
+            high: self.journal.durable_seq(),
+            running: self.run.is_some(),
+        })
     }
 }
 

@@ -240,7 +240,8 @@ impl SocketSession {
                 subscriber: self.subscriber.clone(),
             })
             .await
-            .map_err(|_| ApiError::internal("the conversation stopped; subscribe again"))??;
+            .map_err(|_| ApiError::internal("the conversation stopped; subscribe again"))??
+            .high;
         let known = self.subs.get(conversation_id.as_str()).map(|s| s.last_sent);
         self.track(&conversation_id, addr, high.max(since))?;
         if let (Some(k), Some(s)) = (known, self.subs.get_mut(conversation_id.as_str())) {

@@ -24,7 +24,7 @@ mod client_frame;
 mod commands;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -40,8 +40,6 @@ use super::frame::ServerFrame;
 use crate::conversation::{msg, outbound_queue, Conversation, Outbound, OutboundRx, Subscriber};
 use crate::error::{ApiError, ErrorCode};
 use crate::services::Services;
-
-static NEXT_SOCKET: AtomicU64 = AtomicU64::new(1);
 
 /// Close code for a socket that fell too far behind.
 pub const CLOSE_TOO_SLOW: u16 = 4008;
@@ -131,7 +129,7 @@ impl SocketSession {
     ) -> Self {
         let (tx, rx) = outbound_queue(svc.config.server.socket_outbound_buffer.max(16));
         let subscriber = Subscriber {
-            id: NEXT_SOCKET.fetch_add(1, Relaxed),
+            id: Subscriber::next_id(),
             tx,
             slow: CancellationToken::new(),
         };

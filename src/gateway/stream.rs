@@ -1,0 +1,226 @@
+//! One conversation's event log as a stream: the stored events after `since`, then the live
+//! ones, each once and in seq order. Every front that streams (the SSE routes, AG-UI, the
+//! OpenAI-compatible API) reads a conversation through this type, so each of them can be
+//! resumed from a seq: the stream *is* the event log (DESIGN: fronts are translations).
+//!
+//! # The hand-over from stored to live (invariant 3)
+//!
+//! 1. [`EventStream::open`] makes a bounded queue and registers its sending half with the
+//!    conversation's actor (`msg::Subscribe`). The actor answers its durable mark `H` at that
+//!    instant: every event up to `H` is in the store, every later one will be queued live.
+//! 2. [`EventStream::next`] first reads the stored events in `(since, H]`, a page at a time.
+//! 3. Then it takes live events from the queue. Live events are all `> H`; any at or below the
+//!    last seq handed out (a client that asked for `since > H`) is dropped, so nothing is
+//!    handed out twice.
+//!
+//! # Bounds
+//!
+//! The live queue holds `capacity` events (the same rule as a socket's outbound queue,
+//! `server.socket_outbound_buffer`). A reader that falls that far behind is dropped by the
+//! actor, which cancels its `slow` token: `next` then answers [`Next::Lagged`] and the caller
+//! ends its response; the client resumes from the last seq it received and loses nothing.
+//!
+//! Dropping an `EventStream` unsubscribes it.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use actix::Addr;
+use bytes::Bytes;
+use tokio_util::sync::CancellationToken;
+
+use crate::conversation::{msg, outbound_queue, Conversation, OutboundRx, Subscriber};
+use crate::error::ApiError;
+use crate::services::Services;
+use crate::store::Store;
+
+/// Stored events read per store call while replaying.
+const REPLAY_PAGE: usize = 512;
+
+/// What [`EventStream::next`] hands out.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Next {
+    /// The next event: its seq and its JSON as stored (what a WebSocket frame carries under
+    /// `event`).
+    Event(u64, Bytes),
+    /// The reader fell too far behind and was dropped; resume from the last seq received.
+    Lagged,
+    /// The conversation's actor stopped (the conversation was deleted, or the server is
+    /// shutting down).
+    Closed,
+}
+
+/// A subscription to one conversation's events (see the module doc).
+pub struct EventStream {
+    conversation: Arc<str>,
+    addr: Addr<Conversation>,
+    subscriber_id: u64,
+    slow: CancellationToken,
+    rx: OutboundRx,
+    store: Arc<dyn Store>,
+    /// The actor's durable mark when the stream opened: replay ends here.
+    high: u64,
+    /// The last seq handed out (or `since`).
+    cursor: u64,
+    page: VecDeque<(u64, Bytes)>,
+    running: bool,
+}
+
+impl EventStream {
+    /// Subscribe `owner` to a conversation (its own: anyone else's is `conversation_not_found`),
+    /// starting after `since`.
+    pub async fn open(
+        svc: &Arc<Services>,
+        owner: &str,
+        conversation: &str,
+        since: u64,
+    ) -> Result<EventStream, ApiError> {
+        let addr = svc.registry.get(svc, conversation).await?;
+        let capacity = svc.config.server.socket_outbound_buffer.max(16);
+        let (tx, rx) = outbound_queue(capacity);
+        let slow = CancellationToken::new();
+        let subscriber_id = Subscriber::next_id();
+        let subscribed = addr
+            .send(msg::Subscribe {
+                owner: owner.to_owned(),
+                subscriber: Subscriber {
+                    id: subscriber_id,
+                    tx,
+                    slow: slow.clone(),
+                },
+            })
+            .await
+            .map_err(|_| ApiError::internal("the conversation stopped; subscribe again"))??;
+        Ok(EventStream {
+            conversation: Arc::from(conversation),
+            addr,
+            subscriber_id,
+            slow,
+            rx,
+            store: svc.store.clone(),
+            high: subscribed.high,
+            cursor: since,
+            page: VecDeque::new(),
+            running: subscribed.running,
+        })
+    }
+
+    /// Whether a run was active when the stream opened.
+    pub fn running_at_open(&self) -> bool {
+        self.running
+    }
+
+    /// The conversation's durable mark when the stream opened.
+    pub fn high_at_open(&self) -> u64 {
+        self.high
+    }
+
+    /// The last seq handed out (or the `since` the stream was opened with).
+    pub fn cursor(&self) -> u64 {
+        self.cursor
+    }
+
+    /// Whether every stored event up to the mark at opening has been handed out (what follows
+    /// is live).
+    pub fn replayed(&self) -> bool {
+        self.page.is_empty() && self.cursor >= self.high
+    }
+
+    /// The next event; waits for a live one once the stored ones are handed out.
+    /// Cancel-safe: an event is only taken when it is returned.
+    pub async fn next(&mut self) -> Result<Next, ApiError> {
+        if let Some(ev) = self.next_stored().await? {
+            return Ok(ev);
+        }
+        loop {
+            if self.slow.is_cancelled() {
+                return Ok(Next::Lagged);
+            }
+            let out = tokio::select! {
+                biased;
+                out = self.rx.recv() => out,
+                _ = self.slow.cancelled() => return Ok(Next::Lagged),
+            };
+            let Some(out) = out else {
+                return Ok(Next::Closed);
+            };
+            if out.seq > self.cursor {
+                self.cursor = out.seq;
+                return Ok(Next::Event(out.seq, out.event));
+            }
+        }
+    }
+
+    /// The next stored event in `(cursor, high]`, reading a page when needed.
+    async fn next_stored(&mut self) -> Result<Option<Next>, ApiError> {
+        if self.page.is_empty() && self.cursor < self.high {
+            let page = self
+                .store
+                .events_since(&self.conversation, self.cursor, REPLAY_PAGE)
+                .await
+                .map_err(|e| ApiError::internal(e.to_string()))?;
+            self.page = page
+                .into_iter()
+                .take_while(|(seq, _)| *seq <= self.high)
+                .collect();
+            if self.page.is_empty() {
+                // The store has nothing more up to the mark: go live.
+                self.high = self.cursor;
+            }
+        }
+        Ok(self.page.pop_front().map(|(seq, json)| {
+            self.cursor = seq;
+            Next::Event(seq, json)
+        }))
+    }
+}
+
+impl Drop for EventStream {
+    fn drop(&mut self) {
+        self.addr.do_send(msg::Unsubscribe {
+            subscriber_id: self.subscriber_id,
+        });
+    }
+}
+
+/// The `type` of a stored event, read without parsing the rest.
+pub fn event_type(event_json: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Typed {
+        #[serde(rename = "type")]
+        kind: String,
+    }
+    serde_json::from_slice::<Typed>(event_json)
+        .ok()
+        .map(|t| t.kind)
+}
+
+/// Whether an event ends a run segment (`RUN_FINISHED`, which also marks a pause, or
+/// `RUN_ERROR`).
+pub fn ends_run(event_json: &[u8]) -> bool {
+    matches!(
+        event_type(event_json).as_deref(),
+        Some("RUN_FINISHED" | "RUN_ERROR")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_ends_are_recognised_by_type() {
+        assert!(ends_run(
+            br#"{"type":"RUN_FINISHED","runId":"r","outcome":{}}"#
+        ));
+        assert!(ends_run(
+            br#"{"runId":"r","type":"RUN_ERROR","code":"cancelled"}"#
+        ));
+        assert!(!ends_run(br#"{"type":"RUN_STARTED","runId":"r"}"#));
+        assert!(!ends_run(b"not json"));
+        assert_eq!(
+            event_type(br#"{"type":"STEP_STARTED","stepName":"a"}"#).as_deref(),
+            Some("STEP_STARTED")
+        );
+    }
+}
