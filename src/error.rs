@@ -151,6 +151,10 @@ impl From<crate::conversation::ConversationError> for ApiError {
         match e {
             E::InvalidArgs(api) => *api,
             E::NotFound(id) => ApiError::conversation_not_found(&id),
+            E::Shared(shared) => match std::sync::Arc::try_unwrap(shared) {
+                Ok(e) => e.into(),
+                Err(shared) => ApiError::new(shared.code(), shared.to_string()),
+            },
             E::Refused { code, message } => ApiError::new(code, message),
             e => ApiError::new(e.code(), e.to_string()),
         }

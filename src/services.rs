@@ -18,7 +18,7 @@ use crate::store::Store;
 
 pub struct Services {
     pub config: Config,
-    pub catalog: Catalog,
+    pub catalog: Arc<Catalog>,
     pub engine: Engine,
     pub store: Arc<dyn Store>,
     pub registry: Arc<Registry>,
@@ -40,7 +40,6 @@ impl Services {
     ) -> Arc<Self> {
         let runs = config.server.max_concurrent_runs;
         let invokes = config.server.max_concurrent_invokes;
-        let registry = Arc::new(Registry::default());
         let metrics = Arc::new(Metrics::with_llm(engine.llms().metrics()));
         let run_permits = Arc::new(Semaphore::new(runs));
         let actors = Arc::new(Deps {
@@ -48,8 +47,10 @@ impl Services {
             engine: engine.clone(),
             metrics: metrics.clone(),
             run_permits: run_permits.clone(),
-            registry: registry.clone(),
+            live: Arc::default(),
         });
+        let catalog = Arc::new(catalog);
+        let registry = Arc::new(Registry::new(catalog.clone(), actors.clone()));
         Arc::new(Services {
             config,
             catalog,

@@ -542,7 +542,7 @@ impl Conversation {
 
     /// Unregister, then stop. Anyone holding the address gets a mailbox error and looks again.
     fn leave(&mut self, ctx: &mut Context<Self>) {
-        self.deps.registry.remove(&self.id, &ctx.address());
+        self.deps.live.remove(&self.id, &ctx.address());
         ctx.stop();
     }
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use tokio::sync::Semaphore;
 
-use super::Registry;
+use super::registry::LiveMap;
 use crate::engine::Engine;
 use crate::metrics::Metrics;
 use crate::store::Store;
@@ -19,6 +19,6 @@ pub struct Deps {
     pub metrics: Arc<Metrics>,
     /// One permit per active run (`server.max_concurrent_runs`).
     pub run_permits: Arc<Semaphore>,
-    /// For an actor to unregister itself before it stops.
-    pub registry: Arc<Registry>,
+    /// The registry's map of live actors, for an actor to unregister itself before it stops.
+    pub live: Arc<LiveMap>,
 }

@@ -67,6 +67,9 @@ pub enum ConversationError {
     },
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The failure of a start that several callers awaited together (the registry's).
+    #[error(transparent)]
+    Shared(Arc<ConversationError>),
 }
 
 impl ConversationError {
@@ -91,6 +94,7 @@ impl ConversationError {
             | E::DeleteFailed(_)
             | E::CorruptCheckpoint { .. }
             | E::Store(_) => ErrorCode::Internal,
+            E::Shared(e) => e.code(),
         }
     }
 }

@@ -47,7 +47,7 @@ pub use actor::Conversation;
 pub use deps::Deps;
 pub use error::ConversationError;
 pub use outbound::{queue as outbound_queue, OutboundRx, OutboundTx};
-pub use registry::{recover_interrupted, Registry};
+pub use registry::{recover_interrupted, LiveMap, Registry};
 
 use crate::store::MessageRecord;
 

@@ -13,6 +13,8 @@
 //!   removed (failure) by whoever sees the shared result first, and only if the entry is still
 //!   that same start. If every caller gives up while a start is in flight, the entry stays
 //!   and the next caller for that id drives the same future on.
+//! - The registry holds what starting an actor needs (the catalog and the actors' [`Deps`]);
+//!   callers pass only an id. It answers in [`ConversationError`]s.
 //! - An actor that leaves memory removes itself (only if the entry is still its own address)
 //!   before it stops; a caller that raced with that gets a mailbox error and asks again.
 
@@ -24,42 +26,72 @@ use futures_util::future::{BoxFuture, FutureExt, Shared};
 use parking_lot::Mutex;
 
 use super::actor::{Conversation, HISTORY_TAIL};
+use super::{ConversationError, Deps};
+use crate::assistant::Catalog;
 use crate::engine::Checkpoint;
-use crate::error::{ApiError, ErrorCode};
-use crate::services::Services;
 use crate::store::{RunStatus, Store, StoreError};
 
 /// A start in flight: every caller for the id awaits a clone.
-type Start = Shared<BoxFuture<'static, Result<Addr<Conversation>, ApiError>>>;
+type Start = Shared<BoxFuture<'static, Result<Addr<Conversation>, Arc<ConversationError>>>>;
 
 enum Entry {
     Live(Addr<Conversation>),
     Starting(Start),
 }
 
+/// The map of live actors. Shared with every actor (through [`Deps`]) so that an actor can
+/// remove its own entry before it stops.
 #[derive(Default)]
+pub struct LiveMap {
+    map: Mutex<HashMap<Arc<str>, Entry>>,
+}
+
+impl LiveMap {
+    /// Forget an actor, if the entry is still this one.
+    pub fn remove(&self, id: &str, addr: &Addr<Conversation>) {
+        let mut live = self.map.lock();
+        if matches!(live.get(id), Some(Entry::Live(a)) if a == addr) {
+            live.remove(id);
+        }
+    }
+}
+
+/// Finds or starts actors. Holds what it needs to start one: the assistants, and the
+/// dependencies every actor gets.
 pub struct Registry {
-    live: Mutex<HashMap<Arc<str>, Entry>>,
+    live: Arc<LiveMap>,
+    catalog: Arc<Catalog>,
+    deps: Arc<Deps>,
 }
 
 impl Registry {
+    /// `deps.live` must be `live`'s map (actors remove themselves from it).
+    pub fn new(catalog: Arc<Catalog>, deps: Arc<Deps>) -> Registry {
+        Registry {
+            live: deps.live.clone(),
+            catalog,
+            deps,
+        }
+    }
+
     /// The live actor of a stored conversation, started (restored from the store) if needed.
     /// The owner check is the actor's: every message carries the caller.
-    pub async fn get(&self, svc: &Arc<Services>, id: &str) -> Result<Addr<Conversation>, ApiError> {
+    pub async fn get(&self, id: &str) -> Result<Addr<Conversation>, ConversationError> {
         let start = {
-            let mut live = self.live.lock();
+            let mut live = self.live.map.lock();
             match live.get(id) {
                 Some(Entry::Live(a)) if a.connected() => return Ok(a.clone()),
                 Some(Entry::Starting(start)) => start.clone(),
                 _ => {
-                    let start = load_and_start(svc.clone(), id.to_owned()).boxed().shared();
+                    let load = load_and_start(self.catalog.clone(), self.deps.clone(), id.into());
+                    let start = async move { load.await.map_err(Arc::new) }.boxed().shared();
                     live.insert(Arc::from(id), Entry::Starting(start.clone()));
                     start
                 }
             }
         };
         let result = start.clone().await;
-        let mut live = self.live.lock();
+        let mut live = self.live.map.lock();
         let ours = matches!(live.get(id), Some(Entry::Starting(s)) if s.ptr_eq(&start));
         if ours {
             match &result {
@@ -71,43 +103,33 @@ impl Registry {
                 }
             }
         }
-        result
+        result.map_err(ConversationError::Shared)
     }
 
     /// A new conversation's actor (stored with its first message).
     pub fn create(
         &self,
-        svc: &Arc<Services>,
         owner: &str,
         assistant: &str,
-    ) -> Result<(String, Addr<Conversation>), ApiError> {
-        let a = svc.catalog.get(assistant).ok_or_else(|| {
-            ApiError::new(
-                ErrorCode::UnknownAssistant,
-                format!("there is no assistant '{assistant}'"),
-            )
-        })?;
+    ) -> Result<(String, Addr<Conversation>), ConversationError> {
+        let a = self
+            .catalog
+            .get(assistant)
+            .ok_or_else(|| ConversationError::UnknownAssistant(assistant.to_owned()))?;
         let id = uuid::Uuid::now_v7().to_string();
-        let actor =
-            Conversation::new_unstored(svc.actors.clone(), a, id.clone(), owner.to_string());
+        let actor = Conversation::new_unstored(self.deps.clone(), a, id.clone(), owner.to_string());
         let addr = actor.start();
         self.live
+            .map
             .lock()
             .insert(Arc::from(id.as_str()), Entry::Live(addr.clone()));
         Ok((id, addr))
     }
 
-    /// Forget an actor, if the entry is still this one.
-    pub fn remove(&self, id: &str, addr: &Addr<Conversation>) {
-        let mut live = self.live.lock();
-        if matches!(live.get(id), Some(Entry::Live(a)) if a == addr) {
-            live.remove(id);
-        }
-    }
-
     /// Live actors (starts in flight are not counted).
     pub fn live_count(&self) -> usize {
         self.live
+            .map
             .lock()
             .values()
             .filter(|e| matches!(e, Entry::Live(_)))
@@ -117,6 +139,7 @@ impl Registry {
     /// Every live actor (for shutdown).
     pub fn all(&self) -> Vec<Addr<Conversation>> {
         self.live
+            .map
             .lock()
             .values()
             .filter_map(|e| match e {
@@ -128,37 +151,31 @@ impl Registry {
 }
 
 /// Loads a stored conversation (four short reads, off the worker) and starts its actor.
-async fn load_and_start(svc: Arc<Services>, id: String) -> Result<Addr<Conversation>, ApiError> {
-    let store = &svc.store;
-    let internal = |e: StoreError| ApiError::internal(e.to_string());
+async fn load_and_start(
+    catalog: Arc<Catalog>,
+    deps: Arc<Deps>,
+    id: String,
+) -> Result<Addr<Conversation>, ConversationError> {
+    let store = &deps.store;
     let rec = store
         .get_conversation(&id)
-        .await
-        .map_err(internal)?
-        .ok_or_else(|| ApiError::conversation_not_found(&id))?;
-    let assistant = svc.catalog.get(&rec.assistant).ok_or_else(|| {
-        ApiError::new(
-            ErrorCode::UnknownAssistant,
-            format!(
-                "assistant '{}' of this conversation is no longer installed",
-                rec.assistant
-            ),
-        )
-    })?;
-    let cp: Checkpoint = match store.checkpoint(&id).await.map_err(internal)? {
-        Some(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
-            ApiError::internal(format!(
-                "the stored checkpoint of '{id}' is unreadable: {e}"
-            ))
+        .await?
+        .ok_or_else(|| ConversationError::NotFound(id.clone()))?;
+    let assistant = catalog
+        .get(&rec.assistant)
+        .ok_or_else(|| ConversationError::AssistantGone(rec.assistant.clone()))?;
+    let cp: Checkpoint = match store.checkpoint(&id).await? {
+        Some(bytes) => serde_json::from_slice(&bytes).map_err(|source| {
+            ConversationError::CorruptCheckpoint {
+                id: id.clone(),
+                source,
+            }
         })?,
         None => Checkpoint::default(),
     };
-    let last_seq = store.last_seq(&id).await.map_err(internal)?;
-    let recent = store
-        .recent_messages(&id, HISTORY_TAIL)
-        .await
-        .map_err(internal)?;
-    let actor = Conversation::restore(svc.actors.clone(), assistant, rec, cp, last_seq, recent);
+    let last_seq = store.last_seq(&id).await?;
+    let recent = store.recent_messages(&id, HISTORY_TAIL).await?;
+    let actor = Conversation::restore(deps.clone(), assistant, rec, cp, last_seq, recent);
     Ok(actor.start())
 }
 
@@ -187,6 +204,8 @@ pub async fn recover_interrupted(store: &dyn Store) -> Result<usize, StoreError>
 mod tests {
     use super::*;
     use crate::config::Config;
+    use crate::error::ErrorCode;
+    use crate::services::Services;
     use crate::store::{ConversationRecord, WriteOp};
 
     async fn services(dir: &std::path::Path) -> Arc<Services> {
@@ -224,7 +243,7 @@ mod tests {
         ];
         svc.store.write(ops).await.unwrap();
 
-        let gets = (0..8).map(|i| svc.registry.get(&svc, if i % 2 == 0 { "c1" } else { "c2" }));
+        let gets = (0..8).map(|i| svc.registry.get(if i % 2 == 0 { "c1" } else { "c2" }));
         let addrs: Vec<_> = futures_util::future::join_all(gets)
             .await
             .into_iter()
@@ -236,17 +255,17 @@ mod tests {
         assert_ne!(addrs[0], addrs[1]);
         assert_eq!(svc.registry.live_count(), 2);
         // A later get finds the live actor.
-        assert_eq!(svc.registry.get(&svc, "c1").await.unwrap(), addrs[0]);
+        assert_eq!(svc.registry.get("c1").await.unwrap(), addrs[0]);
     }
 
     #[actix::test]
     async fn a_failed_start_leaves_no_entry_and_keeps_its_error() {
         let dir = tempfile::tempdir().unwrap();
         let svc = services(dir.path()).await;
-        let gets = (0..3).map(|_| svc.registry.get(&svc, "nope"));
+        let gets = (0..3).map(|_| svc.registry.get("nope"));
         for result in futures_util::future::join_all(gets).await {
             let error = result.unwrap_err();
-            assert_eq!(error.code, ErrorCode::ConversationNotFound);
+            assert_eq!(error.code(), ErrorCode::ConversationNotFound);
         }
         svc.store
             .write(vec![WriteOp::PutConversation(record(
@@ -255,8 +274,11 @@ mod tests {
             ))])
             .await
             .unwrap();
-        let error = svc.registry.get(&svc, "gone").await.unwrap_err();
-        assert_eq!(error.code, ErrorCode::UnknownAssistant);
-        assert!(svc.registry.live.lock().is_empty(), "no entry left behind");
+        let error = svc.registry.get("gone").await.unwrap_err();
+        assert_eq!(error.code(), ErrorCode::UnknownAssistant);
+        assert!(
+            svc.registry.live.map.lock().is_empty(),
+            "no entry left behind"
+        );
     }
 }

@@ -294,7 +294,7 @@ impl Handler<msg::Delete> for Conversation {
             run.cancel.cancel();
         }
         // Unregister first: nobody reaches this actor again; then delete and stop.
-        self.deps.registry.remove(&self.id, &ctx.address());
+        self.deps.live.remove(&self.id, &ctx.address());
         self.fanout.clear();
         self.journal.discard();
         self.stored = false;

@@ -220,9 +220,9 @@ async fn conversation(
                     rec.assistant, a.id
                 )));
             }
-            svc.registry.get(svc, cid).await
+            Ok(svc.registry.get(cid).await?)
         }
-        None => Ok(svc.registry.create(svc, &user.0, &a.id)?.1),
+        None => Ok(svc.registry.create(&user.0, &a.id)?.1),
     }
 }
 

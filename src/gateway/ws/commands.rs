@@ -223,7 +223,7 @@ impl SocketSession {
         })?;
         // Refuse bad args before a conversation exists.
         a.check_args(args.as_ref())?;
-        self.svc.registry.create(&self.svc, owner, &name)
+        Ok(self.svc.registry.create(owner, &name)?)
     }
 
     /// `subscribe`: follow live from the actor's durable mark, replay `(since, mark]`.
@@ -316,7 +316,7 @@ impl SocketSession {
                 return Ok(s.addr.clone());
             }
         }
-        self.svc.registry.get(&self.svc, id).await
+        Ok(self.svc.registry.get(id).await?)
     }
 
     /// Follow a conversation (bounded by `max_subscriptions_per_socket`).
