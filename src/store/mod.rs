@@ -61,6 +61,7 @@
 
 mod ack;
 mod error;
+pub mod postgres;
 mod records;
 pub mod redb;
 #[cfg(test)]
