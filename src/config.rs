@@ -116,7 +116,36 @@ fn d_heartbeat() -> u64 {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StorageConfig {
+    /// Where the redb file lives (`backend = "redb"`).
     pub data_dir: PathBuf,
+    /// Which store: the embedded redb file (default) or a PostgreSQL database.
+    #[serde(default)]
+    pub backend: StorageBackend,
+    /// `postgres://user@host:port/db` (`backend = "postgres"`; or `PARLEY_POSTGRES_URL`).
+    #[serde(default)]
+    pub url: Option<String>,
+    /// PostgreSQL connections for reads (the writer has one more of its own).
+    #[serde(default = "d_pool_size")]
+    pub pool_size: usize,
+    /// Every PostgreSQL statement is cancelled after this long.
+    #[serde(default = "d_statement_timeout")]
+    pub statement_timeout_ms: u64,
+}
+
+fn d_pool_size() -> usize {
+    16
+}
+fn d_statement_timeout() -> u64 {
+    10_000
+}
+
+/// The storage backend (CONTRACT §9).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageBackend {
+    #[default]
+    Redb,
+    Postgres,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -224,6 +253,8 @@ pub struct Overrides {
     pub listen: Option<String>,
     pub data_dir: Option<PathBuf>,
     pub assistants_dir: Option<PathBuf>,
+    pub storage_backend: Option<StorageBackend>,
+    pub postgres_url: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -279,12 +310,23 @@ impl Config {
         if let Some(d) = &overrides.assistants_dir {
             cfg.assistants.dir = d.clone();
         }
+        if let Some(b) = overrides.storage_backend {
+            cfg.storage.backend = b;
+        }
+        if let Some(u) = &overrides.postgres_url {
+            cfg.storage.url = Some(u.clone());
+        }
         cfg.check()?;
         Ok(cfg)
     }
 
     /// Checks that span fields.
     pub fn check(&self) -> Result<(), ConfigError> {
+        if self.storage.backend == StorageBackend::Postgres && self.storage.url.is_none() {
+            return Err(ConfigError::Invalid(
+                "storage.backend = \"postgres\" needs storage.url (or PARLEY_POSTGRES_URL)".into(),
+            ));
+        }
         let addr: SocketAddr = self.server.listen.parse().map_err(|_| {
             ConfigError::Invalid(format!(
                 "server.listen '{}' is not an address like 127.0.0.1:8080",

@@ -66,6 +66,7 @@ mod records;
 pub mod redb;
 #[cfg(test)]
 mod suite;
+pub mod transfer;
 
 use std::future::Future;
 use std::pin::Pin;
