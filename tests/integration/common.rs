@@ -138,6 +138,11 @@ impl Server {
 }
 
 impl Server {
+    /// Starts a server again on a data dir and config of a stopped one.
+    pub fn spawn_again(data: tempfile::TempDir, config: PathBuf) -> Server {
+        Self::spawn(data, config)
+    }
+
     fn respawn(mut self) -> Server {
         let data = std::mem::replace(&mut self.data, tempfile::tempdir().expect("tempdir"));
         Self::spawn(data, self.config.clone())

@@ -6,5 +6,6 @@ mod common;
 mod examples;
 mod http;
 mod openapi;
+mod postgres;
 mod security;
 mod ws;
