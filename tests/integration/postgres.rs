@@ -258,3 +258,163 @@ async fn export_import_between_redb_and_postgres_both_ways() {
     check_moved(&redb, &convs, &iid, &snap).await;
     drop(pg_dir);
 }
+
+/// A PostgreSQL cluster of the test's own (scripts/lib/postgres.sh), so that it can be stopped
+/// and started without disturbing other tests. Stopped and removed on drop.
+struct OwnCluster {
+    dir: tempfile::TempDir,
+    url: String,
+    bin: String,
+    user: String,
+    port: String,
+}
+
+fn script(body: &str) -> String {
+    let lib = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/lib/postgres.sh");
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(format!("set -e; source {lib:?}; {body}"))
+        .output()
+        .expect("bash");
+    assert!(
+        out.status.success(),
+        "{body}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+impl OwnCluster {
+    fn start() -> OwnCluster {
+        // Fails loudly, like every PostgreSQL test, where scripts/test was not used.
+        test_url();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pg = dir.path().join("pg");
+        let said = script(&format!(
+            "pg_start {pg:?}; echo \"$PARLEY_TEST_POSTGRES_URL $PARLEY_TEST_PG_BIN $PARLEY_TEST_PG_USER $PARLEY_TEST_PG_PORT\""
+        ));
+        let mut words = said.split_whitespace().map(str::to_owned);
+        let mut next = || words.next().expect("pg_start output");
+        OwnCluster {
+            url: next(),
+            bin: next(),
+            user: next(),
+            port: next(),
+            dir,
+        }
+    }
+
+    fn pg_ctl(&self, args: &[&str]) {
+        let data = self.dir.path().join("pg/data");
+        let pg_ctl = format!("{}/pg_ctl", self.bin);
+        let mut all: Vec<String> = vec![pg_ctl, "-D".into(), data.display().to_string()];
+        all.extend(args.iter().map(|a| a.to_string()));
+        let me = Command::new("id").arg("-un").output().expect("id");
+        let mut cmd = if String::from_utf8_lossy(&me.stdout).trim() == self.user {
+            Command::new(&all[0])
+        } else {
+            let mut c = Command::new("runuser");
+            c.args(["-u", &self.user, "--", &all[0]]);
+            c
+        };
+        let status = cmd.args(&all[1..]).status().expect("pg_ctl");
+        assert!(status.success(), "pg_ctl {args:?}");
+    }
+
+    fn stop(&self) {
+        self.pg_ctl(&["-m", "fast", "-w", "stop"]);
+    }
+
+    fn start_again(&self) {
+        let pg = self.dir.path().join("pg");
+        let log = pg.join("log").display().to_string();
+        let opts = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=on",
+            self.port,
+            pg.display()
+        );
+        self.pg_ctl(&["-l", &log, "-w", "-t", "60", "-o", &opts, "start"]);
+    }
+}
+
+impl Drop for OwnCluster {
+    fn drop(&mut self) {
+        let pg = self.dir.path().join("pg");
+        let _ = Command::new("bash")
+            .arg("-c")
+            .arg(format!(
+                "source {:?}; pg_stop {pg:?}",
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/lib/postgres.sh")
+            ))
+            .status();
+    }
+}
+
+#[tokio::test]
+async fn postgres_restart_while_serving_fails_cleanly_and_recovers() {
+    let cluster = OwnCluster::start();
+    let s = Server::start_with(pg_options(&cluster.url));
+    let mut c = Client::connect(&s).await;
+    let (done, done_events) = start_conv(&mut c, "chat", "before the outage").await;
+    let (paused, paused_events) = start_conv(&mut c, "approval", "a mirror").await;
+    let iid = interrupt_id(&paused_events);
+
+    cluster.stop();
+    // During the outage: reads and writes fail with an error, in bounded time; the process
+    // stays up.
+    let started = std::time::Instant::now();
+    let r = http()
+        .get(s.http(&format!("/api/conversations/{done}/events?since=0")))
+        .send()
+        .await
+        .expect("an answer, not a dropped connection");
+    assert!(r.status().is_server_error(), "{}", r.status());
+    let id = c
+        .frame(json!({"type": "send", "assistant": "chat", "content": "during the outage"}))
+        .await;
+    let reply = c.reply(&id).await;
+    assert_eq!(reply["type"], "error", "{reply}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+    let health = http()
+        .get(s.http("/healthz"))
+        .send()
+        .await
+        .expect("healthz");
+    assert!(health.status().is_success());
+
+    cluster.start_again();
+    // Service comes back without restarting Parley; nothing acknowledged is lost.
+    let mut back = false;
+    for _ in 0..60 {
+        let r = http()
+            .get(s.http(&format!("/api/conversations/{done}")))
+            .send()
+            .await
+            .expect("answer");
+        if r.status().is_success() {
+            back = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    assert!(back, "reads work again once PostgreSQL is back");
+    let mut c = Client::connect(&s).await;
+    c.ok(json!({"type": "subscribe", "conversationId": done, "since": 0}))
+        .await;
+    assert_eq!(c.events_until(&done, is_end).await, done_events);
+    let (after, events) = start_conv(&mut c, "chat", "after the outage").await;
+    assert_eq!(events.last().unwrap()["event"]["type"], "RUN_FINISHED");
+    assert_contiguous(&events, 1);
+    assert!(!after.is_empty());
+    c.ok(json!({"type": "subscribe", "conversationId": paused, "since": 0}))
+        .await;
+    assert_eq!(c.events_until(&paused, is_end).await, paused_events);
+    c.ok(json!({"type": "resume", "conversationId": paused, "interruptId": iid, "action": "approve"}))
+        .await;
+    let resumed = c.run_events(&paused).await;
+    assert_eq!(
+        resumed[0]["seq"].as_u64(),
+        Some(paused_events.len() as u64 + 1)
+    );
+    assert_eq!(resumed.last().unwrap()["event"]["type"], "RUN_FINISHED");
+}
