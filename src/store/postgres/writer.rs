@@ -354,6 +354,16 @@ impl Writer {
     }
 }
 
+/// The columns of a multi-row upsert of conversations.
+struct ConversationColumns<'a> {
+    id: Vec<&'a str>,
+    owner: Vec<&'a str>,
+    assistant: Vec<&'a str>,
+    updated_at: Vec<i64>,
+    status: Vec<&'a str>,
+    record: Vec<&'a str>,
+}
+
 /// Rows waiting to be written by one multi-row statement per table; the last write of a key
 /// wins, as if the ops had been applied one by one.
 #[derive(Default)]
@@ -399,15 +409,27 @@ impl<'a> Pending<'a> {
         tx: &Transaction<'_>,
         stmts: &mut Statements,
     ) -> Result<(), StoreError> {
+        self.put_conversations(tx, stmts).await?;
+        self.put_messages(tx, stmts).await?;
+        self.put_events(tx, stmts).await?;
+        self.put_checkpoints(tx, stmts).await
+    }
+
+    async fn put_conversations(
+        &mut self,
+        tx: &Transaction<'_>,
+        stmts: &mut Statements,
+    ) -> Result<(), StoreError> {
         if !self.conversations.is_empty() {
-            let mut cols: (
-                Vec<&str>,
-                Vec<&str>,
-                Vec<&str>,
-                Vec<i64>,
-                Vec<&str>,
-                Vec<&str>,
-            ) = Default::default();
+            let n = self.conversations.len();
+            let mut cols = ConversationColumns {
+                id: Vec::with_capacity(n),
+                owner: Vec::with_capacity(n),
+                assistant: Vec::with_capacity(n),
+                updated_at: Vec::with_capacity(n),
+                status: Vec::with_capacity(n),
+                record: Vec::with_capacity(n),
+            };
             for op in self.conversations.values() {
                 if let Op::Conversation {
                     id,
@@ -418,12 +440,12 @@ impl<'a> Pending<'a> {
                     record,
                 } = op
                 {
-                    cols.0.push(id);
-                    cols.1.push(owner);
-                    cols.2.push(assistant);
-                    cols.3.push(*updated_at);
-                    cols.4.push(status);
-                    cols.5.push(record);
+                    cols.id.push(id);
+                    cols.owner.push(owner);
+                    cols.assistant.push(assistant);
+                    cols.updated_at.push(*updated_at);
+                    cols.status.push(status);
+                    cols.record.push(record);
                 }
             }
             let stmt = stmts
@@ -438,12 +460,27 @@ impl<'a> Pending<'a> {
                 .await?;
             tx.execute(
                 &stmt,
-                &[&cols.0, &cols.1, &cols.2, &cols.3, &cols.4, &cols.5],
+                &[
+                    &cols.id,
+                    &cols.owner,
+                    &cols.assistant,
+                    &cols.updated_at,
+                    &cols.status,
+                    &cols.record,
+                ],
             )
             .await
             .map_err(StoreError::db)?;
             self.conversations.clear();
         }
+        Ok(())
+    }
+
+    async fn put_messages(
+        &mut self,
+        tx: &Transaction<'_>,
+        stmts: &mut Statements,
+    ) -> Result<(), StoreError> {
         if !self.messages.is_empty() {
             let mut cols: (Vec<&str>, Vec<i64>, Vec<&str>) = Default::default();
             for ((conversation, no), record) in self.messages.drain() {
@@ -463,6 +500,14 @@ impl<'a> Pending<'a> {
                 .await
                 .map_err(StoreError::db)?;
         }
+        Ok(())
+    }
+
+    async fn put_events(
+        &mut self,
+        tx: &Transaction<'_>,
+        stmts: &mut Statements,
+    ) -> Result<(), StoreError> {
         if !self.events.is_empty() {
             let mut cols: (Vec<&str>, Vec<i64>, Vec<&[u8]>) = Default::default();
             for ((conversation, seq), json) in self.events.drain() {
@@ -482,6 +527,14 @@ impl<'a> Pending<'a> {
                 .await
                 .map_err(StoreError::db)?;
         }
+        Ok(())
+    }
+
+    async fn put_checkpoints(
+        &mut self,
+        tx: &Transaction<'_>,
+        stmts: &mut Statements,
+    ) -> Result<(), StoreError> {
         if !self.checkpoints.is_empty() {
             let mut cols: (Vec<&str>, Vec<&[u8]>) = Default::default();
             for (conversation, data) in self.checkpoints.drain() {
