@@ -417,6 +417,35 @@ mod tests {
     }
 
     #[test]
+    fn postgres_backend_needs_a_url_and_flags_win() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(&f, "[storage]\ndata_dir = \"/x\"\nbackend = \"postgres\"\n").unwrap();
+        let e = Config::load(Some(&f), &Overrides::default()).unwrap_err();
+        assert!(e.to_string().contains("storage.url"), "{e}");
+        let o = Overrides {
+            postgres_url: Some("postgres://u@h/db".into()),
+            ..Default::default()
+        };
+        let c = Config::load(Some(&f), &o).unwrap();
+        assert_eq!(c.storage.backend, StorageBackend::Postgres);
+        assert_eq!(c.storage.url.as_deref(), Some("postgres://u@h/db"));
+        assert_eq!(c.storage.pool_size, 16);
+        let o = Overrides {
+            storage_backend: Some(StorageBackend::Redb),
+            ..Default::default()
+        };
+        assert_eq!(
+            Config::load(Some(&f), &o).unwrap().storage.backend,
+            StorageBackend::Redb
+        );
+        std::fs::write(&f, "[storage]\ndata_dir = \"/x\"\nbackend = \"mysql\"\n").unwrap();
+        assert!(Config::load(Some(&f), &Overrides::default()).is_err());
+        // The embedded default stays redb: `cargo run` needs nothing else.
+        assert_eq!(Config::embedded().storage.backend, StorageBackend::Redb);
+    }
+
+    #[test]
     fn refuses_public_bind_without_auth() {
         let o = Overrides {
             listen: Some("0.0.0.0:8080".into()),
