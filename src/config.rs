@@ -130,6 +130,10 @@ pub struct StorageConfig {
     /// Every PostgreSQL statement is cancelled after this long.
     #[serde(default = "d_statement_timeout")]
     pub statement_timeout_ms: u64,
+    /// PostgreSQL: keep the tables in this schema (created if missing) instead of the user's
+    /// default one; lowercase letters, digits and `_`.
+    #[serde(default)]
+    pub schema: Option<String>,
 }
 
 fn d_pool_size() -> usize {

@@ -2,7 +2,7 @@
 //! each group in ONE PostgreSQL transaction (`synchronous_commit = on`), then answers them.
 //!
 //! Invariants:
-//! - **One writer per store.** A dedicated thread (`parley-pg-writer`, with its own
+//! - **One writer per store.** A dedicated thread (`parley-store-writer`, as for redb, with its own
 //!   single-threaded tokio runtime) owns one connection and opens every write transaction, so
 //!   writes never wait for the actix workers and `shutdown` can join it like the redb writer.
 //! - **Ack after durable commit.** A batch is answered `Ok` only after `COMMIT` of the
@@ -210,7 +210,7 @@ pub(super) fn spawn(
         .build()
         .map_err(|e| StoreError::io("cannot start the postgres writer runtime", e))?;
     std::thread::Builder::new()
-        .name("parley-pg-writer".to_owned())
+        .name("parley-store-writer".to_owned())
         .spawn(move || {
             let _exit = ExitGuard(queue.clone());
             let mut writer = Writer {
