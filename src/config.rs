@@ -116,7 +116,40 @@ fn d_heartbeat() -> u64 {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StorageConfig {
+    /// Where the redb file lives (`backend = "redb"`).
     pub data_dir: PathBuf,
+    /// Which store: the embedded redb file (default) or a PostgreSQL database.
+    #[serde(default)]
+    pub backend: StorageBackend,
+    /// `postgres://user@host:port/db` (`backend = "postgres"`; or `PARLEY_POSTGRES_URL`).
+    #[serde(default)]
+    pub url: Option<String>,
+    /// PostgreSQL connections for reads (the writer has one more of its own).
+    #[serde(default = "d_pool_size")]
+    pub pool_size: usize,
+    /// Every PostgreSQL statement is cancelled after this long.
+    #[serde(default = "d_statement_timeout")]
+    pub statement_timeout_ms: u64,
+    /// PostgreSQL: keep the tables in this schema (created if missing) instead of the user's
+    /// default one; lowercase letters, digits and `_`.
+    #[serde(default)]
+    pub schema: Option<String>,
+}
+
+fn d_pool_size() -> usize {
+    16
+}
+fn d_statement_timeout() -> u64 {
+    10_000
+}
+
+/// The storage backend (CONTRACT §9).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageBackend {
+    #[default]
+    Redb,
+    Postgres,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -288,6 +321,8 @@ pub struct Overrides {
     pub listen: Option<String>,
     pub data_dir: Option<PathBuf>,
     pub assistants_dir: Option<PathBuf>,
+    pub storage_backend: Option<StorageBackend>,
+    pub postgres_url: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -343,12 +378,23 @@ impl Config {
         if let Some(d) = &overrides.assistants_dir {
             cfg.assistants.dir = d.clone();
         }
+        if let Some(b) = overrides.storage_backend {
+            cfg.storage.backend = b;
+        }
+        if let Some(u) = &overrides.postgres_url {
+            cfg.storage.url = Some(u.clone());
+        }
         cfg.check()?;
         Ok(cfg)
     }
 
     /// Checks that span fields.
     pub fn check(&self) -> Result<(), ConfigError> {
+        if self.storage.backend == StorageBackend::Postgres && self.storage.url.is_none() {
+            return Err(ConfigError::Invalid(
+                "storage.backend = \"postgres\" needs storage.url (or PARLEY_POSTGRES_URL)".into(),
+            ));
+        }
         let addr: SocketAddr = self.server.listen.parse().map_err(|_| {
             ConfigError::Invalid(format!(
                 "server.listen '{}' is not an address like 127.0.0.1:8080",
@@ -436,6 +482,35 @@ mod tests {
         };
         let c = Config::load(Some(&f), &o).unwrap();
         assert_eq!(c.server.listen, "127.0.0.1:9100");
+    }
+
+    #[test]
+    fn postgres_backend_needs_a_url_and_flags_win() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(&f, "[storage]\ndata_dir = \"/x\"\nbackend = \"postgres\"\n").unwrap();
+        let e = Config::load(Some(&f), &Overrides::default()).unwrap_err();
+        assert!(e.to_string().contains("storage.url"), "{e}");
+        let o = Overrides {
+            postgres_url: Some("postgres://u@h/db".into()),
+            ..Default::default()
+        };
+        let c = Config::load(Some(&f), &o).unwrap();
+        assert_eq!(c.storage.backend, StorageBackend::Postgres);
+        assert_eq!(c.storage.url.as_deref(), Some("postgres://u@h/db"));
+        assert_eq!(c.storage.pool_size, 16);
+        let o = Overrides {
+            storage_backend: Some(StorageBackend::Redb),
+            ..Default::default()
+        };
+        assert_eq!(
+            Config::load(Some(&f), &o).unwrap().storage.backend,
+            StorageBackend::Redb
+        );
+        std::fs::write(&f, "[storage]\ndata_dir = \"/x\"\nbackend = \"mysql\"\n").unwrap();
+        assert!(Config::load(Some(&f), &Overrides::default()).is_err());
+        // The embedded default stays redb: `cargo run` needs nothing else.
+        assert_eq!(Config::embedded().storage.backend, StorageBackend::Redb);
     }
 
     #[test]

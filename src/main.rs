@@ -1,4 +1,5 @@
-//! The `parley` command: `serve` (the default), `validate`, `token new`.
+//! The `parley` command: `serve` (the default), `validate`, `token new`, `migrate`, `export`,
+//! `import`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -38,6 +39,12 @@ struct ServeArgs {
     /// Where the assistant definitions are.
     #[arg(long, env = "PARLEY_ASSISTANTS_DIR", global = true)]
     assistants_dir: Option<PathBuf>,
+    /// The storage backend: redb (embedded file) or postgres.
+    #[arg(long, env = "PARLEY_STORAGE_BACKEND", global = true)]
+    storage_backend: Option<parley::config::StorageBackend>,
+    /// The PostgreSQL URL (storage.url).
+    #[arg(long, env = "PARLEY_POSTGRES_URL", global = true)]
+    postgres_url: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -49,6 +56,12 @@ enum Command {
         /// The directory (default: the configured assistants dir).
         dir: Option<PathBuf>,
     },
+    /// Apply the PostgreSQL schema migrations (also done at every start) and exit.
+    Migrate,
+    /// Write every conversation, message, event and checkpoint of the store to FILE (JSON lines).
+    Export { file: PathBuf },
+    /// Read an export FILE into the configured store, which must be empty.
+    Import { file: PathBuf },
     /// Manage bearer tokens.
     Token {
         #[command(subcommand)]
@@ -67,6 +80,8 @@ fn load_config(a: &ServeArgs) -> Result<Config, String> {
         listen: a.listen.clone(),
         data_dir: a.data_dir.clone(),
         assistants_dir: a.assistants_dir.clone(),
+        storage_backend: a.storage_backend,
+        postgres_url: a.postgres_url.clone(),
     };
     Config::load(a.config.as_deref(), &o).map_err(|e| e.to_string())
 }
@@ -83,6 +98,9 @@ fn main() -> ExitCode {
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(cli.serve),
         Command::Validate { dir } => validate(cli.serve, dir),
+        Command::Migrate => store_command(cli.serve, StoreCommand::Migrate),
+        Command::Export { file } => store_command(cli.serve, StoreCommand::Export(file)),
+        Command::Import { file } => store_command(cli.serve, StoreCommand::Import(file)),
         Command::Token {
             command: TokenCommand::New { user },
         } => {
@@ -187,6 +205,69 @@ fn serve(args: ServeArgs) -> ExitCode {
         server.await?;
         let _ = services.store.flush().await;
         tracing::info!("stopped cleanly");
+        anyhow::Ok(())
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+enum StoreCommand {
+    Migrate,
+    Export(PathBuf),
+    Import(PathBuf),
+}
+
+/// `migrate`, `export FILE`, `import FILE`: one store operation, then exit.
+fn store_command(args: ServeArgs, command: StoreCommand) -> ExitCode {
+    let config = match load_config(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start a runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        use anyhow::Context as _;
+        match command {
+            StoreCommand::Migrate => {
+                let options = parley::server::postgres_options(&config)?;
+                let applied = parley::store::postgres::migrate(&options).await?;
+                println!(
+                    "schema at version {} ({applied} migration(s) applied)",
+                    parley::store::postgres::schema::SCHEMA_VERSION
+                );
+            }
+            StoreCommand::Export(file) => {
+                let store = parley::server::open_store(&config).await?;
+                let out = std::fs::File::create(&file)
+                    .with_context(|| format!("creating {}", file.display()))?;
+                let mut out = std::io::BufWriter::new(out);
+                let counts = parley::store::transfer::export(store.as_ref(), &mut out).await?;
+                store.shutdown();
+                println!("exported {counts:?} to {}", file.display());
+            }
+            StoreCommand::Import(file) => {
+                let store = parley::server::open_store(&config).await?;
+                let input = std::fs::File::open(&file)
+                    .with_context(|| format!("opening {}", file.display()))?;
+                let mut input = std::io::BufReader::new(input);
+                let counts = parley::store::transfer::import(store.as_ref(), &mut input).await?;
+                store.shutdown();
+                println!("imported {counts:?} from {}", file.display());
+            }
+        }
         anyhow::Ok(())
     });
     match result {

@@ -13,9 +13,11 @@ use anyhow::Context as _;
 
 use crate::assistant::{Catalog, LoadOptions};
 use crate::config::Config;
+use crate::config::StorageBackend;
 use crate::engine::Engine;
 use crate::llm::LlmRegistry;
 use crate::services::Services;
+use crate::store::postgres::{PgOptions, PgStore};
 use crate::store::redb::RedbStore;
 use crate::store::Store;
 
@@ -37,17 +39,51 @@ pub fn load_catalog(config: &Config) -> anyhow::Result<Catalog> {
     })
 }
 
+/// The configured store: the redb file in `data_dir`, or PostgreSQL at `url` (migrations
+/// applied).
+pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    let storage = &config.storage;
+    Ok(match storage.backend {
+        StorageBackend::Redb => {
+            let path = storage.data_dir.join("parley.redb");
+            Arc::new(
+                RedbStore::open(&path)
+                    .with_context(|| format!("opening the store at {}", path.display()))?,
+            )
+        }
+        StorageBackend::Postgres => {
+            let options = postgres_options(config)?;
+            Arc::new(
+                PgStore::open(&options)
+                    .await
+                    .context("opening the PostgreSQL store")?,
+            )
+        }
+    })
+}
+
+/// The PostgreSQL options of the config (`backend = "postgres"` or not).
+pub fn postgres_options(config: &Config) -> anyhow::Result<PgOptions> {
+    let storage = &config.storage;
+    let url = storage
+        .url
+        .clone()
+        .context("storage.url (or PARLEY_POSTGRES_URL) is not set")?;
+    let mut options = PgOptions::new(url);
+    options.pool_size = storage.pool_size.max(1);
+    options.schema = storage.schema.clone();
+    options.statement_timeout =
+        std::time::Duration::from_millis(storage.statement_timeout_ms.max(1));
+    Ok(options)
+}
+
 /// Everything the server needs, ready to serve.
 pub async fn build(config: Config) -> anyhow::Result<Arc<Services>> {
     let catalog = load_catalog(&config)?;
     let llms = LlmRegistry::from_config(&config.llm).context("configuring the LLM providers")?;
     let tools = Arc::new(crate::tools::Tools::new().context("building the HTTP client for tools")?);
     let engine = Engine::new(Arc::new(llms), tools);
-    let path = config.storage.data_dir.join("parley.redb");
-    let store: Arc<dyn Store> = Arc::new(
-        RedbStore::open(&path)
-            .with_context(|| format!("opening the store at {}", path.display()))?,
-    );
+    let store = open_store(&config).await?;
     let ended = crate::conversation::recover_interrupted(store.as_ref())
         .await
         .context("ending runs interrupted by the last shutdown")?;

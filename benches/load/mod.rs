@@ -157,6 +157,21 @@ impl Options {
             match a.as_str() {
                 "--bench" | "--quick" | "--smoke" => {}
                 "--scenario" => o.scenarios = Scenario::parse(&value("--scenario")?)?,
+                "--backend" => match value("--backend")?.as_str() {
+                    "redb" => {}
+                    "postgres" => {
+                        let url = std::env::var("PARLEY_POSTGRES_URL")
+                            .or_else(|_| std::env::var("PARLEY_TEST_POSTGRES_URL"))
+                            .map_err(|_| {
+                                "--backend postgres needs PARLEY_POSTGRES_URL (or \
+                                 PARLEY_TEST_POSTGRES_URL: source scripts/lib/postgres.sh; \
+                                 pg_start DIR)"
+                                    .to_string()
+                            })?;
+                        server::use_postgres(url);
+                    }
+                    other => return Err(format!("unknown backend '{other}' (redb, postgres)")),
+                },
                 "--duration" => {
                     o.duration = Duration::from_secs(num(value("--duration")?)?);
                     o.store_duration = o.duration;
@@ -177,7 +192,7 @@ impl Options {
     }
 }
 
-pub const USAGE: &str = "usage: cargo bench --bench load -- [--quick | --smoke] [--scenario all|invoke,hitl,stream,idle,durable,cold|1-6] [--duration SECS] [--invoke-connections N] [--hitl-clients N] [--idle-sockets N] [--cold-conversations N]";
+pub const USAGE: &str = "usage: cargo bench --bench load -- [--quick | --smoke] [--scenario all|invoke,hitl,stream,idle,durable,cold|1-6] [--backend redb|postgres] [--duration SECS] [--invoke-connections N] [--hitl-clients N] [--idle-sockets N] [--cold-conversations N]";
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Unit {
@@ -374,10 +389,14 @@ pub fn run(o: &Options) -> Report {
 
 async fn run_async(o: &Options) -> Report {
     let mut report = Report::default();
+    report
+        .notes
+        .push(format!("storage backend: {}", server::backend_name()));
     server::raise_fd_limit();
     eprintln!(
-        "load ({} mode): server {}, scenarios {:?}",
+        "load ({} mode, {} store): server {}, scenarios {:?}",
         o.mode,
+        server::backend_name(),
         server::binary().display(),
         o.scenarios
     );

@@ -17,8 +17,7 @@ use super::stats::{Samples, Tally, Window};
 use super::{Options, Report, Row, Target, Unit};
 
 use parley::llm::Role;
-use parley::store::redb::RedbStore;
-use parley::store::{ConversationRecord, MessageRecord, RunStatus, Store, WriteOp};
+use parley::store::{ConversationRecord, MessageRecord, RunStatus, WriteOp};
 
 /// About sixty words: the built-in model's pseudo-translation repeats them, one delta each.
 const STREAM_TEXT: &str = "The quarterly report shows that revenue grew by twelve percent while costs stayed flat. \
@@ -869,8 +868,8 @@ fn message(no: u64) -> MessageRecord {
 }
 
 pub async fn durable(o: &Options, report: &mut Report) -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let store = RedbStore::open(&dir.path().join("parley.redb"))?;
+    let home = Home::new()?;
+    let store = home.open_store_async().await?;
 
     // Single-message durable commits, one after another.
     let w = Window::after(o.warmup.min(Duration::from_millis(500)), o.store_duration);
@@ -970,9 +969,11 @@ pub async fn durable(o: &Options, report: &mut Report) -> anyhow::Result<()> {
 // ---- 6. cold start -----------------------------------------------------------------------------
 
 /// Write `n` conversations of `messages` messages (one event each) straight into the store.
-fn prepare_cold(db: &std::path::Path, n: usize, messages: u64) -> anyhow::Result<Vec<String>> {
-    let store = RedbStore::open(db)?;
-    let rt = tokio::runtime::Builder::new_current_thread().build()?;
+fn prepare_cold(home: &Home, n: usize, messages: u64) -> anyhow::Result<Vec<String>> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let store = home.open_store(&rt)?;
     let mut ids = Vec::new();
     for _ in 0..n {
         let id = uuid::Uuid::now_v7().to_string();
@@ -1042,10 +1043,11 @@ async fn commits_since(addr: SocketAddr, before: f64, ops: u64) -> String {
 
 pub async fn cold(o: &Options, b: &Baselines, report: &mut Report) -> anyhow::Result<()> {
     let home = Home::new()?;
-    let db = home.db_file();
     let (n, m) = (o.cold_conversations, o.cold_messages);
     let prep = Instant::now();
-    let ids = tokio::task::spawn_blocking(move || prepare_cold(&db, n, m)).await??;
+    let home = Arc::new(home);
+    let prep_home = home.clone();
+    let ids = tokio::task::spawn_blocking(move || prepare_cold(&prep_home, n, m)).await??;
     let prep_time = prep.elapsed();
     let server = home.start()?;
     let mut c = WsClient::connect(server.addr, "/ws").await?;

@@ -30,15 +30,66 @@ pub struct Parley {
     _dir: Arc<tempfile::TempDir>,
 }
 
-/// A temp directory holding a server's config and data.
+/// The PostgreSQL URL when the bench runs with `--backend postgres` (set once, at start).
+static POSTGRES: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Makes every server of this run use PostgreSQL at `url` (each in a schema of its own).
+pub fn use_postgres(url: String) {
+    let _ = POSTGRES.set(url);
+}
+
+/// `"postgres"` or `"redb"`: the backend of this run.
+pub fn backend_name() -> &'static str {
+    if POSTGRES.get().is_some() {
+        "postgres"
+    } else {
+        "redb"
+    }
+}
+
+/// A temp directory holding a server's config and data (and, on PostgreSQL, a fresh schema).
 pub struct Home {
     dir: Arc<tempfile::TempDir>,
+    schema: String,
 }
 
 impl Home {
     pub fn new() -> anyhow::Result<Home> {
         Ok(Home {
             dir: Arc::new(tempfile::tempdir()?),
+            schema: format!("bench_{}", uuid::Uuid::now_v7().simple()),
+        })
+    }
+
+    /// The `[storage]` lines of this home's backend.
+    fn storage_lines(&self) -> String {
+        match POSTGRES.get() {
+            Some(url) => format!(
+                "backend = \"postgres\"\nurl = {url:?}\nschema = {:?}\npool_size = 32\n",
+                self.schema
+            ),
+            None => String::new(),
+        }
+    }
+
+    /// Opens this home's store directly, from blocking code (to prepare data before the server
+    /// starts).
+    pub fn open_store(
+        &self,
+        rt: &tokio::runtime::Runtime,
+    ) -> anyhow::Result<Arc<dyn parley::store::Store>> {
+        rt.block_on(self.open_store_async())
+    }
+
+    /// Opens this home's store directly, in process (the durable-write scenario).
+    pub async fn open_store_async(&self) -> anyhow::Result<Arc<dyn parley::store::Store>> {
+        Ok(match POSTGRES.get() {
+            Some(url) => {
+                let mut options = parley::store::postgres::PgOptions::new(url.clone());
+                options.schema = Some(self.schema.clone());
+                Arc::new(parley::store::postgres::PgStore::open(&options).await?)
+            }
+            None => Arc::new(parley::store::redb::RedbStore::open(&self.db_file())?),
         })
     }
 
@@ -56,9 +107,10 @@ impl Home {
         let config = self.dir.path().join("config.toml");
         let text = format!(
             "[server]\nlisten = \"127.0.0.1:0\"\nmax_concurrent_runs = 100000\nmax_concurrent_invokes = 4096\n\n\
-             [storage]\ndata_dir = {:?}\n\n[assistants]\ndir = {:?}\n\n\
+             [storage]\ndata_dir = {:?}\n{}\n[assistants]\ndir = {:?}\n\n\
              [llm.default]\nprovider = \"builtin\"\npace_ms = 0\n",
             self.data_dir(),
+            self.storage_lines(),
             assistants_dir()
         );
         std::fs::write(&config, text)?;

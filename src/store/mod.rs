@@ -61,10 +61,12 @@
 
 mod ack;
 mod error;
+pub mod postgres;
 mod records;
 pub mod redb;
 #[cfg(test)]
 mod suite;
+pub mod transfer;
 
 use std::future::Future;
 use std::pin::Pin;

@@ -31,6 +31,8 @@ pub struct Options {
     pub server_config: String,
     /// Tables appended to the config file.
     pub extra_config: String,
+    /// Lines added to the `[storage]` table (e.g. `backend = "postgres"`).
+    pub storage_config: String,
 }
 
 impl Default for Options {
@@ -39,6 +41,7 @@ impl Default for Options {
             assistants: fixtures(),
             server_config: String::new(),
             extra_config: String::new(),
+            storage_config: String::new(),
         }
     }
 }
@@ -52,9 +55,10 @@ impl Server {
         let data = tempfile::tempdir().expect("tempdir");
         let config = data.path().join("config.toml");
         let text = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n{}\n\n[storage]\ndata_dir = {:?}\n\n[assistants]\ndir = {:?}\n\n[llm.default]\nprovider = \"builtin\"\npace_ms = 0\n\n[llm.slow]\nprovider = \"builtin\"\npace_ms = 40\n\n[llm.broken]\nprovider = \"openai\"\nbase_url = \"http://127.0.0.1:9/v1\"\nmodel = \"none\"\nmax_retries = 0\ntimeout_seconds = 2\n{}\n",
+            "[server]\nlisten = \"127.0.0.1:0\"\n{}\n\n[storage]\ndata_dir = {:?}\n{}\n\n[assistants]\ndir = {:?}\n\n[llm.default]\nprovider = \"builtin\"\npace_ms = 0\n\n[llm.slow]\nprovider = \"builtin\"\npace_ms = 40\n\n[llm.broken]\nprovider = \"openai\"\nbase_url = \"http://127.0.0.1:9/v1\"\nmodel = \"none\"\nmax_retries = 0\ntimeout_seconds = 2\n{}\n",
             o.server_config,
             data.path().join("db"),
+            o.storage_config,
             o.assistants,
             o.extra_config
         );
@@ -134,6 +138,11 @@ impl Server {
 }
 
 impl Server {
+    /// Starts a server again on a data dir and config of a stopped one.
+    pub fn spawn_again(data: tempfile::TempDir, config: PathBuf) -> Server {
+        Self::spawn(data, config)
+    }
+
     fn respawn(mut self) -> Server {
         let data = std::mem::replace(&mut self.data, tempfile::tempdir().expect("tempdir"));
         Self::spawn(data, self.config.clone())

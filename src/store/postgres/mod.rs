@@ -1,0 +1,402 @@
+//! The PostgreSQL backend: the same promises as redb (`store/mod.rs`), in a database that
+//! several Parley nodes can share.
+//!
+//! # Invariants
+//!
+//! - **One writer per store, group commit.** A dedicated thread with its own connection
+//!   (`writer.rs`) takes every queued batch, applies the group in ONE transaction and commits
+//!   with `synchronous_commit = on` (set on every connection: the commit record is on disk
+//!   before `COMMIT` returns), then answers the group's [`Ack`]s. FIFO; a batch never spans two
+//!   transactions.
+//! - **Recovery by itself.** The writer retries a group while the database is unreachable for
+//!   up to [`RETRY_FOR`] (a group is idempotent, so a retry after an unknown commit outcome is
+//!   safe); then that group and everything queued behind it get the error, and later batches
+//!   are tried afresh. Reads retry once on a fresh pooled connection. Nothing panics.
+//! - **Reads never block a worker**: every read is an async query through a `deadpool` pool.
+//! - **Encoding before the queue**: records become JSON on the caller's thread (`Op`).
+//!
+//! Tables and indexes: `schema.rs`. Replay is one range scan of `events (conversation, seq)`;
+//! a listing cursor is the `(updated_at, id)` of a page's last item, hex-encoded.
+//!
+//! # Configuration
+//!
+//! [`PgOptions`]: the URL, the pool size, the statement timeout and optionally a schema (its
+//! `search_path`; tests give each store its own schema).
+
+mod read;
+pub mod schema;
+#[cfg(test)]
+mod tests;
+mod writer;
+
+use std::str::FromStr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use bytes::Bytes;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use parking_lot::Mutex;
+use tokio_postgres::NoTls;
+
+pub use writer::{MAX_GROUP_BATCHES, MAX_GROUP_OPS, QUEUE_HARD_CAP, QUEUE_SOFT_CAP, RETRY_FOR};
+
+use super::{
+    Ack, ConversationPage, ConversationRecord, MessageRecord, RunStatus, Store, StoreError,
+    StoreFuture, StoreStats, WriteOp,
+};
+use writer::{Batch, Metrics, Queue};
+
+/// How to reach the database.
+#[derive(Debug, Clone)]
+pub struct PgOptions {
+    /// `postgres://user@host:port/db`
+    pub url: String,
+    /// Connections for reads (the writer has one more of its own).
+    pub pool_size: usize,
+    /// Every statement is cancelled after this long.
+    pub statement_timeout: Duration,
+    /// Tables live in this schema (created if missing) instead of the user's default.
+    pub schema: Option<String>,
+}
+
+impl PgOptions {
+    pub fn new(url: impl Into<String>) -> PgOptions {
+        PgOptions {
+            url: url.into(),
+            pool_size: 16,
+            statement_timeout: Duration::from_secs(10),
+            schema: None,
+        }
+    }
+
+    fn config(&self) -> Result<tokio_postgres::Config, StoreError> {
+        let mut config = tokio_postgres::Config::from_str(&self.url).map_err(StoreError::db)?;
+        let mut options = format!(
+            "-c synchronous_commit=on -c statement_timeout={}",
+            self.statement_timeout.as_millis().max(1)
+        );
+        if let Some(schema) = &self.schema {
+            check_schema_name(schema)?;
+            options.push_str(&format!(" -c search_path={schema}"));
+        }
+        config
+            .options(&options)
+            .connect_timeout(Duration::from_secs(5))
+            .application_name("parley");
+        Ok(config)
+    }
+}
+
+fn check_schema_name(schema: &str) -> Result<(), StoreError> {
+    let ok = !schema.is_empty()
+        && schema.len() <= 63
+        && schema
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && !schema.starts_with(|c: char| c.is_ascii_digit());
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::Corrupt {
+            what: format!("schema name {schema:?}: use lowercase letters, digits and _"),
+            source: None,
+        })
+    }
+}
+
+/// One write, encoded (JSON of records) before it enters the queue.
+pub(crate) enum Op {
+    Conversation {
+        id: String,
+        owner: String,
+        assistant: String,
+        updated_at: i64,
+        status: &'static str,
+        record: String,
+    },
+    Message {
+        conversation: String,
+        no: i64,
+        record: String,
+    },
+    Events {
+        conversation: String,
+        first_seq: i64,
+        events: Vec<Bytes>,
+    },
+    Checkpoint {
+        conversation: String,
+        data: Bytes,
+    },
+    Delete {
+        conversation: String,
+    },
+}
+
+fn encode(ops: Vec<WriteOp>) -> Result<Vec<Op>, StoreError> {
+    ops.into_iter()
+        .map(|op| {
+            Ok(match op {
+                WriteOp::PutConversation(r) => Op::Conversation {
+                    record: serde_json::to_string(&r)
+                        .map_err(|e| StoreError::encode(format!("conversation {}", r.id), e))?,
+                    status: read::status_name(r.status),
+                    id: r.id,
+                    owner: r.owner,
+                    assistant: r.assistant,
+                    updated_at: r.updated_at,
+                },
+                WriteOp::AppendMessage {
+                    conversation,
+                    message,
+                } => Op::Message {
+                    record: serde_json::to_string(&message).map_err(|e| {
+                        StoreError::encode(format!("message {} of {conversation}", message.no), e)
+                    })?,
+                    no: read::clamp(message.no),
+                    conversation,
+                },
+                WriteOp::AppendEvent {
+                    conversation,
+                    seq,
+                    json,
+                } => Op::Events {
+                    conversation,
+                    first_seq: read::clamp(seq),
+                    events: vec![json],
+                },
+                WriteOp::AppendEvents {
+                    conversation,
+                    first_seq,
+                    events,
+                } => Op::Events {
+                    conversation,
+                    first_seq: read::clamp(first_seq),
+                    events,
+                },
+                WriteOp::PutCheckpoint { conversation, data } => {
+                    Op::Checkpoint { conversation, data }
+                }
+                WriteOp::DeleteConversation { conversation } => Op::Delete { conversation },
+            })
+        })
+        .collect()
+}
+
+/// The PostgreSQL store. Cheap to clone; clones share the pool and the writer.
+#[derive(Clone)]
+pub struct PgStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: Pool,
+    queue: Arc<Queue>,
+    metrics: Arc<Metrics>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore").finish_non_exhaustive()
+    }
+}
+
+/// Connects once (creating the schema if one is named) and applies the migrations.
+pub async fn migrate(options: &PgOptions) -> Result<usize, StoreError> {
+    let mut config = options.config()?;
+    if let Some(schema) = &options.schema {
+        // The schema must exist before search_path can name it.
+        let mut plain = config.clone();
+        plain.options("-c synchronous_commit=on");
+        let (client, connection) = plain.connect(NoTls).await.map_err(StoreError::db)?;
+        let task = tokio::spawn(connection);
+        client
+            .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
+            .await
+            .map_err(StoreError::db)?;
+        drop(client);
+        let _ = task.await;
+        config = options.config()?;
+    }
+    let (mut client, connection) = config.connect(NoTls).await.map_err(StoreError::db)?;
+    let task = tokio::spawn(connection);
+    let applied = schema::migrate(&mut client).await;
+    drop(client);
+    let _ = task.await;
+    applied
+}
+
+impl PgStore {
+    /// Connects, applies the migrations and starts the writer.
+    pub async fn open(options: &PgOptions) -> Result<PgStore, StoreError> {
+        migrate(options).await?;
+        let config = options.config()?;
+        let manager = Manager::from_config(
+            config.clone(),
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(options.pool_size.max(1))
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(options.statement_timeout))
+            .create_timeout(Some(Duration::from_secs(5)))
+            .build()
+            .map_err(StoreError::db)?;
+        let queue = Arc::new(Queue::new());
+        let metrics = Arc::new(Metrics::default());
+        let handle = writer::spawn(config, queue.clone(), metrics.clone())?;
+        tracing::info!(schema = ?options.schema, "postgres store opened");
+        Ok(PgStore {
+            inner: Arc::new(Inner {
+                pool,
+                queue,
+                metrics,
+                writer: Mutex::new(Some(handle)),
+            }),
+        })
+    }
+
+    fn read<'a, T: Send + 'a>(
+        &'a self,
+        f: impl std::future::Future<Output = Result<T, StoreError>> + Send + 'a,
+    ) -> StoreFuture<'a, T> {
+        Box::pin(f)
+    }
+}
+
+impl Store for PgStore {
+    fn submit(&self, ops: Vec<WriteOp>) -> Ack {
+        let ops = match encode(ops) {
+            Ok(ops) => ops,
+            Err(e) => return Ack::failed(e),
+        };
+        let (tx, ack) = Ack::channel();
+        match self.inner.queue.push_now(Batch {
+            ops,
+            done: Some(tx),
+        }) {
+            Ok(()) => ack,
+            Err(e) => Ack::failed(e),
+        }
+    }
+
+    fn enqueue(&self, ops: Vec<WriteOp>) -> StoreFuture<'_, Ack> {
+        let encoded = encode(ops);
+        Box::pin(async move {
+            let (tx, ack) = Ack::channel();
+            self.inner
+                .queue
+                .push_when_room(Batch {
+                    ops: encoded?,
+                    done: Some(tx),
+                })
+                .await?;
+            Ok(ack)
+        })
+    }
+
+    fn shutdown(&self) {
+        self.inner.stop();
+    }
+
+    fn stats(&self) -> StoreStats {
+        let m = &self.inner.metrics;
+        StoreStats {
+            commits: m.commits.load(Ordering::Relaxed),
+            failed_commits: m.failed_commits.load(Ordering::Relaxed),
+            ops_committed: m.ops_committed.load(Ordering::Relaxed),
+            batches_committed: m.batches_committed.load(Ordering::Relaxed),
+            last_group_ops: m.last_group_ops.load(Ordering::Relaxed),
+            last_group_batches: m.last_group_batches.load(Ordering::Relaxed),
+            commit_time: Duration::from_micros(m.commit_micros.load(Ordering::Relaxed)),
+            queued_batches: self.inner.queue.len() as u64,
+        }
+    }
+
+    fn get_conversation<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<ConversationRecord>> {
+        self.read(read::get_conversation(&self.inner.pool, id))
+    }
+
+    fn list_conversations<'a>(
+        &'a self,
+        owner: &'a str,
+        assistant: Option<&'a str>,
+        limit: usize,
+        cursor: Option<&'a str>,
+    ) -> StoreFuture<'a, ConversationPage> {
+        self.read(read::list_conversations(
+            &self.inner.pool,
+            owner,
+            assistant,
+            limit,
+            cursor,
+        ))
+    }
+
+    fn messages<'a>(
+        &'a self,
+        conversation: &'a str,
+        before: Option<u64>,
+        limit: usize,
+    ) -> StoreFuture<'a, Vec<MessageRecord>> {
+        self.read(read::messages(
+            &self.inner.pool,
+            conversation,
+            before,
+            limit,
+        ))
+    }
+
+    fn events_since<'a>(
+        &'a self,
+        conversation: &'a str,
+        since: u64,
+        limit: usize,
+    ) -> StoreFuture<'a, Vec<(u64, Bytes)>> {
+        self.read(read::events_since(
+            &self.inner.pool,
+            conversation,
+            since,
+            limit,
+        ))
+    }
+
+    fn last_seq<'a>(&'a self, conversation: &'a str) -> StoreFuture<'a, u64> {
+        self.read(read::last_seq(&self.inner.pool, conversation))
+    }
+
+    fn checkpoint<'a>(&'a self, conversation: &'a str) -> StoreFuture<'a, Option<Bytes>> {
+        self.read(read::checkpoint(&self.inner.pool, conversation))
+    }
+
+    fn conversations_with_status(
+        &self,
+        status: RunStatus,
+    ) -> StoreFuture<'_, Vec<ConversationRecord>> {
+        self.read(read::conversations_with_status(&self.inner.pool, status))
+    }
+}
+
+impl Inner {
+    fn stop(&self) {
+        self.queue.close();
+        let handle = self.writer.lock().take();
+        if let Some(handle) = handle {
+            if handle.join().is_err() {
+                tracing::error!("the postgres store writer thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -1,0 +1,113 @@
+//! The schema, as numbered migrations applied in order at start (and by `parley migrate`).
+//!
+//! `parley_migrations` records every applied version. Applying is idempotent: each migration
+//! runs in its own transaction together with its row in `parley_migrations`, under a
+//! transaction-scoped advisory lock, so two nodes starting at once apply each version once.
+//! A migration is never edited after release; a change is a new version.
+//!
+//! | table | key | holds |
+//! |---|---|---|
+//! | `conversations` | `id` | the record's JSON, plus `owner`, `assistant`, `updated_at`, `status` for the indexes |
+//! | `messages` | `(conversation, no)` | the message record's JSON |
+//! | `events` | `(conversation, seq)` | the event JSON, exactly as sent to clients |
+//! | `checkpoints` | `conversation` | opaque bytes |
+//!
+//! Replay is one range scan of the `events` primary key; listings are range scans of
+//! `conversations_owner` / `conversations_owner_assistant` (newest `updated_at` first, then id).
+
+use tokio_postgres::Client;
+
+use crate::store::StoreError;
+
+/// `(version, SQL)`, in order.
+const MIGRATIONS: &[(i32, &str)] = &[(
+    1,
+    "CREATE TABLE conversations (
+        id text PRIMARY KEY,
+        owner text NOT NULL,
+        assistant text NOT NULL,
+        updated_at bigint NOT NULL,
+        status text NOT NULL,
+        record text NOT NULL
+    );
+    CREATE INDEX conversations_owner ON conversations (owner, updated_at DESC, id);
+    CREATE INDEX conversations_owner_assistant
+        ON conversations (owner, assistant, updated_at DESC, id);
+    CREATE INDEX conversations_status ON conversations (status, id);
+    CREATE TABLE messages (
+        conversation text NOT NULL,
+        no bigint NOT NULL,
+        record text NOT NULL,
+        PRIMARY KEY (conversation, no)
+    );
+    CREATE TABLE events (
+        conversation text NOT NULL,
+        seq bigint NOT NULL,
+        json bytea NOT NULL,
+        PRIMARY KEY (conversation, seq)
+    );
+    CREATE TABLE checkpoints (
+        conversation text PRIMARY KEY,
+        data bytea NOT NULL
+    );",
+)];
+
+/// The newest schema version this build knows.
+pub const SCHEMA_VERSION: i32 = MIGRATIONS[MIGRATIONS.len() - 1].0;
+
+/// Applies every migration not applied yet; returns how many were applied.
+pub async fn migrate(client: &mut Client) -> Result<usize, StoreError> {
+    client
+        .batch_execute(
+            "CREATE TABLE IF NOT EXISTS parley_migrations (
+                version integer PRIMARY KEY,
+                applied_at timestamptz NOT NULL DEFAULT now()
+            )",
+        )
+        .await
+        .map_err(StoreError::db)?;
+    let mut applied = 0;
+    for (version, sql) in MIGRATIONS {
+        let tx = client.transaction().await.map_err(StoreError::db)?;
+        // One migrator at a time (per database): others wait here, then see the row.
+        tx.execute("SELECT pg_advisory_xact_lock(7203144)", &[])
+            .await
+            .map_err(StoreError::db)?;
+        let done = tx
+            .query_opt(
+                "SELECT 1 FROM parley_migrations WHERE version = $1",
+                &[version],
+            )
+            .await
+            .map_err(StoreError::db)?
+            .is_some();
+        if done {
+            continue;
+        }
+        tx.batch_execute(sql).await.map_err(StoreError::db)?;
+        tx.execute(
+            "INSERT INTO parley_migrations (version) VALUES ($1)",
+            &[version],
+        )
+        .await
+        .map_err(StoreError::db)?;
+        tx.commit().await.map_err(StoreError::db)?;
+        tracing::info!(version, "store schema migration applied");
+        applied += 1;
+    }
+    let newest: Option<i32> = client
+        .query_one("SELECT max(version) FROM parley_migrations", &[])
+        .await
+        .map_err(StoreError::db)?
+        .get(0);
+    if newest.unwrap_or(0) > SCHEMA_VERSION {
+        return Err(StoreError::Corrupt {
+            what: format!(
+                "the database has schema version {} but this build knows only up to {SCHEMA_VERSION}",
+                newest.unwrap_or(0)
+            ),
+            source: None,
+        });
+    }
+    Ok(applied)
+}
