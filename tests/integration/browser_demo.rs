@@ -514,7 +514,6 @@ async fn graph_view_highlights_the_waiting_node() {
 /// to send the definition's nodes and edges (`graph` in `GET /api/assistants/{id}`), which it
 /// does not yet.
 #[tokio::test]
-#[ignore = "GET /api/assistants/{id} does not return the graph yet (nodes, edges); see issue 19"]
 async fn graph_view_shows_every_node_of_each_example() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("assistants");
     let s = Server::start_with(Options {

@@ -8,5 +8,6 @@ mod common;
 mod examples;
 mod http;
 mod openapi;
+mod prologues;
 mod security;
 mod ws;
