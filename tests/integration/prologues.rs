@@ -321,9 +321,9 @@ async fn expense_claim_files_a_small_taxi_ride_without_approval() {
         .all(|i| i["reason"] != "conversation_action"));
     assert_eq!(form["amount"], json!(42));
     assert_eq!(form["currency"], "EUR");
-    assert_eq!(form["purpose"], "taxi to the airport", "{form}");
+    assert_eq!(form["purpose"], "a taxi to the airport", "{form}");
     assert!(
-        t.text.contains("42 EUR for taxi to the airport"),
+        t.text.contains("42 EUR for a taxi to the airport"),
         "{}",
         t.text
     );

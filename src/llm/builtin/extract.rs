@@ -336,9 +336,6 @@ pub(super) fn purpose_of(body: &str, amount: Option<&FoundNumber>) -> String {
     if words.len() > 2 && ["i", "we"].contains(&words[0].to_lowercase().as_str()) {
         words.drain(..2);
     }
-    if words.len() > 2 && ["a", "an", "the"].contains(&words[0].to_lowercase().as_str()) {
-        words.remove(0);
-    }
     const DANGLING: &[&str] = &[
         "for", "of", "at", "costing", "cost", "worth", "paid", "about", "around", "which", "that",
         "and", "with", "was", "is", "it",

@@ -229,7 +229,7 @@ fn text_intents() {
     ));
     assert_eq!(
         s,
-        "Expense claim draft: 45 EUR for taxi to the airport. Please check the details and attach the receipt."
+        "Expense claim draft: 45 EUR for a taxi to the airport. Please check the details and attach the receipt."
     );
     let s = answer_text(&with_system(
         "You file expense claims.",
