@@ -52,7 +52,8 @@
 //! - `extract.rs`: entities found in text (amounts, identifiers, arithmetic, e-mails, URLs,
 //!   dates, places, people).
 //! - `text.rs`: text utilities (keywords, stemming, sentences, quoting).
-//! - `tests.rs`, `props.rs`: examples and property tests.
+//! - `tests.rs`, `props.rs`, `prologue_tests.rs`: examples, property tests, and what the
+//!   example assistants' prologues need.
 
 mod extract;
 mod fill;
@@ -60,6 +61,8 @@ mod generate;
 mod intents;
 mod pattern;
 mod plan;
+#[cfg(test)]
+mod prologue_tests;
 #[cfg(test)]
 mod props;
 mod tables;
