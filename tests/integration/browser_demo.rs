@@ -510,11 +510,9 @@ async fn graph_view_highlights_the_waiting_node() {
     b.assert_no_errors().await;
 }
 
-/// Item 11, the whole graph: every node of each example assistant is drawn. Needs the server
-/// to send the definition's nodes and edges (`graph` in `GET /api/assistants/{id}`), which it
-/// does not yet.
+/// Item 11, the whole graph: every node of each example assistant is drawn, from the
+/// definition's nodes and edges that the server sends (`graph` in `GET /api/assistants/{id}`).
 #[tokio::test]
-#[ignore = "GET /api/assistants/{id} does not return the graph yet (nodes, edges); see issue 19"]
 async fn graph_view_shows_every_node_of_each_example() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("assistants");
     let s = Server::start_with(Options {

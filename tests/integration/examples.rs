@@ -196,3 +196,46 @@ fn validate_reports_every_problem_and_exits_non_zero() {
     assert!(!serve.status.success());
     assert!(String::from_utf8_lossy(&serve.stderr).contains("broken.json: node 'x'"));
 }
+
+/// `GET /api/assistants/{id}` carries the graph (every node with its type and title, every
+/// edge with its port) as the definition has it; `GET /api/info` the message limit the demo
+/// page's counter uses.
+#[tokio::test]
+async fn assistant_detail_has_its_graph_and_info_the_message_limit() {
+    let s = Server::start_with(Options {
+        assistants: repo_assistants(),
+        ..Options::default()
+    });
+    let def: Value = serde_json::from_slice(
+        &std::fs::read(repo_assistants().join("expense_claim.json")).unwrap(),
+    )
+    .unwrap();
+    let a = get_json(&s, "/api/assistants/expense_claim").await;
+    let nodes = a["graph"]["nodes"].as_array().unwrap();
+    let want: Vec<&Value> = def["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| &n["id"])
+        .collect();
+    let got: Vec<&Value> = nodes.iter().map(|n| &n["id"]).collect();
+    assert_eq!(got, want);
+    let fill = nodes.iter().find(|n| n["id"] == "fill").unwrap();
+    assert_eq!(
+        fill,
+        &json!({"id": "fill", "type": "page_action", "title": "Fill the claim form"})
+    );
+    let start = nodes.iter().find(|n| n["id"] == "start").unwrap();
+    assert_eq!(
+        start,
+        &json!({"id": "start", "type": "start"}),
+        "no title, no field"
+    );
+    let edges = a["graph"]["edges"].as_array().unwrap();
+    assert_eq!(edges.len(), def["edges"].as_array().unwrap().len());
+    assert!(edges.contains(&json!({"from": "check", "to": "approval", "port": "over_limit"})));
+    assert!(edges.contains(&json!({"from": "start", "to": "extract"})));
+
+    let info = get_json(&s, "/api/info").await;
+    assert_eq!(info["maxMessageChars"], json!(32768), "{info}");
+}

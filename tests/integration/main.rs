@@ -9,5 +9,6 @@ mod examples;
 mod http;
 mod openapi;
 mod postgres;
+mod prologues;
 mod security;
 mod ws;

@@ -44,6 +44,62 @@ pub struct AssistantDetail {
     /// assistants that are not.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pause_points: Option<Vec<String>>,
+    /// The assistant's process: its nodes and edges, for drawing it.
+    pub graph: Graph,
+}
+
+/// The nodes and edges of an assistant, as its definition has them (in file order).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Graph {
+    pub nodes: Vec<GraphNode>,
+    pub edges: Vec<GraphEdge>,
+}
+
+/// One node of [`Graph`].
+#[derive(Debug, Serialize, ToSchema)]
+pub struct GraphNode {
+    pub id: String,
+    /// The node type as in the definition (`start`, `llm`, `agent`, `page_action`, ...).
+    #[serde(rename = "type")]
+    #[schema(example = "llm")]
+    pub node_type: String,
+    /// The node's title, when the definition gives one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+}
+
+/// One edge of [`Graph`]: from a node's port (the default port when absent) to a node.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct GraphEdge {
+    pub from: String,
+    pub to: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<String>,
+}
+
+impl Graph {
+    fn of(a: &crate::assistant::Assistant) -> Graph {
+        Graph {
+            nodes: a
+                .nodes
+                .iter()
+                .map(|n| GraphNode {
+                    id: n.id.clone(),
+                    node_type: n.kind.type_name().to_string(),
+                    title: n.title.clone(),
+                })
+                .collect(),
+            edges: a
+                .edges
+                .iter()
+                .map(|e| GraphEdge {
+                    from: e.from.clone(),
+                    to: e.to.clone(),
+                    port: e.port.clone(),
+                })
+                .collect(),
+        }
+    }
 }
 
 fn assistant_summary(svc: &Services, a: &crate::assistant::Assistant) -> AssistantSummary {
@@ -80,7 +136,7 @@ pub(in crate::gateway) async fn list_assistants(svc: Svc, _: User) -> ApiResult 
     Ok(HttpResponse::Ok().json(list))
 }
 
-/// One assistant, with its input and output args as JSON Schema.
+/// One assistant, with its input and output args as JSON Schema and its graph.
 #[utoipa::path(
     get,
     path = "/api/assistants/{id}",
@@ -104,5 +160,6 @@ pub(in crate::gateway) async fn get_assistant(
         input_schema: a.input_schema(),
         output_schema: crate::assistant::args_schema(&a.output_args),
         pause_points: (!a.automated).then(|| a.pause_points.clone()),
+        graph: Graph::of(&a),
     }))
 }

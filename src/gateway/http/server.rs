@@ -1,5 +1,5 @@
 //! What describes the server rather than a resource: liveness (`GET /healthz`), Prometheus
-//! metrics (`GET /metrics`) and `GET /api/info` (version, built-in model, auth mode).
+//! metrics (`GET /metrics`) and `GET /api/info` (version, built-in model, auth mode, message limit).
 //!
 //! Served to anyone (no user): they reveal nothing of a user's data, and probes and the demo
 //! page read them before they hold a token.
@@ -66,9 +66,12 @@ pub struct ServerInfo {
     /// True when the default LLM is the built-in offline model.
     pub builtin_model: bool,
     pub auth: AuthMode,
+    /// The longest message `content` this server accepts, in characters.
+    pub max_message_chars: usize,
 }
 
-/// What this server is: version, whether it runs the built-in model, its auth mode.
+/// What this server is: version, whether it runs the built-in model, its auth mode, its
+/// message length limit.
 #[utoipa::path(
     get,
     path = "/api/info",
@@ -81,5 +84,6 @@ pub(in crate::gateway) async fn info(svc: Svc) -> HttpResponse {
         version: env!("CARGO_PKG_VERSION").to_string(),
         builtin_model: svc.builtin_model(),
         auth: svc.config.auth.mode,
+        max_message_chars: svc.config.server.max_message_chars,
     })
 }

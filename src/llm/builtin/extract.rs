@@ -77,6 +77,11 @@ pub(super) fn find_numbers(text: &str) -> Vec<FoundNumber> {
         } else {
             None
         };
+        // The number of an identifier like "INV-1001" or "order_12": not an amount.
+        if matches!(before, Some(b'-' | b'_')) && start >= 2 && b[start - 2].is_ascii_alphabetic() {
+            i = end;
+            continue;
+        }
         let in_date = matches!(next, Some(b'-' | b'/' | b':'))
             && b.get(end + 1).is_some_and(u8::is_ascii_digit)
             || matches!(before, Some(b'-' | b'/' | b':'))
@@ -163,6 +168,54 @@ pub(super) fn find_amount(text: &str) -> Option<FoundNumber> {
         .find(|n| n.currency.is_some())
         .or(nums.first())
         .cloned()
+}
+
+/// An identifier such as an invoice or order number: a word with letters and digits that is
+/// written in capitals or joined by `-`/`_` ("INV-1001", "A1234", "order_12"), not an amount.
+pub(super) fn find_identifier(text: &str) -> Option<String> {
+    text.split(|c: char| c.is_whitespace() || matches!(c, ',' | ';' | '(' | ')' | '"' | '\''))
+        .map(|w| w.trim_matches(|c: char| !c.is_alphanumeric()))
+        .find(|w| {
+            let letters: Vec<char> = w.chars().filter(char::is_ascii_alphabetic).collect();
+            w.chars().any(|c| c.is_ascii_digit())
+                && !letters.is_empty()
+                && w.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+                && (w.contains(['-', '_']) || letters.iter().all(char::is_ascii_uppercase))
+                && find_numbers(w).iter().all(|n| n.currency.is_none())
+        })
+        .map(str::to_string)
+}
+
+/// Arithmetic to evaluate, from a question: a written expression ("2 * (3 + 4)"), else a
+/// percentage of a number ("19% VAT on 1250" -> "1250 * 19 / 100"), else the first number.
+pub(super) fn find_expression(text: &str) -> Option<String> {
+    let is_expr = |c: char| c.is_ascii_digit() || " .+-*/()^".contains(c);
+    let mut best: Option<&str> = None;
+    for run in text.split(|c: char| !is_expr(c)) {
+        let run = run.trim().trim_end_matches('.');
+        let has_op = run
+            .trim_start_matches('-')
+            .chars()
+            .any(|c| "+-*/^".contains(c));
+        let digits = run.chars().filter(char::is_ascii_digit).count();
+        if has_op && digits >= 2 && best.is_none_or(|b| run.len() > b.len()) {
+            best = Some(run);
+        }
+    }
+    if let Some(b) = best {
+        return Some(b.to_string());
+    }
+    let nums = find_numbers(text);
+    let percent = nums
+        .iter()
+        .find(|n| text[n.end..].trim_start().starts_with('%'));
+    if let Some(p) = percent {
+        if let Some(base) = nums.iter().find(|n| n.start != p.start) {
+            return Some(format!("{} * {} / 100", base.value, p.value));
+        }
+    }
+    nums.first().map(|n| n.value.to_string())
 }
 
 pub(super) fn find_email(text: &str) -> Option<String> {
@@ -277,6 +330,8 @@ pub(super) fn purpose_of(body: &str, amount: Option<&FoundNumber>) -> String {
         .into_iter()
         .next()
         .unwrap_or_default();
+    // The amount's place may leave ", ," or " ,": closed up.
+    let first = first.replace(" ,", ",").replace(",,", ",");
     let mut words: Vec<&str> = first.split_whitespace().collect();
     if words.len() > 2 && ["i", "we"].contains(&words[0].to_lowercase().as_str()) {
         words.drain(..2);

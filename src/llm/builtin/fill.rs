@@ -21,6 +21,35 @@ impl Gen<'_> {
         let words = name.map(name_words).unwrap_or_default();
         let has = |list: &[&str]| words.iter().any(|w| list.contains(&w.as_str()));
         let body = payload(self.input);
+        if let Some(t) = name.and_then(|n| self.result_field(n)) {
+            return match t {
+                Value::String(t) => t,
+                other => other.to_string(),
+            };
+        }
+        if has(&["expression", "formula", "calculation", "math", "arithmetic"]) {
+            if let Some(e) = find_expression(body) {
+                return e;
+            }
+        }
+        if has(&[
+            "id",
+            "key",
+            "code",
+            "ref",
+            "reference",
+            "number",
+            "invoice",
+            "order",
+            "ticket",
+        ]) {
+            if let Some(id) = find_identifier(self.input) {
+                return id;
+            }
+        }
+        if has(&["reason", "why", "rationale"]) && self.system.to_lowercase().contains("spam") {
+            return moderation_reason(body);
+        }
         if let Some(t) = self.entity_text(&has, body) {
             return t;
         }
@@ -186,7 +215,12 @@ impl Gen<'_> {
         let has = |list: &[&str]| words.iter().any(|w| list.contains(&w.as_str()));
         let body = payload(self.input);
         let default = s.get("default").and_then(Value::as_f64);
-        let found = if has(&["amount", "price", "total", "cost", "sum", "fee"]) {
+        let from_result = name
+            .and_then(|n| self.result_field(n))
+            .and_then(|v| v.as_f64());
+        let found = if from_result.is_some() {
+            from_result
+        } else if has(&["amount", "price", "total", "cost", "sum", "fee"]) {
             find_amount(body).map(|a| a.value)
         } else {
             find_numbers(body).first().map(|n| n.value)
@@ -266,6 +300,32 @@ impl Gen<'_> {
         }
         s.get("default").and_then(Value::as_bool).unwrap_or(false)
     }
+}
+
+impl Gen<'_> {
+    /// The scalar a tool result gives for a property of this name (`amount` from
+    /// `{"key": "INV-1", "value": {"amount": 49.9}}`), searched in the JSON objects among the
+    /// input's lines (tool results), latest first.
+    fn result_field(&self, name: &str) -> Option<Value> {
+        self.input.lines().rev().find_map(|line| {
+            let v: Value = serde_json::from_str(line.trim()).ok()?;
+            field_named(&v, name, 0)
+        })
+    }
+}
+
+/// The scalar of the first field called `name`, at the top of `v` or in the objects it holds
+/// (a lookup's `value`), breadth first.
+fn field_named(v: &Value, name: &str, depth: usize) -> Option<Value> {
+    let o = v.as_object()?;
+    if let Some(found) = o.get(name).filter(|f| f.is_string() || f.is_number()) {
+        return Some(found.clone());
+    }
+    if depth >= 3 {
+        return None;
+    }
+    o.values()
+        .find_map(|inner| field_named(inner, name, depth + 1))
 }
 
 /// A numeric schema's bounds (finite ones only).

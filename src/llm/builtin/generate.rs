@@ -13,6 +13,7 @@ use std::sync::Arc;
 use serde_json::{Map, Number, Value};
 
 use super::extract::*;
+use super::tables::{ACCEPT_OPTIONS, REJECT_OPTIONS};
 use super::text::*;
 use crate::schema::{self, Schema};
 
@@ -163,6 +164,23 @@ impl Gen<'_> {
         };
         let n = n.max(prefix.len().min(max.unwrap_or(usize::MAX)));
         let item_name = name.map(singular);
+        // Keywords: the text's own content words, as many as allowed (up to five).
+        let plain_strings = rest.as_ref().is_some_and(|r| {
+            r.get("type").and_then(Value::as_str) == Some("string")
+                && r.as_object().is_some_and(|o| o.len() == 1)
+        });
+        let is_keywords = name.is_some_and(|n| {
+            name_words(n)
+                .iter()
+                .any(|w| ["keyword", "keywords", "keyphrases"].contains(&w.as_str()))
+        });
+        if plain_strings && prefix.is_empty() && is_keywords {
+            let want = max.unwrap_or(5).clamp(min.max(1), 5.max(min));
+            let words = key_words(payload(self.input), want);
+            if words.len() >= min {
+                return Value::Array(words.into_iter().map(Value::String).collect());
+            }
+        }
         let mut items = Vec::with_capacity(n);
         for i in 0..n {
             let schema = match prefix.get(i) {
@@ -184,25 +202,56 @@ impl Gen<'_> {
     }
 
     pub(super) fn pick_enum(&self, opts: &[Value], default: Option<&Value>) -> Value {
+        if let Some(v) = self.judged_option(opts) {
+            return v;
+        }
         let input = keywords(self.input);
-        let mut best: Option<(usize, usize)> = None;
+        // Most words shared; of equals, the one whose words the input says first.
+        let mut best: Option<(usize, usize, usize)> = None;
         for (i, o) in opts.iter().enumerate() {
             let words = match o {
-                Value::String(t) => keywords(t),
+                Value::String(t) => keywords(&t.replace('_', " ")),
                 other => keywords(&other.to_string()),
             };
             let score = overlap(&words, &input);
-            if score > 0 && best.is_none_or(|(_, b)| score > b) {
-                best = Some((i, score));
+            let first = words
+                .iter()
+                .filter_map(|w| input.iter().position(|x| x == w))
+                .min()
+                .unwrap_or(usize::MAX);
+            if score > 0 && best.is_none_or(|(_, b, f)| score > b || (score == b && first < f)) {
+                best = Some((i, score, first));
             }
         }
-        if let Some((i, _)) = best {
+        if let Some((i, _, _)) = best {
             return opts[i].clone();
         }
         if let Some(d) = default.filter(|d| opts.iter().any(|o| json_eq(o, d))) {
             return d.clone();
         }
         opts[0].clone()
+    }
+
+    /// Options that are a judgement rather than a topic: a sentiment (positive, negative,
+    /// neutral) by the text's opinion words, a verdict (publish / reject, ...) by whether the
+    /// text looks like spam.
+    fn judged_option(&self, opts: &[Value]) -> Option<Value> {
+        let text = payload(self.input);
+        let named = |o: &Value, w: &str| o.as_str().is_some_and(|s| s.eq_ignore_ascii_case(w));
+        let find = |w: &str| opts.iter().find(|o| named(o, w)).cloned();
+        if find("positive").is_some() && find("negative").is_some() {
+            return find(super::intents::sentiment(text)).or_else(|| find("neutral"));
+        }
+        let reject = opts
+            .iter()
+            .find(|o| REJECT_OPTIONS.iter().any(|w| named(o, w)));
+        let accept = opts
+            .iter()
+            .find(|o| ACCEPT_OPTIONS.iter().any(|w| named(o, w)));
+        match (reject, accept) {
+            (Some(r), Some(a)) => Some(if super::intents::is_spam(text) { r } else { a }.clone()),
+            _ => None,
+        }
     }
 
     pub(super) fn pick_alternative(

@@ -37,7 +37,7 @@ pub(super) fn pseudo_translate(cue: &str, body: &str) -> String {
         );
     }
     format!(
-        "I am the built-in offline model and cannot translate for real, so here is the text unchanged. [Pseudo-translation into {lang}] {}",
+        "I am the built-in offline model and cannot translate for real, so here is the text unchanged. {PSEUDO_TRANSLATION}{lang}] {}",
         limit_words(&text, 60)
     )
 }
@@ -227,4 +227,59 @@ pub(super) fn is_greeting(user: &str) -> bool {
             "good",
         ]
         .contains(&first.as_str())
+}
+
+/// The opinion of a text: positive, negative or neutral, by its opinion words ("not" before a
+/// word turns it around).
+pub(super) fn sentiment(text: &str) -> &'static str {
+    let words: Vec<String> = text
+        .split(|c: char| !c.is_alphanumeric() && c != '\'')
+        .filter(|w| !w.is_empty())
+        .map(str::to_lowercase)
+        .collect();
+    let (mut pos, mut neg) = (0, 0);
+    for (i, w) in words.iter().enumerate() {
+        let negated = i > 0
+            && ["not", "never", "no", "isn't", "don't", "wasn't"].contains(&words[i - 1].as_str());
+        let (p, n) = (
+            POSITIVE_WORDS.contains(&w.as_str()),
+            NEGATIVE_WORDS.contains(&w.as_str()),
+        );
+        match (p, n, negated) {
+            (true, _, false) | (_, true, true) => pos += 1,
+            (true, _, true) | (_, true, false) => neg += 1,
+            _ => {}
+        }
+    }
+    match pos.cmp(&neg) {
+        std::cmp::Ordering::Greater => "positive",
+        std::cmp::Ordering::Less => "negative",
+        std::cmp::Ordering::Equal => "neutral",
+    }
+}
+
+/// Whether a text looks like spam or an advertisement: two or more signs (selling words,
+/// links, "dot com"), or a link at all.
+pub(super) fn is_spam(text: &str) -> bool {
+    let lower = text.to_lowercase();
+    let signs = lower
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| SPAM_WORDS.contains(w))
+        .count();
+    signs >= 2 || find_url(text).is_some() || lower.contains("www.")
+}
+
+/// Why a moderation verdict: spam, or an honest review of the given opinion.
+pub(super) fn moderation_reason(text: &str) -> String {
+    if is_spam(text) {
+        "It advertises a product or site (spam), not a review.".to_string()
+    } else {
+        match sentiment(text) {
+            "positive" => "An honest positive review of the product.".to_string(),
+            "negative" => {
+                "An honest negative review: it describes a problem with the product.".to_string()
+            }
+            _ => "An honest review without a clear opinion.".to_string(),
+        }
+    }
 }

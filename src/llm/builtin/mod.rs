@@ -7,17 +7,26 @@
 //!
 //! What it answers, in this order:
 //!
-//! - **Tool calls.** When the request offers tools, no tool result follows the last user message,
-//!   and that message mentions a tool (its name, the name with `_` as spaces, or two or more
-//!   keywords of its description), it calls that one tool with arguments built from the tool's
-//!   parameter schema (as for JSON below) and finishes with `tool_calls`.
+//! - **Tool calls.** Of the offered tools not yet called since the last user message, the next
+//!   one the request mentions, in the order the system prompt names them (then request order),
+//!   so a lookup comes before the action it informs. The last user message mentions a tool by
+//!   its name (or the name with `_` as spaces), a word of its name no other tool's name has
+//!   (generic verbs aside), every word of an option of an `enum` parameter, or two or more
+//!   keywords of its description; tool results already in the turn mention one by name or option
+//!   words. It calls that one tool with arguments built from the tool's parameter schema (as for
+//!   JSON below, where a property named like a field of an earlier result, e.g. `amount`, takes
+//!   that field) and finishes with `tool_calls`.
 //! - **JSON** (`ResponseFormat::Json`). A value generated from the schema that validates against
-//!   it: strings filled from the input by property name (amounts, e-mails, dates, places,
-//!   summaries, categories, ...), the first number of the input for numbers, booleans false unless
-//!   the input says yes, arrays of one item, `enum`/`anyOf`/`oneOf` options picked by the words they
-//!   share with the last user message (the router convention: `const` options with a
-//!   `description`).
-//! - **Tool results.** A short "Here is what I found: ..." summary of them.
+//!   it: strings filled from the input by property name (identifiers like `INV-1001` for keys and
+//!   ids, arithmetic for `expression`, amounts, e-mails, dates, places, summaries, categories,
+//!   purposes, ...), the first number of the input for numbers (never the number inside an
+//!   identifier), booleans false unless the input says yes, arrays of one item (keywords: the
+//!   text's content words), `enum`/`anyOf`/`oneOf` options picked by the words they share with
+//!   the last user message (the router convention: `const` options with a `description`), except
+//!   judgements: a sentiment enum by opinion words, a verdict enum (publish / reject, ...) by
+//!   signs of spam. Input of "Label: value" lines is read as its longest value.
+//! - **Tool results.** "Here is what I found." and each result in words: a text as it is, a
+//!   lookup as "key: field value, ...", a calculation as "expression = result".
 //! - **Text.** By what the system prompt and the last user message ask for: a summary ("summar"),
 //!   a clearly marked pseudo-translation ("translat"), a category word ("classif", "categor"),
 //!   an expense-claim draft ("expense", "claim", "reimburs"), or else a reply that quotes the
@@ -36,13 +45,15 @@
 //! - `mod.rs`: [`BuiltinModel`], the deltas of an answer, streaming, usage.
 //! - `plan.rs`: reading the request and choosing the answer: tool call, JSON or text.
 //! - `intents.rs`: the text answers (summary, pseudo-translation, classification, claim draft,
-//!   generic reply); `tables.rs`: the word tables they read.
+//!   generic reply) and the judgements (sentiment, spam); `tables.rs`: the word tables they read.
 //! - `generate.rs`: the schema-driven generator (`$ref`, `enum`, `anyOf`/`oneOf`, `allOf`,
 //!   objects, arrays); `fill.rs`: its leaves (strings, numbers, booleans by property name);
 //!   `pattern.rs`: strings for a `pattern`.
-//! - `extract.rs`: entities found in text (amounts, e-mails, URLs, dates, places, people).
+//! - `extract.rs`: entities found in text (amounts, identifiers, arithmetic, e-mails, URLs,
+//!   dates, places, people).
 //! - `text.rs`: text utilities (keywords, stemming, sentences, quoting).
-//! - `tests.rs`, `props.rs`: examples and property tests.
+//! - `tests.rs`, `props.rs`, `prologue_tests.rs`: examples, property tests, and what the
+//!   example assistants' prologues need.
 
 mod extract;
 mod fill;
@@ -50,6 +61,8 @@ mod generate;
 mod intents;
 mod pattern;
 mod plan;
+#[cfg(test)]
+mod prologue_tests;
 #[cfg(test)]
 mod props;
 mod tables;

@@ -21,6 +21,8 @@ pub(super) struct Conversation<'a> {
     pub(super) earlier_user: Vec<&'a str>,
     /// Tool results after the last user message: (tool name if known, content).
     pub(super) tool_results: Vec<(Option<&'a str>, &'a str)>,
+    /// The tools called after the last user message, in order.
+    pub(super) called: Vec<&'a str>,
 }
 
 impl<'a> Conversation<'a> {
@@ -53,7 +55,13 @@ impl<'a> Conversation<'a> {
                 (name, m.content.as_str())
             })
             .collect();
+        let called = msgs[after..]
+            .iter()
+            .flat_map(|m| m.tool_calls.iter())
+            .map(|c| c.name.as_str())
+            .collect();
         Conversation {
+            called,
             system_lower: system.to_lowercase(),
             system,
             last_user,
@@ -67,12 +75,17 @@ impl<'a> Conversation<'a> {
         format!("{}\n{}", self.system_lower, self.last_user.to_lowercase())
     }
 
-    /// The text JSON values are filled from: the last user message and any tool results.
+    /// The text JSON values are filled from: the last user message and any tool results (JSON
+    /// results one per line).
     pub(super) fn input(&self) -> String {
         let mut s = self.last_user.to_string();
         for (_, c) in &self.tool_results {
             s.push('\n');
-            s.push_str(c);
+            // JSON on one line, so that its fields can be found by name (`fill.rs`).
+            match serde_json::from_str::<Value>(c) {
+                Ok(v) => s.push_str(&v.to_string()),
+                Err(_) => s.push_str(c),
+            }
         }
         s
     }
@@ -88,18 +101,16 @@ pub(super) fn plan(req: &ChatRequest, conv: &Conversation) -> Plan {
     let input = conv.input();
     let reply = text_answer(conv);
     let gen = |root: &Value| generate(&input, &conv.system, &reply, root);
-    if conv.tool_results.is_empty() {
-        if let Some(tool) = pick_tool(&req.tools, conv.last_user) {
-            let args = gen(&tool.parameters);
-            let args = match args {
-                Value::Object(_) => args,
-                _ => Value::Object(Map::new()),
-            };
-            return Plan::Tool {
-                name: tool.name.clone(),
-                args: args.to_string(),
-            };
-        }
+    if let Some(tool) = next_tool(&req.tools, conv) {
+        let args = gen(&tool.parameters);
+        let args = match args {
+            Value::Object(_) => args,
+            _ => Value::Object(Map::new()),
+        };
+        return Plan::Tool {
+            name: tool.name.clone(),
+            args: args.to_string(),
+        };
     }
     if let ResponseFormat::Json { schema } = &req.response_format {
         return Plan::Json(gen(schema).to_string());
@@ -107,24 +118,84 @@ pub(super) fn plan(req: &ChatRequest, conv: &Conversation) -> Plan {
     Plan::Text(reply)
 }
 
-/// The tool the last user message mentions: by name first, else by description keywords.
-pub(super) fn pick_tool<'t>(tools: &'t [ToolDef], user: &str) -> Option<&'t ToolDef> {
-    let text = format!(" {} ", tokens_joined(user));
-    if let Some(t) = tools.iter().find(|t| {
-        let name = tokens_joined(&t.name);
-        !name.is_empty() && text.contains(&format!(" {name} "))
-    }) {
-        return Some(t);
+/// The next tool to call this turn: of the tools the request mentions and not yet called since
+/// the last user message, the one the system prompt names first (tools it does not name come
+/// after, in request order). A tool is mentioned by the last user message (see [`mentions`]),
+/// or, once tools have answered, by their results (by name or option words only).
+pub(super) fn next_tool<'t>(tools: &'t [ToolDef], conv: &Conversation) -> Option<&'t ToolDef> {
+    let results: String = conv
+        .tool_results
+        .iter()
+        .map(|(_, c)| *c)
+        .collect::<Vec<_>>()
+        .join("\n");
+    let mut order: Vec<(usize, usize, &ToolDef)> = tools
+        .iter()
+        .enumerate()
+        .filter(|(_, t)| !conv.called.contains(&t.name.as_str()))
+        .filter(|(_, t)| {
+            mentions(t, tools, conv.last_user, true)
+                || (!results.is_empty() && mentions(t, tools, &results, false))
+        })
+        .map(|(i, t)| {
+            let at = conv
+                .system_lower
+                .find(&t.name.to_lowercase())
+                .unwrap_or(usize::MAX);
+            (at, i, t)
+        })
+        .collect();
+    order.sort_by_key(|(at, i, _)| (*at, *i));
+    order.first().map(|(_, _, t)| *t)
+}
+
+/// Whether `text` mentions `tool`: its name (or the name with `_` as spaces), a word of its
+/// name that no other tool's name has (generic verbs aside), every word of an option of an
+/// `enum` parameter, or (with `by_description`) two or more keywords of its description.
+pub(super) fn mentions(
+    tool: &ToolDef,
+    tools: &[ToolDef],
+    text: &str,
+    by_description: bool,
+) -> bool {
+    const VERBS: &[&str] = &[
+        "get", "set", "find", "look", "lookup", "search", "issu", "issue", "open", "make",
+        "create", "run", "call", "check", "show", "list", "fetch", "send", "known", "add", "new",
+    ];
+    let joined = format!(" {} ", tokens_joined(text));
+    let name = tokens_joined(&tool.name);
+    if !name.is_empty() && joined.contains(&format!(" {name} ")) {
+        return true;
     }
-    let user_kw = keywords(user);
-    let mut best: Option<(&ToolDef, usize)> = None;
-    for t in tools {
-        let n = overlap(&keywords(&t.description), &user_kw);
-        if n >= 2 && best.is_none_or(|(_, b)| n > b) {
-            best = Some((t, n));
+    let text_kw = keywords(text);
+    let name_kw = |t: &ToolDef| keywords(&t.name.replace('_', " "));
+    let own: Vec<String> = name_kw(tool)
+        .into_iter()
+        .filter(|w| !VERBS.contains(&w.as_str()))
+        .filter(|w| {
+            !tools
+                .iter()
+                .filter(|o| o.name != tool.name)
+                .any(|o| name_kw(o).contains(w))
+        })
+        .collect();
+    if overlap(&own, &text_kw) > 0 {
+        return true;
+    }
+    if let Some(props) = tool.parameters.get("properties").and_then(Value::as_object) {
+        for p in props.values() {
+            if let Some(Value::Array(opts)) = p.get("enum") {
+                let hit = opts.iter().filter_map(Value::as_str).any(|o| {
+                    let words = keywords(&o.replace('_', " "));
+                    !words.is_empty() && words.iter().all(|w| text_kw.contains(w))
+                });
+                if hit {
+                    return true;
+                }
+            }
         }
     }
-    best.map(|(t, _)| t)
+    by_description && overlap(&keywords(&tool.description), &text_kw) >= 2
 }
 
 pub(super) fn text_answer(conv: &Conversation) -> String {
@@ -151,18 +222,51 @@ pub(super) fn tool_summary(conv: &Conversation) -> String {
         .tool_results
         .iter()
         .map(|(name, content)| {
-            let compact = match serde_json::from_str::<Value>(content) {
-                Ok(v) => v.to_string(),
+            let said = match serde_json::from_str::<Value>(content) {
+                Ok(v) => in_words(&v),
                 Err(_) => collapse(content),
             };
-            let compact = clip_chars(&compact, 300);
+            let said = end_sentence(&clip_chars(&said, 300));
             match name {
-                Some(n) => format!("{n} returned {compact}"),
-                None => compact,
+                Some(n) => format!("{}: {said}", capitalize(&n.replace('_', " "))),
+                None => said,
             }
         })
         .collect();
-    format!("Here is what I found: {}.", parts.join("; "))
+    format!("Here is what I found. {}", parts.join(" "))
+}
+
+/// A tool result as a person would read it: a text as it is, an object as "key value" pairs
+/// ("status paid, amount 49.9, currency EUR"), a list item by item.
+pub(super) fn in_words(v: &Value) -> String {
+    match v {
+        Value::String(s) => collapse(s),
+        Value::Null => "nothing".to_string(),
+        Value::Bool(b) => if *b { "yes" } else { "no" }.to_string(),
+        Value::Number(n) => n.to_string(),
+        Value::Array(items) if items.is_empty() => "nothing".to_string(),
+        Value::Array(items) => items.iter().map(in_words).collect::<Vec<_>>().join("; "),
+        Value::Object(o) if o.get("found") == Some(&Value::Bool(false)) => {
+            match o.get("key").or(o.get("query")) {
+                Some(k) => format!("nothing was found for {}", in_words(k)),
+                None => "nothing was found".to_string(),
+            }
+        }
+        // A lookup ({"key", "value"}) or a calculation ({"expression", "result"}).
+        Value::Object(o) if o.contains_key("value") || o.contains_key("result") => {
+            let body = o.get("value").or(o.get("result")).unwrap_or(&Value::Null);
+            match (o.get("expression"), o.get("key").or(o.get("query"))) {
+                (Some(e), _) => format!("{} = {}", in_words(e), in_words(body)),
+                (None, Some(k)) => format!("{}: {}", in_words(k), in_words(body)),
+                (None, None) => in_words(body),
+            }
+        }
+        Value::Object(o) => o
+            .iter()
+            .map(|(k, v)| format!("{} {}", name_words(k).join(" "), in_words(v)))
+            .collect::<Vec<_>>()
+            .join(", "),
+    }
 }
 
 pub(super) fn reasoning(conv: &Conversation, plan: &Plan) -> String {

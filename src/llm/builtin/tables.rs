@@ -171,3 +171,103 @@ pub(super) const EXPENSE_WORDS: &[&str] = &[
     "uber",
     "bus",
 ];
+
+/// Words of a positive opinion (stemmed with the text's words when compared).
+pub(super) const POSITIVE_WORDS: &[&str] = &[
+    "great",
+    "good",
+    "love",
+    "loved",
+    "excellent",
+    "awesome",
+    "amazing",
+    "wonderful",
+    "nice",
+    "perfect",
+    "smooth",
+    "best",
+    "happy",
+    "recommend",
+    "fantastic",
+    "fast",
+    "easy",
+    "works",
+    "thanks",
+    "thank",
+    "pleased",
+    "superb",
+    "brilliant",
+];
+
+/// Words of a negative opinion.
+pub(super) const NEGATIVE_WORDS: &[&str] = &[
+    "bad",
+    "broke",
+    "broken",
+    "junk",
+    "terrible",
+    "awful",
+    "worst",
+    "hate",
+    "poor",
+    "useless",
+    "disappointed",
+    "disappointing",
+    "waste",
+    "defective",
+    "faulty",
+    "cheaply",
+    "never",
+    "refund",
+    "return",
+    "returned",
+    "horrible",
+    "angry",
+    "unacceptable",
+    "fails",
+    "failed",
+    "stopped",
+    "crap",
+    "rubbish",
+];
+
+/// Signs of spam or advertising: selling words, links, "dot com".
+pub(super) const SPAM_WORDS: &[&str] = &[
+    "buy",
+    "cheap",
+    "spam",
+    "discount",
+    "click",
+    "visit",
+    "www",
+    "http",
+    "https",
+    "com",
+    "free",
+    "offer",
+    "promo",
+    "casino",
+    "winner",
+    "subscribe",
+    "followers",
+    "crypto",
+    "deal",
+    "deals",
+];
+
+/// Enum options that mean "turn it down" and "let it through" (moderation verdicts).
+pub(super) const REJECT_OPTIONS: &[&str] = &[
+    "reject", "rejected", "block", "blocked", "deny", "denied", "remove", "spam", "decline", "hide",
+];
+pub(super) const ACCEPT_OPTIONS: &[&str] = &[
+    "publish",
+    "published",
+    "accept",
+    "accepted",
+    "approve",
+    "approved",
+    "allow",
+    "keep",
+    "ok",
+    "show",
+];

@@ -573,7 +573,7 @@ fn summarises_tool_results() {
     );
     assert_eq!(
         text_of(&d),
-        "Here is what I found: get_weather returned {\"temp\":21,\"sky\":\"clear\"}."
+        "Here is what I found. Get weather: temp 21, sky clear."
     );
     // A new user turn after the results may call the tool again.
     let mut again = req.clone();

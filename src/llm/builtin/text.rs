@@ -253,9 +253,36 @@ pub(super) fn is_instruction(text: &str) -> bool {
     .any(|k| l.contains(k))
 }
 
-/// The text an instruction is about: "Summarize this: <text>" -> "<text>".
+/// The mark the built-in model's pseudo-translations carry before the text (`intents.rs`).
+pub(super) const PSEUDO_TRANSLATION: &str = "[Pseudo-translation into ";
+
+/// The text an instruction is about: "Summarize this: <text>" -> "<text>"; of one of this
+/// model's pseudo-translations, the text after its mark.
 pub(super) fn payload(user: &str) -> &str {
     let t = user.trim();
+    if let Some(at) = t.find(PSEUDO_TRANSLATION) {
+        if let Some(end) = t[at..].find("] ") {
+            let rest = t[at + end + 2..].trim();
+            if !rest.is_empty() {
+                return rest;
+            }
+        }
+    }
+    // A form of "Label: value" lines ("Department: sales\nExpense: a taxi, 42 EUR"): the
+    // longest value is the text.
+    let labelled: Vec<&str> = t
+        .lines()
+        .filter_map(|l| {
+            let (label, value) = l.split_once(": ")?;
+            let short = !label.trim().is_empty() && label.split_whitespace().count() <= 3;
+            (short && !value.trim().is_empty()).then_some(value.trim())
+        })
+        .collect();
+    if labelled.len() >= 2 && labelled.len() == t.lines().filter(|l| !l.trim().is_empty()).count() {
+        if let Some(v) = labelled.iter().max_by_key(|v| v.len()) {
+            return v;
+        }
+    }
     if let Some((first, rest)) = t.split_once('\n') {
         let first = first.trim();
         if (first.ends_with(':') || is_instruction(first)) && !rest.trim().is_empty() {
@@ -312,4 +339,22 @@ pub(super) fn title_of(body: &str) -> String {
         .trim_end_matches(['.', '!', '?', ',', ';', ':'])
         .to_string();
     capitalize(&t)
+}
+
+/// Up to `n` content words of `text`, as written (lowercased), first seen first, one per stem.
+pub(super) fn key_words(text: &str, n: usize) -> Vec<String> {
+    let mut stems: Vec<String> = Vec::new();
+    let mut out = Vec::new();
+    for w in text.split(|c: char| !c.is_alphanumeric() && c != '-') {
+        let w = w.trim_matches('-').to_lowercase();
+        if w.chars().count() < 3 || STOP_WORDS.contains(&w.as_str()) || out.len() >= n {
+            continue;
+        }
+        let s = stem(&w);
+        if !stems.contains(&s) {
+            stems.push(s);
+            out.push(w);
+        }
+    }
+    out
 }
