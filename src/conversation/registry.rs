@@ -97,6 +97,41 @@ impl Registry {
         Ok((id, addr))
     }
 
+    /// A new conversation with an id the client chose (AG-UI's `threadId`), stored with its
+    /// first message. The caller has checked that no conversation has this id; if an actor for
+    /// it is live or starting (a race with another request), that one is answered instead, so
+    /// there is still at most one actor per id.
+    pub fn create_with_id(
+        &self,
+        svc: &Arc<Services>,
+        owner: &str,
+        assistant: &str,
+        id: &str,
+    ) -> Result<Addr<Conversation>, ApiError> {
+        let a = svc.catalog.get(assistant).ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::UnknownAssistant,
+                format!("there is no assistant '{assistant}'"),
+            )
+        })?;
+        let mut live = self.live.lock();
+        if let Some(Entry::Live(addr)) = live.get(id) {
+            if addr.connected() {
+                return Ok(addr.clone());
+            }
+        }
+        if matches!(live.get(id), Some(Entry::Starting(_))) {
+            return Err(ApiError::new(
+                ErrorCode::ConversationBusy,
+                format!("conversation '{id}' is being started; try again"),
+            ));
+        }
+        let actor = Conversation::new_unstored(svc.actors.clone(), a, id.to_owned(), owner.into());
+        let addr = actor.start();
+        live.insert(Arc::from(id), Entry::Live(addr.clone()));
+        Ok(addr)
+    }
+
     /// Forget an actor, if the entry is still this one.
     pub fn remove(&self, id: &str, addr: &Addr<Conversation>) {
         let mut live = self.live.lock();
