@@ -214,7 +214,7 @@ test("page action as a frontend tool round trip", async ({ base }) => {
 });
 
 test("tool confirmation", async ({ base }) => {
-  const a = agent(base, "refund");
+  const a = agent(base, "tool_confirm");
   say(a, "refund please");
   await run(a);
   assert.equal(a.pendingInterrupts.length, 1);
