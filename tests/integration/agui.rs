@@ -333,3 +333,53 @@ async fn agui_events_route_replays_valid_runs_after_last_event_id() {
     assert_valid_runs(&tail);
     assert_eq!(tail.last().unwrap().data, second.last().unwrap().data);
 }
+
+#[tokio::test]
+async fn agui_needs_the_bearer_token_in_token_mode_and_keeps_threads_per_user() {
+    use sha2::Digest;
+    let sha = |t: &str| hex::encode(sha2::Sha256::digest(t.as_bytes()));
+    let (alice, bob) = ("pk_alice_agui_0123456789", "pk_bob_agui_0123456789");
+    let s = Server::start_with(crate::common::Options {
+        extra_config: format!(
+            "[auth]\nmode = \"token\"\n[[auth.tokens]]\nuser = \"alice\"\nsha256 = \"{}\"\n[[auth.tokens]]\nuser = \"bob\"\nsha256 = \"{}\"\n",
+            sha(alice),
+            sha(bob)
+        ),
+        ..Default::default()
+    });
+    let body = input("auth-1", json!([user("u1", "hi")]));
+    let send = |token: Option<&'static str>| {
+        let mut r = http().post(s.http("/agui/chat")).json(&body);
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        async move {
+            let res = r.send().await.unwrap();
+            (res.status().as_u16(), res.text().await.unwrap())
+        }
+    };
+    let (st, text) = send(None).await;
+    assert_eq!(st, 401, "{text}");
+    assert!(text.contains("unauthorized"));
+    let (st, text) = send(Some(alice)).await;
+    assert_eq!(st, 200, "{text}");
+    assert!(text.contains("RUN_FINISHED"));
+    // Alice's thread does not exist for Bob, over either route.
+    let (st, text) = send(Some(bob)).await;
+    assert_eq!(st, 404, "{text}");
+    let res = http()
+        .get(s.http("/agui/chat/threads/auth-1/events?until=idle"))
+        .bearer_auth(bob)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 404);
+    let res = http()
+        .get(s.http("/agui/chat/threads/auth-1/events?until=idle"))
+        .bearer_auth(alice)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+    assert_valid_runs(&parse_sse(&res.text().await.unwrap()));
+}

@@ -116,10 +116,12 @@ async fn held(svc: &Services, rec: &ConversationRecord) -> Result<Held, ApiError
         (status = 404, description = "`unknown_assistant`, or `conversation_not_found` (another user's thread)", body = ErrorBody),
         (status = 409, description = "`conversation_busy`", body = ErrorBody),
         (status = 422, description = "`invalid_args`", body = ErrorBody),
+        (status = 429, description = "`rate_limited`: the per-user limits of messages and new conversations", body = ErrorBody),
     )
 )]
 pub(in crate::gateway) async fn run(
     svc: Svc,
+    gw: web::Data<crate::gateway::GatewayState>,
     user: User,
     path: web::Path<String>,
     body: web::Bytes,
@@ -174,6 +176,7 @@ pub(in crate::gateway) async fn run(
         Plan::Send(c) => Some(c),
         other => {
             // An answer to a pause: the conversation exists.
+            gw.limits.message(&user.0)?;
             return answer(&svc, &user.0, &thread, rec.map_or(0, |r| r.last_seq), other)
                 .await
                 .or_else(|e| match e.code {
@@ -183,6 +186,10 @@ pub(in crate::gateway) async fn run(
         }
     };
     let content = content.unwrap_or_default();
+    if rec.is_none() {
+        gw.limits.new_conversation(&user.0)?;
+    }
+    gw.limits.message(&user.0)?;
     let since = rec.as_ref().map_or(0, |r| r.last_seq);
     if rec.is_none() {
         svc.registry
