@@ -14,7 +14,7 @@ fn load_generator_smoke() {
         "the load generator found problems: {:#?}",
         report.problems
     );
-    for scenario in ["B", "1", "2", "3", "4", "5", "6"] {
+    for scenario in ["B", "1", "2", "3", "4", "5", "6", "7"] {
         let rows = report.rows_of(scenario);
         assert!(!rows.is_empty(), "scenario {scenario} produced no row");
         for r in rows {
@@ -38,6 +38,7 @@ fn load_generator_smoke() {
     };
     positive("1", "requests/s");
     positive("2", "round trips/s");
+    positive("7", "runs/s");
     positive("3", "events/s");
     positive("4", "sends without error");
     positive("5", "messages stored/s");

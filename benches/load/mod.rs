@@ -10,6 +10,7 @@
 // Shared by the bench target and the smoke test: each uses only part of it.
 #![allow(dead_code)]
 
+mod agui;
 mod baseline;
 mod client;
 mod scenarios;
@@ -28,16 +29,18 @@ pub enum Scenario {
     Idle,
     Durable,
     Cold,
+    Agui,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 6] = [
+    pub const ALL: [Scenario; 7] = [
         Scenario::Invoke,
         Scenario::Hitl,
         Scenario::Stream,
         Scenario::Idle,
         Scenario::Durable,
         Scenario::Cold,
+        Scenario::Agui,
     ];
 
     pub fn parse(s: &str) -> Result<Vec<Scenario>, String> {
@@ -51,9 +54,10 @@ impl Scenario {
                 "4" | "idle" => out.push(Scenario::Idle),
                 "5" | "durable" => out.push(Scenario::Durable),
                 "6" | "cold" => out.push(Scenario::Cold),
+                "7" | "agui" => out.push(Scenario::Agui),
                 other => {
                     return Err(format!(
-                        "unknown scenario '{other}' (all, invoke, hitl, stream, idle, durable, cold or 1-6)"
+                        "unknown scenario '{other}' (all, invoke, hitl, stream, idle, durable, cold, agui or 1-7)"
                     ))
                 }
             }
@@ -192,7 +196,7 @@ impl Options {
     }
 }
 
-pub const USAGE: &str = "usage: cargo bench --bench load -- [--quick | --smoke] [--scenario all|invoke,hitl,stream,idle,durable,cold|1-6] [--backend redb|postgres] [--duration SECS] [--invoke-connections N] [--hitl-clients N] [--idle-sockets N] [--cold-conversations N]";
+pub const USAGE: &str = "usage: cargo bench --bench load -- [--quick | --smoke] [--scenario all|invoke,hitl,stream,idle,durable,cold,agui|1-7] [--backend redb|postgres] [--duration SECS] [--invoke-connections N] [--hitl-clients N] [--idle-sockets N] [--cold-conversations N]";
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Unit {
@@ -425,6 +429,7 @@ async fn run_async(o: &Options) -> Report {
             Scenario::Idle => scenarios::idle(o, &mut report).await,
             Scenario::Durable => scenarios::durable(o, &mut report).await,
             Scenario::Cold => scenarios::cold(o, &b, &mut report).await,
+            Scenario::Agui => agui::agui(o, &mut report).await,
         };
         if let Err(e) = r {
             report.problem(format!("scenario {s:?} failed: {e:#}"));

@@ -23,6 +23,9 @@ pub enum ConversationError {
     AssistantGone(String),
     #[error("a run is active in this conversation; wait for it to finish or cancel it")]
     Busy,
+    /// Another request is bringing this conversation into memory right now.
+    #[error("conversation '{0}' is being started; try again")]
+    Starting(String),
     /// A `send` while a tool call waits for approval (it needs a `resume`).
     #[error("the assistant is waiting for approval of a tool call; answer it with resume (approve or reject)")]
     AwaitingApproval,
@@ -79,7 +82,7 @@ impl ConversationError {
         match self {
             E::NotFound(_) => ErrorCode::ConversationNotFound,
             E::UnknownAssistant(_) | E::AssistantGone(_) => ErrorCode::UnknownAssistant,
-            E::Busy | E::AwaitingApproval => ErrorCode::ConversationBusy,
+            E::Busy | E::Starting(_) | E::AwaitingApproval => ErrorCode::ConversationBusy,
             E::RunActive(_) => ErrorCode::InterruptNotPending,
             E::InvalidArgs(e) => e.code,
             E::Refused { code, .. } => *code,

@@ -112,18 +112,35 @@ impl Registry {
         owner: &str,
         assistant: &str,
     ) -> Result<(String, Addr<Conversation>), ConversationError> {
+        let id = uuid::Uuid::now_v7().to_string();
+        let addr = self.create_with_id(owner, assistant, &id)?;
+        Ok((id, addr))
+    }
+
+    /// A new conversation with an id the client chose (AG-UI's `threadId`), stored with its
+    /// first message. The caller has checked that no conversation has this id; if an actor for
+    /// it is live (a race with another request), that one is answered instead, and one still
+    /// starting is `Starting`, so there is still at most one actor per id.
+    pub fn create_with_id(
+        &self,
+        owner: &str,
+        assistant: &str,
+        id: &str,
+    ) -> Result<Addr<Conversation>, ConversationError> {
         let a = self
             .catalog
             .get(assistant)
             .ok_or_else(|| ConversationError::UnknownAssistant(assistant.to_owned()))?;
-        let id = uuid::Uuid::now_v7().to_string();
-        let actor = Conversation::new_unstored(self.deps.clone(), a, id.clone(), owner.to_string());
+        let mut live = self.live.map.lock();
+        match live.get(id) {
+            Some(Entry::Live(addr)) if addr.connected() => return Ok(addr.clone()),
+            Some(Entry::Starting(_)) => return Err(ConversationError::Starting(id.to_owned())),
+            _ => {}
+        }
+        let actor = Conversation::new_unstored(self.deps.clone(), a, id.to_owned(), owner.into());
         let addr = actor.start();
-        self.live
-            .map
-            .lock()
-            .insert(Arc::from(id.as_str()), Entry::Live(addr.clone()));
-        Ok((id, addr))
+        live.insert(Arc::from(id), Entry::Live(addr.clone()));
+        Ok(addr)
     }
 
     /// Live actors (starts in flight are not counted).

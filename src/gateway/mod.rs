@@ -16,12 +16,14 @@
 //! | `auth.rs` | [`auth::User`], an extractor: a handler that takes one cannot run unauthenticated; tokens, origins |
 //! | `dedup.rs` | frame-id retries get the bytes of the original ack |
 //! | `limits.rs` | per-user rate limits |
+//! | `agui/` | the AG-UI front (CONTRACT §7): `RunAgentInput` in, translated events out |
 //! | `openapi.rs` | `GET /openapi.json`, generated from the handlers' `#[utoipa::path]` |
 //!
 //! Errors: handlers and the session return [`ApiError`] (one code vocabulary, DESIGN invariant
 //! 9). Over HTTP it becomes the code's status and `{"error": {…}}` ([`ErrorBody`]; `rate_limited`
 //! adds `Retry-After: 1`); on a socket an `error` frame that echoes the client frame's `id`.
 
+pub mod agui;
 pub mod auth;
 pub mod dedup;
 pub mod frame;
@@ -101,6 +103,8 @@ route_table! {
     get "/api/conversations/{id}/messages" => http::conversations::messages;
     get "/api/conversations/{id}/events" => http::conversations::events;
     get "/ws" => ws::handshake;
+    post "/agui/{assistant}" => agui::run;
+    get "/agui/{assistant}/threads/{threadId}/events" => agui::events;
 }
 
 /// Errors produced by actix-web itself (an oversized body) get the same JSON error body as ours.

@@ -1,6 +1,7 @@
 //! Integration tests: the real server binary on an ephemeral port, real clients.
 //! One test binary with shared helpers (`common`).
 
+mod agui;
 mod browser;
 mod browser_a11y;
 mod browser_demo;

@@ -1,0 +1,451 @@
+//! The AG-UI front (CONTRACT §7): `POST /agui/{assistant}` runs an assistant for
+//! `@ag-ui/client`'s `HttpAgent` (and CopilotKit), `GET /agui/{assistant}/threads/{threadId}/events`
+//! rejoins a thread. A translation, not a new engine: a request becomes one `msg::Send`,
+//! `msg::Resume` or `msg::Cancel` to the conversation's actor, and the answer is the
+//! conversation's event log read through [`EventStream`], translated by [`translate`].
+//!
+//! | file | what it is |
+//! |---|---|
+//! | `mod.rs` | the two handlers, the SSE writing |
+//! | `input.rs` | `RunAgentInput`, the `threadId` rule, [`input::plan`]: what a request asks (pure) |
+//! | `translate.rs` | [`translate::Translator`]: stored Parley events → AG-UI events (pure) |
+//!
+//! # Ordering
+//!
+//! The stream is subscribed (the actor answers its durable mark `H`) *before* the message or
+//! answer is sent, so every event of the run is `> H` and none is missed; events `<= H` are
+//! older runs and are skipped. The response ends after the run's `RUN_FINISHED` or
+//! `RUN_ERROR`. Errors before anything is written are HTTP errors (§3); a stale or missing
+//! resume is `RUN_STARTED` + `RUN_ERROR interrupt_not_pending` (what AG-UI clients expect).
+//!
+//! # Rejoining
+//!
+//! The events route translates the whole log from seq 1 (a translation needs the run's
+//! beginning) and writes what is after `since` (`Last-Event-ID` wins); a rejoin in the middle of
+//! a run starts with that run's `RUN_STARTED` and the starts of whatever is still open.
+
+pub mod input;
+pub mod translate;
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use utoipa::IntoParams;
+
+use crate::conversation::msg;
+use crate::engine::Interrupt;
+use crate::error::{ApiError, ErrorCode};
+use crate::gateway::auth::User;
+use crate::gateway::stream::{EventStream, Next};
+use crate::gateway::ErrorBody;
+use crate::llm::Role;
+use crate::services::Services;
+use crate::store::ConversationRecord;
+use input::{check_thread_id, plan, Held, Plan, RunAgentInput};
+use translate::{Translated, Translator};
+
+type Svc = web::Data<Arc<Services>>;
+
+/// Stored messages read to decide whether the client's newest user message is new.
+const HISTORY_LOOKBACK: usize = 200;
+
+fn unknown_assistant(id: &str) -> ApiError {
+    ApiError::new(
+        ErrorCode::UnknownAssistant,
+        format!("there is no assistant '{id}'"),
+    )
+}
+
+/// The conversation behind a thread: `None` when it does not exist yet; another user's, or one
+/// of another assistant, is refused.
+async fn thread_record(
+    svc: &Services,
+    user: &str,
+    assistant: &str,
+    thread: &str,
+) -> Result<Option<ConversationRecord>, ApiError> {
+    match svc.store.get_conversation(thread).await {
+        Ok(Some(r)) if r.owner != user => Err(ApiError::conversation_not_found(thread)),
+        Ok(Some(r)) if r.assistant != assistant => Err(ApiError::bad_request(format!(
+            "thread '{thread}' belongs to assistant '{}'",
+            r.assistant
+        ))),
+        Ok(r) => Ok(r),
+        Err(e) => Err(ApiError::internal(e.to_string())),
+    }
+}
+
+async fn held(svc: &Services, rec: &ConversationRecord) -> Result<Held, ApiError> {
+    let pending = rec
+        .pending_interrupts
+        .iter()
+        .filter_map(|v| serde_json::from_value::<Interrupt>(v.clone()).ok())
+        .collect();
+    let recent = svc
+        .store
+        .recent_messages(&rec.id, HISTORY_LOOKBACK)
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let user_messages = recent
+        .into_iter()
+        .filter(|m| m.role == Role::User)
+        .map(|m| m.content)
+        .collect();
+    Ok(Held {
+        pending,
+        user_messages,
+    })
+}
+
+/// Run an assistant for an AG-UI client.
+#[utoipa::path(
+    post,
+    path = "/agui/{assistant}",
+    tag = "agui",
+    security((), ("bearer" = [])),
+    params(("assistant" = String, Path, description = "The assistant id")),
+    request_body = RunAgentInput,
+    responses(
+        (status = 200, description = "`text/event-stream` of AG-UI events (`id:` is the stored seq)", content_type = "text/event-stream", body = String),
+        (status = 400, description = "`bad_request`: not a RunAgentInput, a bad threadId, a thread of another assistant", body = ErrorBody),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 404, description = "`unknown_assistant`, or `conversation_not_found` (another user's thread)", body = ErrorBody),
+        (status = 409, description = "`conversation_busy`", body = ErrorBody),
+        (status = 422, description = "`invalid_args`", body = ErrorBody),
+        (status = 429, description = "`rate_limited`: the per-user limits of messages and new conversations", body = ErrorBody),
+    )
+)]
+pub(in crate::gateway) async fn run(
+    svc: Svc,
+    gw: web::Data<crate::gateway::GatewayState>,
+    user: User,
+    path: web::Path<String>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let assistant = path.into_inner();
+    if body.is_empty() {
+        return Err(ApiError::bad_request(
+            "the request needs a RunAgentInput body",
+        ));
+    }
+    let input: RunAgentInput = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("not a RunAgentInput: {e}")))?;
+    check_thread_id(&input.thread_id)?;
+    if svc.catalog.get(&assistant).is_none() {
+        return Err(unknown_assistant(&assistant));
+    }
+    let args = match &input.state {
+        Value::Object(m) if !m.is_empty() => Some(input.state.clone()),
+        Value::Object(_) | Value::Null => None,
+        _ => {
+            return Err(ApiError::bad_request(
+                "state must be an object (the input args)",
+            ))
+        }
+    };
+    let thread = input.thread_id.clone();
+    let rec = thread_record(&svc, &user.0, &assistant, &thread).await?;
+    let the_plan = match &rec {
+        Some(r) => plan(&input, &held(&svc, r).await?),
+        None => plan(&input, &Held::default()),
+    };
+    let refuse = |message: String| {
+        sse_response(refusal(
+            &thread,
+            &input.run_id,
+            ErrorCode::InterruptNotPending,
+            &message,
+        ))
+    };
+    let content = match the_plan {
+        Plan::Refuse(m) => return Ok(refuse(m)),
+        Plan::Nothing => {
+            let evs = vec![
+                json!({"type": "RUN_STARTED", "threadId": thread, "runId": input.run_id}),
+                json!({"type": "RUN_FINISHED", "threadId": thread, "runId": input.run_id,
+                    "outcome": {"type": "success"}}),
+            ];
+            return Ok(sse_response(
+                evs.into_iter().map(|e| sse(None, &e)).collect(),
+            ));
+        }
+        Plan::Send(c) => Some(c),
+        other => {
+            // An answer to a pause: the conversation exists.
+            gw.limits.message(&user.0)?;
+            return answer(&svc, &user.0, &thread, rec.map_or(0, |r| r.last_seq), other)
+                .await
+                .or_else(|e| match e.code {
+                    ErrorCode::InterruptNotPending => Ok(refuse(e.message)),
+                    _ => Err(e),
+                });
+        }
+    };
+    let content = content.unwrap_or_default();
+    if rec.is_none() {
+        gw.limits.new_conversation(&user.0)?;
+    }
+    gw.limits.message(&user.0)?;
+    let since = rec.as_ref().map_or(0, |r| r.last_seq);
+    if rec.is_none() {
+        svc.registry.create_with_id(&user.0, &assistant, &thread)?;
+    }
+    let stream = EventStream::open(&svc, &user.0, &thread, since).await?;
+    let addr = svc.registry.get(&thread).await?;
+    addr.send(msg::Send {
+        owner: user.0.clone(),
+        content,
+        args,
+        subscriber: None,
+        report: None,
+    })
+    .await
+    .map_err(|_| ApiError::internal("the conversation stopped; send again"))??;
+    Ok(run_response(stream, Translator::new(&thread)))
+}
+
+/// Resume or cancel a paused conversation, then stream the run that follows.
+async fn answer(
+    svc: &Arc<Services>,
+    owner: &str,
+    thread: &str,
+    since: u64,
+    plan: Plan,
+) -> Result<HttpResponse, ApiError> {
+    let stream = EventStream::open(svc, owner, thread, since).await?;
+    let addr = svc.registry.get(thread).await?;
+    let stopped = |_| ApiError::internal("the conversation stopped; answer again");
+    match plan {
+        Plan::Resume {
+            interrupt_id,
+            action,
+            value,
+        } => {
+            addr.send(msg::Resume {
+                owner: owner.to_owned(),
+                interrupt_id,
+                action,
+                value,
+            })
+            .await
+            .map_err(stopped)??;
+        }
+        _ => {
+            addr.send(msg::Cancel {
+                owner: owner.to_owned(),
+            })
+            .await
+            .map_err(stopped)??;
+        }
+    }
+    Ok(run_response(stream, Translator::new(thread)))
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct EventsQuery {
+    /// The last seq received (`Last-Event-ID` wins).
+    since: Option<u64>,
+    /// `idle`: end the stream once no run is open.
+    until: Option<String>,
+}
+
+/// Rejoin a thread: its stored runs translated to AG-UI after `since`, then live events.
+#[utoipa::path(
+    get,
+    path = "/agui/{assistant}/threads/{threadId}/events",
+    tag = "agui",
+    security((), ("bearer" = [])),
+    params(
+        ("assistant" = String, Path, description = "The assistant id"),
+        ("threadId" = String, Path, description = "The thread (conversation) id"),
+        ("Last-Event-ID" = Option<u64>, Header, description = "The last seq received; wins over `since`"),
+        EventsQuery
+    ),
+    responses(
+        (status = 200, description = "`text/event-stream` of AG-UI events", content_type = "text/event-stream", body = String),
+        (status = 400, description = "`bad_request`", body = ErrorBody),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 404, description = "`unknown_assistant` or `conversation_not_found`", body = ErrorBody),
+    )
+)]
+pub(in crate::gateway) async fn events(
+    svc: Svc,
+    user: User,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let (assistant, thread) = path.into_inner();
+    check_thread_id(&thread)?;
+    if svc.catalog.get(&assistant).is_none() {
+        return Err(unknown_assistant(&assistant));
+    }
+    let q = web::Query::<EventsQuery>::from_query(req.query_string())
+        .map_err(|e| ApiError::bad_request(format!("bad query string: {e}")))?
+        .into_inner();
+    let header = req
+        .headers()
+        .get("last-event-id")
+        .map(|v| {
+            v.to_str()
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .ok_or_else(|| ApiError::bad_request("Last-Event-ID must be a seq"))
+        })
+        .transpose()?;
+    let since = header.or(q.since).unwrap_or(0);
+    let until_idle = match q.until.as_deref() {
+        None => false,
+        Some("idle") => true,
+        Some(_) => return Err(ApiError::bad_request("until must be 'idle'")),
+    };
+    if thread_record(&svc, &user.0, &assistant, &thread)
+        .await?
+        .is_none()
+    {
+        return Err(ApiError::conversation_not_found(&thread));
+    }
+    let stream = EventStream::open(&svc, &user.0, &thread, 0).await?;
+    let state = Rejoin {
+        stream,
+        t: Translator::new(&thread),
+        since,
+        until_idle,
+        started: false,
+        buf: VecDeque::new(),
+        done: false,
+    };
+    let body = futures_util::stream::unfold(state, |mut s| async move {
+        loop {
+            if let Some(b) = s.buf.pop_front() {
+                return Some((Ok::<_, actix_web::Error>(b), s));
+            }
+            if s.done {
+                return None;
+            }
+            if s.until_idle && s.stream.replayed() && !s.t.run_open() && !s.stream.running_at_open()
+            {
+                return None;
+            }
+            s.step().await;
+        }
+    });
+    Ok(HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .insert_header(("Cache-Control", "no-cache"))
+        .streaming(body))
+}
+
+struct Rejoin {
+    stream: EventStream,
+    t: Translator,
+    since: u64,
+    until_idle: bool,
+    started: bool,
+    buf: VecDeque<Bytes>,
+    done: bool,
+}
+
+impl Rejoin {
+    async fn step(&mut self) {
+        match self.stream.next().await {
+            Ok(Next::Event(seq, json)) => {
+                if seq <= self.since {
+                    self.t.push_json(seq, &json);
+                    return;
+                }
+                if !self.started {
+                    self.started = true;
+                    for tr in self.t.reopen(self.since) {
+                        self.buf.push_back(sse(Some(tr.seq), &tr.event));
+                    }
+                }
+                let out = self.t.push_json(seq, &json);
+                let ended = out.iter().any(ends_run);
+                for tr in out {
+                    self.buf.push_back(sse(Some(tr.seq), &tr.event));
+                }
+                if ended && self.until_idle && self.stream.replayed() {
+                    self.done = true;
+                }
+            }
+            Ok(Next::Lagged) | Ok(Next::Closed) | Err(_) => self.done = true,
+        }
+    }
+}
+
+/// The response of a run: its translated events until `RUN_FINISHED` or `RUN_ERROR`.
+fn run_response(stream: EventStream, t: Translator) -> HttpResponse {
+    let since = stream.high_at_open();
+    let state = (stream, t, VecDeque::<Bytes>::new(), false);
+    let body = futures_util::stream::unfold(
+        state,
+        move |(mut stream, mut t, mut buf, mut done)| async move {
+            loop {
+                if let Some(b) = buf.pop_front() {
+                    return Some((Ok::<_, actix_web::Error>(b), (stream, t, buf, done)));
+                }
+                if done {
+                    return None;
+                }
+                match stream.next().await {
+                    Ok(Next::Event(seq, json)) if seq > since => {
+                        let out = t.push_json(seq, &json);
+                        done = out.iter().any(ends_run);
+                        buf.extend(out.iter().map(|tr| sse(Some(tr.seq), &tr.event)));
+                    }
+                    Ok(Next::Event(..)) => {}
+                    Ok(Next::Lagged) | Ok(Next::Closed) | Err(_) => {
+                        let e = json!({"type": "RUN_ERROR", "code": "stream_lost", "message":
+                            "the stream fell behind or the conversation stopped; rejoin through GET /agui/{assistant}/threads/{threadId}/events"});
+                        buf.push_back(sse(None, &e));
+                        done = true;
+                    }
+                }
+            }
+        },
+    );
+    HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .insert_header(("Cache-Control", "no-cache"))
+        .streaming(body)
+}
+
+fn ends_run(t: &Translated) -> bool {
+    matches!(
+        t.event.get("type").and_then(Value::as_str),
+        Some("RUN_FINISHED" | "RUN_ERROR")
+    )
+}
+
+/// `RUN_STARTED` then `RUN_ERROR` (a request refused after the stream's start, in AG-UI terms).
+fn refusal(thread: &str, run_id: &str, code: ErrorCode, message: &str) -> Vec<Bytes> {
+    [
+        json!({"type": "RUN_STARTED", "threadId": thread, "runId": run_id}),
+        json!({"type": "RUN_ERROR", "code": code.as_str(), "message": message}),
+    ]
+    .iter()
+    .map(|e| sse(None, e))
+    .collect()
+}
+
+fn sse_response(chunks: Vec<Bytes>) -> HttpResponse {
+    let body = futures_util::stream::iter(chunks.into_iter().map(Ok::<_, actix_web::Error>));
+    HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .insert_header(("Cache-Control", "no-cache"))
+        .streaming(body)
+}
+
+/// One SSE message: `id: <seq>` when the event came from a stored one, then `data:`.
+fn sse(seq: Option<u64>, event: &Value) -> Bytes {
+    let data = event.to_string();
+    match seq {
+        Some(s) => Bytes::from(format!("id: {s}\ndata: {data}\n\n")),
+        None => Bytes::from(format!("data: {data}\n\n")),
+    }
+}

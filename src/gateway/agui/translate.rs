@@ -1,0 +1,627 @@
+//! Parley's stored events → AG-UI events: a pure, stateful translation, one stored event in,
+//! zero or more AG-UI events out, every one carrying the seq of the stored event it came from.
+//!
+//! # What the output obeys (`@ag-ui/client`'s verifier and `@ag-ui/core`'s schemas)
+//!
+//! - A run opens with `RUN_STARTED {threadId, runId}`; an event that arrives with no run open
+//!   (a cancelled pause emits only `RUN_ERROR`) first opens one with the event's run id.
+//! - Step names are unique while open: the n-th start of a node within a run (iterations run a
+//!   node many times) is named `node#n`; `STEP_FINISHED` closes the newest open one of its node.
+//! - Before `RUN_FINISHED` every open step, text message and tool call is closed (a paused
+//!   node's step stays open in Parley; here it is finished).
+//! - The user's own message (echoed as `TEXT_MESSAGE_*` with role `user`) has no AG-UI form:
+//!   the client already holds it. Parley's `usage` is dropped (AG-UI wants a list), node types
+//!   and outputs go under `metadata`.
+//! - Interrupts: a card or a tool confirmation becomes an AG-UI interrupt (`confirmation`, or
+//!   `input_required` for a card with a `reply` button); a page action becomes a frontend tool
+//!   call (`TOOL_CALL_START/ARGS/END` named after the action) listed in
+//!   `outcome.pendingToolCallIds`. Cancelled runs end with `outcome: {"type": "cancelled"}`.
+//! - Reasoning deltas are wrapped in `REASONING_START` / `REASONING_MESSAGE_START` …
+//!   `REASONING_MESSAGE_END` / `REASONING_END` (never the deprecated `THINKING_*`).
+
+use std::collections::{HashMap, HashSet};
+
+use serde_json::{json, Map, Value};
+
+use crate::engine::{Event, Interrupt, InterruptReason, Outcome};
+use crate::error::ErrorCode;
+use crate::llm::Role;
+
+/// One AG-UI event and the seq of the stored event it came from (its SSE `id:`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Translated {
+    pub seq: u64,
+    pub event: Value,
+}
+
+/// The state of one thread's translation (see the module doc).
+#[derive(Debug, Default)]
+pub struct Translator {
+    thread_id: String,
+    run: Option<String>,
+    /// Starts of each node within the open run (for `node#n` names).
+    starts: HashMap<String, u32>,
+    /// Open step names in order of opening, with their node id.
+    open_steps: Vec<(String, String)>,
+    open_text: Vec<String>,
+    open_tools: Vec<String>,
+    /// Every tool call streamed on this thread (an agent's page tool is streamed by the agent).
+    seen_tools: HashSet<String>,
+    user_messages: HashSet<String>,
+    reasoning: Option<String>,
+}
+
+/// The AG-UI `toolCallId` a page-action interrupt is answered under: the agent's own tool call
+/// for a page tool, else the interrupt id.
+pub fn page_tool_call_id(i: &Interrupt) -> &str {
+    i.tool_call_id.as_deref().unwrap_or(&i.id)
+}
+
+impl Translator {
+    pub fn new(thread_id: &str) -> Self {
+        Translator {
+            thread_id: thread_id.to_owned(),
+            ..Default::default()
+        }
+    }
+
+    /// Whether a run is open (started and not yet finished or failed).
+    pub fn run_open(&self) -> bool {
+        self.run.is_some()
+    }
+
+    /// Translate one stored event (its JSON as stored). Unreadable events are skipped.
+    pub fn push_json(&mut self, seq: u64, json: &[u8]) -> Vec<Translated> {
+        match serde_json::from_slice::<Event>(json) {
+            Ok(e) => self.push(seq, &e),
+            Err(e) => {
+                tracing::warn!(seq, error = %e, "agui: a stored event could not be read");
+                Vec::new()
+            }
+        }
+    }
+
+    /// Translate one stored event.
+    pub fn push(&mut self, seq: u64, e: &Event) -> Vec<Translated> {
+        let mut out = Vec::new();
+        let mut emit = |v: Value| out.push(Translated { seq, event: v });
+        // The user's echo never opens a run.
+        if let Some(id) = user_echo(e, &self.user_messages) {
+            if matches!(e, Event::TextMessageStart { .. }) {
+                self.user_messages.insert(id.to_owned());
+            } else if matches!(e, Event::TextMessageEnd { .. }) {
+                self.user_messages.remove(id);
+            }
+            return out;
+        }
+        if !matches!(e, Event::ReasoningMessageContent { .. }) {
+            self.close_reasoning(&mut emit);
+        }
+        match e {
+            Event::RunStarted { run_id } => {
+                if self.run.is_some() {
+                    // A run that never ended (cannot happen in a well-formed log): close it.
+                    self.close_all(&mut emit);
+                    emit(json!({"type": "RUN_FINISHED", "threadId": self.thread_id,
+                        "runId": self.run.take().unwrap_or_default()}));
+                }
+                self.open_run(run_id, &mut emit);
+            }
+            other => {
+                if self.run.is_none() {
+                    let run_id = run_id_of(other).unwrap_or("run").to_owned();
+                    self.open_run(&run_id, &mut emit);
+                }
+                self.push_in_run(other, &mut emit);
+            }
+        }
+        out
+    }
+
+    fn open_run(&mut self, run_id: &str, emit: &mut impl FnMut(Value)) {
+        self.run = Some(run_id.to_owned());
+        self.starts.clear();
+        self.open_steps.clear();
+        self.open_text.clear();
+        self.open_tools.clear();
+        emit(json!({"type": "RUN_STARTED", "threadId": self.thread_id, "runId": run_id}));
+    }
+
+    fn push_in_run(&mut self, e: &Event, emit: &mut impl FnMut(Value)) {
+        match e {
+            Event::RunStarted { .. } => {}
+            Event::StepStarted {
+                step_name,
+                node_type,
+            } => {
+                let n = self.starts.entry(step_name.clone()).or_insert(0);
+                *n += 1;
+                let name = if *n == 1 {
+                    step_name.clone()
+                } else {
+                    format!("{step_name}#{n}")
+                };
+                emit(json!({"type": "STEP_STARTED", "stepName": name,
+                    "metadata": {"nodeId": step_name, "nodeType": node_type}}));
+                self.open_steps.push((name, step_name.clone()));
+            }
+            Event::StepFinished {
+                step_name,
+                node_type,
+                output,
+            } => {
+                let Some(pos) = self.open_steps.iter().rposition(|(_, n)| n == step_name) else {
+                    return;
+                };
+                let (name, _) = self.open_steps.remove(pos);
+                let mut meta = Map::new();
+                meta.insert("nodeId".into(), json!(step_name));
+                meta.insert("nodeType".into(), json!(node_type));
+                if !output.is_null() {
+                    meta.insert("output".into(), output.clone());
+                }
+                emit(json!({"type": "STEP_FINISHED", "stepName": name, "metadata": meta}));
+            }
+            Event::TextMessageStart { message_id, role } => {
+                let role = match role {
+                    Role::System => "system",
+                    _ => "assistant",
+                };
+                self.open_text.push(message_id.clone());
+                emit(json!({"type": "TEXT_MESSAGE_START", "messageId": message_id, "role": role}));
+            }
+            Event::TextMessageContent { message_id, delta } => {
+                if !self.open_text.contains(message_id) {
+                    self.open_text.push(message_id.clone());
+                    emit(
+                        json!({"type": "TEXT_MESSAGE_START", "messageId": message_id,
+                        "role": "assistant"}),
+                    );
+                }
+                if !delta.is_empty() {
+                    emit(
+                        json!({"type": "TEXT_MESSAGE_CONTENT", "messageId": message_id,
+                        "delta": delta}),
+                    );
+                }
+            }
+            Event::TextMessageEnd { message_id } => {
+                if let Some(pos) = self.open_text.iter().position(|m| m == message_id) {
+                    self.open_text.remove(pos);
+                    emit(json!({"type": "TEXT_MESSAGE_END", "messageId": message_id}));
+                }
+            }
+            Event::ReasoningMessageContent { message_id, delta } => {
+                if self.reasoning.as_deref() != Some(message_id.as_str()) {
+                    self.close_reasoning(emit);
+                    self.reasoning = Some(message_id.clone());
+                    emit(json!({"type": "REASONING_START", "messageId": message_id}));
+                    emit(
+                        json!({"type": "REASONING_MESSAGE_START", "messageId": message_id,
+                        "role": "reasoning"}),
+                    );
+                }
+                if !delta.is_empty() {
+                    emit(
+                        json!({"type": "REASONING_MESSAGE_CONTENT", "messageId": message_id,
+                        "delta": delta}),
+                    );
+                }
+            }
+            Event::ToolCallStart {
+                tool_call_id,
+                tool_call_name,
+            } => {
+                self.open_tools.push(tool_call_id.clone());
+                self.seen_tools.insert(tool_call_id.clone());
+                emit(
+                    json!({"type": "TOOL_CALL_START", "toolCallId": tool_call_id,
+                    "toolCallName": tool_call_name}),
+                );
+            }
+            Event::ToolCallArgs {
+                tool_call_id,
+                delta,
+            } => {
+                if self.open_tools.contains(tool_call_id) {
+                    emit(json!({"type": "TOOL_CALL_ARGS", "toolCallId": tool_call_id,
+                        "delta": delta}));
+                }
+            }
+            Event::ToolCallEnd { tool_call_id } => {
+                if let Some(pos) = self.open_tools.iter().position(|t| t == tool_call_id) {
+                    self.open_tools.remove(pos);
+                    emit(json!({"type": "TOOL_CALL_END", "toolCallId": tool_call_id}));
+                }
+            }
+            Event::ToolCallResult {
+                tool_call_id,
+                tool_call_name,
+                content,
+            } => {
+                emit(
+                    json!({"type": "TOOL_CALL_RESULT", "messageId": format!("{tool_call_id}:result"),
+                    "toolCallId": tool_call_id, "content": content, "role": "tool",
+                    "metadata": {"toolCallName": tool_call_name}}),
+                );
+            }
+            Event::Custom { name, value } => {
+                emit(json!({"type": "CUSTOM", "name": name, "value": value}));
+            }
+            Event::RunFinished {
+                run_id, outcome, ..
+            } => {
+                self.close_all(emit);
+                let mut fin = json!({"type": "RUN_FINISHED", "threadId": self.thread_id,
+                    "runId": run_id});
+                match outcome {
+                    Outcome::Success { result } => {
+                        if !result.is_null() {
+                            fin["result"] = result.clone();
+                        }
+                        fin["outcome"] = json!({"type": "success"});
+                    }
+                    Outcome::Interrupt { interrupts } => {
+                        fin["outcome"] = self.interrupt_outcome(interrupts, emit);
+                    }
+                }
+                self.run = None;
+                emit(fin);
+            }
+            Event::RunError {
+                run_id,
+                code,
+                message,
+            } => {
+                if *code == ErrorCode::Cancelled {
+                    self.close_all(emit);
+                    emit(json!({"type": "RUN_FINISHED", "threadId": self.thread_id,
+                        "runId": run_id, "outcome": {"type": "cancelled"},
+                        "metadata": {"message": message}}));
+                } else {
+                    emit(json!({"type": "RUN_ERROR", "message": message, "code": code.as_str()}));
+                }
+                self.run = None;
+            }
+        }
+    }
+
+    /// The outcome of a pausing `RUN_FINISHED`; page actions are streamed as tool calls here.
+    fn interrupt_outcome(
+        &mut self,
+        interrupts: &[Interrupt],
+        emit: &mut impl FnMut(Value),
+    ) -> Value {
+        let mut asked = Vec::new();
+        let mut pending_tools = Vec::new();
+        for i in interrupts {
+            if i.reason == InterruptReason::PageAction {
+                let id = page_tool_call_id(i).to_owned();
+                if !self.seen_tools.contains(&id) {
+                    let name = i.action.clone().unwrap_or_else(|| i.node_id.clone());
+                    let args = i.params.clone().unwrap_or_else(|| i.payload.clone());
+                    let args = if args.is_null() { json!({}) } else { args };
+                    emit(json!({"type": "TOOL_CALL_START", "toolCallId": id,
+                        "toolCallName": name, "metadata": {"nodeId": i.node_id,
+                        "message": i.message}}));
+                    emit(json!({"type": "TOOL_CALL_ARGS", "toolCallId": id,
+                        "delta": args.to_string()}));
+                    emit(json!({"type": "TOOL_CALL_END", "toolCallId": id}));
+                    self.seen_tools.insert(id.clone());
+                }
+                pending_tools.push(id);
+            } else {
+                asked.push(agui_interrupt(i));
+            }
+        }
+        if asked.is_empty() {
+            json!({"type": "success", "pendingToolCallIds": pending_tools})
+        } else {
+            json!({"type": "interrupt", "interrupts": asked})
+        }
+    }
+
+    fn close_reasoning(&mut self, emit: &mut impl FnMut(Value)) {
+        if let Some(id) = self.reasoning.take() {
+            emit(json!({"type": "REASONING_MESSAGE_END", "messageId": id}));
+            emit(json!({"type": "REASONING_END", "messageId": id}));
+        }
+    }
+
+    /// Close every open tool call, text message and step (newest first).
+    fn close_all(&mut self, emit: &mut impl FnMut(Value)) {
+        self.close_reasoning(emit);
+        for id in self.open_tools.drain(..).rev() {
+            emit(json!({"type": "TOOL_CALL_END", "toolCallId": id}));
+        }
+        for id in self.open_text.drain(..).rev() {
+            emit(json!({"type": "TEXT_MESSAGE_END", "messageId": id}));
+        }
+        for (name, node) in self.open_steps.drain(..).rev() {
+            emit(json!({"type": "STEP_FINISHED", "stepName": name,
+                "metadata": {"nodeId": node, "paused": true}}));
+        }
+    }
+}
+
+/// An AG-UI interrupt for a card or a tool confirmation (CONTRACT §7).
+pub fn agui_interrupt(i: &Interrupt) -> Value {
+    let buttons = i.buttons.clone().unwrap_or_default();
+    let reason = if buttons.iter().any(|b| b == "reply") {
+        "input_required"
+    } else {
+        "confirmation"
+    };
+    let actions: Vec<String> = if buttons.is_empty() {
+        vec!["approve".into(), "reject".into()]
+    } else {
+        buttons.clone()
+    };
+    let mut meta = Map::new();
+    meta.insert("nodeId".into(), json!(i.node_id));
+    meta.insert("buttons".into(), json!(actions));
+    meta.insert("display".into(), i.payload.clone());
+    meta.insert("parleyReason".into(), json!(i.reason));
+    if i.editable {
+        meta.insert("editable".into(), json!(true));
+    }
+    let mut v = json!({
+        "id": i.id,
+        "reason": reason,
+        "message": i.message,
+        "responseSchema": {
+            "type": "object",
+            "properties": {"action": {"type": "string", "enum": actions}, "value": {}},
+            "required": ["action"],
+        },
+        "metadata": meta,
+    });
+    if let Some(t) = &i.tool_call_id {
+        v["toolCallId"] = json!(t);
+    }
+    if let Some(at) = &i.expires_at {
+        v["expiresAt"] = json!(at);
+    }
+    v
+}
+
+/// The message id of a user echo event, if `e` is one.
+fn user_echo<'a>(e: &'a Event, users: &HashSet<String>) -> Option<&'a str> {
+    match e {
+        Event::TextMessageStart {
+            message_id,
+            role: Role::User,
+        } => Some(message_id),
+        Event::TextMessageContent { message_id, .. } | Event::TextMessageEnd { message_id }
+            if users.contains(message_id) =>
+        {
+            Some(message_id)
+        }
+        _ => None,
+    }
+}
+
+fn run_id_of(e: &Event) -> Option<&str> {
+    match e {
+        Event::RunStarted { run_id }
+        | Event::RunFinished { run_id, .. }
+        | Event::RunError { run_id, .. } => Some(run_id),
+        _ => None,
+    }
+}
+
+/// Translate a whole stored log (tests, replays).
+pub fn translate_all(thread_id: &str, events: &[(u64, Event)]) -> Vec<Translated> {
+    let mut t = Translator::new(thread_id);
+    events.iter().flat_map(|(s, e)| t.push(*s, e)).collect()
+}
+
+impl Translator {
+    /// For a client that rejoins mid-run: `RUN_STARTED` of the open run and the starts of its
+    /// open steps, text messages and tool calls, so what follows is a valid run on its own.
+    pub fn reopen(&self, seq: u64) -> Vec<Translated> {
+        let Some(run) = &self.run else {
+            return Vec::new();
+        };
+        let mut out = vec![json!({"type": "RUN_STARTED", "threadId": self.thread_id,
+            "runId": run, "metadata": {"rejoined": true}})];
+        for (name, node) in &self.open_steps {
+            out.push(json!({"type": "STEP_STARTED", "stepName": name,
+                "metadata": {"nodeId": node}}));
+        }
+        for id in &self.open_text {
+            out.push(json!({"type": "TEXT_MESSAGE_START", "messageId": id, "role": "assistant"}));
+        }
+        for id in &self.open_tools {
+            out.push(
+                json!({"type": "TOOL_CALL_START", "toolCallId": id, "toolCallName": "",
+                "metadata": {"rejoined": true}}),
+            );
+        }
+        out.into_iter()
+            .map(|event| Translated { seq, event })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::llm::Usage;
+
+    fn start(node: &str) -> Event {
+        Event::StepStarted {
+            step_name: node.into(),
+            node_type: "reply".into(),
+        }
+    }
+
+    fn finish(node: &str) -> Event {
+        Event::StepFinished {
+            step_name: node.into(),
+            node_type: "reply".into(),
+            output: Value::Null,
+        }
+    }
+
+    fn types(out: &[Translated]) -> Vec<String> {
+        out.iter()
+            .map(|t| t.event["type"].as_str().unwrap_or("?").to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn repeated_nodes_get_numbered_step_names_and_the_user_echo_is_dropped() {
+        let events = vec![
+            (
+                1,
+                Event::TextMessageStart {
+                    message_id: "u".into(),
+                    role: Role::User,
+                },
+            ),
+            (
+                2,
+                Event::TextMessageContent {
+                    message_id: "u".into(),
+                    delta: "hi".into(),
+                },
+            ),
+            (
+                3,
+                Event::TextMessageEnd {
+                    message_id: "u".into(),
+                },
+            ),
+            (4, Event::RunStarted { run_id: "r".into() }),
+            (5, start("each")),
+            (6, start("note")),
+            (7, finish("note")),
+            (8, start("note")),
+            (9, finish("note")),
+            (10, finish("each")),
+        ];
+        let out = translate_all("t", &events);
+        assert_eq!(
+            out[0].event,
+            json!({"type": "RUN_STARTED", "threadId": "t", "runId": "r"})
+        );
+        assert_eq!(out[0].seq, 4);
+        let names: Vec<&str> = out
+            .iter()
+            .filter(|t| t.event["type"] == "STEP_STARTED")
+            .map(|t| t.event["stepName"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["each", "note", "note#2"]);
+        assert!(!types(&out).iter().any(|t| t.starts_with("TEXT")));
+    }
+
+    #[test]
+    fn a_pause_closes_what_is_open_and_a_page_action_is_a_frontend_tool_call() {
+        let page = Interrupt::new(InterruptReason::PageAction, "fill", "Check it")
+            .page_action("fill_form".into(), json!({"text": "x"}));
+        let card = Interrupt::new(InterruptReason::ConversationAction, "ask", "OK?")
+            .buttons(vec!["approve".into(), "reply".into()]);
+        let mut t = Translator::new("t");
+        t.push(1, &Event::RunStarted { run_id: "r".into() });
+        t.push(2, &start("fill"));
+        t.push(
+            3,
+            &Event::TextMessageStart {
+                message_id: "m".into(),
+                role: Role::Assistant,
+            },
+        );
+        let fin = |interrupts| Event::RunFinished {
+            run_id: "r".into(),
+            outcome: Outcome::Interrupt { interrupts },
+            usage: Usage::default(),
+        };
+        let out = t.push(4, &fin(vec![page.clone()]));
+        assert_eq!(
+            types(&out),
+            [
+                "TEXT_MESSAGE_END",
+                "STEP_FINISHED",
+                "TOOL_CALL_START",
+                "TOOL_CALL_ARGS",
+                "TOOL_CALL_END",
+                "RUN_FINISHED"
+            ]
+        );
+        let last = &out.last().unwrap().event;
+        assert_eq!(
+            last["outcome"],
+            json!({"type": "success", "pendingToolCallIds": [page.id]})
+        );
+        assert!(last.get("usage").is_none());
+        assert!(!t.run_open());
+        // A card with a reply button asks for input.
+        let out = t.push(5, &fin(vec![card.clone()]));
+        assert_eq!(types(&out), ["RUN_STARTED", "RUN_FINISHED"]);
+        let i = &out[1].event["outcome"]["interrupts"][0];
+        assert_eq!(i["reason"], "input_required");
+        assert_eq!(i["metadata"]["buttons"], json!(["approve", "reply"]));
+    }
+
+    #[test]
+    fn a_cancelled_pause_is_a_whole_run_with_a_cancelled_outcome() {
+        let mut t = Translator::new("t");
+        let out = t.push(
+            9,
+            &Event::RunError {
+                run_id: "r".into(),
+                code: ErrorCode::Cancelled,
+                message: "stop".into(),
+            },
+        );
+        assert_eq!(types(&out), ["RUN_STARTED", "RUN_FINISHED"]);
+        assert_eq!(out[1].event["outcome"], json!({"type": "cancelled"}));
+        let out = t.push(
+            10,
+            &Event::RunError {
+                run_id: "r2".into(),
+                code: ErrorCode::LlmError,
+                message: "down".into(),
+            },
+        );
+        assert_eq!(types(&out), ["RUN_STARTED", "RUN_ERROR"]);
+        assert_eq!(out[1].event["code"], "llm_error");
+    }
+
+    #[test]
+    fn reasoning_is_wrapped_in_reasoning_events() {
+        let mut t = Translator::new("t");
+        t.push(1, &Event::RunStarted { run_id: "r".into() });
+        let out = t.push(
+            2,
+            &Event::ReasoningMessageContent {
+                message_id: "x".into(),
+                delta: "hm".into(),
+            },
+        );
+        assert_eq!(
+            types(&out),
+            [
+                "REASONING_START",
+                "REASONING_MESSAGE_START",
+                "REASONING_MESSAGE_CONTENT"
+            ]
+        );
+        let out = t.push(
+            3,
+            &Event::TextMessageStart {
+                message_id: "m".into(),
+                role: Role::Assistant,
+            },
+        );
+        assert_eq!(
+            types(&out),
+            [
+                "REASONING_MESSAGE_END",
+                "REASONING_END",
+                "TEXT_MESSAGE_START"
+            ]
+        );
+    }
+}
