@@ -117,6 +117,13 @@ fn d_heartbeat() -> u64 {
 #[serde(deny_unknown_fields)]
 pub struct StorageConfig {
     pub data_dir: PathBuf,
+    /// redb's page cache in MiB (memory the store may hold; redb's own default is 1 GiB).
+    #[serde(default = "d_cache_mb")]
+    pub cache_mb: u64,
+}
+
+fn d_cache_mb() -> u64 {
+    64
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

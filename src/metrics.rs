@@ -152,6 +152,30 @@ impl Metrics {
             "Writes in the last commit.",
             store.last_group_ops,
         );
+        counter(
+            &mut o,
+            "parley_store_failed_commits_total",
+            "Store write attempts that failed (disk full, I/O errors); retries count too.",
+            store.failed_commits,
+        );
+        counter(
+            &mut o,
+            "parley_store_reopens_total",
+            "Reopens of the database after a storage fault.",
+            store.reopens,
+        );
+        gauge(
+            &mut o,
+            "parley_store_writable",
+            "1 while the store can write, 0 while writes answer storage_unavailable.",
+            u64::from(store.writable),
+        );
+        gauge(
+            &mut o,
+            "parley_store_queued_batches",
+            "Write batches waiting for the store's writer.",
+            store.queued_batches,
+        );
         o
     }
 }

@@ -37,6 +37,11 @@ pub fn load_catalog(config: &Config) -> anyhow::Result<Catalog> {
     })
 }
 
+/// `[storage] cache_mb` in bytes (saturating; at least 1 MiB).
+fn cache_bytes(cache_mb: u64) -> usize {
+    usize::try_from(cache_mb.max(1).saturating_mul(1024 * 1024)).unwrap_or(usize::MAX)
+}
+
 /// Everything the server needs, ready to serve.
 pub async fn build(config: Config) -> anyhow::Result<Arc<Services>> {
     let catalog = load_catalog(&config)?;
@@ -45,7 +50,7 @@ pub async fn build(config: Config) -> anyhow::Result<Arc<Services>> {
     let engine = Engine::new(Arc::new(llms), tools);
     let path = config.storage.data_dir.join("parley.redb");
     let store: Arc<dyn Store> = Arc::new(
-        RedbStore::open(&path)
+        RedbStore::open_with_cache(&path, Some(cache_bytes(config.storage.cache_mb)))
             .with_context(|| format!("opening the store at {}", path.display()))?,
     );
     let ended = crate::conversation::recover_interrupted(store.as_ref())

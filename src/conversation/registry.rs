@@ -130,7 +130,7 @@ impl Registry {
 /// Loads a stored conversation (four short reads, off the worker) and starts its actor.
 async fn load_and_start(svc: Arc<Services>, id: String) -> Result<Addr<Conversation>, ApiError> {
     let store = &svc.store;
-    let internal = |e: StoreError| ApiError::internal(e.to_string());
+    let internal = ApiError::from;
     let rec = store
         .get_conversation(&id)
         .await

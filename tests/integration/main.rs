@@ -9,4 +9,5 @@ mod examples;
 mod http;
 mod openapi;
 mod security;
+mod storage;
 mod ws;

@@ -66,10 +66,7 @@ pub(in crate::gateway) async fn list_conversations(
             q.cursor.as_deref(),
         )
         .await
-        .map_err(|e| match e {
-            crate::store::StoreError::InvalidCursor => ApiError::bad_request(e.to_string()),
-            other => ApiError::internal(other.to_string()),
-        })?;
+        .map_err(ApiError::from)?;
     let mut items = Vec::with_capacity(page.items.len());
     for r in &page.items {
         items.push(conversation_view(&svc, r).await);
@@ -230,7 +227,7 @@ pub(in crate::gateway) async fn messages(
         .store
         .messages(&id, q.before, n)
         .await
-        .map_err(|e| ApiError::internal(e.to_string()))?;
+        .map_err(ApiError::from)?;
     let next = if list.len() == n {
         list.last().map(|m| m.no)
     } else {
@@ -313,7 +310,7 @@ pub(in crate::gateway) async fn events(
         .store
         .events_since(&id, q.since.unwrap_or(0), n)
         .await
-        .map_err(|e| ApiError::internal(e.to_string()))?;
+        .map_err(ApiError::from)?;
     let mut items = Vec::with_capacity(list.len());
     for (seq, json) in &list {
         let event: Value = serde_json::from_slice(json)

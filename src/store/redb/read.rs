@@ -12,9 +12,10 @@ use std::ops::Bound;
 use bytes::Bytes;
 use std::sync::Arc;
 
-use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable};
+use redb::{ReadTransaction, ReadableDatabase, ReadableTable};
 
 use super::encode::decode_chunk;
+use super::handle::DbHandle;
 use super::tables::{
     decode_conversation, inverted_time, Cursor, BY_OWNER, BY_OWNER_ASSISTANT, CHECKPOINTS,
     CONVERSATIONS, EVENTS, MESSAGES,
@@ -24,12 +25,13 @@ use crate::store::{ConversationPage, ConversationRecord, MessageRecord, RunStatu
 /// The synchronous readers over one database (cheap to clone into a blocking task).
 #[derive(Clone)]
 pub(super) struct Reader {
-    pub db: Arc<Database>,
+    pub db: Arc<DbHandle>,
 }
 
 impl Reader {
     fn read_txn(&self) -> Result<ReadTransaction, StoreError> {
-        Ok(self.db.begin_read()?)
+        // The `Arc<Database>` is released when this returns; the transaction keeps what it needs.
+        Ok(self.db.get()?.begin_read()?)
     }
 
     /// The conversation record, if it exists.
