@@ -74,6 +74,29 @@ impl Registry {
         result
     }
 
+    /// Like [`Registry::get`] for a caller that names its user: when the conversation cannot be
+    /// started because its assistant was uninstalled, its owner is told so (`unknown_assistant`);
+    /// anyone else gets `conversation_not_found`, as for an id that does not exist (ownership
+    /// is decided before the assistant, so nothing about another user's conversation leaks).
+    pub async fn get_as(
+        &self,
+        svc: &Arc<Services>,
+        id: &str,
+        owner: &str,
+    ) -> Result<Addr<Conversation>, ApiError> {
+        match self.get(svc, id).await {
+            Err(e) if e.code == ErrorCode::ConversationNotFound => {
+                if let Ok(Some(rec)) = svc.store.get_conversation(id).await {
+                    if rec.owner == owner && svc.catalog.get(&rec.assistant).is_none() {
+                        return Err(assistant_gone(&rec.assistant));
+                    }
+                }
+                Err(e)
+            }
+            other => other,
+        }
+    }
+
     /// A new conversation's actor (stored with its first message).
     pub fn create(
         &self,
@@ -136,15 +159,12 @@ async fn load_and_start(svc: Arc<Services>, id: String) -> Result<Addr<Conversat
         .await
         .map_err(internal)?
         .ok_or_else(|| ApiError::conversation_not_found(&id))?;
-    let assistant = svc.catalog.get(&rec.assistant).ok_or_else(|| {
-        ApiError::new(
-            ErrorCode::UnknownAssistant,
-            format!(
-                "assistant '{}' of this conversation is no longer installed",
-                rec.assistant
-            ),
-        )
-    })?;
+    // Whose conversation this is, is not known here: a missing assistant answers as a missing
+    // conversation, so that another user learns nothing (`get_as` tells the owner the truth).
+    let assistant = svc
+        .catalog
+        .get(&rec.assistant)
+        .ok_or_else(|| ApiError::conversation_not_found(&id))?;
     let cp: Checkpoint = match store.checkpoint(&id).await.map_err(internal)? {
         Some(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
             ApiError::internal(format!(
@@ -160,6 +180,13 @@ async fn load_and_start(svc: Arc<Services>, id: String) -> Result<Addr<Conversat
         .map_err(internal)?;
     let actor = Conversation::restore(svc.actors.clone(), assistant, rec, cp, last_seq, recent);
     Ok(actor.start())
+}
+
+fn assistant_gone(assistant: &str) -> ApiError {
+    ApiError::new(
+        ErrorCode::UnknownAssistant,
+        format!("assistant '{assistant}' of this conversation is no longer installed"),
+    )
 }
 
 /// At start-up: end every run that was active when the process stopped (see

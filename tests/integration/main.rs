@@ -5,6 +5,7 @@ mod browser;
 mod browser_a11y;
 mod browser_demo;
 mod common;
+mod conformance;
 mod examples;
 mod http;
 mod openapi;

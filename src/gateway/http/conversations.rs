@@ -141,7 +141,7 @@ pub(in crate::gateway) async fn rename_conversation(
         .with_details(json!([{"field": "title", "message": "must have 1 to 200 characters"}])));
     }
     owned_record(&svc, &user.0, &id).await?;
-    let addr = svc.registry.get(&svc, &id).await?;
+    let addr = svc.registry.get_as(&svc, &id, &user.0).await?;
     addr.send(msg::Rename {
         owner: user.0.clone(),
         title,
@@ -172,7 +172,7 @@ pub(in crate::gateway) async fn delete_conversation(
     user: User,
 ) -> ApiResult {
     owned_record(&svc, &user.0, &id).await?;
-    let addr = svc.registry.get(&svc, &id).await?;
+    let addr = svc.registry.get_as(&svc, &id, &user.0).await?;
     addr.send(msg::Delete { owner: user.0 })
         .await
         .map_err(|_| ApiError::internal("the conversation stopped; try again"))??;

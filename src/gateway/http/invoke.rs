@@ -220,7 +220,7 @@ async fn conversation(
                     rec.assistant, a.id
                 )));
             }
-            svc.registry.get(svc, cid).await
+            svc.registry.get_as(svc, cid, &user.0).await
         }
         None => Ok(svc.registry.create(svc, &user.0, &a.id)?.1),
     }
