@@ -120,6 +120,26 @@ pub struct StorageConfig {
     /// redb's page cache in MiB (memory the store may hold; redb's own default is 1 GiB).
     #[serde(default = "d_cache_mb")]
     pub cache_mb: u64,
+    /// Days a finished conversation is kept after its last activity (fractions allowed);
+    /// `0` keeps forever. An assistant's `retentionDays` overrides it.
+    #[serde(default)]
+    pub retention_days: f64,
+    /// Whether the sweeper also deletes expired conversations paused at an interrupt.
+    #[serde(default)]
+    pub retention_sweeps_paused: bool,
+    /// Seconds between sweeps.
+    #[serde(default = "d_sweep_interval")]
+    pub sweep_interval_seconds: u64,
+    /// Conversations deleted per commit by the sweeper (small batches keep commits short).
+    #[serde(default = "d_sweep_batch")]
+    pub sweep_batch: usize,
+}
+
+fn d_sweep_interval() -> u64 {
+    60
+}
+fn d_sweep_batch() -> usize {
+    64
 }
 
 fn d_cache_mb() -> u64 {

@@ -121,6 +121,7 @@ pub fn start(services: Arc<Services>) -> anyhow::Result<Running> {
     .shutdown_timeout(10)
     .listen(listener)?
     .run();
+    actix_web::rt::spawn(crate::retention::run(services.clone()));
     Ok(Running {
         addr,
         services,

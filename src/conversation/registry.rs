@@ -128,6 +128,11 @@ impl Registry {
         }
     }
 
+    /// Whether an actor holds the conversation (live or starting): only it may change it.
+    pub fn holds(&self, id: &str) -> bool {
+        self.live.lock().contains_key(id)
+    }
+
     /// Live actors (starts in flight are not counted).
     pub fn live_count(&self) -> usize {
         self.live

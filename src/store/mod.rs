@@ -116,6 +116,30 @@ pub trait Store: Send + Sync + 'static {
 
     // ---- reads ----
 
+    /// Up to `limit` conversations whose last activity (`updated_at`) is before `updated_before`
+    /// (Unix ms), in id order, starting after the id `after` (for paging). The retention
+    /// sweeper decides which of them to delete. A backend without it returns none (nothing is
+    /// swept).
+    fn idle_conversations<'a>(
+        &'a self,
+        updated_before: i64,
+        after: Option<&'a str>,
+        limit: usize,
+    ) -> StoreFuture<'a, Vec<ConversationRecord>> {
+        let _ = (updated_before, after, limit);
+        Box::pin(async { Ok(Vec::new()) })
+    }
+
+    /// Bytes the store takes on disk (0 when unknown).
+    fn size_bytes(&self) -> u64 {
+        0
+    }
+
+    /// Stored conversations (counted by a scan: call it rarely, as the sweeper does).
+    fn conversation_count(&self) -> StoreFuture<'_, u64> {
+        Box::pin(async { Ok(0) })
+    }
+
     /// The conversation record, if it exists.
     fn get_conversation<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<ConversationRecord>>;
 

@@ -117,6 +117,8 @@ pub struct StoreStats {
     pub reopens: u64,
     /// False while the store cannot write (the last attempt failed); `/readyz` is 503 then.
     pub writable: bool,
+    /// Bytes the store takes on disk (0 when unknown).
+    pub size_bytes: u64,
 }
 
 impl Default for StoreStats {
@@ -132,6 +134,7 @@ impl Default for StoreStats {
             queued_batches: 0,
             reopens: 0,
             writable: true,
+            size_bytes: 0,
         }
     }
 }

@@ -33,6 +33,8 @@ pub struct Options {
     pub extra_config: String,
     /// The data directory (default: `db` in the server's temp dir).
     pub data_dir: Option<PathBuf>,
+    /// Lines added to the `[storage]` table.
+    pub storage_config: String,
 }
 
 impl Default for Options {
@@ -42,6 +44,7 @@ impl Default for Options {
             server_config: String::new(),
             extra_config: String::new(),
             data_dir: None,
+            storage_config: String::new(),
         }
     }
 }
@@ -55,9 +58,10 @@ impl Server {
         let data = tempfile::tempdir().expect("tempdir");
         let config = data.path().join("config.toml");
         let text = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n{}\n\n[storage]\ndata_dir = {:?}\n\n[assistants]\ndir = {:?}\n\n[llm.default]\nprovider = \"builtin\"\npace_ms = 0\n\n[llm.slow]\nprovider = \"builtin\"\npace_ms = 40\n\n[llm.broken]\nprovider = \"openai\"\nbase_url = \"http://127.0.0.1:9/v1\"\nmodel = \"none\"\nmax_retries = 0\ntimeout_seconds = 2\n{}\n",
+            "[server]\nlisten = \"127.0.0.1:0\"\n{}\n\n[storage]\ndata_dir = {:?}\n{}\n\n[assistants]\ndir = {:?}\n\n[llm.default]\nprovider = \"builtin\"\npace_ms = 0\n\n[llm.slow]\nprovider = \"builtin\"\npace_ms = 40\n\n[llm.broken]\nprovider = \"openai\"\nbase_url = \"http://127.0.0.1:9/v1\"\nmodel = \"none\"\nmax_retries = 0\ntimeout_seconds = 2\n{}\n",
             o.server_config,
             o.data_dir.clone().unwrap_or_else(|| data.path().join("db")),
+            o.storage_config,
             o.assistants,
             o.extra_config
         );

@@ -222,3 +222,83 @@ async fn a_full_disk_answers_storage_unavailable_and_recovers_without_a_restart(
     drop(s);
     drop(fs);
 }
+
+/// Retention: conversations of an assistant with a short `retentionDays` are deleted by the
+/// sweeper once finished and idle that long; those with no retention are kept; `/metrics`
+/// shows the swept count, the stored conversations and the store's size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sweeper_deletes_expired_finished_conversations_only() {
+    let dir = tempfile::tempdir().unwrap();
+    for f in std::fs::read_dir(fixtures()).unwrap() {
+        let f = f.unwrap();
+        std::fs::copy(f.path(), dir.path().join(f.file_name())).unwrap();
+    }
+    // ~1.7 s for `chat`; `args` has none (and the server's is 0: keep forever).
+    let chat = dir.path().join("chat.json");
+    let mut def: Value = serde_json::from_str(&std::fs::read_to_string(&chat).unwrap()).unwrap();
+    def["retentionDays"] = json!(0.00002);
+    std::fs::write(&chat, def.to_string()).unwrap();
+    let s = Server::start_with(Options {
+        assistants: dir.path().to_path_buf(),
+        storage_config: "sweep_interval_seconds = 1\nsweep_batch = 2\n".into(),
+        ..Options::default()
+    });
+    let mut chats = Vec::new();
+    for i in 0..5 {
+        let (st, v, _) = call(
+            &s,
+            "POST",
+            "/api/assistants/chat/invoke",
+            Some(json!({"content": format!("hi {i}")})),
+        )
+        .await;
+        assert_eq!(st, 200, "{v}");
+        chats.push(v["conversationId"].as_str().unwrap().to_string());
+    }
+    let (st, v, _) = call(
+        &s,
+        "POST",
+        "/api/assistants/args/invoke",
+        Some(json!({"content": "taxi", "args": {"department": "r&d"}})),
+    )
+    .await;
+    assert_eq!(st, 200, "{v}");
+    let kept = v["conversationId"].as_str().unwrap().to_string();
+
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let (st, list, _) = call(&s, "GET", "/api/conversations?limit=100", None).await;
+        assert_eq!(st, 200, "{list}");
+        let ids: Vec<&str> = list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|c| c["id"].as_str())
+            .collect();
+        assert!(
+            ids.contains(&kept.as_str()),
+            "a conversation without retention was swept"
+        );
+        if ids.len() == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not swept after 40 s: {ids:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for c in &chats {
+        let (st, _, _) = call(&s, "GET", &format!("/api/conversations/{c}"), None).await;
+        assert_eq!(st, 404, "{c} still readable");
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = metrics_text(&s).await;
+        assert!(metric(&m, "parley_store_size_bytes") > 0.0);
+        if metric(&m, "parley_conversations_swept_total") == 5.0
+            && metric(&m, "parley_stored_conversations") == 1.0
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{m}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

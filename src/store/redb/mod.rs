@@ -96,6 +96,8 @@ pub struct RedbStore {
 
 struct Inner {
     db: Arc<DbHandle>,
+    /// The file, when there is one (for its size in `/metrics`).
+    path: Option<std::path::PathBuf>,
     queue: Arc<Queue>,
     metrics: Arc<Metrics>,
     writer: Mutex<Option<JoinHandle<()>>>,
@@ -125,6 +127,7 @@ impl RedbStore {
                 StoreError::io(format!("cannot create directory {}", parent.display()), e)
             })?;
         }
+        let file = path.to_owned();
         let path = path.to_owned();
         let opener: Opener = Box::new(move || {
             let mut builder = Builder::new();
@@ -135,7 +138,11 @@ impl RedbStore {
         });
         let db = opener()?;
         tracing::info!(cache_bytes, "store opened");
-        Self::from_database(db, Some(opener))
+        let mut store = Self::from_database(db, Some(opener))?;
+        if let Some(inner) = Arc::get_mut(&mut store.inner) {
+            inner.path = Some(file);
+        }
+        Ok(store)
     }
 
     /// Like [`RedbStore::open`] over any redb storage backend (tests use in-memory ones). It
@@ -164,6 +171,7 @@ impl RedbStore {
         Ok(RedbStore {
             inner: Arc::new(Inner {
                 db,
+                path: None,
                 queue,
                 metrics,
                 writer: Mutex::new(Some(handle)),
@@ -231,7 +239,30 @@ impl Store for RedbStore {
             queued_batches: self.inner.queue.len() as u64,
             reopens: m.reopens.load(Ordering::Relaxed),
             writable: !m.unavailable.load(Ordering::Relaxed),
+            size_bytes: self.size_bytes(),
         }
+    }
+
+    fn idle_conversations<'a>(
+        &'a self,
+        updated_before: i64,
+        after: Option<&'a str>,
+        limit: usize,
+    ) -> StoreFuture<'a, Vec<ConversationRecord>> {
+        let after = after.map(str::to_owned);
+        self.read(move |r| r.idle_conversations(updated_before, after.as_deref(), limit))
+    }
+
+    fn size_bytes(&self) -> u64 {
+        self.inner
+            .path
+            .as_ref()
+            .and_then(|p| std::fs::metadata(p).ok())
+            .map_or(0, |m| m.len())
+    }
+
+    fn conversation_count(&self) -> StoreFuture<'_, u64> {
+        self.read(|r| r.conversation_count())
     }
 
     fn get_conversation<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<ConversationRecord>> {
