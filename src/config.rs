@@ -299,6 +299,28 @@ pub struct AuthConfig {
     /// Empty: same-origin pages only.
     #[serde(default)]
     pub allowed_origins: Vec<String>,
+    /// Who may read `GET /metrics`: `open` (anyone) or `token` (an authenticated caller).
+    /// Default: `token` when `mode` authenticates callers, else `open`.
+    #[serde(default)]
+    pub metrics: Option<MetricsAccess>,
+}
+
+/// `[auth] metrics`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MetricsAccess {
+    Open,
+    Token,
+}
+
+impl AuthConfig {
+    /// Who may read `/metrics`, with the default applied.
+    pub fn metrics_access(&self) -> MetricsAccess {
+        self.metrics.unwrap_or(match self.mode {
+            AuthMode::None => MetricsAccess::Open,
+            _ => MetricsAccess::Token,
+        })
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

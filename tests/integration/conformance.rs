@@ -100,3 +100,143 @@ async fn an_uninstalled_assistant_does_not_reveal_another_users_conversation() {
         "{v}"
     );
 }
+
+/// Defect 8: in token mode `/metrics` needs a token unless `[auth] metrics = "open"`.
+#[tokio::test]
+async fn metrics_follow_the_auth_mode_unless_opened() {
+    let s = Server::start_with(Options {
+        extra_config: token_config(),
+        ..Options::default()
+    });
+    let r = http().get(s.http("/metrics")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "unauthorized");
+    let r = http()
+        .get(s.http("/metrics"))
+        .bearer_auth("pk_wrong")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let r = http()
+        .get(s.http("/metrics"))
+        .bearer_auth(ALICE)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.unwrap().contains("parley_store_writable 1"));
+    // Probes stay open.
+    for path in ["/healthz", "/readyz"] {
+        let r = http().get(s.http(path)).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+    }
+
+    let open = Server::start_with(Options {
+        extra_config: token_config().replacen(
+            "[[auth.tokens]]",
+            "metrics = \"open\"\n[[auth.tokens]]",
+            1,
+        ),
+        ..Options::default()
+    });
+    let r = http().get(open.http("/metrics")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+async fn send(method: &str, s: &Server, path: &str, body: Option<Value>) -> (u16, Value) {
+    let mut r = http().request(method.parse().unwrap(), s.http(path));
+    if let Some(b) = body {
+        r = r.json(&b);
+    }
+    let resp = r.send().await.unwrap();
+    let st = resp.status().as_u16();
+    (st, resp.json().await.unwrap_or(Value::Null))
+}
+
+/// Defect 7: where schemathesis found the spec and the server disagreeing.
+#[tokio::test]
+async fn the_spec_and_the_server_agree_on_edge_values() {
+    let s = Server::start();
+    let doc = get_json(&s, "/openapi.json").await;
+    let (st, v) = send(
+        "POST",
+        &s,
+        "/api/assistants/chat/invoke",
+        Some(json!({"content": "hi"})),
+    )
+    .await;
+    assert_eq!(st, 200, "{v}");
+    let conv = v["conversationId"].as_str().unwrap().to_string();
+
+    // An empty cursor is the first page.
+    let (st, v) = send("GET", &s, "/api/conversations?cursor=", None).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["items"].as_array().map(Vec::len), Some(1));
+
+    // since above int64 is refused, and the spec says where int64 ends.
+    let (st, v) = send(
+        "GET",
+        &s,
+        &format!("/api/conversations/{conv}/events?since=9223372036854775808"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (st, v["error"]["code"].as_str()),
+        (400, Some("bad_request")),
+        "{v}"
+    );
+    let (st, _) = send(
+        "GET",
+        &s,
+        &format!("/api/conversations/{conv}/events?since=9223372036854775807"),
+        None,
+    )
+    .await;
+    assert_eq!(st, 200);
+    let params = doc["paths"]["/api/conversations/{id}/events"]["get"]["parameters"]
+        .as_array()
+        .unwrap();
+    let since = params.iter().find(|p| p["name"] == "since").unwrap();
+    assert_eq!(since["schema"]["maximum"], json!(i64::MAX), "{since}");
+
+    // An empty title is refused, and the spec says titles have at least one character.
+    let (st, v) = send(
+        "PATCH",
+        &s,
+        &format!("/api/conversations/{conv}"),
+        Some(json!({"title": ""})),
+    )
+    .await;
+    assert_eq!(
+        (st, v["error"]["code"].as_str()),
+        (422, Some("invalid_args")),
+        "{v}"
+    );
+    let title = &doc["components"]["schemas"]["RenameBody"]["properties"]["title"];
+    assert_eq!(title["minLength"], 1, "{title}");
+    assert_eq!(title["maxLength"], 200, "{title}");
+
+    // A tiny timeout is refused before anything is created; the spec gives the minimum.
+    for t in [json!(5e-324), json!(0.001), json!(0)] {
+        let (st, v) = send(
+            "POST",
+            &s,
+            "/api/assistants/chat/invoke",
+            Some(json!({"content": "hi", "timeoutSeconds": t})),
+        )
+        .await;
+        assert_eq!(
+            (st, v["error"]["code"].as_str()),
+            (422, Some("invalid_args")),
+            "{t}: {v}"
+        );
+        assert!(v.to_string().len() < 400, "{v}");
+    }
+    let (_, list) = send("GET", &s, "/api/conversations", None).await;
+    assert_eq!(list["items"].as_array().map(Vec::len), Some(1), "{list}");
+    let timeout = &doc["components"]["schemas"]["InvokeBody"]["properties"]["timeoutSeconds"];
+    assert_eq!(timeout["minimum"], json!(0.01), "{timeout}");
+}

@@ -63,7 +63,8 @@ pub(in crate::gateway) async fn list_conversations(
             &user.0,
             q.assistant.as_deref(),
             limit(q.limit, 20)?,
-            q.cursor.as_deref(),
+            // An empty `cursor=` is the first page (the spec allows it).
+            q.cursor.as_deref().filter(|c| !c.is_empty()),
         )
         .await
         .map_err(ApiError::from)?;
@@ -104,7 +105,8 @@ pub(in crate::gateway) async fn get_conversation(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RenameBody {
-    /// The new title, 1 to 200 characters once trimmed.
+    /// The new title, 1 to 200 characters once trimmed (so not only white space).
+    #[schema(min_length = 1, max_length = 200, pattern = r"\S")]
     pub title: String,
 }
 
@@ -245,6 +247,7 @@ pub(in crate::gateway) async fn messages(
 #[into_params(parameter_in = Query)]
 pub struct EventsQuery {
     /// Only events after this seq (default 0: from the start).
+    #[param(minimum = 0, maximum = 9223372036854775807_i64)]
     since: Option<u64>,
     /// At most this many events, default 1000.
     #[param(minimum = 1, maximum = 10000)]
@@ -308,7 +311,7 @@ pub(in crate::gateway) async fn events(
     };
     let list = svc
         .store
-        .events_since(&id, q.since.unwrap_or(0), n)
+        .events_since(&id, since_param(q.since)?, n)
         .await
         .map_err(ApiError::from)?;
     let mut items = Vec::with_capacity(list.len());
@@ -326,4 +329,14 @@ pub(in crate::gateway) async fn events(
         items,
         last_seq: list.last().map(|(s, _)| *s),
     }))
+}
+
+/// `since` as the spec gives it: an int64 of at least 0.
+fn since_param(since: Option<u64>) -> Result<u64, ApiError> {
+    match since {
+        Some(s) if s > i64::MAX as u64 => Err(ApiError::bad_request(
+            "since must be at most 9223372036854775807",
+        )),
+        s => Ok(s.unwrap_or(0)),
+    }
 }

@@ -99,13 +99,26 @@ pub(in crate::gateway) async fn readyz(svc: Svc) -> Result<HttpResponse, ApiErro
         description = "Metrics in the Prometheus text format 0.0.4",
         body = String,
         content_type = "text/plain; version=0.0.4"
+    ), (
+        status = 401,
+        description = "`[auth] metrics = \"token\"` (the default in token mode) and no valid token",
+        body = ErrorBody
     ))
 )]
-pub(in crate::gateway) async fn metrics(svc: Svc) -> HttpResponse {
+pub(in crate::gateway) async fn metrics(
+    svc: Svc,
+    req: actix_web::HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    if svc.config.auth.metrics_access() == crate::config::MetricsAccess::Token {
+        // The same check as every API route (`[auth] metrics = "open"` lifts it).
+        let mut payload = actix_web::dev::Payload::None;
+        <crate::gateway::auth::User as actix_web::FromRequest>::from_request(&req, &mut payload)
+            .await?;
+    }
     let text = svc.metrics.render(&svc.store.stats());
-    HttpResponse::Ok()
+    Ok(HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
-        .body(text)
+        .body(text))
 }
 
 /// `GET /api/info`.
