@@ -287,8 +287,19 @@ mod tests {
             ))])
             .await
             .unwrap();
+        // Without a caller, a missing assistant is a missing conversation (nothing leaks);
+        // its owner is told the truth, anyone else is not.
         let error = svc.registry.get(&svc, "gone").await.unwrap_err();
+        assert_eq!(error.code, ErrorCode::ConversationNotFound);
+        let owner = record("gone", "no_such_assistant").owner;
+        let error = svc.registry.get_as(&svc, "gone", &owner).await.unwrap_err();
         assert_eq!(error.code, ErrorCode::UnknownAssistant);
+        let error = svc
+            .registry
+            .get_as(&svc, "gone", "mallory")
+            .await
+            .unwrap_err();
+        assert_eq!(error.code, ErrorCode::ConversationNotFound);
         assert!(svc.registry.live.lock().is_empty(), "no entry left behind");
     }
 }
