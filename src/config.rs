@@ -134,6 +134,22 @@ pub struct StorageConfig {
     /// default one; lowercase letters, digits and `_`.
     #[serde(default)]
     pub schema: Option<String>,
+    /// redb's page cache in MiB (memory the store may hold; redb's own default is 1 GiB).
+    #[serde(default = "d_cache_mb")]
+    pub cache_mb: u64,
+    /// Days a finished conversation is kept after its last activity (fractions allowed);
+    /// `0` keeps forever. An assistant's `retentionDays` overrides it.
+    #[serde(default)]
+    pub retention_days: f64,
+    /// Whether the sweeper also deletes expired conversations paused at an interrupt.
+    #[serde(default)]
+    pub retention_sweeps_paused: bool,
+    /// Seconds between sweeps.
+    #[serde(default = "d_sweep_interval")]
+    pub sweep_interval_seconds: u64,
+    /// Conversations deleted per commit by the sweeper (small batches keep commits short).
+    #[serde(default = "d_sweep_batch")]
+    pub sweep_batch: usize,
 }
 
 fn d_pool_size() -> usize {
@@ -150,6 +166,18 @@ pub enum StorageBackend {
     #[default]
     Redb,
     Postgres,
+}
+
+
+fn d_sweep_interval() -> u64 {
+    60
+}
+fn d_sweep_batch() -> usize {
+    64
+}
+
+fn d_cache_mb() -> u64 {
+    64
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -305,6 +333,28 @@ pub struct AuthConfig {
     /// Empty: same-origin pages only.
     #[serde(default)]
     pub allowed_origins: Vec<String>,
+    /// Who may read `GET /metrics`: `open` (anyone) or `token` (an authenticated caller).
+    /// Default: `token` when `mode` authenticates callers, else `open`.
+    #[serde(default)]
+    pub metrics: Option<MetricsAccess>,
+}
+
+/// `[auth] metrics`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MetricsAccess {
+    Open,
+    Token,
+}
+
+impl AuthConfig {
+    /// Who may read `/metrics`, with the default applied.
+    pub fn metrics_access(&self) -> MetricsAccess {
+        self.metrics.unwrap_or(match self.mode {
+            AuthMode::None => MetricsAccess::Open,
+            _ => MetricsAccess::Token,
+        })
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

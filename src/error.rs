@@ -30,6 +30,9 @@ pub enum ErrorCode {
     RateLimited,
     RunTimeout,
     LlmError,
+    /// The server cannot store anything right now (disk full or failing); nothing was changed.
+    /// Reads still work. Retry after the `Retry-After` seconds.
+    StorageUnavailable,
     Internal,
     // ---- run outcomes (RUN_ERROR only) ----
     /// The run was stopped by a `cancel`.
@@ -61,6 +64,7 @@ impl ErrorCode {
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::RunTimeout => "run_timeout",
             ErrorCode::LlmError => "llm_error",
+            ErrorCode::StorageUnavailable => "storage_unavailable",
             ErrorCode::Internal => "internal",
             ErrorCode::Cancelled => "cancelled",
             ErrorCode::Interrupted => "interrupted",
@@ -87,7 +91,7 @@ impl ErrorCode {
             ErrorCode::LlmError | ErrorCode::ToolError => 502,
             ErrorCode::Cancelled => 409,
             ErrorCode::StepFailed | ErrorCode::StepLimit => 422,
-            ErrorCode::Interrupted => 503,
+            ErrorCode::Interrupted | ErrorCode::StorageUnavailable => 503,
             ErrorCode::Internal => 500,
         }
     }
@@ -144,10 +148,36 @@ impl ApiError {
     }
 }
 
+/// What a client is told when the store cannot write (the cause goes to the log, not the wire).
+pub const STORAGE_UNAVAILABLE_MESSAGE: &str =
+    "the server cannot store anything right now; nothing was changed; try again later";
+
+/// The seconds in `Retry-After` of a `storage_unavailable` answer.
+pub const STORAGE_RETRY_AFTER_SECS: u32 = 5;
+
+/// Store errors at the edge: a storage fault is `storage_unavailable` (503), a bad cursor is
+/// `bad_request`, anything else (a corrupt record) is `internal`.
+impl From<crate::store::StoreError> for ApiError {
+    fn from(e: crate::store::StoreError) -> Self {
+        if matches!(e, crate::store::StoreError::InvalidCursor) {
+            ApiError::bad_request(e.to_string())
+        } else if e.is_unavailable() {
+            tracing::warn!(error = %e, "storage unavailable");
+            ApiError::new(ErrorCode::StorageUnavailable, STORAGE_UNAVAILABLE_MESSAGE)
+        } else {
+            ApiError::internal(e.to_string())
+        }
+    }
+}
+
 /// The conversation layer's errors at the edge: the same code and message a client always got.
 impl From<crate::conversation::ConversationError> for ApiError {
     fn from(e: crate::conversation::ConversationError) -> Self {
         use crate::conversation::ConversationError as E;
+        if e.code() == ErrorCode::StorageUnavailable {
+            tracing::warn!(error = %e, "storage unavailable");
+            return ApiError::new(ErrorCode::StorageUnavailable, STORAGE_UNAVAILABLE_MESSAGE);
+        }
         match e {
             E::InvalidArgs(api) => *api,
             E::NotFound(id) => ApiError::conversation_not_found(&id),
@@ -220,8 +250,8 @@ mod tests {
             ),
             (
                 E::Broken,
-                ErrorCode::Internal,
-                "this conversation could not be stored; try again in a moment",
+                ErrorCode::StorageUnavailable,
+                STORAGE_UNAVAILABLE_MESSAGE,
             ),
             (E::Stopped, ErrorCode::Internal, "the conversation stopped"),
             (
@@ -231,18 +261,18 @@ mod tests {
             ),
             (
                 E::CommitFailed(std::sync::Arc::new(crate::store::StoreError::Closed)),
-                ErrorCode::Internal,
-                "storage failed: the store is shut down",
+                ErrorCode::StorageUnavailable,
+                STORAGE_UNAVAILABLE_MESSAGE,
             ),
             (
                 E::DeleteFailed(crate::store::StoreError::Closed),
-                ErrorCode::Internal,
-                "could not delete: the store is shut down",
+                ErrorCode::StorageUnavailable,
+                STORAGE_UNAVAILABLE_MESSAGE,
             ),
             (
                 E::Store(crate::store::StoreError::Closed),
-                ErrorCode::Internal,
-                "the store is shut down",
+                ErrorCode::StorageUnavailable,
+                STORAGE_UNAVAILABLE_MESSAGE,
             ),
             (
                 E::Refused {
@@ -268,5 +298,26 @@ mod tests {
         assert_eq!(ErrorCode::AssistantNotAutomated.http_status(), 409);
         assert_eq!(ErrorCode::RunTimeout.http_status(), 504);
         assert_eq!(ErrorCode::UnknownAssistant.http_status(), 404);
+        assert_eq!(ErrorCode::StorageUnavailable.http_status(), 503);
+    }
+
+    #[test]
+    fn storage_faults_are_storage_unavailable_without_the_raw_cause() {
+        use crate::store::StoreError;
+        let full = StoreError::Unavailable(std::sync::Arc::new(StoreError::db(
+            std::io::Error::other("No space left on device"),
+        )));
+        let api = ApiError::from(full);
+        assert_eq!(api.code, ErrorCode::StorageUnavailable);
+        assert!(!api.message.contains("No space"), "{}", api.message);
+        assert_eq!(
+            ApiError::from(StoreError::InvalidCursor).code,
+            ErrorCode::BadRequest
+        );
+        let corrupt = StoreError::Corrupt {
+            what: "x".into(),
+            source: None,
+        };
+        assert_eq!(ApiError::from(corrupt).code, ErrorCode::Internal);
     }
 }

@@ -10,6 +10,7 @@ pub mod error;
 pub mod gateway;
 pub mod llm;
 pub mod metrics;
+pub mod retention;
 pub mod schema;
 pub mod server;
 pub mod services;

@@ -76,6 +76,10 @@ pub struct Metrics {
     /// Each model provider's figures (`crate::llm::metrics`), by provider name.
     pub llm: Vec<(String, Arc<ProviderMetrics>)>,
     pub slow_consumers_closed: AtomicU64,
+    /// Conversations deleted by the retention sweeper (`crate::retention`).
+    pub conversations_swept: AtomicU64,
+    /// Stored conversations, as of the last sweep.
+    pub stored_conversations: AtomicU64,
 }
 
 impl Metrics {
@@ -151,6 +155,48 @@ impl Metrics {
             "parley_store_last_batch_ops",
             "Writes in the last commit.",
             store.last_group_ops,
+        );
+        counter(
+            &mut o,
+            "parley_conversations_swept_total",
+            "Conversations deleted by the retention sweeper.",
+            self.conversations_swept.load(Relaxed),
+        );
+        gauge(
+            &mut o,
+            "parley_stored_conversations",
+            "Stored conversations (refreshed by each retention sweep).",
+            self.stored_conversations.load(Relaxed),
+        );
+        gauge(
+            &mut o,
+            "parley_store_size_bytes",
+            "Bytes the store takes on disk.",
+            store.size_bytes,
+        );
+        counter(
+            &mut o,
+            "parley_store_failed_commits_total",
+            "Store write attempts that failed (disk full, I/O errors); retries count too.",
+            store.failed_commits,
+        );
+        counter(
+            &mut o,
+            "parley_store_reopens_total",
+            "Reopens of the database after a storage fault.",
+            store.reopens,
+        );
+        gauge(
+            &mut o,
+            "parley_store_writable",
+            "1 while the store can write, 0 while writes answer storage_unavailable.",
+            u64::from(store.writable),
+        );
+        gauge(
+            &mut o,
+            "parley_store_queued_batches",
+            "Write batches waiting for the store's writer.",
+            store.queued_batches,
         );
         o
     }

@@ -47,7 +47,7 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
         StorageBackend::Redb => {
             let path = storage.data_dir.join("parley.redb");
             Arc::new(
-                RedbStore::open(&path)
+                RedbStore::open_with_cache(&path, Some(cache_bytes(storage.cache_mb)))
                     .with_context(|| format!("opening the store at {}", path.display()))?,
             )
         }
@@ -75,6 +75,11 @@ pub fn postgres_options(config: &Config) -> anyhow::Result<PgOptions> {
     options.statement_timeout =
         std::time::Duration::from_millis(storage.statement_timeout_ms.max(1));
     Ok(options)
+}
+
+/// `[storage] cache_mb` in bytes (saturating; at least 1 MiB).
+fn cache_bytes(cache_mb: u64) -> usize {
+    usize::try_from(cache_mb.max(1).saturating_mul(1024 * 1024)).unwrap_or(usize::MAX)
 }
 
 /// Everything the server needs, ready to serve.
@@ -152,6 +157,7 @@ pub fn start(services: Arc<Services>) -> anyhow::Result<Running> {
     .shutdown_timeout(10)
     .listen(listener)?
     .run();
+    actix_web::rt::spawn(crate::retention::run(services.clone()));
     Ok(Running {
         addr,
         services,

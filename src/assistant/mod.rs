@@ -77,6 +77,9 @@ pub struct Assistant {
     pub welcome_message: Option<String>,
     pub prologues: Vec<String>,
     pub session_timeout: Duration,
+    /// `retentionDays`: how long a finished conversation is kept after its last activity
+    /// (`None`: the server's `[storage] retention_days`; zero: kept forever).
+    pub retention: Option<Duration>,
     pub input_args: Vec<ArgSpec>,
     pub output_args: Vec<ArgSpec>,
     pub on_busy: OnBusy,

@@ -29,6 +29,10 @@ pub struct Definition {
     /// Seconds an idle actor stays in memory. History never expires by it.
     #[serde(default)]
     pub session_timeout: Option<u64>,
+    /// Days a finished conversation is kept after its last activity (fractions allowed; the
+    /// sweeper deletes it then). Overrides `[storage] retention_days`; `0` keeps forever.
+    #[serde(default)]
+    pub retention_days: Option<f64>,
     #[serde(default)]
     pub input_args: Vec<ArgSpec>,
     #[serde(default)]

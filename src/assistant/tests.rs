@@ -1201,3 +1201,18 @@ mod loader_fuzz {
         }
     }
 }
+
+#[test]
+fn retention_days_are_read_and_checked() {
+    assert_eq!(ok(minimal()).retention, None);
+    let mut d = minimal();
+    d["retentionDays"] = json!(0.5);
+    assert_eq!(ok(d).retention, Some(Duration::from_secs(43_200)));
+    let mut d = minimal();
+    d["retentionDays"] = json!(0);
+    assert_eq!(ok(d).retention, Some(Duration::ZERO));
+    let mut d = minimal();
+    d["retentionDays"] = json!(-1);
+    let e = errs(d);
+    assert!(e.iter().any(|e| e.location == "retentionDays"), "{e:?}");
+}

@@ -7,7 +7,8 @@
 //! interrupt. While paused, the checkpoint holds the one pending interrupt; an answer is applied
 //! only if that interrupt is still pending here and no run is active, and accepting it starts
 //! the run at once (invariant 5). A commit failure makes the conversation *broken*: it cancels
-//! the run and refuses further messages until the actor leaves memory.
+//! the run, stores nothing more and refuses further messages; it leaves memory as soon as the
+//! run has stopped, so the next request loads what was stored (the store recovers by itself).
 //!
 //! # What lives where
 //!
@@ -281,6 +282,14 @@ impl Conversation {
     /// Start a commit of everything queued, now or after coalescing (see the journal), unless
     /// one is in flight (then it follows).
     fn kick(&mut self, ctx: &mut Context<Self>) {
+        if self.broken {
+            // Nothing after a failed commit may be stored (the store would have a gap); once
+            // the run has stopped, leave, so the next request loads what was stored.
+            if self.run.is_none() {
+                self.leave(ctx);
+            }
+            return;
+        }
         match self.journal.kick(self.conditions()) {
             Kick::Nothing => {}
             Kick::Commit => self.commit(ctx),
@@ -307,7 +316,10 @@ impl Conversation {
         let fut = async move { store.write(ops).await };
         ctx.spawn(fut.into_actor(self).map(|res, act, ctx| match res {
             Ok(()) => act.commit_landed(ctx),
-            Err(e) => act.commit_failed(e),
+            Err(e) => {
+                act.commit_failed(e);
+                act.kick(ctx);
+            }
         }));
     }
 

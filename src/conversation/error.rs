@@ -89,8 +89,10 @@ impl ConversationError {
             E::Paused => ErrorCode::AssistantNotAutomated,
             E::Cancelled => ErrorCode::Cancelled,
             E::NoRunPermit => ErrorCode::RateLimited,
-            E::Broken
-            | E::LostInterrupt
+            E::Broken => ErrorCode::StorageUnavailable,
+            E::CommitFailed(e) if e.is_unavailable() => ErrorCode::StorageUnavailable,
+            E::DeleteFailed(e) | E::Store(e) if e.is_unavailable() => ErrorCode::StorageUnavailable,
+            E::LostInterrupt
             | E::Stopped
             | E::StoppedBeforeStored
             | E::CommitFailed(_)

@@ -29,6 +29,7 @@ use super::actor::{Conversation, HISTORY_TAIL};
 use super::{ConversationError, Deps};
 use crate::assistant::Catalog;
 use crate::engine::Checkpoint;
+use crate::error::ErrorCode;
 use crate::store::{RunStatus, Store, StoreError};
 
 /// A start in flight: every caller for the id awaits a clone.
@@ -106,6 +107,28 @@ impl Registry {
         result.map_err(ConversationError::Shared)
     }
 
+    /// Like [`Registry::get`] for a caller that names its user: when the conversation cannot be
+    /// started because its assistant was uninstalled, its owner is told so (`unknown_assistant`);
+    /// anyone else gets `conversation_not_found`, as for an id that does not exist (ownership
+    /// is decided before the assistant, so nothing about another user's conversation leaks).
+    pub async fn get_as(
+        &self,
+        id: &str,
+        owner: &str,
+    ) -> Result<Addr<Conversation>, ConversationError> {
+        match self.get(id).await {
+            Err(e) if e.code() == ErrorCode::ConversationNotFound => {
+                if let Ok(Some(rec)) = self.deps.store.get_conversation(id).await {
+                    if rec.owner == owner && self.catalog.get(&rec.assistant).is_none() {
+                        return Err(ConversationError::AssistantGone(rec.assistant));
+                    }
+                }
+                Err(e)
+            }
+            other => other,
+        }
+    }
+
     /// A new conversation's actor (stored with its first message).
     pub fn create(
         &self,
@@ -143,6 +166,11 @@ impl Registry {
         Ok(addr)
     }
 
+    /// Whether an actor for `id` is live or starting (the retention sweeper leaves those alone).
+    pub fn holds(&self, id: &str) -> bool {
+        self.live.map.lock().contains_key(id)
+    }
+
     /// Live actors (starts in flight are not counted).
     pub fn live_count(&self) -> usize {
         self.live
@@ -178,9 +206,11 @@ async fn load_and_start(
         .get_conversation(&id)
         .await?
         .ok_or_else(|| ConversationError::NotFound(id.clone()))?;
+    // Whose conversation this is, is not known here: a missing assistant answers as a missing
+    // conversation, so that another user learns nothing (`get_as` tells the owner the truth).
     let assistant = catalog
         .get(&rec.assistant)
-        .ok_or_else(|| ConversationError::AssistantGone(rec.assistant.clone()))?;
+        .ok_or_else(|| ConversationError::NotFound(id.clone()))?;
     let cp: Checkpoint = match store.checkpoint(&id).await? {
         Some(bytes) => serde_json::from_slice(&bytes).map_err(|source| {
             ConversationError::CorruptCheckpoint {
@@ -221,7 +251,6 @@ pub async fn recover_interrupted(store: &dyn Store) -> Result<usize, StoreError>
 mod tests {
     use super::*;
     use crate::config::Config;
-    use crate::error::ErrorCode;
     use crate::services::Services;
     use crate::store::{ConversationRecord, WriteOp};
 
@@ -291,8 +320,15 @@ mod tests {
             ))])
             .await
             .unwrap();
+        // Without a caller, a missing assistant is a missing conversation (nothing leaks);
+        // its owner is told the truth, anyone else is not.
         let error = svc.registry.get("gone").await.unwrap_err();
+        assert_eq!(error.code(), ErrorCode::ConversationNotFound);
+        let owner = record("gone", "no_such_assistant").owner;
+        let error = svc.registry.get_as("gone", &owner).await.unwrap_err();
         assert_eq!(error.code(), ErrorCode::UnknownAssistant);
+        let error = svc.registry.get_as("gone", "mallory").await.unwrap_err();
+        assert_eq!(error.code(), ErrorCode::ConversationNotFound);
         assert!(
             svc.registry.live.map.lock().is_empty(),
             "no entry left behind"

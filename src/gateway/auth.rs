@@ -152,6 +152,7 @@ mod tests {
                 sha256: hash_token(&t),
             }],
             allowed_origins: vec![],
+            metrics: None,
         };
         assert_eq!(user_for_token(&cfg, &t), Some(User("alice".into())));
         assert_eq!(user_for_token(&cfg, "pk_wrong"), None);
@@ -188,6 +189,7 @@ mod tests {
                 sha256: hash_token(token),
             }],
             allowed_origins: vec![],
+            metrics: None,
         }
     }
 

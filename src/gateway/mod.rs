@@ -59,6 +59,12 @@ impl ResponseError for ApiError {
         if self.code == crate::error::ErrorCode::RateLimited {
             resp.insert_header(("Retry-After", "1"));
         }
+        if self.code == crate::error::ErrorCode::StorageUnavailable {
+            resp.insert_header((
+                "Retry-After",
+                crate::error::STORAGE_RETRY_AFTER_SECS.to_string(),
+            ));
+        }
         resp.json(ErrorBody {
             error: self.clone(),
         })
@@ -90,6 +96,7 @@ route_table! {
     get "/" => http::static_files::index;
     get "/static/{file}" => http::static_files::static_file;
     get "/healthz" => http::server::healthz;
+    get "/readyz" => http::server::readyz;
     get "/metrics" => http::server::metrics;
     get "/openapi.json" => openapi::openapi_json;
     get "/api/info" => http::server::info;

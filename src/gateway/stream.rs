@@ -75,7 +75,7 @@ impl EventStream {
         conversation: &str,
         since: u64,
     ) -> Result<EventStream, ApiError> {
-        let addr = svc.registry.get(conversation).await?;
+        let addr = svc.registry.get_as(conversation, owner).await?;
         let capacity = svc.config.server.socket_outbound_buffer.max(16);
         let (tx, rx) = outbound_queue(capacity);
         let slow = CancellationToken::new();

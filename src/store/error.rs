@@ -42,9 +42,10 @@ pub enum StoreError {
     /// The write queue is at its hard bound: the disk has stalled for a long while.
     #[error("the store's write queue is full ({waiting} batches waiting)")]
     QueueFull { waiting: usize },
-    /// An earlier commit failed, so nothing later can be known durable; reopen the store.
-    #[error("an earlier commit failed: {0}")]
-    Broken(#[source] Arc<StoreError>),
+    /// The store cannot write right now (the disk is full or failing); the batch was not
+    /// stored. The writer reopens the database and retries by itself; try again later.
+    #[error("the store cannot write right now: {0}")]
+    Unavailable(#[source] Arc<StoreError>),
     #[error("the store is shut down")]
     Closed,
     /// A read was lost before it answered (its task panicked or the runtime is shutting down).
@@ -89,6 +90,25 @@ impl StoreError {
     }
 }
 
+impl StoreError {
+    /// Whether the cause is the storage itself (disk full, I/O errors, a stalled or reopening
+    /// writer) rather than the data or the caller: clients see `storage_unavailable` (503) and
+    /// may retry; anything else is `internal` (or, for a bad cursor, `bad_request`).
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            StoreError::Db { .. }
+            | StoreError::Io { .. }
+            | StoreError::QueueFull { .. }
+            | StoreError::Unavailable(_)
+            | StoreError::Closed => true,
+            StoreError::Encode { .. }
+            | StoreError::Corrupt { .. }
+            | StoreError::ReadLost(_)
+            | StoreError::InvalidCursor => false,
+        }
+    }
+}
+
 impl From<tokio::task::JoinError> for StoreError {
     fn from(e: tokio::task::JoinError) -> Self {
         StoreError::ReadLost(Arc::new(e))
@@ -109,10 +129,10 @@ mod tests {
             e.source().map(|s| s.to_string()).as_deref(),
             Some("disk on fire")
         );
-        let e = StoreError::Broken(Arc::new(StoreError::db(std::io::Error::other("eio"))));
+        let e = StoreError::Unavailable(Arc::new(StoreError::db(std::io::Error::other("eio"))));
         assert_eq!(
             e.to_string(),
-            "an earlier commit failed: storage error: eio"
+            "the store cannot write right now: storage error: eio"
         );
         assert!(e.clone().source().is_some());
     }

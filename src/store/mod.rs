@@ -12,9 +12,11 @@
 //!   "not known to be durable". A batch is atomic: all of its ops are committed, or none.
 //! - **FIFO.** Batches are committed in the order they entered the backend's queue, so a
 //!   successful ack implies that every batch queued before it has been resolved too: committed,
-//!   or answered with an error. After a commit whose outcome is unknown the backend refuses every
-//!   later batch ([`StoreError::Broken`]), so "my ack succeeded" really means "everything queued
-//!   before me is durable".
+//!   or answered with an error. A batch the backend cannot store (disk full, I/O errors) is
+//!   answered with [`StoreError::Unavailable`] (clients see `storage_unavailable`); the backend
+//!   recovers by itself once the cause is gone (redb: reopen the database, retry the failed
+//!   group). A caller whose batch failed must not commit later batches that depend on it (the
+//!   conversation actor stops writing and leaves memory; its successor loads what was stored).
 //! - **Group commit is allowed, never required for correctness.** A backend may commit many
 //!   callers' batches together (redb does: one fsync for every conversation with pending
 //!   records, DESIGN invariant 2), as long as each batch stays whole and in order.
@@ -115,6 +117,30 @@ pub trait Store: Send + Sync + 'static {
     fn stats(&self) -> StoreStats;
 
     // ---- reads ----
+
+    /// Up to `limit` conversations whose last activity (`updated_at`) is before `updated_before`
+    /// (Unix ms), in id order, starting after the id `after` (for paging). The retention
+    /// sweeper decides which of them to delete. A backend without it returns none (nothing is
+    /// swept).
+    fn idle_conversations<'a>(
+        &'a self,
+        updated_before: i64,
+        after: Option<&'a str>,
+        limit: usize,
+    ) -> StoreFuture<'a, Vec<ConversationRecord>> {
+        let _ = (updated_before, after, limit);
+        Box::pin(async { Ok(Vec::new()) })
+    }
+
+    /// Bytes the store takes on disk (0 when unknown).
+    fn size_bytes(&self) -> u64 {
+        0
+    }
+
+    /// Stored conversations (counted by a scan: call it rarely, as the sweeper does).
+    fn conversation_count(&self) -> StoreFuture<'_, u64> {
+        Box::pin(async { Ok(0) })
+    }
 
     /// The conversation record, if it exists.
     fn get_conversation<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<ConversationRecord>>;

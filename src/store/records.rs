@@ -95,7 +95,7 @@ pub struct ConversationPage {
 }
 
 /// A snapshot of the writer's counters (for `/metrics`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StoreStats {
     /// Durable commits done (each is one fsync).
     pub commits: u64,
@@ -113,4 +113,28 @@ pub struct StoreStats {
     pub commit_time: Duration,
     /// Batches waiting in the queue right now.
     pub queued_batches: u64,
+    /// Reopens of the database after storage faults.
+    pub reopens: u64,
+    /// False while the store cannot write (the last attempt failed); `/readyz` is 503 then.
+    pub writable: bool,
+    /// Bytes the store takes on disk (0 when unknown).
+    pub size_bytes: u64,
+}
+
+impl Default for StoreStats {
+    fn default() -> Self {
+        StoreStats {
+            commits: 0,
+            failed_commits: 0,
+            ops_committed: 0,
+            batches_committed: 0,
+            last_group_ops: 0,
+            last_group_batches: 0,
+            commit_time: Duration::ZERO,
+            queued_batches: 0,
+            reopens: 0,
+            writable: true,
+            size_bytes: 0,
+        }
+    }
 }

@@ -31,6 +31,8 @@ pub struct Options {
     pub server_config: String,
     /// Tables appended to the config file.
     pub extra_config: String,
+    /// The data directory (default: `db` in the server's temp dir).
+    pub data_dir: Option<PathBuf>,
     /// Lines added to the `[storage]` table (e.g. `backend = "postgres"`).
     pub storage_config: String,
 }
@@ -41,6 +43,7 @@ impl Default for Options {
             assistants: fixtures(),
             server_config: String::new(),
             extra_config: String::new(),
+            data_dir: None,
             storage_config: String::new(),
         }
     }
@@ -57,7 +60,7 @@ impl Server {
         let text = format!(
             "[server]\nlisten = \"127.0.0.1:0\"\n{}\n\n[storage]\ndata_dir = {:?}\n{}\n\n[assistants]\ndir = {:?}\n\n[llm.default]\nprovider = \"builtin\"\npace_ms = 0\n\n[llm.slow]\nprovider = \"builtin\"\npace_ms = 40\n\n[llm.broken]\nprovider = \"openai\"\nbase_url = \"http://127.0.0.1:9/v1\"\nmodel = \"none\"\nmax_retries = 0\ntimeout_seconds = 2\n{}\n",
             o.server_config,
-            data.path().join("db"),
+            o.data_dir.clone().unwrap_or_else(|| data.path().join("db")),
             o.storage_config,
             o.assistants,
             o.extra_config

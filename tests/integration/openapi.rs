@@ -20,6 +20,7 @@ const CONTRACT_ROUTES: &[(&str, &str)] = &[
     ("get", "/api/conversations/{id}/messages"),
     ("get", "/api/conversations/{id}/events"),
     ("get", "/healthz"),
+    ("get", "/readyz"),
     ("get", "/metrics"),
     ("get", "/"),
     ("get", "/static/{file}"),
@@ -44,6 +45,7 @@ const CONTRACT_CODES: &[&str] = &[
     "rate_limited",
     "run_timeout",
     "llm_error",
+    "storage_unavailable",
     "internal",
 ];
 const RUN_CODES: &[&str] = &[

@@ -98,6 +98,14 @@ pub fn compile(
     }
     let start = g.check(&mut c, &def, &loose_edges);
     let pause_points = pause_points(&g.nodes, &used_tools, &tools);
+    if let Some(days) = def.retention_days {
+        if !days.is_finite() || days < 0.0 {
+            c.err(
+                "retentionDays",
+                "must be a number of days, 0 or more (0 keeps forever)",
+            );
+        }
+    }
     let (Some(start), true) = (start, c.errors.is_empty()) else {
         return Err(c.errors);
     };
@@ -111,6 +119,7 @@ pub fn compile(
         session_timeout: Duration::from_secs(
             def.session_timeout.unwrap_or(opts.default_session_timeout),
         ),
+        retention: def.retention_days.map(retention_from_days),
         input_args: def.input_args.clone(),
         output_args: def.output_args.clone(),
         on_busy: def.on_busy,
@@ -188,6 +197,15 @@ fn read_definition(c: &mut Checker<'_>, text: &str) -> Option<(Definition, Vec<(
     top_ok.then_some((def, loose_edges))
 }
 
+/// `retentionDays` as a duration (zero for 0: keep forever; the caller checked the sign).
+fn retention_from_days(days: f64) -> Duration {
+    if days > 0.0 {
+        Duration::try_from_secs_f64(days * 86_400.0).unwrap_or(Duration::MAX)
+    } else {
+        Duration::ZERO
+    }
+}
+
 /// A definition with nothing in it, standing in for one whose top-level fields cannot be read
 /// (so that tools, args and edges are still checked).
 fn empty_definition() -> Definition {
@@ -199,6 +217,7 @@ fn empty_definition() -> Definition {
         welcome_message: None,
         prologues: Vec::new(),
         session_timeout: None,
+        retention_days: None,
         input_args: Vec::new(),
         output_args: Vec::new(),
         on_busy: OnBusy::default(),

@@ -63,13 +63,11 @@ pub(in crate::gateway) async fn list_conversations(
             &user.0,
             q.assistant.as_deref(),
             limit(q.limit, 20)?,
-            q.cursor.as_deref(),
+            // An empty `cursor=` is the first page (the spec allows it).
+            q.cursor.as_deref().filter(|c| !c.is_empty()),
         )
         .await
-        .map_err(|e| match e {
-            crate::store::StoreError::InvalidCursor => ApiError::bad_request(e.to_string()),
-            other => ApiError::internal(other.to_string()),
-        })?;
+        .map_err(ApiError::from)?;
     let mut items = Vec::with_capacity(page.items.len());
     for r in &page.items {
         items.push(conversation_view(&svc, r).await);
@@ -107,7 +105,8 @@ pub(in crate::gateway) async fn get_conversation(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RenameBody {
-    /// The new title, 1 to 200 characters once trimmed.
+    /// The new title, 1 to 200 characters once trimmed (so not only white space).
+    #[schema(min_length = 1, max_length = 200, pattern = r"\S")]
     pub title: String,
 }
 
@@ -144,7 +143,7 @@ pub(in crate::gateway) async fn rename_conversation(
         .with_details(json!([{"field": "title", "message": "must have 1 to 200 characters"}])));
     }
     owned_record(&svc, &user.0, &id).await?;
-    let addr = svc.registry.get(&id).await?;
+    let addr = svc.registry.get_as(&id, &user.0).await?;
     addr.send(msg::Rename {
         owner: user.0.clone(),
         title,
@@ -175,7 +174,7 @@ pub(in crate::gateway) async fn delete_conversation(
     user: User,
 ) -> ApiResult {
     owned_record(&svc, &user.0, &id).await?;
-    let addr = svc.registry.get(&id).await?;
+    let addr = svc.registry.get_as(&id, &user.0).await?;
     addr.send(msg::Delete { owner: user.0 })
         .await
         .map_err(|_| ApiError::internal("the conversation stopped; try again"))??;
@@ -230,7 +229,7 @@ pub(in crate::gateway) async fn messages(
         .store
         .messages(&id, q.before, n)
         .await
-        .map_err(|e| ApiError::internal(e.to_string()))?;
+        .map_err(ApiError::from)?;
     let next = if list.len() == n {
         list.last().map(|m| m.no)
     } else {
@@ -248,6 +247,7 @@ pub(in crate::gateway) async fn messages(
 #[into_params(parameter_in = Query)]
 pub struct EventsQuery {
     /// Only events after this seq (default 0: from the start).
+    #[param(minimum = 0, maximum = 9223372036854775807_i64)]
     since: Option<u64>,
     /// At most this many events, default 1000.
     #[param(minimum = 1, maximum = 10000)]
@@ -311,9 +311,9 @@ pub(in crate::gateway) async fn events(
     };
     let list = svc
         .store
-        .events_since(&id, q.since.unwrap_or(0), n)
+        .events_since(&id, since_param(q.since)?, n)
         .await
-        .map_err(|e| ApiError::internal(e.to_string()))?;
+        .map_err(ApiError::from)?;
     let mut items = Vec::with_capacity(list.len());
     for (seq, json) in &list {
         let event: Value = serde_json::from_slice(json)
@@ -329,4 +329,14 @@ pub(in crate::gateway) async fn events(
         items,
         last_seq: list.last().map(|(s, _)| *s),
     }))
+}
+
+/// `since` as the spec gives it: an int64 of at least 0.
+fn since_param(since: Option<u64>) -> Result<u64, ApiError> {
+    match since {
+        Some(s) if s > i64::MAX as u64 => Err(ApiError::bad_request(
+            "since must be at most 9223372036854775807",
+        )),
+        s => Ok(s.unwrap_or(0)),
+    }
 }

@@ -47,9 +47,12 @@ pub struct InvokeBody {
     pub conversation_id: Option<String>,
     /// How long to wait for the run before it is cancelled (capped by the server's maximum).
     #[serde(default)]
-    #[schema(exclusive_minimum = 0)]
+    #[schema(minimum = 0.01)]
     pub timeout_seconds: Option<f64>,
 }
+
+/// The smallest `timeoutSeconds` (the spec's `minimum`).
+const MIN_TIMEOUT_SECONDS: f64 = 0.01;
 
 /// The answer of a synchronous call.
 #[derive(Debug, Serialize, ToSchema)]
@@ -194,11 +197,12 @@ fn check_body(svc: &Services, a: &Assistant, b: &InvokeBody) -> Result<f64, ApiE
     }
     a.check_args(b.args.as_ref())?;
     match b.timeout_seconds {
-        Some(t) if !(t > 0.0 && t.is_finite()) => Err(ApiError::new(
+        // Below 10 ms a run could only time out (and leave a cancelled conversation behind).
+        Some(t) if !(t >= MIN_TIMEOUT_SECONDS && t.is_finite()) => Err(ApiError::new(
             ErrorCode::InvalidArgs,
-            "timeoutSeconds must be a positive number",
+            "timeoutSeconds must be a number of seconds, at least 0.01",
         )
-        .with_details(json!([{"field": "timeoutSeconds", "message": "must be > 0"}]))),
+        .with_details(json!([{"field": "timeoutSeconds", "message": "must be >= 0.01"}]))),
         Some(t) => Ok(t.min(s.invoke_timeout_max_seconds as f64)),
         None => Ok(s.invoke_timeout_seconds as f64),
     }
@@ -220,7 +224,7 @@ async fn conversation(
                     rec.assistant, a.id
                 )));
             }
-            Ok(svc.registry.get(cid).await?)
+            Ok(svc.registry.get_as(cid, &user.0).await?)
         }
         None => Ok(svc.registry.create(&user.0, &a.id)?.1),
     }

@@ -1,5 +1,7 @@
-//! What describes the server rather than a resource: liveness (`GET /healthz`), Prometheus
-//! metrics (`GET /metrics`) and `GET /api/info` (version, built-in model, auth mode, message limit).
+//! What describes the server rather than a resource: liveness (`GET /healthz`, 200 while the
+//! process serves, `degraded` while the store cannot write), readiness for load balancers
+//! (`GET /readyz`, 503 while the store cannot write), Prometheus metrics (`GET /metrics`) and
+//! `GET /api/info` (version, built-in model, auth mode, message limit).
 //!
 //! Served to anyone (no user): they reveal nothing of a user's data, and probes and the demo
 //! page read them before they hold a token.
@@ -10,30 +12,81 @@ use utoipa::ToSchema;
 
 use super::Svc;
 use crate::config::AuthMode;
+use crate::error::{ApiError, ErrorCode};
+use crate::gateway::ErrorBody;
 
-/// `GET /healthz`.
+/// `GET /healthz` and `GET /readyz`.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Health {
+    /// `ok`, or `degraded` while a part (the store) does not work.
     pub status: HealthStatus,
+    /// Whether the store can write.
+    pub storage: StorageHealth,
 }
 
-#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum HealthStatus {
     Ok,
+    Degraded,
 }
 
-/// Liveness.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageHealth {
+    /// Writes work.
+    Ok,
+    /// Writes answer `storage_unavailable` (disk full or failing); reads are served. The store
+    /// retries by itself.
+    Unavailable,
+}
+
+fn health(svc: &Svc) -> Health {
+    if svc.store.stats().writable {
+        Health {
+            status: HealthStatus::Ok,
+            storage: StorageHealth::Ok,
+        }
+    } else {
+        Health {
+            status: HealthStatus::Degraded,
+            storage: StorageHealth::Unavailable,
+        }
+    }
+}
+
+/// Liveness: 200 while the process serves (also when degraded: a restart would not help).
 #[utoipa::path(
     get,
     path = "/healthz",
     tag = "server",
-    responses((status = 200, description = "The server is up", body = Health))
+    responses((status = 200, description = "The server is up (`status` says whether degraded)", body = Health))
 )]
-pub(in crate::gateway) async fn healthz() -> HttpResponse {
-    HttpResponse::Ok().json(Health {
-        status: HealthStatus::Ok,
-    })
+pub(in crate::gateway) async fn healthz(svc: Svc) -> HttpResponse {
+    HttpResponse::Ok().json(health(&svc))
+}
+
+/// Readiness, for load balancers: 503 `storage_unavailable` (with `Retry-After`) while the
+/// store cannot write.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "server",
+    responses(
+        (status = 200, description = "Ready: the store can write", body = Health),
+        (status = 503, description = "Not ready: the store cannot write (`storage_unavailable`)", body = ErrorBody)
+    )
+)]
+pub(in crate::gateway) async fn readyz(svc: Svc) -> Result<HttpResponse, ApiError> {
+    let h = health(&svc);
+    if h.storage == StorageHealth::Ok {
+        Ok(HttpResponse::Ok().json(h))
+    } else {
+        Err(ApiError::new(
+            ErrorCode::StorageUnavailable,
+            "the store cannot write; this server is not ready for traffic",
+        ))
+    }
 }
 
 /// Prometheus metrics.
@@ -46,13 +99,26 @@ pub(in crate::gateway) async fn healthz() -> HttpResponse {
         description = "Metrics in the Prometheus text format 0.0.4",
         body = String,
         content_type = "text/plain; version=0.0.4"
+    ), (
+        status = 401,
+        description = "`[auth] metrics = \"token\"` (the default in token mode) and no valid token",
+        body = ErrorBody
     ))
 )]
-pub(in crate::gateway) async fn metrics(svc: Svc) -> HttpResponse {
+pub(in crate::gateway) async fn metrics(
+    svc: Svc,
+    req: actix_web::HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    if svc.config.auth.metrics_access() == crate::config::MetricsAccess::Token {
+        // The same check as every API route (`[auth] metrics = "open"` lifts it).
+        let mut payload = actix_web::dev::Payload::None;
+        <crate::gateway::auth::User as actix_web::FromRequest>::from_request(&req, &mut payload)
+            .await?;
+    }
     let text = svc.metrics.render(&svc.store.stats());
-    HttpResponse::Ok()
+    Ok(HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
-        .body(text)
+        .body(text))
 }
 
 /// `GET /api/info`.

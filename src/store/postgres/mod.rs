@@ -316,6 +316,11 @@ impl Store for PgStore {
             last_group_batches: m.last_group_batches.load(Ordering::Relaxed),
             commit_time: Duration::from_micros(m.commit_micros.load(Ordering::Relaxed)),
             queued_batches: self.inner.queue.len() as u64,
+            // The writer reconnects rather than reopening anything.
+            reopens: 0,
+            writable: !m.unavailable.load(Ordering::Relaxed),
+            // Not measured for PostgreSQL (the database's own statistics tell).
+            size_bytes: 0,
         }
     }
 

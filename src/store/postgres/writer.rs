@@ -67,6 +67,9 @@ pub(super) struct Metrics {
     pub last_group_ops: AtomicU64,
     pub last_group_batches: AtomicU64,
     pub commit_micros: AtomicU64,
+    /// Set while the last group could not be committed (after its retries); cleared by a
+    /// success.
+    pub unavailable: std::sync::atomic::AtomicBool,
 }
 
 struct QueueState {
@@ -288,6 +291,7 @@ impl Writer {
         match result {
             Ok(()) => {
                 m.commits.fetch_add(1, Ordering::Relaxed);
+                m.unavailable.store(false, Ordering::Relaxed);
                 m.ops_committed
                     .fetch_add(ops.len() as u64, Ordering::Relaxed);
                 m.batches_committed
@@ -304,6 +308,7 @@ impl Writer {
             }
             Err(error) => {
                 m.failed_commits.fetch_add(1, Ordering::Relaxed);
+                m.unavailable.store(true, Ordering::Relaxed);
                 tracing::error!(error = %error, "postgres commit failed; its batches and those queued behind them get the error");
                 drop(ops);
                 for batch in group.into_iter().chain(queue.drain()) {

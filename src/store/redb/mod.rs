@@ -11,9 +11,13 @@
 //!   queued (up to [`MAX_GROUP_BATCHES`] batches or [`MAX_GROUP_OPS`] ops), applies them all in
 //!   ONE write transaction, commits once and only then answers every waiter of the group. One
 //!   fsync serves every conversation with pending records (DESIGN invariant 2).
-//! - **FIFO.** Groups are committed one after another in queue order. After a failed commit
-//!   the writer refuses every later batch with [`StoreError::Broken`] (redb refuses new write
-//!   transactions until the database is reopened).
+//! - **FIFO.** Groups are committed one after another in queue order.
+//! - **Recovery without a restart.** redb latches an I/O failure (every later transaction,
+//!   reads too, fails until the database is reopened). The writer reopens the file
+//!   (`handle.rs`), retries the failed group a few times, then answers it with
+//!   [`StoreError::Unavailable`] and keeps trying each later group once, plus a probe write
+//!   every second while idle; the first success makes the store writable again
+//!   ([`StoreStats::writable`]). Reads work again as soon as the reopen succeeds.
 //! - **Bounded.** `submit` refuses a batch while [`QUEUE_HARD_CAP`] batches are queued (only
 //!   reached when the disk stalls); `enqueue` waits while [`QUEUE_SOFT_CAP`] are.
 //!
@@ -51,6 +55,7 @@
 //! arguments are copied into the task; nothing is locked while it runs.
 
 mod encode;
+mod handle;
 mod read;
 mod tables;
 #[cfg(test)]
@@ -63,17 +68,20 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use ::redb::{Database, StorageBackend};
+use ::redb::{Builder, Database, StorageBackend};
 use bytes::Bytes;
 use parking_lot::Mutex;
 
 pub use encode::{CHUNK_MAX_BYTES, CHUNK_MAX_EVENTS};
-pub use writer::{MAX_GROUP_BATCHES, MAX_GROUP_OPS, QUEUE_HARD_CAP, QUEUE_SOFT_CAP};
+pub use writer::{
+    MAX_GROUP_BATCHES, MAX_GROUP_OPS, PROBE_EVERY, QUEUE_HARD_CAP, QUEUE_SOFT_CAP, RETRY_BACKOFF,
+};
 
 use super::{
     Ack, ConversationPage, ConversationRecord, MessageRecord, RunStatus, Store, StoreError,
     StoreFuture, StoreStats, WriteOp,
 };
+use handle::{DbHandle, Opener};
 use read::Reader;
 use writer::{Batch, Metrics, Queue};
 
@@ -87,7 +95,9 @@ pub struct RedbStore {
 }
 
 struct Inner {
-    db: Arc<Database>,
+    db: Arc<DbHandle>,
+    /// The file, when there is one (for its size in `/metrics`).
+    path: Option<std::path::PathBuf>,
     queue: Arc<Queue>,
     metrics: Arc<Metrics>,
     writer: Mutex<Option<JoinHandle<()>>>,
@@ -100,34 +110,68 @@ impl std::fmt::Debug for RedbStore {
 }
 
 impl RedbStore {
-    /// Creates or opens the redb file at `path` (creating its parent directories), creates the
-    /// tables (moving an older file's events into chunks) and starts the writer thread.
+    /// Creates or opens the redb file at `path` (creating its parent directories) with redb's
+    /// default cache, creates the tables (moving an older file's events into chunks) and starts
+    /// the writer thread.
     pub fn open(path: &Path) -> Result<RedbStore, StoreError> {
+        Self::open_with_cache(path, None)
+    }
+
+    /// Like [`RedbStore::open`], with a page cache of `cache_bytes` (`[storage] cache_mb`).
+    pub fn open_with_cache(
+        path: &Path,
+        cache_bytes: Option<usize>,
+    ) -> Result<RedbStore, StoreError> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(|e| {
                 StoreError::io(format!("cannot create directory {}", parent.display()), e)
             })?;
         }
-        let db = Database::builder().create(path)?;
-        tracing::info!(path = %path.display(), "store opened");
-        Self::from_database(db)
+        let file = path.to_owned();
+        let path = path.to_owned();
+        let opener: Opener = Box::new(move || {
+            let mut builder = Builder::new();
+            if let Some(bytes) = cache_bytes {
+                builder.set_cache_size(bytes);
+            }
+            builder.create(&path)
+        });
+        let db = opener()?;
+        tracing::info!(cache_bytes, "store opened");
+        let mut store = Self::from_database(db, Some(opener))?;
+        if let Some(inner) = Arc::get_mut(&mut store.inner) {
+            inner.path = Some(file);
+        }
+        Ok(store)
     }
 
-    /// Like [`RedbStore::open`] over any redb storage backend (tests use in-memory ones).
+    /// Like [`RedbStore::open`] over any redb storage backend (tests use in-memory ones). It
+    /// cannot be reopened: after a failed commit it stays unavailable.
     pub fn open_with_backend(backend: impl StorageBackend) -> Result<RedbStore, StoreError> {
         let db = Database::builder().create_with_backend(backend)?;
-        Self::from_database(db)
+        Self::from_database(db, None)
     }
 
-    fn from_database(db: Database) -> Result<RedbStore, StoreError> {
+    /// Like [`RedbStore::open_with_backend`], reopening with `backend()` after a storage fault
+    /// (each call must give a backend over the same storage).
+    pub fn open_with_backend_factory<B: StorageBackend>(
+        backend: impl Fn() -> B + Send + Sync + 'static,
+    ) -> Result<RedbStore, StoreError> {
+        let opener: Opener = Box::new(move || Database::builder().create_with_backend(backend()));
+        let db = opener()?;
+        Self::from_database(db, Some(opener))
+    }
+
+    fn from_database(db: Database, opener: Option<Opener>) -> Result<RedbStore, StoreError> {
         tables::create_all(&db)?;
-        let db = Arc::new(db);
+        let db = Arc::new(DbHandle::new(db, opener));
         let queue = Arc::new(Queue::new(QUEUE_SOFT_CAP, QUEUE_HARD_CAP));
         let metrics = Arc::new(Metrics::default());
         let handle = writer::spawn(db.clone(), queue.clone(), metrics.clone())?;
         Ok(RedbStore {
             inner: Arc::new(Inner {
                 db,
+                path: None,
                 queue,
                 metrics,
                 writer: Mutex::new(Some(handle)),
@@ -193,7 +237,32 @@ impl Store for RedbStore {
             last_group_batches: m.last_group_batches.load(Ordering::Relaxed),
             commit_time: Duration::from_micros(m.commit_micros.load(Ordering::Relaxed)),
             queued_batches: self.inner.queue.len() as u64,
+            reopens: m.reopens.load(Ordering::Relaxed),
+            writable: !m.unavailable.load(Ordering::Relaxed),
+            size_bytes: self.size_bytes(),
         }
+    }
+
+    fn idle_conversations<'a>(
+        &'a self,
+        updated_before: i64,
+        after: Option<&'a str>,
+        limit: usize,
+    ) -> StoreFuture<'a, Vec<ConversationRecord>> {
+        let after = after.map(str::to_owned);
+        self.read(move |r| r.idle_conversations(updated_before, after.as_deref(), limit))
+    }
+
+    fn size_bytes(&self) -> u64 {
+        self.inner
+            .path
+            .as_ref()
+            .and_then(|p| std::fs::metadata(p).ok())
+            .map_or(0, |m| m.len())
+    }
+
+    fn conversation_count(&self) -> StoreFuture<'_, u64> {
+        self.read(|r| r.conversation_count())
     }
 
     fn get_conversation<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<ConversationRecord>> {

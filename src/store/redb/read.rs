@@ -12,9 +12,10 @@ use std::ops::Bound;
 use bytes::Bytes;
 use std::sync::Arc;
 
-use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable};
+use redb::{ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 
 use super::encode::decode_chunk;
+use super::handle::DbHandle;
 use super::tables::{
     decode_conversation, inverted_time, Cursor, BY_OWNER, BY_OWNER_ASSISTANT, CHECKPOINTS,
     CONVERSATIONS, EVENTS, MESSAGES,
@@ -24,12 +25,13 @@ use crate::store::{ConversationPage, ConversationRecord, MessageRecord, RunStatu
 /// The synchronous readers over one database (cheap to clone into a blocking task).
 #[derive(Clone)]
 pub(super) struct Reader {
-    pub db: Arc<Database>,
+    pub db: Arc<DbHandle>,
 }
 
 impl Reader {
     fn read_txn(&self) -> Result<ReadTransaction, StoreError> {
-        Ok(self.db.begin_read()?)
+        // The `Arc<Database>` is released when this returns; the transaction keeps what it needs.
+        Ok(self.db.get()?.begin_read()?)
     }
 
     /// The conversation record, if it exists.
@@ -213,6 +215,45 @@ impl Reader {
             }
         }
         Ok(out)
+    }
+}
+
+impl Reader {
+    /// Conversations with `updated_at < updated_before`, id order, after `after`, at most `limit`.
+    pub(super) fn idle_conversations(
+        &self,
+        updated_before: i64,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<ConversationRecord>, StoreError> {
+        let txn = self.read_txn()?;
+        let table = txn.open_table(CONVERSATIONS)?;
+        let range = match after {
+            Some(after) => table.range::<&str>((Bound::Excluded(after), Bound::Unbounded))?,
+            None => table.range::<&str>(..)?,
+        };
+        let mut out = Vec::new();
+        for entry in range {
+            let (key, value) = entry?;
+            match decode_conversation(key.value(), value.value()) {
+                Ok(record) if record.updated_at < updated_before => {
+                    out.push(record);
+                    if out.len() >= limit {
+                        break;
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => tracing::error!(error = %e, "skipping an unreadable conversation"),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Stored conversations.
+    pub(super) fn conversation_count(&self) -> Result<u64, StoreError> {
+        let txn = self.read_txn()?;
+        let table = txn.open_table(CONVERSATIONS)?;
+        Ok(table.len()?)
     }
 }
 

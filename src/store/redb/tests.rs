@@ -99,7 +99,7 @@ async fn the_activity_index_keeps_one_key_per_conversation() {
 
 fn index_len(store: &RedbStore) -> usize {
     use ::redb::ReadableTableMetadata;
-    let txn = store.inner.db.begin_read().unwrap();
+    let txn = store.inner.db.get().unwrap().begin_read().unwrap();
     let table = txn.open_table(BY_OWNER).unwrap();
     table.len().unwrap() as usize
 }
@@ -141,7 +141,7 @@ async fn corrupt_records_become_errors_not_panics() {
         .unwrap();
     // Damage the store behind the writer's back (the writer is idle; redb serializes writers).
     {
-        let txn = store.inner.db.begin_write().unwrap();
+        let txn = store.inner.db.get().unwrap().begin_write().unwrap();
         {
             let mut records = txn.open_table(CONVERSATIONS).unwrap();
             records.insert("bad", b"{not json".as_slice()).unwrap();
@@ -304,7 +304,7 @@ async fn queue_bounds_wait_at_soft_cap_and_refuse_at_hard_cap() {
     assert!(matches!(refused, StoreError::QueueFull { .. }));
 
     // The writer taking a group makes room.
-    let group = queue.next_group().unwrap();
+    let group = queue.next_group(None).unwrap();
     assert_eq!(group.len(), 3);
     assert!(matches!(
         futures_util::poll!(waiting.as_mut()),
@@ -325,8 +325,8 @@ async fn queue_bounds_wait_at_soft_cap_and_refuse_at_hard_cap() {
         queue.push_now(batch()).err().unwrap().into_error(),
         StoreError::Closed
     ));
-    assert_eq!(queue.next_group().unwrap().len(), 2);
-    assert!(queue.next_group().is_none());
+    assert_eq!(queue.next_group(None).unwrap().len(), 2);
+    assert!(matches!(queue.next_group(None), writer::Next::Closed));
 }
 
 #[tokio::test]
@@ -341,12 +341,15 @@ async fn groups_respect_the_op_cap_but_take_a_large_batch_whole() {
     queue.push_now(big(MAX_GROUP_OPS as u64 - 1)).ok().unwrap();
     queue.push_now(big(1)).ok().unwrap();
     let sizes = |g: Vec<Batch>| g.iter().map(|b| b.ops.len()).collect::<Vec<_>>();
-    assert_eq!(sizes(queue.next_group().unwrap()), vec![MAX_GROUP_OPS + 10]);
     assert_eq!(
-        sizes(queue.next_group().unwrap()),
+        sizes(queue.next_group(None).unwrap()),
+        vec![MAX_GROUP_OPS + 10]
+    );
+    assert_eq!(
+        sizes(queue.next_group(None).unwrap()),
         vec![1, MAX_GROUP_OPS - 1]
     );
-    assert_eq!(sizes(queue.next_group().unwrap()), vec![1]);
+    assert_eq!(sizes(queue.next_group(None).unwrap()), vec![1]);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -434,6 +437,8 @@ struct Disk {
     /// While true, `sync_data` blocks (a slow disk), counting itself in `held`.
     hold: bool,
     held: usize,
+    /// A full disk: writes and `set_len` past this many bytes fail with `StorageFull`.
+    capacity: Option<usize>,
 }
 
 /// A simulated disk for redb: reads see every write at once, but only `sync_data` makes writes
@@ -478,6 +483,12 @@ impl CrashDisk {
         image
     }
 
+    /// No room beyond the current size (`None`: room again).
+    fn set_full(&self, full: bool) {
+        let mut d = self.lock();
+        d.capacity = full.then_some(d.live.len());
+    }
+
     fn hold_syncs(&self) {
         self.lock().hold = true;
     }
@@ -494,6 +505,10 @@ impl CrashDisk {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
     }
+}
+
+fn no_space() -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::StorageFull, "No space left on device")
 }
 
 fn io_error(message: &str) -> std::io::Error {
@@ -519,6 +534,9 @@ impl StorageBackend for CrashDisk {
     fn set_len(&self, len: u64) -> Result<(), std::io::Error> {
         let len = usize::try_from(len).map_err(|_| io_error("len"))?;
         let mut d = self.lock();
+        if d.capacity.is_some_and(|cap| len > cap) {
+            return Err(no_space());
+        }
         let change = Unsynced::SetLen(len);
         change.apply_to(&mut d.live);
         d.unsynced.push(change);
@@ -544,6 +562,9 @@ impl StorageBackend for CrashDisk {
     fn write(&self, offset: u64, data: &[u8]) -> Result<(), std::io::Error> {
         let offset = usize::try_from(offset).map_err(|_| io_error("offset"))?;
         let mut d = self.lock();
+        if d.capacity.is_some_and(|cap| offset + data.len() > cap) {
+            return Err(no_space());
+        }
         let change = Unsynced::Write {
             offset,
             data: data.to_vec(),
@@ -761,4 +782,145 @@ async fn bench_group_commit() {
         batches as f64 / commits as f64,
         (after.commit_time - before.commit_time).as_secs_f64() * 1000.0 / commits as f64,
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// storage faults: a full disk, then room again, without a restart
+
+/// A batch big enough to need new pages: a record and a 64 KiB checkpoint.
+fn big_batch(c: u64) -> Vec<WriteOp> {
+    let id = format!("full-{c}");
+    vec![
+        put(&conv(&id, "u", "a", c as i64)),
+        WriteOp::PutCheckpoint {
+            conversation: id,
+            data: Bytes::from(vec![b'x'; 64 * 1024]),
+        },
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_makes_the_store_unavailable_then_it_recovers_by_itself() {
+    let disk = CrashDisk::default();
+    let factory = disk.clone();
+    let store = RedbStore::open_with_backend_factory(move || factory.clone()).unwrap();
+    let mut acked = Vec::new();
+    for c in 0..5 {
+        store.write(big_batch(c)).await.unwrap();
+        acked.push(c);
+    }
+    assert!(store.stats().writable);
+
+    // The disk fills up: writes fail with Unavailable (after the quiet retries), never Ok.
+    disk.set_full(true);
+    let mut refused = Vec::new();
+    for c in 100..140 {
+        match store.write(big_batch(c)).await {
+            Ok(()) => acked.push(c),
+            Err(e) => {
+                assert!(matches!(e, StoreError::Unavailable(_)), "{e}");
+                assert!(e.is_unavailable());
+                refused.push(c);
+                if refused.len() == 3 {
+                    break;
+                }
+            }
+        }
+    }
+    assert_eq!(refused.len(), 3, "the full disk never refused a write");
+    let stats = store.stats();
+    assert!(!stats.writable, "{stats:?}");
+    assert!(stats.failed_commits >= 3, "{stats:?}");
+    assert!(stats.reopens >= 1, "{stats:?}");
+
+    // Reads are served meanwhile: everything acknowledged is there.
+    for c in &acked {
+        let id = format!("full-{c}");
+        assert!(store.get_conversation(&id).await.unwrap().is_some(), "{id}");
+    }
+
+    // Room again: the idle writer's probe notices without any write, and writes work.
+    disk.set_full(false);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !store.stats().writable {
+        assert!(
+            Instant::now() < deadline,
+            "the store did not recover by itself"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    store.write(big_batch(1000)).await.unwrap();
+    acked.push(1000);
+    for c in &acked {
+        let id = format!("full-{c}");
+        assert!(
+            store.get_conversation(&id).await.unwrap().is_some(),
+            "{id} lost"
+        );
+    }
+    // Nothing refused was stored as a half batch: a refused record has no checkpoint either.
+    for c in &refused {
+        let id = format!("full-{c}");
+        let record = store.get_conversation(&id).await.unwrap();
+        let checkpoint = store.checkpoint(&id).await.unwrap();
+        assert_eq!(record.is_some(), checkpoint.is_some(), "{id} half stored");
+    }
+    store.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_fault_is_retried_and_the_write_succeeds() {
+    let disk = CrashDisk::default();
+    let factory = disk.clone();
+    let store = RedbStore::open_with_backend_factory(move || factory.clone()).unwrap();
+    store.write(big_batch(0)).await.unwrap();
+    disk.set_full(true);
+    let freer = {
+        let disk = disk.clone();
+        std::thread::spawn(move || {
+            // Within the writer's retry window (50 + 200 + 500 ms).
+            std::thread::sleep(Duration::from_millis(120));
+            disk.set_full(false);
+        })
+    };
+    store.write(big_batch(1)).await.unwrap();
+    freer.join().unwrap();
+    let stats = store.stats();
+    assert!(stats.writable, "{stats:?}");
+    assert!(
+        stats.failed_commits >= 1,
+        "the fault was not hit: {stats:?}"
+    );
+    assert!(store.get_conversation("full-1").await.unwrap().is_some());
+    store.shutdown();
+}
+
+/// Retention's premise: pages freed by deletions are reused, so a file under steady
+/// write-then-delete traffic stops growing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn freed_pages_are_reused_so_the_file_stops_growing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("reuse.redb");
+    let store = RedbStore::open_with_cache(&path, Some(4 << 20)).unwrap();
+    let mut sizes = Vec::new();
+    for round in 0..6u64 {
+        let ids: Vec<u64> = (round * 50..round * 50 + 50).collect();
+        for c in &ids {
+            store.write(big_batch(*c)).await.unwrap();
+        }
+        let deletes = ids
+            .iter()
+            .map(|c| WriteOp::DeleteConversation {
+                conversation: format!("full-{c}"),
+            })
+            .collect();
+        store.write(deletes).await.unwrap();
+        sizes.push(store.size_bytes());
+    }
+    let (second, last) = (sizes[1], sizes[5]);
+    assert!(
+        last as f64 <= second as f64 * 1.05,
+        "the file kept growing: {sizes:?}"
+    );
+    store.shutdown();
 }

@@ -6,23 +6,31 @@
 //!   holding its whole batch returned (`Durability::Immediate`: fsync done), or with the error
 //!   that prevented it. A batch never spans two transactions.
 //! - **FIFO.** Batches leave the queue in the order they entered it and groups are committed
-//!   one after another, so a successful answer implies every earlier batch was resolved. After a
-//!   failed commit every later batch is refused: no later success can hide an earlier loss.
+//!   one after another, so a successful answer implies every earlier batch was resolved.
+//! - **Recovery.** A failed group is retried, after reopening the database ([`DbHandle`]), a
+//!   few times within [`RETRY_BACKOFF`]; ops are idempotent (puts by key, range deletes), so a
+//!   retry of a commit whose outcome was unknown stores the same state. If it still fails its
+//!   waiters get [`StoreError::Unavailable`] (never success: nothing acknowledged is lost) and
+//!   the store is *unavailable*: each later group is tried once (a success ends it) and, while
+//!   the queue is idle, a small probe write every [`PROBE_EVERY`] finds out when writing works
+//!   again, so `/readyz` recovers without traffic.
 //! - **Bounded.** The queue refuses `push_now` above its hard cap and makes `push_when_room`
 //!   wait above its soft cap; a group is at most [`MAX_GROUP_BATCHES`] batches or
 //!   [`MAX_GROUP_OPS`] ops (a single larger batch is still taken whole).
 
 use std::collections::VecDeque;
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
-use redb::{Database, Durability, ReadableTable, Table, WriteTransaction};
+use redb::{Durability, ReadableTable, Table, TableDefinition, WriteTransaction};
 use tokio::sync::Notify;
 
 use super::encode::Encoded;
+use super::handle::DbHandle;
 use super::tables::{
     inverted_time, IndexFields, BY_OWNER, BY_OWNER_ASSISTANT, CHECKPOINTS, CONVERSATIONS, EVENTS,
     MESSAGES,
@@ -37,6 +45,18 @@ pub const QUEUE_HARD_CAP: usize = 16 * 1024;
 pub const MAX_GROUP_BATCHES: usize = 1024;
 /// At most this many ops are committed together (a single larger batch is taken whole).
 pub const MAX_GROUP_OPS: usize = 4096;
+
+/// Waits between the retries of a failed group while the store was writable.
+pub const RETRY_BACKOFF: [Duration; 3] = [
+    Duration::from_millis(50),
+    Duration::from_millis(200),
+    Duration::from_millis(500),
+];
+/// While unavailable and idle, the writer probes this often.
+pub const PROBE_EVERY: Duration = Duration::from_secs(1);
+
+/// The probe's one key (a write that reaches the disk like any other commit).
+const PROBE: TableDefinition<&str, u64> = TableDefinition::new("probe");
 
 pub(super) type Reply = AckSender;
 
@@ -65,6 +85,10 @@ pub(super) struct Metrics {
     pub last_group_ops: AtomicU64,
     pub last_group_batches: AtomicU64,
     pub commit_micros: AtomicU64,
+    /// Reopens of the database after a failed commit.
+    pub reopens: AtomicU64,
+    /// Set while the store cannot write (the last attempt failed); cleared by a success.
+    pub unavailable: AtomicBool,
 }
 
 /// Why the queue did not take a batch.
@@ -162,14 +186,26 @@ impl Queue {
         self.room.notify_waiters();
     }
 
-    /// Blocks for the first batch, then takes every batch already queued up to the group caps.
-    /// `None` once the queue is closed and empty.
-    pub(super) fn next_group(&self) -> Option<Vec<Batch>> {
+    /// Blocks for the first batch (at most `idle` when given), then takes every batch already
+    /// queued up to the group caps.
+    pub(super) fn next_group(&self, idle: Option<Duration>) -> Next {
         let mut state = self.state.lock();
         while state.batches.is_empty() && !state.closed {
-            self.arrived.wait(&mut state);
+            match idle {
+                None => self.arrived.wait(&mut state),
+                Some(idle) => {
+                    if self.arrived.wait_for(&mut state, idle).timed_out() {
+                        if state.batches.is_empty() && !state.closed {
+                            return Next::Idle;
+                        }
+                        break;
+                    }
+                }
+            }
         }
-        let first = state.batches.pop_front()?;
+        let Some(first) = state.batches.pop_front() else {
+            return Next::Closed;
+        };
         let mut ops = first.ops.len();
         let mut group = vec![first];
         while group.len() < MAX_GROUP_BATCHES {
@@ -183,7 +219,7 @@ impl Queue {
         }
         drop(state);
         self.room.notify_waiters();
-        Some(group)
+        Next::Group(group)
     }
 
     /// Marks the queue closed and drops every queued batch: their waiters see `Closed`.
@@ -205,9 +241,30 @@ impl Queue {
     }
 }
 
+/// What [`Queue::next_group`] found.
+pub(super) enum Next {
+    Group(Vec<Batch>),
+    /// Nothing arrived within the idle wait.
+    Idle,
+    /// Closed and empty: the writer exits.
+    Closed,
+}
+
+#[cfg(test)]
+impl Next {
+    /// The group; panics on `Idle` or `Closed` (tests of the queue).
+    pub(super) fn unwrap(self) -> Vec<Batch> {
+        match self {
+            Next::Group(group) => group,
+            Next::Idle => panic!("no group: idle"),
+            Next::Closed => panic!("no group: closed"),
+        }
+    }
+}
+
 /// Starts the writer thread.
 pub(super) fn spawn(
-    db: Arc<Database>,
+    db: Arc<DbHandle>,
     queue: Arc<Queue>,
     metrics: Arc<Metrics>,
 ) -> Result<JoinHandle<()>, StoreError> {
@@ -220,11 +277,16 @@ pub(super) fn spawn(
             let mut writer = Writer {
                 db,
                 metrics,
-                broken: None,
+                needs_reopen: false,
             };
             tracing::debug!("store writer started");
-            while let Some(group) = queue.next_group() {
-                writer.commit_group(group);
+            loop {
+                let idle = writer.unavailable().then_some(PROBE_EVERY);
+                match queue.next_group(idle) {
+                    Next::Group(group) => writer.commit_group(group),
+                    Next::Idle => writer.probe(),
+                    Next::Closed => break,
+                }
             }
             tracing::debug!("store writer stopped");
         })
@@ -240,20 +302,18 @@ impl Drop for ExitGuard {
 }
 
 struct Writer {
-    db: Arc<Database>,
+    db: Arc<DbHandle>,
     metrics: Arc<Metrics>,
-    /// Set after a failed commit: redb refuses further write transactions until reopened, and
-    /// answering later batches (flushes especially) with success would hide the loss.
-    broken: Option<Arc<StoreError>>,
+    /// Set after a failed attempt: redb latches I/O failures until the database is reopened.
+    needs_reopen: bool,
 }
 
 impl Writer {
+    fn unavailable(&self) -> bool {
+        self.metrics.unavailable.load(Ordering::Relaxed)
+    }
+
     fn commit_group(&mut self, group: Vec<Batch>) {
-        if let Some(reason) = &self.broken {
-            let error = StoreError::Broken(reason.clone());
-            answer_all(group, &error);
-            return;
-        }
         let ops: usize = group.iter().map(|b| b.ops.len()).sum();
         if ops == 0 {
             // Only flush markers: everything before them is already resolved (FIFO).
@@ -262,75 +322,133 @@ impl Writer {
             }
             return;
         }
-        let started = Instant::now();
-        match self.apply_and_commit(&group) {
-            Ok(()) => {
-                let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
-                let m = &self.metrics;
-                m.commits.fetch_add(1, Ordering::Relaxed);
-                m.ops_committed.fetch_add(ops as u64, Ordering::Relaxed);
-                m.batches_committed
-                    .fetch_add(group.len() as u64, Ordering::Relaxed);
-                m.last_group_ops.store(ops as u64, Ordering::Relaxed);
-                m.last_group_batches
-                    .store(group.len() as u64, Ordering::Relaxed);
-                m.commit_micros.fetch_add(micros, Ordering::Relaxed);
-                if micros > 1_000_000 {
-                    tracing::warn!(ops, batches = group.len(), micros, "slow store commit");
-                } else {
-                    tracing::trace!(ops, batches = group.len(), micros, "store commit");
+        // Retry a transient fault quietly; once unavailable, one attempt per group (fail fast).
+        let retries = if self.unavailable() {
+            &[][..]
+        } else {
+            &RETRY_BACKOFF[..]
+        };
+        let mut retry = retries.iter();
+        loop {
+            let started = Instant::now();
+            match self.attempt(|txn| apply_group(txn, &group)) {
+                Ok(()) => {
+                    self.landed(&group, ops, started);
+                    for batch in group {
+                        batch.answer(Ok(()));
+                    }
+                    return;
                 }
-                for batch in group {
-                    batch.answer(Ok(()));
-                }
-            }
-            Err(failure) => {
-                self.metrics.failed_commits.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(
-                    error = %failure.error,
-                    ops,
-                    batches = group.len(),
-                    "store commit failed; its waiters get the error"
-                );
-                if failure.at_commit {
-                    self.broken = Some(Arc::new(failure.error.clone()));
-                }
-                answer_all(group, &failure.error);
+                Err(error) => match retry.next() {
+                    Some(wait) => {
+                        tracing::warn!(%error, ops, batches = group.len(), "store commit failed; retrying");
+                        std::thread::sleep(*wait);
+                    }
+                    None => {
+                        tracing::error!(
+                            %error,
+                            ops,
+                            batches = group.len(),
+                            "store cannot write; its waiters get storage_unavailable"
+                        );
+                        self.metrics.unavailable.store(true, Ordering::Relaxed);
+                        answer_all(group, &StoreError::Unavailable(Arc::new(error)));
+                        return;
+                    }
+                },
             }
         }
     }
 
-    fn apply_and_commit(&self, group: &[Batch]) -> Result<(), Failure> {
-        let mut txn = self.db.begin_write().map_err(Failure::before_commit)?;
-        txn.set_durability(Durability::Immediate)
-            .map_err(Failure::before_commit)?;
-        apply_group(&txn, group).map_err(Failure::before_commit)?;
-        // Dropping `txn` on an error above aborts it; nothing of the group is committed.
-        txn.commit().map_err(|e| Failure {
-            error: e.into(),
-            at_commit: true,
-        })
+    fn landed(&self, group: &[Batch], ops: usize, started: Instant) {
+        let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        let m = &self.metrics;
+        if m.unavailable.swap(false, Ordering::Relaxed) {
+            tracing::info!("store writes again");
+        }
+        m.commits.fetch_add(1, Ordering::Relaxed);
+        m.ops_committed.fetch_add(ops as u64, Ordering::Relaxed);
+        m.batches_committed
+            .fetch_add(group.len() as u64, Ordering::Relaxed);
+        m.last_group_ops.store(ops as u64, Ordering::Relaxed);
+        m.last_group_batches
+            .store(group.len() as u64, Ordering::Relaxed);
+        m.commit_micros.fetch_add(micros, Ordering::Relaxed);
+        if micros > 1_000_000 {
+            tracing::warn!(ops, batches = group.len(), micros, "slow store commit");
+        } else {
+            tracing::trace!(ops, batches = group.len(), micros, "store commit");
+        }
+    }
+
+    /// While unavailable and idle: can a small commit be made now?
+    fn probe(&mut self) {
+        let result = self.attempt(|txn| {
+            let mut probe = txn.open_table(PROBE)?;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            probe.insert("last", now)?;
+            Ok(())
+        });
+        match result {
+            Ok(()) => {
+                self.metrics.unavailable.store(false, Ordering::Relaxed);
+                tracing::info!("store writes again (probe)");
+            }
+            Err(error) => tracing::debug!(%error, "store probe failed; still unavailable"),
+        }
+    }
+
+    /// One write transaction (reopening the database first if an earlier attempt failed):
+    /// `apply`, then a durable commit. A failure counts and marks the database for reopening.
+    fn attempt(
+        &mut self,
+        apply: impl FnOnce(&WriteTransaction) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let result = self.try_attempt(apply);
+        if result.is_err() {
+            self.metrics.failed_commits.fetch_add(1, Ordering::Relaxed);
+            // Reopen at once, not at the next attempt: until then reads fail too (redb latches).
+            self.needs_reopen = self.db.can_reopen();
+            if self.needs_reopen {
+                self.reopen();
+            }
+        }
+        result
+    }
+
+    /// Reopens the database now; on failure the next attempt tries again.
+    fn reopen(&mut self) {
+        self.metrics.reopens.fetch_add(1, Ordering::Relaxed);
+        match self.db.reopen() {
+            Ok(()) => self.needs_reopen = false,
+            Err(error) => tracing::warn!(%error, "cannot reopen the store yet"),
+        }
+    }
+
+    fn try_attempt(
+        &mut self,
+        apply: impl FnOnce(&WriteTransaction) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        if self.needs_reopen {
+            self.metrics.reopens.fetch_add(1, Ordering::Relaxed);
+            self.db.reopen()?;
+            self.needs_reopen = false;
+        }
+        let db = self.db.get()?;
+        let mut txn = db.begin_write()?;
+        txn.set_durability(Durability::Immediate)?;
+        // Dropping `txn` on an error aborts it; nothing of the group is committed.
+        apply(&txn)?;
+        txn.commit()?;
+        Ok(())
     }
 }
 
 fn answer_all(group: Vec<Batch>, error: &StoreError) {
     for batch in group {
         batch.answer(Err(error.clone()));
-    }
-}
-
-struct Failure {
-    error: StoreError,
-    /// The commit itself failed (its outcome is unknown and redb refuses later writes).
-    at_commit: bool,
-}
-
-impl Failure {
-    fn before_commit(error: impl Into<StoreError>) -> Failure {
-        Failure {
-            error: error.into(),
-            at_commit: false,
-        }
     }
 }
 
