@@ -121,6 +121,8 @@ pub mod msg {
         pub subscriber: Option<Subscriber>,
         /// Told when the run ends (synchronous invocation).
         pub report: Option<oneshot::Sender<RunReport>>,
+        /// What to do while a run is active; `None`: the assistant's `onBusy`.
+        pub on_busy: Option<crate::assistant::model::OnBusy>,
     }
 
     /// An answer to a pending interrupt.
@@ -154,6 +156,15 @@ pub mod msg {
     #[rtype(result = "Result<bool, ConversationError>")]
     pub struct Cancel {
         pub owner: String,
+    }
+
+    /// Store a new conversation that has no message yet (optionally titled); answered once
+    /// the record is durable.
+    #[derive(Message)]
+    #[rtype(result = "Result<(), ConversationError>")]
+    pub struct Store {
+        pub owner: String,
+        pub title: Option<String>,
     }
 
     #[derive(Message)]

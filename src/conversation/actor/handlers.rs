@@ -74,20 +74,32 @@ impl Conversation {
         )
     }
 
-    /// A `send` while a run is active: queued (`onBusy: enqueue`, at most 16) or refused.
+    /// A `send` while a run is active: queued (`onBusy: enqueue`, at most 16), queued first
+    /// after cancelling the active run (`interrupt`: the run ends with `RUN_ERROR` code
+    /// `cancelled`, and this message starts the next one), or refused.
     fn send_while_busy(
         &mut self,
         content: String,
         args: serde_json::Map<String, Value>,
         subscriber: Option<Subscriber>,
+        on_busy: OnBusy,
         ctx: &mut Context<Self>,
     ) -> AckFuture {
-        if self.assistant.on_busy != OnBusy::Enqueue || self.queue.len() >= 16 {
-            return refuse(ConversationError::Busy);
+        match on_busy {
+            OnBusy::Reject => return refuse(ConversationError::Busy),
+            OnBusy::Enqueue if self.queue.len() >= 16 => return refuse(ConversationError::Busy),
+            OnBusy::Enqueue | OnBusy::Interrupt => {}
         }
         self.follow(subscriber);
         self.user_message(&content);
-        self.queue.push_back(Queued { content, args });
+        if on_busy == OnBusy::Interrupt {
+            if let Some(run) = &self.run {
+                run.cancel.cancel();
+            }
+            self.queue.push_front(Queued { content, args });
+        } else {
+            self.queue.push_back(Queued { content, args });
+        }
         let rx = self.durable_waiter(ctx);
         let accepted = Accepted {
             conversation_id: self.id.to_string(),
@@ -154,7 +166,8 @@ impl Handler<msg::Send> for Conversation {
             Err(e) => return refuse(ConversationError::InvalidArgs(Box::new(e))),
         };
         if self.run.is_some() {
-            return self.send_while_busy(m.content, args, m.subscriber, ctx);
+            let on_busy = m.on_busy.unwrap_or(self.assistant.on_busy);
+            return self.send_while_busy(m.content, args, m.subscriber, on_busy, ctx);
         }
         let permit = match self.acquire_run_permit() {
             Ok(p) => p,
@@ -280,6 +293,23 @@ impl Handler<msg::Rename> for Conversation {
         if !self.stored {
             return Box::pin(async { Ok(()) });
         }
+        Box::pin(stored(rx))
+    }
+}
+
+impl Handler<msg::Store> for Conversation {
+    type Result = ResponseFuture<Result<(), ConversationError>>;
+    fn handle(&mut self, m: msg::Store, ctx: &mut Self::Context) -> Self::Result {
+        if let Err(e) = self.check_owner(&m.owner) {
+            return refuse(e);
+        }
+        if let Some(title) = m.title {
+            self.rec.title = title;
+            self.rec.title_set = true;
+        }
+        self.stored = true;
+        self.journal.touch_record();
+        let rx = self.durable_waiter(ctx);
         Box::pin(stored(rx))
     }
 }

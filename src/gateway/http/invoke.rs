@@ -150,6 +150,7 @@ pub(in crate::gateway) async fn invoke(
         args: b.args,
         subscriber: None,
         report: Some(tx),
+        on_busy: None,
     };
     let accepted = addr
         .send(m)
