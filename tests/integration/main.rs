@@ -7,6 +7,8 @@ mod browser_demo;
 mod common;
 mod examples;
 mod http;
+mod idempotency;
 mod openapi;
 mod security;
+mod sse;
 mod ws;
