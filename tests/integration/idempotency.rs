@@ -36,7 +36,7 @@ async fn retried_sends_and_resumes_are_applied_once() {
     let conv = create(&s, "chat", "first").await;
     Sse::open(&s, &conv, "?until=idle", None)
         .await
-        .to_end()
+        .until_end()
         .await;
     let path = format!("/api/conversations/{conv}/messages");
     let body = json!({"content": "only once"});
@@ -46,7 +46,7 @@ async fn retried_sends_and_resumes_are_applied_once() {
     assert_eq!(a, b, "a retry gets the first answer");
     Sse::open(&s, &conv, "?until=idle", None)
         .await
-        .to_end()
+        .until_end()
         .await;
     assert_eq!(count_user(&messages(&s, &conv).await, "only once"), 1);
     // The same key with a different body: 422, nothing stored.
@@ -68,7 +68,7 @@ async fn retried_sends_and_resumes_are_applied_once() {
     let card = create(&s, "approval", "a bike").await;
     let events = Sse::open(&s, &card, "?until=idle", None)
         .await
-        .to_end()
+        .until_end()
         .await;
     let interrupt = events.last().expect("events").data["outcome"]["interrupts"][0]["id"].clone();
     let rpath = format!("/api/conversations/{card}/resume");
@@ -93,7 +93,7 @@ async fn retried_sends_and_resumes_are_applied_once() {
     );
     let all = Sse::open(&s, &card, "?until=idle", None)
         .await
-        .to_end()
+        .until_end()
         .await;
     let runs_started = all.iter().filter(|e| e.kind == "RUN_STARTED").count();
     assert_eq!(runs_started, 2, "the first run and one resumed run");

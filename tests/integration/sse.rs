@@ -61,7 +61,7 @@ impl Sse {
     }
 
     /// Every event until the response ends.
-    pub async fn to_end(&mut self) -> Vec<SseEvent> {
+    pub async fn until_end(&mut self) -> Vec<SseEvent> {
         let mut out = Vec::new();
         while let Some(e) = self.next().await {
             out.push(e);
@@ -141,7 +141,7 @@ async fn an_approval_card_and_a_page_action_driven_only_over_http() {
     let conv = create(&s, "approval", "a new laptop").await;
     let events = Sse::open(&s, &conv, "?until=idle", None)
         .await
-        .to_end()
+        .until_end()
         .await;
     assert_in_order_once(&events);
     let last = events.last().expect("events");
@@ -190,7 +190,7 @@ async fn an_approval_card_and_a_page_action_driven_only_over_http() {
     let page = create(&s, "page", "fill me").await;
     let events = Sse::open(&s, &page, "?until=idle", None)
         .await
-        .to_end()
+        .until_end()
         .await;
     let last = events.last().expect("events");
     let ask = &last.data["outcome"]["interrupts"][0];
@@ -211,7 +211,7 @@ async fn an_approval_card_and_a_page_action_driven_only_over_http() {
     // The whole log, from the start, ends idle and in order.
     let all = Sse::open(&s, &page, "?until=idle", None)
         .await
-        .to_end()
+        .until_end()
         .await;
     assert_in_order_once(&all);
     assert_eq!(all.last().map(|e| e.kind.as_str()), Some("RUN_FINISHED"));
@@ -232,7 +232,7 @@ async fn a_dropped_stream_resumes_with_last_event_id_losing_nothing() {
     // Last-Event-ID wins over since=0.
     let rest = Sse::open(&s, &conv, "?since=0&until=idle", Some(last))
         .await
-        .to_end()
+        .until_end()
         .await;
     assert!(!rest.is_empty());
     assert_eq!(rest[0].seq, last + 1, "resumed right after the last seen");
