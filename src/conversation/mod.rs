@@ -96,6 +96,16 @@ pub struct Accepted {
     pub run_id: String,
 }
 
+/// An idempotency key that guards a `send` or `resume` (CONTRACT §6): the actor stores it in
+/// the same commit as the message or answer it accepts, with the conversation and run ids.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyKey {
+    /// The scoped key (user, route and key in one string).
+    pub key: String,
+    /// The request's fingerprint (hex).
+    pub fingerprint: String,
+}
+
 /// The end of a run, for a synchronous caller.
 #[derive(Debug)]
 pub struct RunReport {
@@ -123,6 +133,8 @@ pub mod msg {
         pub report: Option<oneshot::Sender<RunReport>>,
         /// What to do while a run is active; `None`: the assistant's `onBusy`.
         pub on_busy: Option<crate::assistant::model::OnBusy>,
+        /// Stored with the message when it is accepted.
+        pub idempotency: Option<IdempotencyKey>,
     }
 
     /// An answer to a pending interrupt.
@@ -133,6 +145,8 @@ pub mod msg {
         pub interrupt_id: String,
         pub action: Option<String>,
         pub value: Value,
+        /// Stored with the answer when it is accepted.
+        pub idempotency: Option<IdempotencyKey>,
     }
 
     /// Register a subscriber; answers the durable high-water mark at that moment (every event up

@@ -13,8 +13,15 @@
 //! Keys are scoped by (user, route, key): a request is identified by its route (method and
 //! path, or `ws`) and a SHA-256 fingerprint of its body (HTTP: the body bytes; WebSocket: the
 //! frame without its `id`, keys sorted, so field order does not matter). Entries live 24 hours;
-//! the map is bounded (the oldest entries go first). In memory: a key does not survive a
-//! restart of the server (see `docs/http.md`).
+//! the map is bounded (the oldest entries go first).
+//!
+//! # Across restarts
+//!
+//! This map is the fast path. A `send` or `resume` accepted under a key also stores the key
+//! (scoped key, fingerprint, conversation and run ids; `store::IdempotencyRecord`) in the same
+//! commit as the message or answer it guards; a key this map does not know is looked up in the
+//! store before the request is applied, and a stored one is answered from its record. `cancel`
+//! and a `POST /api/conversations` without a message are remembered in memory only.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -101,6 +108,16 @@ pub struct Idempotency {
 struct Inner {
     map: HashMap<Arc<str>, Slot>,
     order: VecDeque<(Instant, Arc<str>)>,
+}
+
+/// The fingerprint as stored (hex).
+pub fn hex(fp: &Fingerprint) -> String {
+    fp.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The scoped key as stored: user, route and key in one string (see [`key_of`]).
+pub fn scoped_key(user: &str, route: &str, key: &str) -> String {
+    key_of(user, route, key)
 }
 
 /// One string, unambiguous whatever the parts hold: each part's length, then the part.

@@ -159,3 +159,79 @@ async fn a_reused_frame_id_with_a_different_frame_is_refused_not_swallowed() {
     assert!(!everything.contains("second"), "{list}");
     b.close().await;
 }
+
+/// Keys are stored with the write they guard: a retry after a restart (even a crash) is
+/// still answered with the first answer, and a different request under the key is refused.
+#[tokio::test]
+async fn keys_survive_a_restart_of_the_server() {
+    let s = Server::start();
+    let conv = create(&s, "chat", "first").await;
+    Sse::open(&s, &conv, "?until=idle", None)
+        .await
+        .until_end()
+        .await;
+    let path = format!("/api/conversations/{conv}/messages");
+    let body = json!({"content": "once across restarts"});
+    let sent = post(&s, &path, body.clone(), Some("send-r")).await;
+    assert_eq!(sent.0, 202, "{:?}", sent.2);
+    Sse::open(&s, &conv, "?until=idle", None)
+        .await
+        .until_end()
+        .await;
+
+    let card = create(&s, "approval", "a boat").await;
+    let events = Sse::open(&s, &card, "?until=idle", None)
+        .await
+        .until_end()
+        .await;
+    let interrupt = events.last().expect("events").data["outcome"]["interrupts"][0]["id"].clone();
+    let rpath = format!("/api/conversations/{card}/resume");
+    let answer = json!({"interruptId": interrupt, "action": "approve"});
+    let resumed = post(&s, &rpath, answer.clone(), Some("resume-r")).await;
+    assert_eq!(resumed.0, 202, "{:?}", resumed.2);
+    Sse::open(&s, &card, "?until=idle", None)
+        .await
+        .until_end()
+        .await;
+
+    let mut ws = Client::connect(&s).await;
+    let frame =
+        json!({"type": "send", "id": "ws-r", "conversationId": conv, "content": "by socket"});
+    ws.send_raw(&frame.to_string()).await;
+    let ack = ws.reply("ws-r").await;
+    assert_eq!(ack["type"], "ack", "{ack}");
+    ws.run_events(&conv).await;
+    ws.close().await;
+
+    let s = s.crash_and_restart();
+    // The same requests: the first answers, nothing applied again.
+    assert_eq!(post(&s, &path, body.clone(), Some("send-r")).await, sent);
+    assert_eq!(
+        post(&s, &rpath, answer.clone(), Some("resume-r")).await,
+        resumed
+    );
+    let mut ws = Client::connect(&s).await;
+    ws.send_raw(&frame.to_string()).await;
+    assert_eq!(ws.reply("ws-r").await, ack);
+    let msgs = messages(&s, &conv).await;
+    assert_eq!(count_user(&msgs, "once across restarts"), 1, "{msgs:?}");
+    assert_eq!(count_user(&msgs, "by socket"), 1, "{msgs:?}");
+    let approved = messages(&s, &card)
+        .await
+        .into_iter()
+        .filter(|(_, c)| c.starts_with("Approved"))
+        .count();
+    assert_eq!(approved, 1);
+    // Different requests under the stored keys are refused.
+    let (st, _, err) = post(&s, &path, json!({"content": "else"}), Some("send-r")).await;
+    assert_eq!(
+        (st, err["error"]["code"].clone()),
+        (422, json!("idempotency_key_reused"))
+    );
+    let other = json!({"type": "send", "id": "ws-r", "conversationId": conv, "content": "else"});
+    ws.send_raw(&other.to_string()).await;
+    let err = ws.reply("ws-r").await;
+    assert_eq!(err["code"], "idempotency_key_reused", "{err}");
+    assert_eq!(count_user(&messages(&s, &conv).await, "else"), 0);
+    ws.close().await;
+}

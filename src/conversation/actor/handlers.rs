@@ -74,6 +74,25 @@ impl Conversation {
         )
     }
 
+    /// Queue the key of the request being accepted for the same commit as what it accepted
+    /// (CONTRACT §6: keys survive a restart), expiring in 24 hours.
+    fn remember_key(&mut self, run_id: &str) {
+        let Some(k) = self.pending_key.take() else {
+            return;
+        };
+        const TTL_MS: i64 = 24 * 3600 * 1000;
+        self.journal
+            .push_op(crate::store::WriteOp::PutIdempotencyKey {
+                key: k.key,
+                record: crate::store::IdempotencyRecord {
+                    fingerprint: k.fingerprint,
+                    conversation_id: self.id.to_string(),
+                    run_id: run_id.to_string(),
+                    expires_at_ms: crate::conversation::actor::now_ms() + TTL_MS,
+                },
+            });
+    }
+
     /// A `send` while a run is active: queued (`onBusy: enqueue`, at most 16), queued first
     /// after cancelling the active run (`interrupt`: the run ends with `RUN_ERROR` code
     /// `cancelled`, and this message starts the next one), or refused.
@@ -100,6 +119,7 @@ impl Conversation {
         } else {
             self.queue.push_back(Queued { content, args });
         }
+        self.remember_key("");
         let rx = self.durable_waiter(ctx);
         let accepted = Accepted {
             conversation_id: self.id.to_string(),
@@ -139,6 +159,7 @@ impl Conversation {
         }
         // The interrupt leaves the stored record in the same commit as the answer's message.
         let run_id = self.start_run(input, history, None, permit, ctx);
+        self.remember_key(&run_id);
         let rx = self.durable_waiter(ctx);
         let accepted = Accepted {
             conversation_id: self.id.to_string(),
@@ -151,7 +172,16 @@ impl Conversation {
 impl Handler<msg::Send> for Conversation {
     type Result = AckFuture;
 
-    fn handle(&mut self, m: msg::Send, ctx: &mut Self::Context) -> AckFuture {
+    fn handle(&mut self, mut m: msg::Send, ctx: &mut Self::Context) -> AckFuture {
+        self.pending_key = m.idempotency.take();
+        let answer = self.on_send(m, ctx);
+        self.pending_key = None;
+        answer
+    }
+}
+
+impl Conversation {
+    fn on_send(&mut self, m: msg::Send, ctx: &mut Context<Self>) -> AckFuture {
         if let Err(e) = self.check_owner(&m.owner).and_then(|_| self.check_usable()) {
             return refuse(e);
         }
@@ -196,6 +226,7 @@ impl Handler<msg::Send> for Conversation {
             args,
         };
         self.start_run(input, history, m.report, permit, ctx);
+        self.remember_key(&run_id);
         // Asked for after the run started, so that the commit may wait for its first events.
         let rx = (!synchronous).then(|| self.durable_waiter(ctx));
         let accepted = Accepted {
@@ -216,7 +247,10 @@ impl Handler<msg::Resume> for Conversation {
             return refuse(e);
         }
         self.last_active = Instant::now();
-        self.answer(m.interrupt_id, m.action, m.value, None, ctx)
+        self.pending_key = m.idempotency;
+        let answer = self.answer(m.interrupt_id, m.action, m.value, None, ctx);
+        self.pending_key = None;
+        answer
     }
 }
 

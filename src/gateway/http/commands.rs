@@ -26,6 +26,7 @@ use crate::gateway::auth::User;
 use crate::gateway::stream::{EventStream, Next};
 use crate::gateway::{ErrorBody, GatewayState};
 use crate::services::Services;
+use crate::store::IdempotencyRecord;
 
 type Gw = web::Data<GatewayState>;
 
@@ -156,59 +157,68 @@ pub(in crate::gateway) async fn create_conversation(
     body: web::Bytes,
     user: User,
 ) -> ApiResult {
-    idempotent(&gw, &req, &user.0, &body, || async {
-        let b: CreateBody = parse_body(&body)?;
-        let a = svc
-            .catalog
-            .get(&b.assistant)
-            .ok_or_else(|| unknown_assistant(&b.assistant))?;
-        if let Some(c) = &b.content {
-            check_sizes(&svc, c, &b.args)?;
-            a.check_args(b.args.as_ref())?;
-        }
-        let title = b.title.map(|t| t.trim().to_string());
-        if title
-            .as_ref()
-            .is_some_and(|t| t.is_empty() || t.chars().count() > 200)
-        {
-            return Err(ApiError::new(
-                ErrorCode::InvalidArgs,
-                "title must have 1 to 200 characters",
-            ));
-        }
-        gw.limits.new_conversation(&user.0)?;
-        if b.content.is_some() {
-            gw.limits.message(&user.0)?;
-        }
-        let (id, addr) = svc.registry.create(&svc, &user.0, &a.id)?;
-        let stopped = |_| ApiError::internal("the conversation stopped; try again");
-        if title.is_some() || b.content.is_none() {
-            addr.send(msg::Store {
-                owner: user.0.clone(),
-                title,
-            })
-            .await
-            .map_err(stopped)??;
-        }
-        let view = match b.content {
-            Some(content) => {
-                let m = msg::Send {
-                    owner: user.0.clone(),
-                    content,
-                    args: b.args,
-                    subscriber: None,
-                    report: None,
-                    on_busy: None,
-                };
-                AcceptedView::from(addr.send(m).await.map_err(stopped)??)
+    idempotent(
+        &svc,
+        &gw,
+        &req,
+        &user.0,
+        &body,
+        Some(created),
+        |key| async {
+            let b: CreateBody = parse_body(&body)?;
+            let a = svc
+                .catalog
+                .get(&b.assistant)
+                .ok_or_else(|| unknown_assistant(&b.assistant))?;
+            if let Some(c) = &b.content {
+                check_sizes(&svc, c, &b.args)?;
+                a.check_args(b.args.as_ref())?;
             }
-            None => AcceptedView {
-                conversation_id: id,
-                run_id: None,
-            },
-        };
-        Answer::json(StatusCode::CREATED, &view)
-    })
+            let title = b.title.map(|t| t.trim().to_string());
+            if title
+                .as_ref()
+                .is_some_and(|t| t.is_empty() || t.chars().count() > 200)
+            {
+                return Err(ApiError::new(
+                    ErrorCode::InvalidArgs,
+                    "title must have 1 to 200 characters",
+                ));
+            }
+            gw.limits.new_conversation(&user.0)?;
+            if b.content.is_some() {
+                gw.limits.message(&user.0)?;
+            }
+            let (id, addr) = svc.registry.create(&svc, &user.0, &a.id)?;
+            let stopped = |_| ApiError::internal("the conversation stopped; try again");
+            if title.is_some() || b.content.is_none() {
+                addr.send(msg::Store {
+                    owner: user.0.clone(),
+                    title,
+                })
+                .await
+                .map_err(stopped)??;
+            }
+            let view = match b.content {
+                Some(content) => {
+                    let m = msg::Send {
+                        owner: user.0.clone(),
+                        content,
+                        args: b.args,
+                        subscriber: None,
+                        report: None,
+                        on_busy: None,
+                        idempotency: key,
+                    };
+                    AcceptedView::from(addr.send(m).await.map_err(stopped)??)
+                }
+                None => AcceptedView {
+                    conversation_id: id,
+                    run_id: None,
+                },
+            };
+            Answer::json(StatusCode::CREATED, &view)
+        },
+    )
     .await
 }
 
@@ -245,28 +255,37 @@ pub(in crate::gateway) async fn send_message(
     body: web::Bytes,
     user: User,
 ) -> ApiResult {
-    idempotent(&gw, &req, &user.0, &body, || async {
-        let q: WaitQuery = query(&req)?;
-        let b: MessageBody = parse_body(&body)?;
-        check_sizes(&svc, &b.content, &b.args)?;
-        owned_record(&svc, &user.0, &id).await?;
-        gw.limits.message(&user.0)?;
-        let waiter = Waiter::open(&svc, &user.0, &id, q.wait).await?;
-        let addr = svc.registry.get(&svc, &id).await?;
-        let m = msg::Send {
-            owner: user.0.clone(),
-            content: b.content,
-            args: b.args,
-            subscriber: None,
-            report: None,
-            on_busy: b.on_busy,
-        };
-        let accepted = addr
-            .send(m)
-            .await
-            .map_err(|_| ApiError::internal("the conversation stopped; send again"))??;
-        waiter.answer(&svc, accepted).await
-    })
+    idempotent(
+        &svc,
+        &gw,
+        &req,
+        &user.0,
+        &body,
+        Some(accepted),
+        |key| async {
+            let q: WaitQuery = query(&req)?;
+            let b: MessageBody = parse_body(&body)?;
+            check_sizes(&svc, &b.content, &b.args)?;
+            owned_record(&svc, &user.0, &id).await?;
+            gw.limits.message(&user.0)?;
+            let waiter = Waiter::open(&svc, &user.0, &id, q.wait).await?;
+            let addr = svc.registry.get(&svc, &id).await?;
+            let m = msg::Send {
+                owner: user.0.clone(),
+                content: b.content,
+                args: b.args,
+                subscriber: None,
+                report: None,
+                on_busy: b.on_busy,
+                idempotency: key,
+            };
+            let accepted = addr
+                .send(m)
+                .await
+                .map_err(|_| ApiError::internal("the conversation stopped; send again"))??;
+            waiter.answer(&svc, accepted).await
+        },
+    )
     .await
 }
 
@@ -301,23 +320,32 @@ pub(in crate::gateway) async fn resume(
     body: web::Bytes,
     user: User,
 ) -> ApiResult {
-    idempotent(&gw, &req, &user.0, &body, || async {
-        let q: WaitQuery = query(&req)?;
-        let b: ResumeBody = parse_body(&body)?;
-        owned_record(&svc, &user.0, &id).await?;
-        let waiter = Waiter::open(&svc, &user.0, &id, q.wait).await?;
-        let addr = svc.registry.get(&svc, &id).await?;
-        let accepted = addr
-            .send(msg::Resume {
-                owner: user.0.clone(),
-                interrupt_id: b.interrupt_id,
-                action: b.action,
-                value: b.value,
-            })
-            .await
-            .map_err(|_| ApiError::internal("the conversation stopped; resume again"))??;
-        waiter.answer(&svc, accepted).await
-    })
+    idempotent(
+        &svc,
+        &gw,
+        &req,
+        &user.0,
+        &body,
+        Some(accepted),
+        |key| async {
+            let q: WaitQuery = query(&req)?;
+            let b: ResumeBody = parse_body(&body)?;
+            owned_record(&svc, &user.0, &id).await?;
+            let waiter = Waiter::open(&svc, &user.0, &id, q.wait).await?;
+            let addr = svc.registry.get(&svc, &id).await?;
+            let accepted = addr
+                .send(msg::Resume {
+                    owner: user.0.clone(),
+                    interrupt_id: b.interrupt_id,
+                    action: b.action,
+                    value: b.value,
+                    idempotency: key,
+                })
+                .await
+                .map_err(|_| ApiError::internal("the conversation stopped; resume again"))??;
+            waiter.answer(&svc, accepted).await
+        },
+    )
     .await
 }
 
@@ -354,7 +382,7 @@ pub(in crate::gateway) async fn cancel(
     body: web::Bytes,
     user: User,
 ) -> ApiResult {
-    idempotent(&gw, &req, &user.0, &body, || async {
+    idempotent(&svc, &gw, &req, &user.0, &body, None, |_| async {
         owned_record(&svc, &user.0, &id).await?;
         let addr = svc.registry.get(&svc, &id).await?;
         let cancelled = addr
@@ -366,6 +394,23 @@ pub(in crate::gateway) async fn cancel(
         Answer::json(StatusCode::OK, &CancelView { cancelled })
     })
     .await
+}
+
+/// The answer of an accepted `messages` or `resume`, rebuilt from its stored key.
+fn accepted(rec: &IdempotencyRecord) -> Result<Answer, ApiError> {
+    Answer::json(StatusCode::ACCEPTED, &view_of(rec))
+}
+
+/// The answer of a `POST /api/conversations` with a first message, rebuilt from its key.
+fn created(rec: &IdempotencyRecord) -> Result<Answer, ApiError> {
+    Answer::json(StatusCode::CREATED, &view_of(rec))
+}
+
+fn view_of(rec: &IdempotencyRecord) -> AcceptedView {
+    AcceptedView::from(Accepted {
+        conversation_id: rec.conversation_id.clone(),
+        run_id: rec.run_id.clone(),
+    })
 }
 
 fn check_sizes(svc: &Services, content: &str, args: &Option<Value>) -> Result<(), ApiError> {

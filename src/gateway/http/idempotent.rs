@@ -5,6 +5,12 @@
 //! the first answer (its status and body, byte for byte) without being applied again, even
 //! while the run it started is still going. The request is the route (method and path) and
 //! the fingerprint of its query string and body.
+//!
+//! Keys survive a restart for `send` and `resume` (and a create with a first message): the
+//! key goes to the actor with the command and is stored in the same commit as the message or
+//! answer it guards ([`IdempotencyKey`]); a key not in memory is looked up in the store before
+//! anything is applied, and answered from its record (a `?wait=true` command retried after a
+//! restart gets the `202` accepted view, not the run's outcome).
 
 use std::future::Future;
 
@@ -12,9 +18,12 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse};
 
 use super::ApiResult;
+use crate::conversation::IdempotencyKey;
 use crate::error::{ApiError, ErrorCode};
-use crate::gateway::dedup::{fingerprint_bytes, Claim};
+use crate::gateway::dedup::{fingerprint_bytes, hex, scoped_key, Claim};
 use crate::gateway::GatewayState;
+use crate::services::Services;
+use crate::store::IdempotencyRecord;
 
 /// The header's name.
 pub const HEADER: &str = "Idempotency-Key";
@@ -39,21 +48,34 @@ impl Answer {
     }
 }
 
+fn reused() -> ApiError {
+    ApiError::new(
+        ErrorCode::IdempotencyKeyReused,
+        format!("this {HEADER} was used before with a different request; use a new key"),
+    )
+}
+
+/// How a command answers a key found in the store (after a restart): its answer rebuilt from
+/// the stored record; `None` for commands whose keys are kept in memory only.
+pub type Rebuild = Option<fn(&IdempotencyRecord) -> Result<Answer, ApiError>>;
+
 /// Run `apply` at most once per (user, route, key): see the module doc. Without the header,
-/// `apply` runs every time.
+/// `apply` runs every time. `apply` gets the key to store with what it writes.
 pub async fn idempotent<F, Fut>(
+    svc: &Services,
     gw: &GatewayState,
     req: &HttpRequest,
     user: &str,
     body: &[u8],
+    rebuild: Rebuild,
     apply: F,
 ) -> ApiResult
 where
-    F: FnOnce() -> Fut,
+    F: FnOnce(Option<IdempotencyKey>) -> Fut,
     Fut: Future<Output = Result<Answer, ApiError>>,
 {
     let Some(key) = req.headers().get(HEADER) else {
-        let a = apply().await?;
+        let a = apply(None).await?;
         return Ok(Answer::response(a.status, a.body));
     };
     let key = key
@@ -77,12 +99,7 @@ where
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
             return Ok(Answer::response(status, body));
         }
-        Claim::Reused => {
-            return Err(ApiError::new(
-                ErrorCode::IdempotencyKeyReused,
-                format!("this {HEADER} was used before with a different request; use a new key"),
-            ))
-        }
+        Claim::Reused => return Err(reused()),
         Claim::InProgress => {
             return Err(ApiError::new(
                 ErrorCode::ConversationBusy,
@@ -90,7 +107,35 @@ where
             ))
         }
     }
-    match apply().await {
+    let scoped = scoped_key(user, &route, key);
+    if let Some(rebuild) = rebuild {
+        // Not in memory: perhaps accepted before a restart.
+        let stored = svc.store.idempotency_key(&scoped).await;
+        match stored {
+            Ok(Some(rec)) => {
+                gw.idempotency.release(user, &route, key);
+                if rec.fingerprint != hex(&fp) {
+                    return Err(reused());
+                }
+                let a = rebuild(&rec)?;
+                if gw.idempotency.claim(user, &route, key, fp) == Claim::New {
+                    gw.idempotency
+                        .finish(user, &route, key, fp, a.status.as_u16(), &a.body);
+                }
+                return Ok(Answer::response(a.status, a.body));
+            }
+            Ok(None) => {}
+            Err(e) => {
+                gw.idempotency.release(user, &route, key);
+                return Err(ApiError::internal(e.to_string()));
+            }
+        }
+    }
+    let stored_key = rebuild.map(|_| IdempotencyKey {
+        key: scoped,
+        fingerprint: hex(&fp),
+    });
+    match apply(stored_key).await {
         Ok(a) => {
             gw.idempotency
                 .finish(user, &route, key, fp, a.status.as_u16(), &a.body);

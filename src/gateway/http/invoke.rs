@@ -151,6 +151,7 @@ pub(in crate::gateway) async fn invoke(
         subscriber: None,
         report: Some(tx),
         on_busy: None,
+        idempotency: None,
     };
     let accepted = addr
         .send(m)

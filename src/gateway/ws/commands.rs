@@ -22,10 +22,20 @@ use serde_json::Value;
 use super::client_frame::{decode, ClientFrame};
 use super::{auth, SocketSession, Sub};
 use crate::assistant::model::OnBusy;
+use crate::conversation::IdempotencyKey;
 use crate::conversation::{msg, Conversation};
 use crate::error::{ApiError, ErrorCode};
-use crate::gateway::dedup::{fingerprint_bytes, fingerprint_frame, frame_key, Claim};
+use crate::gateway::dedup::{
+    fingerprint_bytes, fingerprint_frame, frame_key, hex, scoped_key, Claim, Fingerprint,
+};
 use crate::gateway::frame::{Ack, ServerFrame};
+
+fn reused() -> ApiError {
+    ApiError::new(
+        ErrorCode::IdempotencyKeyReused,
+        "this frame id was used before for a different frame; use a new id",
+    )
+}
 
 /// The route name of WebSocket frame ids in the idempotency memory.
 const WS_ROUTE: &str = "ws";
@@ -56,7 +66,29 @@ impl SocketSession {
                     .map(|v| fingerprint_frame(&v))
                     .unwrap_or_else(|_| fingerprint_bytes(text.as_bytes()));
                 match self.gw.idempotency.claim(u, WS_ROUTE, &key, fp) {
-                    Claim::New => Some((u.clone(), key, fp)),
+                    Claim::New => match self.stored_ack(u, &key, fp, id.as_ref()).await {
+                        Ok(None) => Some((u.clone(), key, fp)),
+                        Ok(Some(bytes)) => {
+                            // Accepted before a restart: the ack rebuilt from its stored key.
+                            self.gw.idempotency.release(u, WS_ROUTE, &key);
+                            if let Ok(text) = std::str::from_utf8(&bytes) {
+                                if self.gw.idempotency.claim(u, WS_ROUTE, &key, fp) == Claim::New {
+                                    self.gw.idempotency.finish(u, WS_ROUTE, &key, fp, 200, text);
+                                }
+                            }
+                            self.send_bytes(bytes).await;
+                            return;
+                        }
+                        Err(e) => {
+                            self.gw.idempotency.release(u, WS_ROUTE, &key);
+                            self.send_frame(ServerFrame::Error {
+                                id: id.as_ref(),
+                                error: &e,
+                            })
+                            .await;
+                            return;
+                        }
+                    },
                     Claim::Replay { body, .. } => {
                         // A retried frame: the original answer, nothing applied again.
                         self.send_text(ByteString::from(body)).await;
@@ -69,10 +101,7 @@ impl SocketSession {
                                 "a frame with this id is being applied; retry it later",
                             )
                         } else {
-                            ApiError::new(
-                                ErrorCode::IdempotencyKeyReused,
-                                "this frame id was used before for a different frame; use a new id",
-                            )
+                            reused()
                         };
                         self.send_frame(ServerFrame::Error {
                             id: id.as_ref(),
@@ -85,7 +114,13 @@ impl SocketSession {
             }
             _ => None,
         };
-        match self.handle(frame).await {
+        self.pending_key = claim.as_ref().map(|(u, key, fp)| IdempotencyKey {
+            key: scoped_key(u, WS_ROUTE, key),
+            fingerprint: hex(fp),
+        });
+        let answer = self.handle(frame).await;
+        self.pending_key = None;
+        match answer {
             Ok(ack) => {
                 let bytes = ServerFrame::Ack {
                     id: id.as_ref(),
@@ -111,6 +146,32 @@ impl SocketSession {
                 self.send_frame(f).await;
             }
         }
+    }
+
+    /// The ack of a frame id stored before a restart (`None`: unknown key); a stored id with a
+    /// different frame is `idempotency_key_reused`.
+    async fn stored_ack(
+        &self,
+        user: &str,
+        key: &str,
+        fp: Fingerprint,
+        id: Option<&Value>,
+    ) -> Result<Option<bytes::Bytes>, ApiError> {
+        let rec = self
+            .svc
+            .store
+            .idempotency_key(&scoped_key(user, WS_ROUTE, key))
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        let Some(rec) = rec else { return Ok(None) };
+        if rec.fingerprint != hex(&fp) {
+            return Err(reused());
+        }
+        let ack = Ack::Accepted {
+            conversation_id: rec.conversation_id,
+            run_id: rec.run_id,
+        };
+        Ok(Some(ServerFrame::Ack { id, ack: &ack }.to_bytes()))
     }
 
     /// Apply one frame; the ack to answer with.
@@ -220,6 +281,7 @@ impl SocketSession {
             subscriber,
             report: None,
             on_busy,
+            idempotency: self.pending_key.take(),
         };
         let accepted = match addr.send(m).await {
             Ok(r) => r?,
@@ -269,6 +331,7 @@ impl SocketSession {
                 interrupt_id,
                 action,
                 value,
+                idempotency: self.pending_key.take(),
             })
             .await
             .map_err(|_| ApiError::internal("the conversation stopped; resume again"));

@@ -71,8 +71,8 @@ pub use encode::{CHUNK_MAX_BYTES, CHUNK_MAX_EVENTS};
 pub use writer::{MAX_GROUP_BATCHES, MAX_GROUP_OPS, QUEUE_HARD_CAP, QUEUE_SOFT_CAP};
 
 use super::{
-    Ack, ConversationPage, ConversationRecord, MessageRecord, RunStatus, Store, StoreError,
-    StoreFuture, StoreStats, WriteOp,
+    Ack, ConversationPage, ConversationRecord, IdempotencyRecord, MessageRecord, RunStatus, Store,
+    StoreError, StoreFuture, StoreStats, WriteOp,
 };
 use read::Reader;
 use writer::{Batch, Metrics, Queue};
@@ -244,6 +244,11 @@ impl Store for RedbStore {
     fn checkpoint<'a>(&'a self, conversation: &'a str) -> StoreFuture<'a, Option<Bytes>> {
         let conversation = conversation.to_owned();
         self.read(move |r| r.checkpoint(&conversation))
+    }
+
+    fn idempotency_key<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<IdempotencyRecord>> {
+        let key = key.to_owned();
+        self.read(move |r| r.idempotency_key(&key))
     }
 
     fn conversations_with_status(
