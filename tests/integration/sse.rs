@@ -335,3 +335,48 @@ async fn on_busy_interrupt_ends_the_active_run_as_cancelled_before_the_new_one()
     let (st, _, _) = post(&s, &path, json!({"content": "x", "onBusy": "later"}), None).await;
     assert_eq!(st, 400);
 }
+
+#[tokio::test]
+async fn invoke_with_accept_event_stream_streams_the_run() {
+    let s = Server::start();
+    let resp = http()
+        .post(s.http("/api/assistants/chat/invoke"))
+        .header("Accept", "text/event-stream")
+        .json(&json!({"content": "streams please"}))
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(resp.status(), 200);
+    let conv = resp.headers()["x-conversation-id"]
+        .to_str()
+        .expect("id")
+        .to_string();
+    let mut sse = Sse {
+        inner: Box::pin(resp.bytes_stream().eventsource()),
+    };
+    let events = sse.until_end().await;
+    let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(kinds.first(), Some(&"TEXT_MESSAGE_START"), "{kinds:?}");
+    assert!(kinds.contains(&"RUN_STARTED"));
+    assert_eq!(kinds.last(), Some(&"RUN_FINISHED"), "{kinds:?}");
+    assert!(kinds.contains(&"TEXT_MESSAGE_CONTENT"));
+    // The same events, same seqs, as the conversation's log.
+    let log = Sse::open(&s, &conv, "?until=idle", None)
+        .await
+        .until_end()
+        .await;
+    assert_eq!(
+        log, events,
+        "a new conversation: the whole log is the streamed call"
+    );
+    // The checks of invoke still come first: an interactive assistant is refused.
+    let resp = http()
+        .post(s.http("/api/assistants/approval/invoke"))
+        .header("Accept", "text/event-stream")
+        .json(&json!({"content": "x"}))
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(resp.status(), 409);
+    assert_eq!(resp.headers()["x-should-retry"], "false");
+}

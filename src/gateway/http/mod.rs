@@ -6,6 +6,7 @@
 //! | `server.rs` | `GET /healthz`, `GET /metrics`, `GET /api/info` |
 //! | `assistants.rs` | `GET /api/assistants`, `GET /api/assistants/{id}` |
 //! | `invoke.rs` | `POST /api/assistants/{id}/invoke` (synchronous call) |
+//! | `invoke_stream.rs` | the same with `Accept: text/event-stream`: the run's events as SSE |
 //! | `conversations.rs` | `/api/conversations[/{id}[/messages\|/events]]` (reads, rename, delete) |
 //! | `commands.rs` | `POST /api/conversations`, `POST /api/conversations/{id}/{messages,resume,cancel}` (CONTRACT §6; `?wait=true`) |
 //! | `idempotent.rs` | the `Idempotency-Key` header of those `POST`s |
@@ -33,6 +34,7 @@ pub mod connection;
 pub mod conversations;
 pub mod idempotent;
 pub mod invoke;
+pub mod invoke_stream;
 pub mod server;
 pub mod sse;
 pub mod static_files;
