@@ -14,7 +14,7 @@ fn load_generator_smoke() {
         "the load generator found problems: {:#?}",
         report.problems
     );
-    for scenario in ["B", "1", "2", "3", "4", "5", "6"] {
+    for scenario in ["B", "1", "2", "3", "4", "5", "6", "7"] {
         let rows = report.rows_of(scenario);
         assert!(!rows.is_empty(), "scenario {scenario} produced no row");
         for r in rows {

@@ -14,6 +14,7 @@ mod baseline;
 mod client;
 mod scenarios;
 mod server;
+mod sse;
 mod stats;
 
 use std::fmt::Write as _;
@@ -28,16 +29,18 @@ pub enum Scenario {
     Idle,
     Durable,
     Cold,
+    Sse,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 6] = [
+    pub const ALL: [Scenario; 7] = [
         Scenario::Invoke,
         Scenario::Hitl,
         Scenario::Stream,
         Scenario::Idle,
         Scenario::Durable,
         Scenario::Cold,
+        Scenario::Sse,
     ];
 
     pub fn parse(s: &str) -> Result<Vec<Scenario>, String> {
@@ -51,6 +54,7 @@ impl Scenario {
                 "4" | "idle" => out.push(Scenario::Idle),
                 "5" | "durable" => out.push(Scenario::Durable),
                 "6" | "cold" => out.push(Scenario::Cold),
+                "7" | "sse" => out.push(Scenario::Sse),
                 other => {
                     return Err(format!(
                         "unknown scenario '{other}' (all, invoke, hitl, stream, idle, durable, cold or 1-6)"
@@ -406,6 +410,7 @@ async fn run_async(o: &Options) -> Report {
             Scenario::Idle => scenarios::idle(o, &mut report).await,
             Scenario::Durable => scenarios::durable(o, &mut report).await,
             Scenario::Cold => scenarios::cold(o, &b, &mut report).await,
+            Scenario::Sse => sse::sse(o, &mut report).await,
         };
         if let Err(e) = r {
             report.problem(format!("scenario {s:?} failed: {e:#}"));
