@@ -68,6 +68,9 @@ pub struct ServerConfig {
     /// Seconds between WebSocket pings; a socket silent for 3 intervals is closed.
     #[serde(default = "d_heartbeat")]
     pub heartbeat_seconds: u64,
+    /// Seconds between SSE comment lines on an idle `text/event-stream` response.
+    #[serde(default = "d_heartbeat")]
+    pub sse_heartbeat_seconds: u64,
     /// New conversations per user per minute (0 = unlimited).
     #[serde(default)]
     pub conversations_per_minute: u32,
@@ -167,7 +170,6 @@ pub enum StorageBackend {
     Redb,
     Postgres,
 }
-
 
 fn d_sweep_interval() -> u64 {
     60

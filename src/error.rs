@@ -34,6 +34,8 @@ pub enum ErrorCode {
     /// Reads still work. Retry after the `Retry-After` seconds.
     StorageUnavailable,
     Internal,
+    /// An `Idempotency-Key` (or WebSocket frame id) was used before with a different request.
+    IdempotencyKeyReused,
     // ---- run outcomes (RUN_ERROR only) ----
     /// The run was stopped by a `cancel`.
     Cancelled,
@@ -71,6 +73,7 @@ impl ErrorCode {
             ErrorCode::ToolError => "tool_error",
             ErrorCode::StepFailed => "step_failed",
             ErrorCode::StepLimit => "step_limit",
+            ErrorCode::IdempotencyKeyReused => "idempotency_key_reused",
         }
     }
 
@@ -85,7 +88,7 @@ impl ErrorCode {
             | ErrorCode::InterruptNotPending
             | ErrorCode::AssistantNotAutomated => 409,
             ErrorCode::PayloadTooLarge => 413,
-            ErrorCode::InvalidArgs => 422,
+            ErrorCode::InvalidArgs | ErrorCode::IdempotencyKeyReused => 422,
             ErrorCode::RateLimited => 429,
             ErrorCode::RunTimeout => 504,
             ErrorCode::LlmError | ErrorCode::ToolError => 502,
@@ -202,6 +205,7 @@ mod tests {
             ErrorCode::ConversationBusy,
             ErrorCode::AssistantNotAutomated,
             ErrorCode::StepLimit,
+            ErrorCode::IdempotencyKeyReused,
         ] {
             let json = serde_json::to_value(code).unwrap();
             assert_eq!(json, Value::String(code.as_str().to_string()));

@@ -15,6 +15,7 @@ mod baseline;
 mod client;
 mod scenarios;
 mod server;
+mod sse;
 mod stats;
 
 use std::fmt::Write as _;
@@ -30,10 +31,11 @@ pub enum Scenario {
     Durable,
     Cold,
     Agui,
+    Sse,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 7] = [
+    pub const ALL: [Scenario; 8] = [
         Scenario::Invoke,
         Scenario::Hitl,
         Scenario::Stream,
@@ -41,6 +43,7 @@ impl Scenario {
         Scenario::Durable,
         Scenario::Cold,
         Scenario::Agui,
+        Scenario::Sse,
     ];
 
     pub fn parse(s: &str) -> Result<Vec<Scenario>, String> {
@@ -55,9 +58,10 @@ impl Scenario {
                 "5" | "durable" => out.push(Scenario::Durable),
                 "6" | "cold" => out.push(Scenario::Cold),
                 "7" | "agui" => out.push(Scenario::Agui),
+                "8" | "sse" => out.push(Scenario::Sse),
                 other => {
                     return Err(format!(
-                        "unknown scenario '{other}' (all, invoke, hitl, stream, idle, durable, cold, agui or 1-7)"
+                        "unknown scenario '{other}' (all, invoke, hitl, stream, idle, durable, cold, agui, sse or 1-8)"
                     ))
                 }
             }
@@ -196,7 +200,7 @@ impl Options {
     }
 }
 
-pub const USAGE: &str = "usage: cargo bench --bench load -- [--quick | --smoke] [--scenario all|invoke,hitl,stream,idle,durable,cold,agui|1-7] [--backend redb|postgres] [--duration SECS] [--invoke-connections N] [--hitl-clients N] [--idle-sockets N] [--cold-conversations N]";
+pub const USAGE: &str = "usage: cargo bench --bench load -- [--quick | --smoke] [--scenario all|invoke,hitl,stream,idle,durable,cold,agui,sse|1-8] [--backend redb|postgres] [--duration SECS] [--invoke-connections N] [--hitl-clients N] [--idle-sockets N] [--cold-conversations N]";
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Unit {
@@ -430,6 +434,7 @@ async fn run_async(o: &Options) -> Report {
             Scenario::Durable => scenarios::durable(o, &mut report).await,
             Scenario::Cold => scenarios::cold(o, &b, &mut report).await,
             Scenario::Agui => agui::agui(o, &mut report).await,
+            Scenario::Sse => sse::sse(o, &mut report).await,
         };
         if let Err(e) = r {
             report.problem(format!("scenario {s:?} failed: {e:#}"));

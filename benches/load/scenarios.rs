@@ -20,12 +20,12 @@ use parley::llm::Role;
 use parley::store::{ConversationRecord, MessageRecord, RunStatus, WriteOp};
 
 /// About sixty words: the built-in model's pseudo-translation repeats them, one delta each.
-const STREAM_TEXT: &str = "The quarterly report shows that revenue grew by twelve percent while costs stayed flat. \
+pub(super) const STREAM_TEXT: &str = "The quarterly report shows that revenue grew by twelve percent while costs stayed flat. \
 Hiring is paused until the new office opens in the spring. The board asked for a plan to reduce travel expenses \
 and to move the remaining servers to the cloud before the end of the year. Customers praised the new support \
 portal and asked for a mobile version soon.";
 
-async fn join(handles: Vec<tokio::task::JoinHandle<Tally>>) -> Tally {
+pub(super) async fn join(handles: Vec<tokio::task::JoinHandle<Tally>>) -> Tally {
     let mut all = Tally::default();
     for h in handles {
         match h.await {
@@ -36,7 +36,7 @@ async fn join(handles: Vec<tokio::task::JoinHandle<Tally>>) -> Tally {
     all
 }
 
-fn note_errors(report: &mut Report, what: &str, t: &Tally) {
+pub(super) fn note_errors(report: &mut Report, what: &str, t: &Tally) {
     if t.errors > 0 {
         report.problem(format!(
             "{what}: {} error(s); first: {}",

@@ -50,7 +50,7 @@ pub struct Definition {
     pub edges: Vec<Edge>,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum OnBusy {
     /// Refuse with `conversation_busy`.
@@ -58,6 +58,8 @@ pub enum OnBusy {
     Reject,
     /// Queue the message; it starts a run when the current one ends.
     Enqueue,
+    /// Cancel the active run (it ends with `RUN_ERROR` code `cancelled`), then start this one.
+    Interrupt,
 }
 
 /// An input or output argument.

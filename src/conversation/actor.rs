@@ -88,6 +88,8 @@ pub struct Conversation {
     cp: Checkpoint,
     run: Option<ActiveRun>,
     queue: VecDeque<Queued>,
+    /// The idempotency key of the `send` or `resume` being handled (stored with it if accepted).
+    pending_key: Option<crate::conversation::IdempotencyKey>,
     fanout: Fanout,
     history: VecDeque<ChatMessage>,
     /// Assistant/user text being assembled from TEXT_MESSAGE_* events: id → (role, text).
@@ -153,6 +155,7 @@ impl Conversation {
             cp,
             run: None,
             queue: VecDeque::new(),
+            pending_key: None,
             fanout: Fanout::default(),
             history,
             texts: HashMap::new(),

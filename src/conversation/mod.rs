@@ -96,6 +96,16 @@ pub struct Accepted {
     pub run_id: String,
 }
 
+/// An idempotency key that guards a `send` or `resume` (CONTRACT §6): the actor stores it in
+/// the same commit as the message or answer it accepts, with the conversation and run ids.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyKey {
+    /// The scoped key (user, route and key in one string).
+    pub key: String,
+    /// The request's fingerprint (hex).
+    pub fingerprint: String,
+}
+
 /// The end of a run, for a synchronous caller.
 #[derive(Debug)]
 pub struct RunReport {
@@ -121,6 +131,10 @@ pub mod msg {
         pub subscriber: Option<Subscriber>,
         /// Told when the run ends (synchronous invocation).
         pub report: Option<oneshot::Sender<RunReport>>,
+        /// What to do while a run is active; `None`: the assistant's `onBusy`.
+        pub on_busy: Option<crate::assistant::model::OnBusy>,
+        /// Stored with the message when it is accepted.
+        pub idempotency: Option<IdempotencyKey>,
     }
 
     /// An answer to a pending interrupt.
@@ -131,6 +145,8 @@ pub mod msg {
         pub interrupt_id: String,
         pub action: Option<String>,
         pub value: Value,
+        /// Stored with the answer when it is accepted.
+        pub idempotency: Option<IdempotencyKey>,
     }
 
     /// Register a subscriber; answers the durable high-water mark at that moment (every event up
@@ -154,6 +170,15 @@ pub mod msg {
     #[rtype(result = "Result<bool, ConversationError>")]
     pub struct Cancel {
         pub owner: String,
+    }
+
+    /// Store a new conversation that has no message yet (optionally titled); answered once
+    /// the record is durable.
+    #[derive(Message)]
+    #[rtype(result = "Result<(), ConversationError>")]
+    pub struct Store {
+        pub owner: String,
+        pub title: Option<String>,
     }
 
     #[derive(Message)]

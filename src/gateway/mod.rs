@@ -14,7 +14,7 @@
 //! | `ws/` | the WebSocket session: `mod.rs` (loop, writing), `client_frame.rs` (decoding), `commands.rs` (one handler per client frame, replay) |
 //! | `frame.rs` | [`frame::ServerFrame`]: every frame the server writes on a socket (`ack`, `error`, `event`), serialized here only |
 //! | `auth.rs` | [`auth::User`], an extractor: a handler that takes one cannot run unauthenticated; tokens, origins |
-//! | `dedup.rs` | frame-id retries get the bytes of the original ack |
+//! | `dedup.rs` | idempotency keys: HTTP `Idempotency-Key`s and WebSocket frame ids (same request: the first answer; different: `idempotency_key_reused`) |
 //! | `limits.rs` | per-user rate limits |
 //! | `agui/` | the AG-UI front (CONTRACT §7): `RunAgentInput` in, translated events out |
 //! | `openapi.rs` | `GET /openapi.json`, generated from the handlers' `#[utoipa::path]` |
@@ -65,6 +65,10 @@ impl ResponseError for ApiError {
                 crate::error::STORAGE_RETRY_AFTER_SECS.to_string(),
             ));
         }
+        if self.status_code() == StatusCode::CONFLICT {
+            // CONTRACT §6: a 409 is an answer about the conversation's state, not a failure.
+            resp.insert_header(("x-should-retry", "false"));
+        }
         resp.json(ErrorBody {
             error: self.clone(),
         })
@@ -109,6 +113,11 @@ route_table! {
     delete "/api/conversations/{id}" => http::conversations::delete_conversation;
     get "/api/conversations/{id}/messages" => http::conversations::messages;
     get "/api/conversations/{id}/events" => http::conversations::events;
+    post "/api/conversations" => http::commands::create_conversation;
+    post "/api/conversations/{id}/messages" => http::commands::send_message;
+    post "/api/conversations/{id}/resume" => http::commands::resume;
+    post "/api/conversations/{id}/cancel" => http::commands::cancel;
+    get "/api/conversations/{id}/stream" => http::sse::stream;
     get "/ws" => ws::handshake;
     post "/agui/{assistant}" => agui::run;
     get "/agui/{assistant}/threads/{threadId}/events" => agui::events;

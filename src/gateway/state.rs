@@ -2,12 +2,12 @@
 
 use crate::config::ServerConfig;
 
-use super::dedup::FrameAcks;
+use super::dedup::Idempotency;
 use super::limits::UserLimits;
 
 pub struct GatewayState {
-    /// Acks of `send`/`resume` frames by (user, frame id), for retried frames.
-    pub frame_acks: FrameAcks,
+    /// Idempotency keys: HTTP `Idempotency-Key`s and WebSocket frame ids (`dedup.rs`).
+    pub idempotency: Idempotency,
     /// Per-user rate limits.
     pub limits: UserLimits,
 }
@@ -15,7 +15,7 @@ pub struct GatewayState {
 impl GatewayState {
     pub fn new(cfg: &ServerConfig) -> Self {
         GatewayState {
-            frame_acks: FrameAcks::default(),
+            idempotency: Idempotency::default(),
             limits: UserLimits::new(cfg),
         }
     }

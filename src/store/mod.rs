@@ -78,7 +78,8 @@ use bytes::Bytes;
 pub use ack::{Ack, AckSender};
 pub use error::{Cause, StoreError};
 pub use records::{
-    ConversationPage, ConversationRecord, MessageRecord, RunStatus, StoreStats, WriteOp,
+    ConversationPage, ConversationRecord, IdempotencyRecord, MessageRecord, RunStatus, StoreStats,
+    WriteOp,
 };
 
 /// The future of a store call: boxed, so that [`Store`] stays object-safe.
@@ -194,6 +195,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// Every conversation whose status is `status`. May be a FULL SCAN: meant for start-up
     /// (finding runs that were active when the process died), not for request paths.
+    /// The record of an idempotency key written with [`WriteOp::PutIdempotencyKey`], unless it
+    /// has expired (`expires_at_ms` in the past: answered as absent).
+    fn idempotency_key<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<IdempotencyRecord>>;
+
     fn conversations_with_status(
         &self,
         status: RunStatus,

@@ -59,9 +59,28 @@ pub struct MessageRecord {
     pub data: Option<Value>,
 }
 
+/// A request accepted under an idempotency key (CONTRACT §6), stored in the same commit as the
+/// message or answer it guards, so that a retry after a restart is still recognised.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IdempotencyRecord {
+    /// The request's fingerprint (hex SHA-256): the same key with another request is refused.
+    pub fingerprint: String,
+    pub conversation_id: String,
+    /// The run the request started; empty when none was (a queued message).
+    pub run_id: String,
+    /// Unix milliseconds after which the key is forgotten (24 hours after it was stored).
+    pub expires_at_ms: i64,
+}
+
 /// One write.
 #[derive(Debug, Clone)]
 pub enum WriteOp {
+    /// Remember an idempotency key (its scoped key: user, route and key in one string).
+    PutIdempotencyKey {
+        key: String,
+        record: IdempotencyRecord,
+    },
     /// Insert or replace the conversation record (and move it in the owner/activity index).
     PutConversation(ConversationRecord),
     AppendMessage {

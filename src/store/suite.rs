@@ -33,6 +33,7 @@ macro_rules! store_suite {
             events_since_and_last_seq,
             events_across_chunks_replay_from_any_seq,
             checkpoint_put_and_replace,
+            idempotency_keys_are_stored_with_their_write_and_expire,
             conversations_with_status_scans_everything,
             listing_is_newest_first_per_owner_with_assistant_filter,
             paging_is_stable_when_timestamps_are_equal,
@@ -287,6 +288,41 @@ pub(super) async fn checkpoint_put_and_replace(store: Arc<dyn Store>) {
         Some(Bytes::from_static(b"two"))
     );
     assert_eq!(store.checkpoint("c2").await.unwrap(), None);
+}
+
+pub(super) async fn idempotency_keys_are_stored_with_their_write_and_expire(store: Arc<dyn Store>) {
+    use super::IdempotencyRecord;
+    let now = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
+    let record = |fp: &str, expires_at_ms: i64| IdempotencyRecord {
+        fingerprint: fp.to_owned(),
+        conversation_id: "c".to_owned(),
+        run_id: "r1".to_owned(),
+        expires_at_ms,
+    };
+    assert_eq!(store.idempotency_key("3:u2:wsk1").await.unwrap(), None);
+    // With the message it guards, in one batch.
+    store
+        .write(vec![
+            append_message("c", 1),
+            WriteOp::PutIdempotencyKey {
+                key: "3:u2:wsk1".to_owned(),
+                record: record("aa", now + 60_000),
+            },
+            WriteOp::PutIdempotencyKey {
+                key: "3:u2:wsk2".to_owned(),
+                record: record("bb", now - 1),
+            },
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.idempotency_key("3:u2:wsk1").await.unwrap(),
+        Some(record("aa", now + 60_000))
+    );
+    assert_eq!(store.messages("c", None, 10).await.unwrap().len(), 1);
+    // An expired key reads as absent; keys are exact.
+    assert_eq!(store.idempotency_key("3:u2:wsk2").await.unwrap(), None);
+    assert_eq!(store.idempotency_key("3:u2:wsk").await.unwrap(), None);
 }
 
 pub(super) async fn conversations_with_status_scans_everything(store: Arc<dyn Store>) {

@@ -27,6 +27,12 @@ const CONTRACT_ROUTES: &[(&str, &str)] = &[
     ("get", "/ws"),
     ("get", "/api/info"),
     ("get", "/openapi.json"),
+    // §6: programs over HTTP.
+    ("post", "/api/conversations"),
+    ("post", "/api/conversations/{id}/messages"),
+    ("post", "/api/conversations/{id}/resume"),
+    ("post", "/api/conversations/{id}/cancel"),
+    ("get", "/api/conversations/{id}/stream"),
 ];
 
 /// CONTRACT §2 "Error codes", then the codes that only say why a run ended (`RUN_ERROR`, and an
@@ -47,6 +53,7 @@ const CONTRACT_CODES: &[&str] = &[
     "llm_error",
     "storage_unavailable",
     "internal",
+    "idempotency_key_reused",
 ];
 const RUN_CODES: &[&str] = &[
     "cancelled",

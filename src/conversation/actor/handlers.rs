@@ -74,20 +74,52 @@ impl Conversation {
         )
     }
 
-    /// A `send` while a run is active: queued (`onBusy: enqueue`, at most 16) or refused.
+    /// Queue the key of the request being accepted for the same commit as what it accepted
+    /// (CONTRACT §6: keys survive a restart), expiring in 24 hours.
+    fn remember_key(&mut self, run_id: &str) {
+        let Some(k) = self.pending_key.take() else {
+            return;
+        };
+        const TTL_MS: i64 = 24 * 3600 * 1000;
+        self.journal
+            .push_op(crate::store::WriteOp::PutIdempotencyKey {
+                key: k.key,
+                record: crate::store::IdempotencyRecord {
+                    fingerprint: k.fingerprint,
+                    conversation_id: self.id.to_string(),
+                    run_id: run_id.to_string(),
+                    expires_at_ms: crate::conversation::actor::now_ms() + TTL_MS,
+                },
+            });
+    }
+
+    /// A `send` while a run is active: queued (`onBusy: enqueue`, at most 16), queued first
+    /// after cancelling the active run (`interrupt`: the run ends with `RUN_ERROR` code
+    /// `cancelled`, and this message starts the next one), or refused.
     fn send_while_busy(
         &mut self,
         content: String,
         args: serde_json::Map<String, Value>,
         subscriber: Option<Subscriber>,
+        on_busy: OnBusy,
         ctx: &mut Context<Self>,
     ) -> AckFuture {
-        if self.assistant.on_busy != OnBusy::Enqueue || self.queue.len() >= 16 {
-            return refuse(ConversationError::Busy);
+        match on_busy {
+            OnBusy::Reject => return refuse(ConversationError::Busy),
+            OnBusy::Enqueue if self.queue.len() >= 16 => return refuse(ConversationError::Busy),
+            OnBusy::Enqueue | OnBusy::Interrupt => {}
         }
         self.follow(subscriber);
         self.user_message(&content);
-        self.queue.push_back(Queued { content, args });
+        if on_busy == OnBusy::Interrupt {
+            if let Some(run) = &self.run {
+                run.cancel.cancel();
+            }
+            self.queue.push_front(Queued { content, args });
+        } else {
+            self.queue.push_back(Queued { content, args });
+        }
+        self.remember_key("");
         let rx = self.durable_waiter(ctx);
         let accepted = Accepted {
             conversation_id: self.id.to_string(),
@@ -127,6 +159,7 @@ impl Conversation {
         }
         // The interrupt leaves the stored record in the same commit as the answer's message.
         let run_id = self.start_run(input, history, None, permit, ctx);
+        self.remember_key(&run_id);
         let rx = self.durable_waiter(ctx);
         let accepted = Accepted {
             conversation_id: self.id.to_string(),
@@ -139,7 +172,16 @@ impl Conversation {
 impl Handler<msg::Send> for Conversation {
     type Result = AckFuture;
 
-    fn handle(&mut self, m: msg::Send, ctx: &mut Self::Context) -> AckFuture {
+    fn handle(&mut self, mut m: msg::Send, ctx: &mut Self::Context) -> AckFuture {
+        self.pending_key = m.idempotency.take();
+        let answer = self.on_send(m, ctx);
+        self.pending_key = None;
+        answer
+    }
+}
+
+impl Conversation {
+    fn on_send(&mut self, m: msg::Send, ctx: &mut Context<Self>) -> AckFuture {
         if let Err(e) = self.check_owner(&m.owner).and_then(|_| self.check_usable()) {
             return refuse(e);
         }
@@ -154,7 +196,8 @@ impl Handler<msg::Send> for Conversation {
             Err(e) => return refuse(ConversationError::InvalidArgs(Box::new(e))),
         };
         if self.run.is_some() {
-            return self.send_while_busy(m.content, args, m.subscriber, ctx);
+            let on_busy = m.on_busy.unwrap_or(self.assistant.on_busy);
+            return self.send_while_busy(m.content, args, m.subscriber, on_busy, ctx);
         }
         let permit = match self.acquire_run_permit() {
             Ok(p) => p,
@@ -183,6 +226,7 @@ impl Handler<msg::Send> for Conversation {
             args,
         };
         self.start_run(input, history, m.report, permit, ctx);
+        self.remember_key(&run_id);
         // Asked for after the run started, so that the commit may wait for its first events.
         let rx = (!synchronous).then(|| self.durable_waiter(ctx));
         let accepted = Accepted {
@@ -203,7 +247,10 @@ impl Handler<msg::Resume> for Conversation {
             return refuse(e);
         }
         self.last_active = Instant::now();
-        self.answer(m.interrupt_id, m.action, m.value, None, ctx)
+        self.pending_key = m.idempotency;
+        let answer = self.answer(m.interrupt_id, m.action, m.value, None, ctx);
+        self.pending_key = None;
+        answer
     }
 }
 
@@ -280,6 +327,23 @@ impl Handler<msg::Rename> for Conversation {
         if !self.stored {
             return Box::pin(async { Ok(()) });
         }
+        Box::pin(stored(rx))
+    }
+}
+
+impl Handler<msg::Store> for Conversation {
+    type Result = ResponseFuture<Result<(), ConversationError>>;
+    fn handle(&mut self, m: msg::Store, ctx: &mut Self::Context) -> Self::Result {
+        if let Err(e) = self.check_owner(&m.owner) {
+            return refuse(e);
+        }
+        if let Some(title) = m.title {
+            self.rec.title = title;
+            self.rec.title_set = true;
+        }
+        self.stored = true;
+        self.journal.touch_record();
+        let rx = self.durable_waiter(ctx);
         Box::pin(stored(rx))
     }
 }

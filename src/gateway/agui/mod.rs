@@ -202,6 +202,8 @@ pub(in crate::gateway) async fn run(
         args,
         subscriber: None,
         report: None,
+        on_busy: None,
+        idempotency: None,
     })
     .await
     .map_err(|_| ApiError::internal("the conversation stopped; send again"))??;
@@ -230,6 +232,7 @@ async fn answer(
                 interrupt_id,
                 action,
                 value,
+                idempotency: None,
             })
             .await
             .map_err(stopped)??;

@@ -77,9 +77,9 @@ pub enum InvokeStatus {
 const CANCEL_GRACE: Duration = Duration::from_secs(5);
 
 /// Cancels a synchronous run if its HTTP request goes away before the answer.
-struct CancelOnDrop {
-    addr: Option<Addr<Conversation>>,
-    owner: String,
+pub(super) struct CancelOnDrop {
+    pub(super) addr: Option<Addr<Conversation>>,
+    pub(super) owner: String,
 }
 
 impl Drop for CancelOnDrop {
@@ -104,7 +104,7 @@ impl Drop for CancelOnDrop {
     params(("id" = String, Path, description = "The assistant's id")),
     request_body = InvokeBody,
     responses(
-        (status = 200, description = "The run completed", body = InvokeResponse),
+        (status = 200, description = "The run completed; with `Accept: text/event-stream`, the run's events as SSE (as `GET /api/conversations/{id}/stream`), ending after `RUN_FINISHED` or `RUN_ERROR`", body = InvokeResponse),
         (status = 400, description = "`bad_request`: a bad body, or a conversation of another assistant", body = ErrorBody),
         (status = 401, description = "`unauthorized`", body = ErrorBody),
         (status = 404, description = "`unknown_assistant` or `conversation_not_found`", body = ErrorBody),
@@ -145,7 +145,13 @@ pub(in crate::gateway) async fn invoke(
                 "too many synchronous calls at once; retry shortly",
             )
         })?;
-    let addr = conversation(&svc, &user, &a, b.conversation_id.as_deref()).await?;
+    let (cid, addr) = conversation(&svc, &user, &a, b.conversation_id.as_deref()).await?;
+    if super::invoke_stream::wants_events(&req) {
+        return super::invoke_stream::streamed(
+            &svc, &user, cid, addr, b.content, b.args, timeout, _permit,
+        )
+        .await;
+    }
     let (tx, rx) = oneshot::channel::<RunReport>();
     let m = msg::Send {
         owner: user.0.clone(),
@@ -153,6 +159,8 @@ pub(in crate::gateway) async fn invoke(
         args: b.args,
         subscriber: None,
         report: Some(tx),
+        on_busy: None,
+        idempotency: None,
     };
     let accepted = addr
         .send(m)
@@ -214,7 +222,7 @@ async fn conversation(
     user: &User,
     a: &Assistant,
     conversation_id: Option<&str>,
-) -> Result<Addr<Conversation>, ApiError> {
+) -> Result<(String, Addr<Conversation>), ApiError> {
     match conversation_id {
         Some(cid) => {
             let rec = owned_record(svc, &user.0, cid).await?;
@@ -224,9 +232,9 @@ async fn conversation(
                     rec.assistant, a.id
                 )));
             }
-            Ok(svc.registry.get_as(cid, &user.0).await?)
+            Ok((cid.to_owned(), svc.registry.get_as(cid, &user.0).await?))
         }
-        None => Ok(svc.registry.create(&user.0, &a.id)?.1),
+        None => Ok(svc.registry.create(&user.0, &a.id)?),
     }
 }
 

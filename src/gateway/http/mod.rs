@@ -6,7 +6,11 @@
 //! | `server.rs` | `GET /healthz`, `GET /metrics`, `GET /api/info` |
 //! | `assistants.rs` | `GET /api/assistants`, `GET /api/assistants/{id}` |
 //! | `invoke.rs` | `POST /api/assistants/{id}/invoke` (synchronous call) |
-//! | `conversations.rs` | `/api/conversations[/{id}[/messages\|/events]]` |
+//! | `invoke_stream.rs` | the same with `Accept: text/event-stream`: the run's events as SSE |
+//! | `conversations.rs` | `/api/conversations[/{id}[/messages\|/events]]` (reads, rename, delete) |
+//! | `commands.rs` | `POST /api/conversations`, `POST /api/conversations/{id}/{messages,resume,cancel}` (CONTRACT §6; `?wait=true`) |
+//! | `idempotent.rs` | the `Idempotency-Key` header of those `POST`s |
+//! | `sse.rs` | `GET /api/conversations/{id}/stream` (Server-Sent Events) |
 //! | `views.rs` | the JSON views of stored conversations and messages |
 //! | `connection.rs` | noticing that a client went away (for `invoke`) |
 //!
@@ -25,10 +29,14 @@
 //!   another user's is `conversation_not_found`.
 
 pub mod assistants;
+pub mod commands;
 pub mod connection;
 pub mod conversations;
+pub mod idempotent;
 pub mod invoke;
+pub mod invoke_stream;
 pub mod server;
+pub mod sse;
 pub mod static_files;
 pub mod views;
 

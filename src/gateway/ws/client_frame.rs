@@ -28,6 +28,9 @@ pub(super) enum ClientFrame {
         new_conversation: bool,
         #[serde(default)]
         args: Option<Value>,
+        /// What to do while a run is active (default: the assistant's `onBusy`).
+        #[serde(default)]
+        on_busy: Option<crate::assistant::model::OnBusy>,
     },
     Resume {
         conversation_id: String,

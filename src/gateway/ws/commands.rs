@@ -21,9 +21,24 @@ use serde_json::Value;
 
 use super::client_frame::{decode, ClientFrame};
 use super::{auth, SocketSession, Sub};
+use crate::assistant::model::OnBusy;
+use crate::conversation::IdempotencyKey;
 use crate::conversation::{msg, Conversation};
 use crate::error::{ApiError, ErrorCode};
+use crate::gateway::dedup::{
+    fingerprint_bytes, fingerprint_frame, frame_key, hex, scoped_key, Claim, Fingerprint,
+};
 use crate::gateway::frame::{Ack, ServerFrame};
+
+fn reused() -> ApiError {
+    ApiError::new(
+        ErrorCode::IdempotencyKeyReused,
+        "this frame id was used before for a different frame; use a new id",
+    )
+}
+
+/// The route name of WebSocket frame ids in the idempotency memory.
+const WS_ROUTE: &str = "ws";
 
 /// Events replayed per store read.
 const REPLAY_PAGE: usize = 512;
@@ -44,28 +59,86 @@ impl SocketSession {
         };
         let idempotent = matches!(frame, ClientFrame::Send { .. } | ClientFrame::Resume { .. });
         let user = self.user.as_ref().map(|u| u.0.clone());
-        if let (true, Some(u), Some(fid)) = (idempotent, &user, &id) {
-            if let Some(ack) = self.gw.frame_acks.get(u, fid) {
-                // A retried frame: the original answer, nothing applied again.
-                self.send_text(ByteString::from(ack)).await;
-                return;
+        // A frame id is an idempotency key (CONTRACT §6): checked before anything else.
+        let claim = match (idempotent, &user, id.as_ref().and_then(frame_key)) {
+            (true, Some(u), Some(key)) => {
+                let fp = serde_json::from_str::<Value>(text)
+                    .map(|v| fingerprint_frame(&v))
+                    .unwrap_or_else(|_| fingerprint_bytes(text.as_bytes()));
+                match self.gw.idempotency.claim(u, WS_ROUTE, &key, fp) {
+                    Claim::New => match self.stored_ack(u, &key, fp, id.as_ref()).await {
+                        Ok(None) => Some((u.clone(), key, fp)),
+                        Ok(Some(bytes)) => {
+                            // Accepted before a restart: the ack rebuilt from its stored key.
+                            self.gw.idempotency.release(u, WS_ROUTE, &key);
+                            if let Ok(text) = std::str::from_utf8(&bytes) {
+                                if self.gw.idempotency.claim(u, WS_ROUTE, &key, fp) == Claim::New {
+                                    self.gw.idempotency.finish(u, WS_ROUTE, &key, fp, 200, text);
+                                }
+                            }
+                            self.send_bytes(bytes).await;
+                            return;
+                        }
+                        Err(e) => {
+                            self.gw.idempotency.release(u, WS_ROUTE, &key);
+                            self.send_frame(ServerFrame::Error {
+                                id: id.as_ref(),
+                                error: &e,
+                            })
+                            .await;
+                            return;
+                        }
+                    },
+                    Claim::Replay { body, .. } => {
+                        // A retried frame: the original answer, nothing applied again.
+                        self.send_text(ByteString::from(body)).await;
+                        return;
+                    }
+                    refused => {
+                        let e = if refused == Claim::InProgress {
+                            ApiError::new(
+                                ErrorCode::ConversationBusy,
+                                "a frame with this id is being applied; retry it later",
+                            )
+                        } else {
+                            reused()
+                        };
+                        self.send_frame(ServerFrame::Error {
+                            id: id.as_ref(),
+                            error: &e,
+                        })
+                        .await;
+                        return;
+                    }
+                }
             }
-        }
-        match self.handle(frame).await {
+            _ => None,
+        };
+        self.pending_key = claim.as_ref().map(|(u, key, fp)| IdempotencyKey {
+            key: scoped_key(u, WS_ROUTE, key),
+            fingerprint: hex(fp),
+        });
+        let answer = self.handle(frame).await;
+        self.pending_key = None;
+        match answer {
             Ok(ack) => {
                 let bytes = ServerFrame::Ack {
                     id: id.as_ref(),
                     ack: &ack,
                 }
                 .to_bytes();
-                if let (true, Some(u), Some(fid)) = (idempotent, &user, &id) {
-                    if let Ok(text) = std::str::from_utf8(&bytes) {
-                        self.gw.frame_acks.put(u, fid, text);
+                if let Some((u, key, fp)) = &claim {
+                    match std::str::from_utf8(&bytes) {
+                        Ok(text) => self.gw.idempotency.finish(u, WS_ROUTE, key, *fp, 200, text),
+                        Err(_) => self.gw.idempotency.release(u, WS_ROUTE, key),
                     }
                 }
                 self.send_bytes(bytes).await;
             }
             Err(e) => {
+                if let Some((u, key, _)) = &claim {
+                    self.gw.idempotency.release(u, WS_ROUTE, key);
+                }
                 let f = ServerFrame::Error {
                     id: id.as_ref(),
                     error: &e,
@@ -73,6 +146,32 @@ impl SocketSession {
                 self.send_frame(f).await;
             }
         }
+    }
+
+    /// The ack of a frame id stored before a restart (`None`: unknown key); a stored id with a
+    /// different frame is `idempotency_key_reused`.
+    async fn stored_ack(
+        &self,
+        user: &str,
+        key: &str,
+        fp: Fingerprint,
+        id: Option<&Value>,
+    ) -> Result<Option<bytes::Bytes>, ApiError> {
+        let rec = self
+            .svc
+            .store
+            .idempotency_key(&scoped_key(user, WS_ROUTE, key))
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        let Some(rec) = rec else { return Ok(None) };
+        if rec.fingerprint != hex(&fp) {
+            return Err(reused());
+        }
+        let ack = Ack::Accepted {
+            conversation_id: rec.conversation_id,
+            run_id: rec.run_id,
+        };
+        Ok(Some(ServerFrame::Ack { id, ack: &ack }.to_bytes()))
     }
 
     /// Apply one frame; the ack to answer with.
@@ -85,10 +184,11 @@ impl SocketSession {
                 conversation_id,
                 new_conversation,
                 args,
+                on_busy,
             } => {
                 let owner = self.user()?;
                 let existing = conversation_id.filter(|_| !new_conversation);
-                self.on_send(owner, content, assistant, existing, args)
+                self.on_send(owner, content, assistant, existing, args, on_busy)
                     .await
             }
             ClientFrame::Resume {
@@ -98,20 +198,8 @@ impl SocketSession {
                 value,
             } => {
                 let owner = self.user()?;
-                let addr = self.conversation(&conversation_id).await?;
-                let accepted = addr
-                    .send(msg::Resume {
-                        owner,
-                        interrupt_id,
-                        action,
-                        value,
-                    })
+                self.on_resume(owner, conversation_id, interrupt_id, action, value)
                     .await
-                    .map_err(|_| ApiError::internal("the conversation stopped; resume again"))??;
-                Ok(Ack::Accepted {
-                    conversation_id: accepted.conversation_id,
-                    run_id: accepted.run_id,
-                })
             }
             ClientFrame::Subscribe {
                 conversation_id,
@@ -170,6 +258,7 @@ impl SocketSession {
         assistant: Option<String>,
         existing: Option<String>,
         args: Option<Value>,
+        on_busy: Option<OnBusy>,
     ) -> Result<Ack, ApiError> {
         self.limits(&content, &args)?;
         if existing.is_none() {
@@ -191,6 +280,8 @@ impl SocketSession {
             args,
             subscriber,
             report: None,
+            on_busy,
+            idempotency: self.pending_key.take(),
         };
         let accepted = match addr.send(m).await {
             Ok(r) => r?,
@@ -203,6 +294,62 @@ impl SocketSession {
             conversation_id: accepted.conversation_id,
             run_id: accepted.run_id,
         })
+    }
+
+    /// `resume`: answer an interrupt. A socket not following the conversation follows it from
+    /// now on (subscribed before the answer, so it sees the run it starts; unsubscribed again
+    /// if the answer is refused).
+    async fn on_resume(
+        &mut self,
+        owner: String,
+        conversation_id: String,
+        interrupt_id: String,
+        action: Option<String>,
+        value: Value,
+    ) -> Result<Ack, ApiError> {
+        let addr = self.conversation(&conversation_id).await?;
+        let newly = !self.subs.contains_key(conversation_id.as_str());
+        if newly {
+            let high = addr
+                .send(msg::Subscribe {
+                    owner: owner.clone(),
+                    subscriber: self.subscriber.clone(),
+                })
+                .await
+                .map_err(|_| ApiError::internal("the conversation stopped; resume again"))??
+                .high;
+            if let Err(e) = self.track(&conversation_id, addr.clone(), high) {
+                addr.do_send(msg::Unsubscribe {
+                    subscriber_id: self.subscriber.id,
+                });
+                return Err(e);
+            }
+        }
+        let answer = addr
+            .send(msg::Resume {
+                owner,
+                interrupt_id,
+                action,
+                value,
+                idempotency: self.pending_key.take(),
+            })
+            .await
+            .map_err(|_| ApiError::internal("the conversation stopped; resume again"));
+        match answer.and_then(|r| r.map_err(ApiError::from)) {
+            Ok(accepted) => Ok(Ack::Accepted {
+                conversation_id: accepted.conversation_id,
+                run_id: accepted.run_id,
+            }),
+            Err(e) => {
+                if newly {
+                    self.subs.remove(conversation_id.as_str());
+                    addr.do_send(msg::Unsubscribe {
+                        subscriber_id: self.subscriber.id,
+                    });
+                }
+                Err(e)
+            }
+        }
     }
 
     /// A new conversation of `assistant` (its args checked before it exists).

@@ -118,6 +118,8 @@ struct SocketSession {
     subs: HashMap<Arc<str>, Sub>,
     last_seen: Instant,
     closed: bool,
+    /// The idempotency key of the `send` or `resume` being handled (stored with it).
+    pending_key: Option<crate::conversation::IdempotencyKey>,
 }
 
 impl SocketSession {
@@ -143,6 +145,7 @@ impl SocketSession {
             subs: HashMap::new(),
             last_seen: Instant::now(),
             closed: false,
+            pending_key: None,
         }
     }
 

@@ -43,8 +43,8 @@ use tokio_postgres::NoTls;
 pub use writer::{MAX_GROUP_BATCHES, MAX_GROUP_OPS, QUEUE_HARD_CAP, QUEUE_SOFT_CAP, RETRY_FOR};
 
 use super::{
-    Ack, ConversationPage, ConversationRecord, MessageRecord, RunStatus, Store, StoreError,
-    StoreFuture, StoreStats, WriteOp,
+    Ack, ConversationPage, ConversationRecord, IdempotencyRecord, MessageRecord, RunStatus, Store,
+    StoreError, StoreFuture, StoreStats, WriteOp,
 };
 use writer::{Batch, Metrics, Queue};
 
@@ -133,6 +133,11 @@ pub(crate) enum Op {
     Delete {
         conversation: String,
     },
+    IdempotencyKey {
+        key: String,
+        expires_at: i64,
+        record: String,
+    },
 }
 
 fn encode(ops: Vec<WriteOp>) -> Result<Vec<Op>, StoreError> {
@@ -180,6 +185,12 @@ fn encode(ops: Vec<WriteOp>) -> Result<Vec<Op>, StoreError> {
                     Op::Checkpoint { conversation, data }
                 }
                 WriteOp::DeleteConversation { conversation } => Op::Delete { conversation },
+                WriteOp::PutIdempotencyKey { key, record } => Op::IdempotencyKey {
+                    record: serde_json::to_string(&record)
+                        .map_err(|e| StoreError::encode(format!("idempotency key {key:?}"), e))?,
+                    expires_at: record.expires_at_ms,
+                    key,
+                },
             })
         })
         .collect()
@@ -378,6 +389,10 @@ impl Store for PgStore {
 
     fn checkpoint<'a>(&'a self, conversation: &'a str) -> StoreFuture<'a, Option<Bytes>> {
         self.read(read::checkpoint(&self.inner.pool, conversation))
+    }
+
+    fn idempotency_key<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<IdempotencyRecord>> {
+        self.read(read::idempotency_key(&self.inner.pool, key))
     }
 
     fn conversations_with_status(

@@ -7,7 +7,9 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
 use super::writer::retryable;
-use crate::store::{ConversationPage, ConversationRecord, MessageRecord, RunStatus, StoreError};
+use crate::store::{
+    ConversationPage, ConversationRecord, IdempotencyRecord, MessageRecord, RunStatus, StoreError,
+};
 
 /// Runs one query, retrying once on a new connection after a connection-level error.
 pub(super) async fn query(
@@ -181,6 +183,26 @@ pub(super) async fn checkpoint(
     )
     .await?;
     Ok(rows.first().map(|r| Bytes::from(r.get::<_, Vec<u8>>(0))))
+}
+
+/// A stored idempotency key, unless it has expired.
+pub(super) async fn idempotency_key(
+    pool: &Pool,
+    key: &str,
+) -> Result<Option<IdempotencyRecord>, StoreError> {
+    let now = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
+    let rows = query(
+        pool,
+        "SELECT record FROM idempotency_keys WHERE key = $1 AND expires_at > $2",
+        &[&key, &now],
+    )
+    .await?;
+    rows.first()
+        .map(|r| {
+            serde_json::from_str(r.get::<_, &str>(0))
+                .map_err(|e| StoreError::corrupt(format!("idempotency key {key:?}: {e}"), e))
+        })
+        .transpose()
 }
 
 pub(super) fn status_name(status: RunStatus) -> &'static str {

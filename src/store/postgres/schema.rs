@@ -20,9 +20,10 @@ use tokio_postgres::Client;
 use crate::store::StoreError;
 
 /// `(version, SQL)`, in order.
-const MIGRATIONS: &[(i32, &str)] = &[(
-    1,
-    "CREATE TABLE conversations (
+const MIGRATIONS: &[(i32, &str)] = &[
+    (
+        1,
+        "CREATE TABLE conversations (
         id text PRIMARY KEY,
         owner text NOT NULL,
         assistant text NOT NULL,
@@ -50,7 +51,16 @@ const MIGRATIONS: &[(i32, &str)] = &[(
         conversation text PRIMARY KEY,
         data bytea NOT NULL
     );",
-)];
+    ),
+    (
+        2,
+        "CREATE TABLE idempotency_keys (
+        key text PRIMARY KEY,
+        expires_at bigint NOT NULL,
+        record text NOT NULL
+    );",
+    ),
+];
 
 /// The newest schema version this build knows.
 pub const SCHEMA_VERSION: i32 = MIGRATIONS[MIGRATIONS.len() - 1].0;

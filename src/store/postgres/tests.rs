@@ -29,7 +29,10 @@ crate::store::suite::store_suite!(std::sync::Arc::new(super::fresh().await));
 #[tokio::test]
 async fn migrations_are_idempotent() {
     let options = fresh_options().await;
-    assert_eq!(super::migrate(&options).await.unwrap(), 1);
+    assert_eq!(
+        super::migrate(&options).await.unwrap(),
+        super::schema::SCHEMA_VERSION as usize
+    );
     assert_eq!(super::migrate(&options).await.unwrap(), 0);
     let store = PgStore::open(&options).await.unwrap();
     drop(store);

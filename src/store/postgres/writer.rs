@@ -377,6 +377,7 @@ struct Pending<'a> {
     messages: HashMap<(&'a str, i64), &'a str>,
     events: HashMap<(&'a str, i64), &'a Bytes>,
     checkpoints: HashMap<&'a str, &'a Bytes>,
+    keys: HashMap<&'a str, (i64, &'a str)>,
 }
 
 impl<'a> Pending<'a> {
@@ -405,6 +406,13 @@ impl<'a> Pending<'a> {
             Op::Checkpoint { conversation, data } => {
                 self.checkpoints.insert(conversation, data);
             }
+            Op::IdempotencyKey {
+                key,
+                expires_at,
+                record,
+            } => {
+                self.keys.insert(key, (*expires_at, record));
+            }
             Op::Delete { .. } => {}
         }
     }
@@ -417,7 +425,8 @@ impl<'a> Pending<'a> {
         self.put_conversations(tx, stmts).await?;
         self.put_messages(tx, stmts).await?;
         self.put_events(tx, stmts).await?;
-        self.put_checkpoints(tx, stmts).await
+        self.put_checkpoints(tx, stmts).await?;
+        self.put_keys(tx, stmts).await
     }
 
     async fn put_conversations(
@@ -558,6 +567,38 @@ impl<'a> Pending<'a> {
                 .await
                 .map_err(StoreError::db)?;
         }
+        Ok(())
+    }
+}
+
+impl Pending<'_> {
+    /// Idempotency keys, in the same transaction as what they guard.
+    async fn put_keys(
+        &mut self,
+        tx: &Transaction<'_>,
+        stmts: &mut Statements,
+    ) -> Result<(), StoreError> {
+        if self.keys.is_empty() {
+            return Ok(());
+        }
+        let mut cols: (Vec<&str>, Vec<i64>, Vec<&str>) = Default::default();
+        for (key, (expires_at, record)) in self.keys.drain() {
+            cols.0.push(key);
+            cols.1.push(expires_at);
+            cols.2.push(record);
+        }
+        let stmt = stmts
+            .get(
+                tx,
+                "INSERT INTO idempotency_keys (key, expires_at, record)
+                 SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[])
+                 ON CONFLICT (key) DO UPDATE
+                 SET expires_at = excluded.expires_at, record = excluded.record",
+            )
+            .await?;
+        tx.execute(&stmt, &[&cols.0, &cols.1, &cols.2])
+            .await
+            .map_err(StoreError::db)?;
         Ok(())
     }
 }

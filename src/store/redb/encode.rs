@@ -58,6 +58,10 @@ pub(super) enum Encoded {
     DeleteConversation {
         conversation: String,
     },
+    PutIdempotencyKey {
+        key: String,
+        json: Vec<u8>,
+    },
 }
 
 /// Encodes a batch. Events of one conversation with consecutive seqs are packed into chunks;
@@ -107,6 +111,11 @@ pub(super) fn encode(ops: Vec<WriteOp>) -> Result<Vec<Encoded>, StoreError> {
             }
             WriteOp::PutCheckpoint { conversation, data } => {
                 out.push(Encoded::PutCheckpoint { conversation, data });
+            }
+            WriteOp::PutIdempotencyKey { key, record } => {
+                let json = serde_json::to_vec(&record)
+                    .map_err(|e| StoreError::encode(format!("idempotency key {key:?}"), e))?;
+                out.push(Encoded::PutIdempotencyKey { key, json });
             }
             WriteOp::DeleteConversation { conversation } => {
                 if open

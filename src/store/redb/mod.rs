@@ -78,8 +78,8 @@ pub use writer::{
 };
 
 use super::{
-    Ack, ConversationPage, ConversationRecord, MessageRecord, RunStatus, Store, StoreError,
-    StoreFuture, StoreStats, WriteOp,
+    Ack, ConversationPage, ConversationRecord, IdempotencyRecord, MessageRecord, RunStatus, Store,
+    StoreError, StoreFuture, StoreStats, WriteOp,
 };
 use handle::{DbHandle, Opener};
 use read::Reader;
@@ -313,6 +313,11 @@ impl Store for RedbStore {
     fn checkpoint<'a>(&'a self, conversation: &'a str) -> StoreFuture<'a, Option<Bytes>> {
         let conversation = conversation.to_owned();
         self.read(move |r| r.checkpoint(&conversation))
+    }
+
+    fn idempotency_key<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<IdempotencyRecord>> {
+        let key = key.to_owned();
+        self.read(move |r| r.idempotency_key(&key))
     }
 
     fn conversations_with_status(

@@ -18,9 +18,11 @@ use super::encode::decode_chunk;
 use super::handle::DbHandle;
 use super::tables::{
     decode_conversation, inverted_time, Cursor, BY_OWNER, BY_OWNER_ASSISTANT, CHECKPOINTS,
-    CONVERSATIONS, EVENTS, MESSAGES,
+    CONVERSATIONS, EVENTS, IDEMPOTENCY, MESSAGES,
 };
-use crate::store::{ConversationPage, ConversationRecord, MessageRecord, RunStatus, StoreError};
+use crate::store::{
+    ConversationPage, ConversationRecord, IdempotencyRecord, MessageRecord, RunStatus, StoreError,
+};
 
 /// The synchronous readers over one database (cheap to clone into a blocking task).
 #[derive(Clone)]
@@ -194,6 +196,22 @@ impl Reader {
         let table = txn.open_table(CHECKPOINTS)?;
         let found = table.get(conversation)?;
         Ok(found.map(|guard| Bytes::copy_from_slice(guard.value())))
+    }
+
+    /// An idempotency key's record, unless it expired.
+    pub(super) fn idempotency_key(
+        &self,
+        key: &str,
+    ) -> Result<Option<IdempotencyRecord>, StoreError> {
+        let txn = self.read_txn()?;
+        let table = txn.open_table(IDEMPOTENCY)?;
+        let Some(found) = table.get(key)? else {
+            return Ok(None);
+        };
+        let record: IdempotencyRecord = serde_json::from_slice(found.value())
+            .map_err(|e| StoreError::corrupt(format!("idempotency key {key:?}: {e}"), e))?;
+        let now = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
+        Ok((record.expires_at_ms > now).then_some(record))
     }
 
     /// Every conversation whose status is `status`. A FULL SCAN of the conversations table, meant

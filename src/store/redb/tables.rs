@@ -31,6 +31,10 @@ const EVENTS_V1: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("eve
 /// conversation → checkpoint bytes.
 pub(super) const CHECKPOINTS: TableDefinition<&str, &[u8]> = TableDefinition::new("checkpoints");
 
+/// scoped idempotency key → `IdempotencyRecord` JSON.
+pub(super) const IDEMPOTENCY: TableDefinition<&str, &[u8]> =
+    TableDefinition::new("idempotency_keys");
+
 /// Creates every table (no-op when they exist) so that read transactions can always open them.
 pub(super) fn create_all(db: &Database) -> Result<(), StoreError> {
     let txn = db.begin_write()?;
@@ -40,6 +44,7 @@ pub(super) fn create_all(db: &Database) -> Result<(), StoreError> {
     txn.open_table(MESSAGES)?;
     txn.open_table(EVENTS)?;
     txn.open_table(CHECKPOINTS)?;
+    txn.open_table(IDEMPOTENCY)?;
     migrate_events_v1(&txn)?;
     txn.commit()?;
     Ok(())

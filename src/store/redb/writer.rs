@@ -33,7 +33,7 @@ use super::encode::Encoded;
 use super::handle::DbHandle;
 use super::tables::{
     inverted_time, IndexFields, BY_OWNER, BY_OWNER_ASSISTANT, CHECKPOINTS, CONVERSATIONS, EVENTS,
-    MESSAGES,
+    IDEMPOTENCY, MESSAGES,
 };
 use crate::store::{AckSender, StoreError};
 
@@ -460,6 +460,7 @@ fn apply_group(txn: &WriteTransaction, group: &[Batch]) -> Result<(), StoreError
     let mut messages = txn.open_table(MESSAGES)?;
     let mut events = txn.open_table(EVENTS)?;
     let mut checkpoints = txn.open_table(CHECKPOINTS)?;
+    let mut idempotency = txn.open_table(IDEMPOTENCY)?;
 
     for batch in group {
         for op in &batch.ops {
@@ -491,6 +492,9 @@ fn apply_group(txn: &WriteTransaction, group: &[Batch]) -> Result<(), StoreError
                 }
                 Encoded::PutCheckpoint { conversation, data } => {
                     checkpoints.insert(conversation.as_str(), data.as_ref())?;
+                }
+                Encoded::PutIdempotencyKey { key, json } => {
+                    idempotency.insert(key.as_str(), json.as_slice())?;
                 }
                 Encoded::DeleteConversation { conversation } => {
                     let id = conversation.as_str();

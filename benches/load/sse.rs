@@ -1,0 +1,161 @@
+//! Scenario 7: scenario 3 over Server-Sent Events. `stream_sockets` programs each create a
+//! conversation of `bench_stream` over HTTP, follow it with one `GET …/stream` and, in a loop,
+//! send a message (`POST …/messages`) and read the run's events off the SSE stream until its
+//! `RUN_FINISHED`. Events/s are reported beside scenario 3's WebSocket figure (target: at least
+//! 0.8× it); nothing may be lost (every seq once, in order, up to the stored last seq).
+
+use std::sync::Arc;
+
+use anyhow::{anyhow, bail};
+use eventsource_stream::Eventsource;
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+
+use super::scenarios::{join, note_errors, STREAM_TEXT};
+use super::server::{CpuProbe, Home};
+use super::stats::{Tally, Window};
+use super::{Options, Report, Row, Target, Unit};
+
+/// One program: its conversation's last seq seen and seq gaps.
+async fn program(
+    addr: std::net::SocketAddr,
+    w: Window,
+    t: &mut Tally,
+) -> anyhow::Result<(String, u64, u64)> {
+    let http = reqwest::Client::new();
+    let base = format!("http://{addr}/api/conversations");
+    let created: Value = http
+        .post(&base)
+        .json(&json!({"assistant": "bench_stream", "title": "sse"}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let conv = created["conversationId"]
+        .as_str()
+        .ok_or_else(|| anyhow!("no conversationId: {created}"))?
+        .to_string();
+    let resp = http.get(format!("{base}/{conv}/stream")).send().await?;
+    if !resp.status().is_success() {
+        bail!("stream: {}", resp.status());
+    }
+    let mut events = resp.bytes_stream().eventsource();
+    let (mut last, mut gaps) = (0u64, 0u64);
+    while !w.over() {
+        let r = http
+            .post(format!("{base}/{conv}/messages"))
+            .json(&json!({"content": STREAM_TEXT}))
+            .send()
+            .await?;
+        if r.status().as_u16() != 202 {
+            bail!("send: {}", r.status());
+        }
+        let mut n = 0u64;
+        loop {
+            let ev = events
+                .next()
+                .await
+                .ok_or_else(|| anyhow!("the stream ended"))??;
+            let seq: u64 = ev.id.parse()?;
+            if seq != last + 1 {
+                gaps += 1;
+            }
+            last = seq;
+            n += 1;
+            if ev.event == "RUN_ERROR" {
+                bail!("the run failed: {}", ev.data);
+            }
+            if ev.event == "RUN_FINISHED" {
+                break;
+            }
+        }
+        if w.ends_in(std::time::Instant::now()) {
+            t.ops += 1;
+            t.items += n;
+        }
+    }
+    Ok((conv, last, gaps))
+}
+
+pub async fn sse(o: &Options, report: &mut Report) -> anyhow::Result<()> {
+    let home = Home::new()?;
+    let mut server = home.start()?;
+    let addr = server.addr;
+    let cpu = CpuProbe::start(&server);
+    let w = Window::after(o.warmup, o.duration);
+    let ends = Arc::new(parking_lot::Mutex::new(Vec::<(String, u64, u64)>::new()));
+    let mut handles = Vec::new();
+    for _ in 0..o.stream_sockets {
+        let ends = ends.clone();
+        handles.push(tokio::spawn(async move {
+            let mut t = Tally::default();
+            match program(addr, w, &mut t).await {
+                Ok(end) => ends.lock().push(end),
+                Err(e) => t.error(format!("{e:#}")),
+            }
+            t
+        }));
+    }
+    let t = join(handles).await;
+    let cpu = cpu.report();
+    note_errors(report, "7 sse", &t);
+    if let Some(e) = server.exited() {
+        bail!("{e}");
+    }
+    let eps = t.items as f64 / w.seconds();
+    let http = reqwest::Client::new();
+    let (mut lost, mut gaps) = (0u64, 0u64);
+    let ends = ends.lock().clone();
+    for (conv, last, g) in &ends {
+        gaps += g;
+        let v: Value = http
+            .get(format!("http://{addr}/api/conversations/{conv}"))
+            .send()
+            .await?
+            .json()
+            .await?;
+        lost += v["lastSeq"].as_u64().unwrap_or(0).saturating_sub(*last);
+    }
+    if ends.len() != o.stream_sockets {
+        report.problem(format!(
+            "7 sse: {} of {} programs finished",
+            ends.len(),
+            o.stream_sockets
+        ));
+    }
+    if gaps > 0 || lost > 0 {
+        report.problem(format!("7 sse: {gaps} seq gap(s), {lost} event(s) lost"));
+    }
+    let ws = report
+        .rows_of("3")
+        .first()
+        .map(|r| r.value)
+        .filter(|v| *v > 0.0);
+    let mut row = Row::new(
+        "7",
+        format!(
+            "streamed events delivered over SSE, {} streams: events/s",
+            o.stream_sockets
+        ),
+        eps,
+        Unit::PerSec,
+    );
+    if let Some(ws) = ws {
+        row = row.target(Target::AtLeast(0.8 * ws)).baseline(ws);
+    }
+    report.row(row);
+    report.row(
+        Row::new(
+            "7",
+            "events lost + seq gaps (all streams)".into(),
+            (lost + gaps) as f64,
+            Unit::Count,
+        )
+        .target(Target::AtMost(0.0)),
+    );
+    report.note(format!(
+        "7: {} runs in the window over SSE (baseline column: scenario 3's WebSocket events/s of the same run, when it ran). {cpu}",
+        t.ops
+    ));
+    Ok(())
+}

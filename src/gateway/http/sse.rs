@@ -1,0 +1,182 @@
+//! `GET /api/conversations/{id}/stream`: a conversation's event log as Server-Sent Events
+//! (CONTRACT §6), a translation of [`EventStream`] (DESIGN: fronts are translations).
+//!
+//! - Each event is one SSE message, exactly `id: <seq>\nevent: <type>\ndata: <event json>\n\n`
+//!   ([`sse_message`]); `data` is the stored event itself (what a WebSocket frame carries
+//!   under `event`), so the seqs and JSON are the socket's.
+//! - Start: after `Last-Event-ID` if the header is there (it wins), else after `?since`, else
+//!   from the start (`since = 0`). Stored events first, then live ones, each once, in order.
+//! - A comment line (`: heartbeat`) every `server.sse_heartbeat_seconds` while nothing else is
+//!   sent, so proxies keep the connection open.
+//! - `?until=idle` ends the stream once the conversation is paused, finished or failed: at
+//!   the end of the replay when no run was active at opening, else after the first live
+//!   `RUN_FINISHED` / `RUN_ERROR`.
+//! - Bounds: the same queue as a socket's; a reader too slow for it is dropped
+//!   ([`Next::Lagged`]): the response ends and the client resumes with `Last-Event-ID`,
+//!   losing nothing.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use bytes::Bytes;
+use serde::Deserialize;
+use utoipa::IntoParams;
+
+use super::{owned_record, query, ApiResult, Svc};
+use crate::error::ApiError;
+use crate::gateway::auth::User;
+use crate::gateway::stream::{ends_run, event_type, EventStream, Next};
+use crate::gateway::ErrorBody;
+
+/// When a stream ends on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Until {
+    /// Once the conversation is paused, finished or failed.
+    Idle,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct StreamQuery {
+    /// Only events after this seq (default 0). The `Last-Event-ID` header wins over it.
+    since: Option<u64>,
+    /// `idle`: end the stream once the conversation is paused, finished or failed.
+    until: Option<Until>,
+}
+
+/// One SSE message for an event.
+pub fn sse_message(seq: u64, event_json: &[u8]) -> Bytes {
+    let kind = event_type(event_json).unwrap_or_else(|| "message".into());
+    let mut out = Vec::with_capacity(event_json.len() + kind.len() + 40);
+    out.extend_from_slice(format!("id: {seq}\nevent: {kind}\ndata: ").as_bytes());
+    // Stored events are compact JSON: one line. Guard anyway: a newline would end `data`.
+    out.extend(
+        event_json
+            .iter()
+            .map(|&b| if b == b'\n' { b' ' } else { b }),
+    );
+    out.extend_from_slice(b"\n\n");
+    Bytes::from(out)
+}
+
+/// Where a stream starts: `Last-Event-ID` (wins), else `since`, else 0.
+fn start_after(req: &HttpRequest, since: Option<u64>) -> Result<u64, ApiError> {
+    match req.headers().get("Last-Event-ID") {
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .ok_or_else(|| ApiError::bad_request("Last-Event-ID must be a seq (a whole number)")),
+        None => Ok(since.unwrap_or(0)),
+    }
+}
+
+/// The state of one response.
+struct Sse {
+    events: EventStream,
+    until_idle: bool,
+    heartbeat: Duration,
+    done: bool,
+}
+
+impl Sse {
+    /// The next chunk of the response, or `None` when it ends.
+    async fn chunk(&mut self) -> Option<Bytes> {
+        if self.done {
+            return None;
+        }
+        if self.until_idle && !self.events.running_at_open() && self.events.replayed() {
+            return None;
+        }
+        let next = tokio::select! {
+            n = self.events.next() => n,
+            _ = tokio::time::sleep(self.heartbeat) => {
+                return Some(Bytes::from_static(b": heartbeat\n\n"));
+            }
+        };
+        match next {
+            Ok(Next::Event(seq, json)) => {
+                let live = seq > self.events.high_at_open();
+                if self.until_idle && self.events.running_at_open() && live && ends_run(&json) {
+                    self.done = true;
+                }
+                Some(sse_message(seq, &json))
+            }
+            Ok(Next::Lagged) => {
+                tracing::debug!("an SSE reader fell behind; its response ends");
+                None
+            }
+            Ok(Next::Closed) => None,
+            Err(e) => {
+                tracing::warn!(error = %e, "an SSE stream could not read the store");
+                None
+            }
+        }
+    }
+}
+
+/// Stream a conversation's events as Server-Sent Events.
+#[utoipa::path(
+    get,
+    path = "/api/conversations/{id}/stream",
+    tag = "conversations",
+    security((), ("bearer" = [])),
+    params(
+        ("id" = String, Path, description = "The conversation's id"),
+        ("Last-Event-ID" = Option<String>, Header, description = "Resume after this seq (wins over `since`)"),
+        StreamQuery,
+    ),
+    responses(
+        (status = 200, description = "`text/event-stream`: `id: <seq>`, `event: <type>`, `data: <event JSON>` per event; `: heartbeat` comments", content_type = "text/event-stream", body = String),
+        (status = 400, description = "`bad_request`: a bad query string or Last-Event-ID", body = ErrorBody),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 404, description = "`conversation_not_found`", body = ErrorBody),
+        (status = 500, description = "`internal`", body = ErrorBody),
+    )
+)]
+pub(in crate::gateway) async fn stream(
+    svc: Svc,
+    req: HttpRequest,
+    id: web::Path<String>,
+    user: User,
+) -> ApiResult {
+    let q: StreamQuery = query(&req)?;
+    let since = start_after(&req, q.since)?;
+    owned_record(&svc, &user.0, &id).await?;
+    let svc: Arc<_> = svc.into_inner().as_ref().clone();
+    let events = EventStream::open(&svc, &user.0, &id, since).await?;
+    let state = Sse {
+        events,
+        until_idle: q.until == Some(Until::Idle),
+        heartbeat: Duration::from_secs(svc.config.server.sse_heartbeat_seconds.max(1)),
+        done: false,
+    };
+    let body = futures_util::stream::unfold(state, |mut s| async move {
+        let chunk = s.chunk().await?;
+        Some((Ok::<_, actix_web::Error>(chunk), s))
+    });
+    Ok(HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .insert_header(("Cache-Control", "no-cache"))
+        .insert_header(("X-Accel-Buffering", "no"))
+        .streaming(body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_have_the_contract_format() {
+        let m = sse_message(7, br#"{"type":"RUN_STARTED","runId":"r"}"#);
+        assert_eq!(
+            &m[..],
+            b"id: 7\nevent: RUN_STARTED\ndata: {\"type\":\"RUN_STARTED\",\"runId\":\"r\"}\n\n"
+        );
+        let m = sse_message(1, b"{\"a\":\n1}");
+        assert_eq!(&m[..], b"id: 1\nevent: message\ndata: {\"a\": 1}\n\n");
+    }
+}
