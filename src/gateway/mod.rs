@@ -16,6 +16,7 @@
 //! | `auth.rs` | [`auth::User`], an extractor: a handler that takes one cannot run unauthenticated; tokens, origins |
 //! | `dedup.rs` | frame-id retries get the bytes of the original ack |
 //! | `limits.rs` | per-user rate limits |
+//! | `openai/` | the OpenAI-compatible front, `/v1` (see its module doc) |
 //! | `openapi.rs` | `GET /openapi.json`, generated from the handlers' `#[utoipa::path]` |
 //!
 //! Errors: handlers and the session return [`ApiError`] (one code vocabulary, DESIGN invariant
@@ -27,6 +28,7 @@ pub mod dedup;
 pub mod frame;
 pub mod http;
 pub mod limits;
+pub mod openai;
 pub mod openapi;
 pub mod state;
 pub mod stream;
@@ -101,6 +103,8 @@ route_table! {
     get "/api/conversations/{id}/messages" => http::conversations::messages;
     get "/api/conversations/{id}/events" => http::conversations::events;
     get "/ws" => ws::handshake;
+    get "/v1/models" => openai::list_models;
+    post "/v1/chat/completions" => openai::chat_completions;
 }
 
 /// Errors produced by actix-web itself (an oversized body) get the same JSON error body as ours.
