@@ -7,6 +7,7 @@ mod browser_demo;
 mod common;
 mod examples;
 mod http;
+mod openai;
 mod openapi;
 mod security;
 mod ws;

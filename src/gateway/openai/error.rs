@@ -16,7 +16,7 @@ pub const CONVERSATION_HEADER: &str = "X-Parley-Conversation-Id";
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{api}")]
 pub struct OpenAiError {
-    pub api: ApiError,
+    pub api: Box<ApiError>,
     /// The request field at fault (`model`, `messages`, `parley.args`, ...).
     pub param: Option<&'static str>,
     /// The conversation the request worked on, if one was known.
@@ -43,7 +43,7 @@ impl OpenAiError {
 impl From<ApiError> for OpenAiError {
     fn from(api: ApiError) -> Self {
         OpenAiError {
-            api,
+            api: Box::new(api),
             param: None,
             conversation: None,
         }
