@@ -12,6 +12,7 @@
 
 mod baseline;
 mod client;
+mod openai;
 mod scenarios;
 mod server;
 mod stats;
@@ -28,16 +29,18 @@ pub enum Scenario {
     Idle,
     Durable,
     Cold,
+    OpenAi,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 6] = [
+    pub const ALL: [Scenario; 7] = [
         Scenario::Invoke,
         Scenario::Hitl,
         Scenario::Stream,
         Scenario::Idle,
         Scenario::Durable,
         Scenario::Cold,
+        Scenario::OpenAi,
     ];
 
     pub fn parse(s: &str) -> Result<Vec<Scenario>, String> {
@@ -51,9 +54,10 @@ impl Scenario {
                 "4" | "idle" => out.push(Scenario::Idle),
                 "5" | "durable" => out.push(Scenario::Durable),
                 "6" | "cold" => out.push(Scenario::Cold),
+                "7" | "openai" => out.push(Scenario::OpenAi),
                 other => {
                     return Err(format!(
-                        "unknown scenario '{other}' (all, invoke, hitl, stream, idle, durable, cold or 1-6)"
+                        "unknown scenario '{other}' (all, invoke, hitl, stream, idle, durable, cold, openai or 1-7)"
                     ))
                 }
             }
@@ -406,6 +410,7 @@ async fn run_async(o: &Options) -> Report {
             Scenario::Idle => scenarios::idle(o, &mut report).await,
             Scenario::Durable => scenarios::durable(o, &mut report).await,
             Scenario::Cold => scenarios::cold(o, &b, &mut report).await,
+            Scenario::OpenAi => openai::openai(o, &mut report).await,
         };
         if let Err(e) = r {
             report.problem(format!("scenario {s:?} failed: {e:#}"));

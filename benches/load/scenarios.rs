@@ -37,7 +37,7 @@ async fn join(handles: Vec<tokio::task::JoinHandle<Tally>>) -> Tally {
     all
 }
 
-fn note_errors(report: &mut Report, what: &str, t: &Tally) {
+pub(super) fn note_errors(report: &mut Report, what: &str, t: &Tally) {
     if t.errors > 0 {
         report.problem(format!(
             "{what}: {} error(s); first: {}",
@@ -60,7 +60,7 @@ pub struct Baselines {
     pub ws_frames_per_s: f64,
 }
 
-async fn http_load(
+pub(super) async fn http_load(
     addr: SocketAddr,
     path: &'static str,
     body: Bytes,

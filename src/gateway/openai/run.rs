@@ -53,6 +53,17 @@ pub(super) async fn start(
             ))
             .param("messages"));
         }
+        let max_args = svc.config.server.max_args_bytes;
+        if args
+            .as_ref()
+            .is_some_and(|v| v.to_string().len() > max_args)
+        {
+            return Err(OpenAiError::from(ApiError::new(
+                ErrorCode::PayloadTooLarge,
+                format!("parley.args is larger than {max_args} bytes"),
+            ))
+            .param("parley.args"));
+        }
         a.check_args(args.as_ref())
             .map_err(|e| OpenAiError::from(e).param("parley.args"))?;
     }
