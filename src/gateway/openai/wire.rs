@@ -58,14 +58,12 @@ pub struct ChatMessage {
     pub role: ChatRole,
     /// A string, or a list of content parts (only the `text` parts are read).
     #[serde(default)]
-    #[schema(value_type = Object)]
     pub content: Option<Value>,
     /// On `tool` messages: the tool call (interrupt) this message answers.
     #[serde(default)]
     pub tool_call_id: Option<String>,
     /// On `assistant` messages: the tool calls it made (echoed back by clients; ignored).
     #[serde(default)]
-    #[schema(value_type = Object)]
     pub tool_calls: Option<Value>,
     #[serde(default)]
     pub name: Option<String>,
