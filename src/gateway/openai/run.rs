@@ -67,10 +67,10 @@ pub(super) async fn start(
         a.check_args(args.as_ref())
             .map_err(|e| OpenAiError::from(e).param("parley.args"))?;
     }
-    let conversation = match named {
+    let (conversation, new) = match named {
         Some(cid) => {
             owned_by(svc, user, a, &cid).await?;
-            cid
+            (cid, false)
         }
         None => {
             if matches!(command, Command::Resume { .. }) {
@@ -80,16 +80,20 @@ pub(super) async fn start(
                 .param("messages"));
             }
             gw.limits.new_conversation(&user.0)?;
-            svc.registry.create(svc, &user.0, &a.id)?.0
+            (svc.registry.create(svc, &user.0, &a.id)?.0, true)
         }
     };
     let in_conv = |e: ApiError| OpenAiError::from(e).in_conversation(&conversation);
     gw.limits.message(&user.0).map_err(in_conv)?;
-    let since = svc
-        .store
-        .last_seq(&conversation)
-        .await
-        .map_err(|e| in_conv(ApiError::internal(e.to_string())))?;
+    // Replay only what the mark holds beyond the stored end (a new conversation has nothing).
+    let since = if new {
+        0
+    } else {
+        svc.store
+            .last_seq(&conversation)
+            .await
+            .map_err(|e| in_conv(ApiError::internal(e.to_string())))?
+    };
     let stream = EventStream::open(svc, &user.0, &conversation, since)
         .await
         .map_err(in_conv)?;
