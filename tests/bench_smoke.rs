@@ -14,7 +14,7 @@ fn load_generator_smoke() {
         "the load generator found problems: {:#?}",
         report.problems
     );
-    for scenario in ["B", "1", "2", "3", "4", "5", "6", "7"] {
+    for scenario in ["B", "1", "2", "3", "4", "5", "6", "7", "8", "9"] {
         let rows = report.rows_of(scenario);
         assert!(!rows.is_empty(), "scenario {scenario} produced no row");
         for r in rows {
@@ -43,6 +43,9 @@ fn load_generator_smoke() {
     positive("4", "sends without error");
     positive("5", "messages stored/s");
     positive("6", "cold start");
+    positive("8", "events/s");
+    positive("9", "streamed chat completions, ");
+    positive("9", "time to first content chunk");
     let sends = report
         .rows_of("4")
         .into_iter()

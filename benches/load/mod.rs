@@ -13,6 +13,7 @@
 mod agui;
 mod baseline;
 mod client;
+mod openai;
 mod scenarios;
 mod server;
 mod sse;
@@ -32,10 +33,11 @@ pub enum Scenario {
     Cold,
     Agui,
     Sse,
+    OpenAi,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 8] = [
+    pub const ALL: [Scenario; 9] = [
         Scenario::Invoke,
         Scenario::Hitl,
         Scenario::Stream,
@@ -44,6 +46,7 @@ impl Scenario {
         Scenario::Cold,
         Scenario::Agui,
         Scenario::Sse,
+        Scenario::OpenAi,
     ];
 
     pub fn parse(s: &str) -> Result<Vec<Scenario>, String> {
@@ -59,9 +62,10 @@ impl Scenario {
                 "6" | "cold" => out.push(Scenario::Cold),
                 "7" | "agui" => out.push(Scenario::Agui),
                 "8" | "sse" => out.push(Scenario::Sse),
+                "9" | "openai" => out.push(Scenario::OpenAi),
                 other => {
                     return Err(format!(
-                        "unknown scenario '{other}' (all, invoke, hitl, stream, idle, durable, cold, agui, sse or 1-8)"
+                        "unknown scenario '{other}' (all, invoke, hitl, stream, idle, durable, cold, agui, sse, openai or 1-9)"
                     ))
                 }
             }
@@ -200,7 +204,7 @@ impl Options {
     }
 }
 
-pub const USAGE: &str = "usage: cargo bench --bench load -- [--quick | --smoke] [--scenario all|invoke,hitl,stream,idle,durable,cold,agui,sse|1-8] [--backend redb|postgres] [--duration SECS] [--invoke-connections N] [--hitl-clients N] [--idle-sockets N] [--cold-conversations N]";
+pub const USAGE: &str = "usage: cargo bench --bench load -- [--quick | --smoke] [--scenario all|invoke,hitl,stream,idle,durable,cold,agui,sse,openai|1-9] [--backend redb|postgres] [--duration SECS] [--invoke-connections N] [--hitl-clients N] [--idle-sockets N] [--cold-conversations N]";
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Unit {
@@ -435,6 +439,7 @@ async fn run_async(o: &Options) -> Report {
             Scenario::Cold => scenarios::cold(o, &b, &mut report).await,
             Scenario::Agui => agui::agui(o, &mut report).await,
             Scenario::Sse => sse::sse(o, &mut report).await,
+            Scenario::OpenAi => openai::openai(o, &mut report).await,
         };
         if let Err(e) = r {
             report.problem(format!("scenario {s:?} failed: {e:#}"));

@@ -59,7 +59,7 @@ pub struct Baselines {
     pub ws_frames_per_s: f64,
 }
 
-async fn http_load(
+pub(super) async fn http_load(
     addr: SocketAddr,
     path: &'static str,
     body: Bytes,

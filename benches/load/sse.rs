@@ -98,7 +98,7 @@ pub async fn sse(o: &Options, report: &mut Report) -> anyhow::Result<()> {
     }
     let t = join(handles).await;
     let cpu = cpu.report();
-    note_errors(report, "7 sse", &t);
+    note_errors(report, "8 sse", &t);
     if let Some(e) = server.exited() {
         bail!("{e}");
     }
@@ -118,13 +118,13 @@ pub async fn sse(o: &Options, report: &mut Report) -> anyhow::Result<()> {
     }
     if ends.len() != o.stream_sockets {
         report.problem(format!(
-            "7 sse: {} of {} programs finished",
+            "8 sse: {} of {} programs finished",
             ends.len(),
             o.stream_sockets
         ));
     }
     if gaps > 0 || lost > 0 {
-        report.problem(format!("7 sse: {gaps} seq gap(s), {lost} event(s) lost"));
+        report.problem(format!("8 sse: {gaps} seq gap(s), {lost} event(s) lost"));
     }
     let ws = report
         .rows_of("3")
@@ -132,7 +132,7 @@ pub async fn sse(o: &Options, report: &mut Report) -> anyhow::Result<()> {
         .map(|r| r.value)
         .filter(|v| *v > 0.0);
     let mut row = Row::new(
-        "7",
+        "8",
         format!(
             "streamed events delivered over SSE, {} streams: events/s",
             o.stream_sockets
@@ -146,7 +146,7 @@ pub async fn sse(o: &Options, report: &mut Report) -> anyhow::Result<()> {
     report.row(row);
     report.row(
         Row::new(
-            "7",
+            "8",
             "events lost + seq gaps (all streams)".into(),
             (lost + gaps) as f64,
             Unit::Count,
@@ -154,7 +154,7 @@ pub async fn sse(o: &Options, report: &mut Report) -> anyhow::Result<()> {
         .target(Target::AtMost(0.0)),
     );
     report.note(format!(
-        "7: {} runs in the window over SSE (baseline column: scenario 3's WebSocket events/s of the same run, when it ran). {cpu}",
+        "8: {} runs in the window over SSE (baseline column: scenario 3's WebSocket events/s of the same run, when it ran). {cpu}",
         t.ops
     ));
     Ok(())

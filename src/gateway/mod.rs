@@ -17,6 +17,7 @@
 //! | `dedup.rs` | idempotency keys: HTTP `Idempotency-Key`s and WebSocket frame ids (same request: the first answer; different: `idempotency_key_reused`) |
 //! | `limits.rs` | per-user rate limits |
 //! | `agui/` | the AG-UI front (CONTRACT §7): `RunAgentInput` in, translated events out |
+//! | `openai/` | the OpenAI-compatible front, `/v1` (see its module doc) |
 //! | `openapi.rs` | `GET /openapi.json`, generated from the handlers' `#[utoipa::path]` |
 //!
 //! Errors: handlers and the session return [`ApiError`] (one code vocabulary, DESIGN invariant
@@ -29,6 +30,7 @@ pub mod dedup;
 pub mod frame;
 pub mod http;
 pub mod limits;
+pub mod openai;
 pub mod openapi;
 pub mod state;
 pub mod stream;
@@ -121,6 +123,8 @@ route_table! {
     get "/ws" => ws::handshake;
     post "/agui/{assistant}" => agui::run;
     get "/agui/{assistant}/threads/{threadId}/events" => agui::events;
+    get "/v1/models" => openai::list_models;
+    post "/v1/chat/completions" => openai::chat_completions;
 }
 
 /// Errors produced by actix-web itself (an oversized body) get the same JSON error body as ours.

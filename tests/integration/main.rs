@@ -10,6 +10,7 @@ mod conformance;
 mod examples;
 mod http;
 mod idempotency;
+mod openai;
 mod openapi;
 mod postgres;
 mod prologues;

@@ -229,7 +229,8 @@ async fn the_document_describes_every_route_and_error_code() {
         "the contract's routes {missing:?} are not documented"
     );
 
-    // Every operation is documented with a tag and its responses; JSON errors are ErrorBody.
+    // Every operation is documented with a tag and its responses; JSON errors are ErrorBody
+    // (OpenAiErrorBody under /v1).
     for (m, p) in &ops {
         let op = &doc["paths"][p][m];
         assert!(
@@ -245,10 +246,13 @@ async fn the_document_describes_every_route_and_error_code() {
             );
             if status.starts_with('4') || status.starts_with('5') {
                 if let Some(schema) = r["content"]["application/json"]["schema"].as_object() {
-                    assert_eq!(
-                        schema["$ref"], "#/components/schemas/ErrorBody",
-                        "{m} {p} {status}"
-                    );
+                    // The OpenAI-compatible front answers errors in OpenAI's shape (§8).
+                    let body = if p.starts_with("/v1/") {
+                        "#/components/schemas/OpenAiErrorBody"
+                    } else {
+                        "#/components/schemas/ErrorBody"
+                    };
+                    assert_eq!(schema["$ref"], body, "{m} {p} {status}");
                 }
             }
         }
