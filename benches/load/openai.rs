@@ -118,7 +118,7 @@ pub async fn openai(o: &Options, report: &mut Report) -> anyhow::Result<()> {
         .target(Target::AtMost(0.5)),
     );
     report.note(format!(
-        "7: {} streamed completions and {} invokes in their windows (bench_auto, a new conversation each); first content over {rounds} rounds each (the HTTP client opens a new request per round, the WebSocket is one socket).",
+        "9: {} streamed completions and {} invokes in their windows (bench_auto, a new conversation each); first content over {rounds} rounds each (the HTTP client opens a new request per round, the WebSocket is one socket).",
         chat.ops, inv.ops
     ));
     server.stop()?;
