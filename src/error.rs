@@ -36,6 +36,9 @@ pub enum ErrorCode {
     Internal,
     /// An `Idempotency-Key` (or WebSocket frame id) was used before with a different request.
     IdempotencyKeyReused,
+    /// A per-socket or per-user limit (such as the subscriptions of one socket) is reached;
+    /// nothing was changed.
+    LimitExceeded,
     // ---- run outcomes (RUN_ERROR only) ----
     /// The run was stopped by a `cancel`.
     Cancelled,
@@ -74,6 +77,7 @@ impl ErrorCode {
             ErrorCode::StepFailed => "step_failed",
             ErrorCode::StepLimit => "step_limit",
             ErrorCode::IdempotencyKeyReused => "idempotency_key_reused",
+            ErrorCode::LimitExceeded => "limit_exceeded",
         }
     }
 
@@ -89,7 +93,7 @@ impl ErrorCode {
             | ErrorCode::AssistantNotAutomated => 409,
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::InvalidArgs | ErrorCode::IdempotencyKeyReused => 422,
-            ErrorCode::RateLimited => 429,
+            ErrorCode::RateLimited | ErrorCode::LimitExceeded => 429,
             ErrorCode::RunTimeout => 504,
             ErrorCode::LlmError | ErrorCode::ToolError => 502,
             ErrorCode::Cancelled => 409,
@@ -206,6 +210,7 @@ mod tests {
             ErrorCode::AssistantNotAutomated,
             ErrorCode::StepLimit,
             ErrorCode::IdempotencyKeyReused,
+            ErrorCode::LimitExceeded,
         ] {
             let json = serde_json::to_value(code).unwrap();
             assert_eq!(json, Value::String(code.as_str().to_string()));

@@ -54,6 +54,7 @@ const CONTRACT_CODES: &[&str] = &[
     "storage_unavailable",
     "internal",
     "idempotency_key_reused",
+    "limit_exceeded",
 ];
 const RUN_CODES: &[&str] = &[
     "cancelled",

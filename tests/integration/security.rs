@@ -610,3 +610,34 @@ async fn concurrent_runs_are_capped_and_a_gone_http_client_cancels_its_run() {
     }
     panic!("the abandoned synchronous run was not cancelled");
 }
+
+/// A send over the socket's subscription limit is refused with `limit_exceeded` before
+/// anything is created or stored (a retrying client must not make duplicates); a send in a
+/// conversation the socket already follows still works.
+#[tokio::test]
+async fn a_send_over_the_subscription_limit_changes_nothing() {
+    let s = Server::start_with(Options {
+        server_config: "max_subscriptions_per_socket = 2".into(),
+        ..Options::default()
+    });
+    let mut c = Client::connect(&s).await;
+    let first = c.create("chat", "one").await;
+    c.run_events(&first).await;
+    let second = c.create("chat", "two").await;
+    c.run_events(&second).await;
+    let id = c
+        .frame(json!({"type": "send", "assistant": "chat", "content": "three"}))
+        .await;
+    let refused = c.reply(&id).await;
+    assert_eq!(refused["type"], "error", "{refused}");
+    assert_eq!(refused["code"], "limit_exceeded", "{refused}");
+    let (_, list) = req(&s, "GET", "/api/conversations", None, None).await;
+    assert_eq!(
+        list["items"].as_array().unwrap().len(),
+        2,
+        "nothing was created: {list}"
+    );
+    // The socket still works in what it follows.
+    c.ok(json!({"type": "send", "conversationId": first, "content": "again"}))
+        .await;
+}

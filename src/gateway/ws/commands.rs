@@ -261,6 +261,7 @@ impl SocketSession {
         on_busy: Option<OnBusy>,
     ) -> Result<Ack, ApiError> {
         self.limits(&content, &args)?;
+        self.room_to_follow(existing.as_deref())?;
         if existing.is_none() {
             self.gw.limits.new_conversation(&owner)?;
         }
@@ -477,13 +478,24 @@ impl SocketSession {
             s.addr = addr;
             return Ok(());
         }
+        self.room_to_follow(Some(id))?;
+        self.subs.insert(Arc::from(id), Sub { addr, last_sent });
+        Ok(())
+    }
+
+    /// Whether this socket may follow `id` (one it follows already, or a new one while it
+    /// follows fewer than `max_subscriptions_per_socket`). Checked before anything is created or
+    /// sent, so a refusal changes nothing stored (`None`: a conversation not created yet).
+    fn room_to_follow(&self, id: Option<&str>) -> Result<(), ApiError> {
+        if id.is_some_and(|id| self.subs.contains_key(id)) {
+            return Ok(());
+        }
         if self.subs.len() >= self.svc.config.server.max_subscriptions_per_socket {
             return Err(ApiError::new(
-                ErrorCode::PayloadTooLarge,
+                ErrorCode::LimitExceeded,
                 "this socket follows too many conversations; unsubscribe some first",
             ));
         }
-        self.subs.insert(Arc::from(id), Sub { addr, last_sent });
         Ok(())
     }
 
