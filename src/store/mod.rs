@@ -69,6 +69,7 @@ pub mod redb;
 #[cfg(test)]
 mod suite;
 pub mod transfer;
+mod writer_metrics;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -81,6 +82,7 @@ pub use records::{
     ConversationPage, ConversationRecord, IdempotencyRecord, MessageRecord, RunStatus, StoreStats,
     WriteOp,
 };
+pub(crate) use writer_metrics::WriterMetrics;
 
 /// The future of a store call: boxed, so that [`Store`] stays object-safe.
 pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;

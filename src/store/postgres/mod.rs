@@ -30,7 +30,6 @@ mod tests;
 mod writer;
 
 use std::str::FromStr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -317,22 +316,9 @@ impl Store for PgStore {
     }
 
     fn stats(&self) -> StoreStats {
-        let m = &self.inner.metrics;
-        StoreStats {
-            commits: m.commits.load(Ordering::Relaxed),
-            failed_commits: m.failed_commits.load(Ordering::Relaxed),
-            ops_committed: m.ops_committed.load(Ordering::Relaxed),
-            batches_committed: m.batches_committed.load(Ordering::Relaxed),
-            last_group_ops: m.last_group_ops.load(Ordering::Relaxed),
-            last_group_batches: m.last_group_batches.load(Ordering::Relaxed),
-            commit_time: Duration::from_micros(m.commit_micros.load(Ordering::Relaxed)),
-            queued_batches: self.inner.queue.len() as u64,
-            // The writer reconnects rather than reopening anything.
-            reopens: 0,
-            writable: !m.unavailable.load(Ordering::Relaxed),
-            // Not measured for PostgreSQL (the database's own statistics tell).
-            size_bytes: 0,
-        }
+        // Reopens stay 0 (the writer reconnects); the size is not measured here (the
+        // database's own statistics tell).
+        self.inner.metrics.stats(self.inner.queue.len() as u64, 0)
     }
 
     fn get_conversation<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<ConversationRecord>> {

@@ -20,7 +20,7 @@
 //!   recovers by itself when the database comes back.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -58,19 +58,7 @@ impl Batch {
     }
 }
 
-#[derive(Debug, Default)]
-pub(super) struct Metrics {
-    pub commits: AtomicU64,
-    pub failed_commits: AtomicU64,
-    pub ops_committed: AtomicU64,
-    pub batches_committed: AtomicU64,
-    pub last_group_ops: AtomicU64,
-    pub last_group_batches: AtomicU64,
-    pub commit_micros: AtomicU64,
-    /// Set while the last group could not be committed (after its retries); cleared by a
-    /// success.
-    pub unavailable: std::sync::atomic::AtomicBool,
-}
+pub(super) use crate::store::WriterMetrics as Metrics;
 
 struct QueueState {
     batches: VecDeque<Batch>,

@@ -63,10 +63,8 @@ mod tests;
 mod writer;
 
 use std::path::Path;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
 
 use ::redb::{Builder, Database, StorageBackend};
 use bytes::Bytes;
@@ -227,20 +225,8 @@ impl Store for RedbStore {
     }
 
     fn stats(&self) -> StoreStats {
-        let m = &self.inner.metrics;
-        StoreStats {
-            commits: m.commits.load(Ordering::Relaxed),
-            failed_commits: m.failed_commits.load(Ordering::Relaxed),
-            ops_committed: m.ops_committed.load(Ordering::Relaxed),
-            batches_committed: m.batches_committed.load(Ordering::Relaxed),
-            last_group_ops: m.last_group_ops.load(Ordering::Relaxed),
-            last_group_batches: m.last_group_batches.load(Ordering::Relaxed),
-            commit_time: Duration::from_micros(m.commit_micros.load(Ordering::Relaxed)),
-            queued_batches: self.inner.queue.len() as u64,
-            reopens: m.reopens.load(Ordering::Relaxed),
-            writable: !m.unavailable.load(Ordering::Relaxed),
-            size_bytes: self.size_bytes(),
-        }
+        let queued = self.inner.queue.len() as u64;
+        self.inner.metrics.stats(queued, self.size_bytes())
     }
 
     fn idle_conversations<'a>(

@@ -19,8 +19,7 @@
 //!   [`MAX_GROUP_OPS`] ops (a single larger batch is still taken whole).
 
 use std::collections::VecDeque;
-use std::sync::atomic::AtomicBool;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -75,21 +74,7 @@ impl Batch {
     }
 }
 
-/// Counters, updated by the writer, read by `Store::stats`.
-#[derive(Debug, Default)]
-pub(super) struct Metrics {
-    pub commits: AtomicU64,
-    pub failed_commits: AtomicU64,
-    pub ops_committed: AtomicU64,
-    pub batches_committed: AtomicU64,
-    pub last_group_ops: AtomicU64,
-    pub last_group_batches: AtomicU64,
-    pub commit_micros: AtomicU64,
-    /// Reopens of the database after a failed commit.
-    pub reopens: AtomicU64,
-    /// Set while the store cannot write (the last attempt failed); cleared by a success.
-    pub unavailable: AtomicBool,
-}
+pub(super) use crate::store::WriterMetrics as Metrics;
 
 /// Why the queue did not take a batch.
 pub(super) struct Refused {
