@@ -612,8 +612,20 @@ pub async fn assert_chat_matches_store(b: &Browser, s: &Server, conv: &str) {
     );
 }
 
+/// Where the browser tests write their screenshots: `target/screenshots/` on every run (look
+/// at them there), and the committed `docs/screenshots/` only when `PARLEY_UPDATE_SCREENSHOTS=1`
+/// asks for it, so that running the tests does not leave the checkout modified.
 pub fn screenshots_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/screenshots")
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = if std::env::var_os("PARLEY_UPDATE_SCREENSHOTS").is_some_and(|v| v == "1") {
+        root.join("docs/screenshots")
+    } else {
+        root.join("target/screenshots")
+    };
+    if let Err(e) = std::fs::create_dir_all(&dir) {
+        panic!("cannot create the screenshot directory {}: {e}", dir.display());
+    }
+    dir
 }
 
 /// Collects what the page reports as going wrong (see `Browser::assert_no_errors`).

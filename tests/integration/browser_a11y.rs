@@ -1,8 +1,9 @@
 //! Accessibility of the demo page, checked with axe-core (vendored, pinned: see
 //! `static/vendor/README.md`) in real Chromium, in light and dark mode, in the states a person
 //! meets: first load, an action card pending, a page action pending, a run finished, the graph
-//! view. No serious or critical violation is allowed. The same walk takes the screenshots in
-//! `docs/screenshots/` (desktop 1280×800 and phone 390×844, light and dark).
+//! view. No serious or critical violation is allowed. The same walk takes the screenshots
+//! (desktop 1280×800 and phone 390×844, light and dark) into `target/screenshots/`, or into the
+//! committed `docs/screenshots/` with `PARLEY_UPDATE_SCREENSHOTS=1` (see `screenshots_dir`).
 
 use serde_json::{json, Value};
 
