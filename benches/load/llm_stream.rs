@@ -415,6 +415,22 @@ pub async fn llm_stream(o: &Options, report: &mut Report) -> anyhow::Result<()> 
         )
         .with_p50(p.percentile_ms(50.0)),
     );
+    report.note(format!(
+        "11: {} answers through Parley, {} directly (peak {direct_peak} at once); {cpu_text}.",
+        p.len(),
+        d.len()
+    ));
+    if delivered < expected && through.errors == 0 {
+        report.problem(format!("11: {delivered} of {expected} tokens delivered"));
+    }
+    if d.is_empty() || p.is_empty() {
+        report.problem(format!(
+            "11: no time to first token to compare ({} direct, {} through Parley)",
+            d.len(),
+            p.len()
+        ));
+        return Ok(());
+    }
     report.row(
         Row::new(
             "11",
@@ -425,13 +441,5 @@ pub async fn llm_stream(o: &Options, report: &mut Report) -> anyhow::Result<()> 
         .with_p50(p.percentile_ms(50.0) - d.percentile_ms(50.0))
         .target(Target::AtMost(1.0)),
     );
-    report.note(format!(
-        "11: {} answers through Parley, {} directly (peak {direct_peak} at once); {cpu_text}.",
-        p.len(),
-        d.len()
-    ));
-    if delivered < expected && through.errors == 0 {
-        report.problem(format!("11: {delivered} of {expected} tokens delivered"));
-    }
     Ok(())
 }
