@@ -104,6 +104,27 @@ impl Home {
         })
     }
 
+    /// On PostgreSQL: the KiB this home's schema takes (tables, indexes, TOAST); `None` on redb.
+    pub async fn postgres_kib(&self) -> anyhow::Result<Option<u64>> {
+        let Some(url) = POSTGRES.get() else {
+            return Ok(None);
+        };
+        let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+        let task = tokio::spawn(conn);
+        let row = client
+            .query_one(
+                "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0)::bigint \
+                 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE n.nspname = $1 AND c.relkind IN ('r', 'm')",
+                &[&self.schema],
+            )
+            .await?;
+        drop(client);
+        let _ = task.await;
+        let bytes: i64 = row.get(0);
+        Ok(Some(u64::try_from(bytes).unwrap_or(0) / 1024))
+    }
+
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
     }

@@ -3,8 +3,8 @@
 //! minute (`[storage] retention_days = 1/1440`, a sweep every 10 s), sampling the server's RSS
 //! and the size of its data directory every `soak_sample` (30 s). Memory and disk are bounded
 //! when both are flat after the warm-up: the growth between the last two samples is the figure
-//! (target ≤ 5 %). The samples go in the notes; on PostgreSQL the data directory holds no data
-//! (the figure is then the database's size as `/metrics` reports it).
+//! (target ≤ 5 %). The samples go in the notes. On PostgreSQL (`--backend postgres`) the data
+//! size is that of the server's schema (tables, indexes, TOAST: `pg_total_relation_size`).
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -62,7 +62,6 @@ pub async fn soak(o: &Options, report: &mut Report) -> anyhow::Result<()> {
         ..Extra::default()
     })?;
     let addr = server.addr;
-    let postgres = super::server::backend_name() == "postgres";
     let began = Instant::now();
     let w = Window::after(Duration::ZERO, o.soak);
     let load = tokio::spawn(http_load(
@@ -78,10 +77,9 @@ pub async fn soak(o: &Options, report: &mut Report) -> anyhow::Result<()> {
     let end = began + o.soak;
     while next <= end + Duration::from_millis(1) {
         tokio::time::sleep_until(next.into()).await;
-        let size = if postgres {
-            metric(addr, "parley_store_size_bytes").await.unwrap_or(0.0) as u64 / 1024
-        } else {
-            dir_kib(&home.data_dir())
+        let size = match home.postgres_kib().await? {
+            Some(kib) => kib,
+            None => dir_kib(&home.data_dir()),
         };
         let s = Sample {
             at: began.elapsed(),
