@@ -14,7 +14,7 @@ fn load_generator_smoke() {
         "the load generator found problems: {:#?}",
         report.problems
     );
-    for scenario in ["B", "1", "2", "3", "4", "5", "6", "7", "8", "9"] {
+    for scenario in ["B", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11"] {
         let rows = report.rows_of(scenario);
         assert!(!rows.is_empty(), "scenario {scenario} produced no row");
         for r in rows {
@@ -46,6 +46,11 @@ fn load_generator_smoke() {
     positive("8", "events/s");
     positive("9", "streamed chat completions, ");
     positive("9", "time to first content chunk");
+    positive("10", "soak: invokes/s");
+    positive("10", "soak: RSS at");
+    positive("10", "soak: data size at");
+    positive("11", "tokens delivered");
+    positive("11", "time to first token through Parley");
     let sends = report
         .rows_of("4")
         .into_iter()

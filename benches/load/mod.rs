@@ -13,9 +13,11 @@
 mod agui;
 mod baseline;
 mod client;
+mod llm_stream;
 mod openai;
 mod scenarios;
 mod server;
+mod soak;
 mod sse;
 mod stats;
 
@@ -34,10 +36,12 @@ pub enum Scenario {
     Agui,
     Sse,
     OpenAi,
+    Soak,
+    LlmStream,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 9] = [
+    pub const ALL: [Scenario; 11] = [
         Scenario::Invoke,
         Scenario::Hitl,
         Scenario::Stream,
@@ -47,6 +51,8 @@ impl Scenario {
         Scenario::Agui,
         Scenario::Sse,
         Scenario::OpenAi,
+        Scenario::Soak,
+        Scenario::LlmStream,
     ];
 
     pub fn parse(s: &str) -> Result<Vec<Scenario>, String> {
@@ -63,9 +69,11 @@ impl Scenario {
                 "7" | "agui" => out.push(Scenario::Agui),
                 "8" | "sse" => out.push(Scenario::Sse),
                 "9" | "openai" => out.push(Scenario::OpenAi),
+                "10" | "soak" => out.push(Scenario::Soak),
+                "11" | "llm-stream" => out.push(Scenario::LlmStream),
                 other => {
                     return Err(format!(
-                        "unknown scenario '{other}' (all, invoke, hitl, stream, idle, durable, cold, agui, sse, openai or 1-9)"
+                        "unknown scenario '{other}' (all, invoke, hitl, stream, idle, durable, cold, agui, sse, openai, soak, llm-stream or 1-11)"
                     ))
                 }
             }
@@ -93,6 +101,14 @@ pub struct Options {
     pub cold_conversations: usize,
     pub cold_messages: u64,
     pub cold_rounds: usize,
+    /// Scenario 10: how long the soak runs, and how often it samples RSS and data size.
+    pub soak: Duration,
+    pub soak_sample: Duration,
+    /// Scenario 11: conversations streaming at once from the fake OpenAI server, tokens in
+    /// each answer (at 50 tokens/s), and answers per conversation.
+    pub llm_streams: usize,
+    pub llm_tokens: usize,
+    pub llm_rounds: usize,
 }
 
 impl Options {
@@ -112,6 +128,11 @@ impl Options {
             cold_conversations: 100,
             cold_messages: 10_000,
             cold_rounds: 3,
+            soak: Duration::from_secs(180),
+            soak_sample: Duration::from_secs(30),
+            llm_streams: 1_000,
+            llm_tokens: 100,
+            llm_rounds: 3,
         }
     }
 
@@ -124,6 +145,7 @@ impl Options {
             store_duration: Duration::from_secs(2),
             idle_sockets: 1_000,
             cold_conversations: 10,
+            llm_rounds: 1,
             ..Options::full()
         }
     }
@@ -146,6 +168,11 @@ impl Options {
             cold_conversations: 3,
             cold_messages: 300,
             cold_rounds: 2,
+            soak: Duration::from_secs(4),
+            soak_sample: Duration::from_secs(1),
+            llm_streams: 8,
+            llm_tokens: 10,
+            llm_rounds: 2,
         }
     }
 
@@ -193,6 +220,16 @@ impl Options {
                 }
                 "--hitl-clients" => o.hitl_clients = num(value("--hitl-clients")?)? as usize,
                 "--idle-sockets" => o.idle_sockets = num(value("--idle-sockets")?)? as usize,
+                "--soak-minutes" => {
+                    let m: f64 = value("--soak-minutes")?
+                        .parse()
+                        .map_err(|e| format!("--soak-minutes: {e}"))?;
+                    if !(m.is_finite() && m > 0.0 && m <= 24.0 * 60.0) {
+                        return Err("--soak-minutes must be above 0 and at most a day".into());
+                    }
+                    o.soak = Duration::from_secs_f64(m * 60.0);
+                }
+                "--llm-streams" => o.llm_streams = num(value("--llm-streams")?)?.max(1) as usize,
                 "--cold-conversations" => {
                     o.cold_conversations = num(value("--cold-conversations")?)? as usize
                 }
@@ -204,7 +241,7 @@ impl Options {
     }
 }
 
-pub const USAGE: &str = "usage: cargo bench --bench load -- [--quick | --smoke] [--scenario all|invoke,hitl,stream,idle,durable,cold,agui,sse,openai|1-9] [--backend redb|postgres] [--duration SECS] [--invoke-connections N] [--hitl-clients N] [--idle-sockets N] [--cold-conversations N]";
+pub const USAGE: &str = "usage: cargo bench --bench load -- [--quick | --smoke] [--scenario all|invoke,hitl,stream,idle,durable,cold,agui,sse,openai,soak,llm-stream|1-11] [--backend redb|postgres] [--duration SECS] [--invoke-connections N] [--hitl-clients N] [--idle-sockets N] [--cold-conversations N] [--soak-minutes M] [--llm-streams N]";
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Unit {
@@ -213,6 +250,7 @@ pub enum Unit {
     KiB,
     Count,
     Ratio,
+    Percent,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -288,6 +326,7 @@ fn fmt_num(v: f64, unit: Unit) -> String {
         Unit::KiB => format!("{v:.1} KiB"),
         Unit::Count => thousands(v.round() as u64),
         Unit::Ratio => format!("{v:.2}"),
+        Unit::Percent => format!("{v:.1} %"),
     }
 }
 
@@ -412,10 +451,12 @@ async fn run_async(o: &Options) -> Report {
         server::binary().display(),
         o.scenarios
     );
-    let needs_bare = o
-        .scenarios
-        .iter()
-        .any(|s| !matches!(s, Scenario::Durable | Scenario::Idle));
+    let needs_bare = o.scenarios.iter().any(|s| {
+        !matches!(
+            s,
+            Scenario::Durable | Scenario::Idle | Scenario::Soak | Scenario::LlmStream
+        )
+    });
     let b = if needs_bare {
         eprintln!("baseline: bare actix-web in this process");
         match scenarios::baselines(o, &mut report).await {
@@ -440,6 +481,8 @@ async fn run_async(o: &Options) -> Report {
             Scenario::Agui => agui::agui(o, &mut report).await,
             Scenario::Sse => sse::sse(o, &mut report).await,
             Scenario::OpenAi => openai::openai(o, &mut report).await,
+            Scenario::Soak => soak::soak(o, &mut report).await,
+            Scenario::LlmStream => llm_stream::llm_stream(o, &mut report).await,
         };
         if let Err(e) = r {
             report.problem(format!("scenario {s:?} failed: {e:#}"));

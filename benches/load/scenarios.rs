@@ -1018,7 +1018,7 @@ fn prepare_cold(home: &Home, n: usize, messages: u64) -> anyhow::Result<Vec<Stri
 const COMPLETED: &str = "parley_runs_total{status=\"completed\"}";
 
 /// One value of the server's `/metrics`, by its full name (with labels).
-async fn metric(addr: SocketAddr, name: &str) -> anyhow::Result<f64> {
+pub(super) async fn metric(addr: SocketAddr, name: &str) -> anyhow::Result<f64> {
     let text = reqwest::get(format!("http://{addr}/metrics"))
         .await?
         .text()

@@ -47,6 +47,17 @@ pub fn backend_name() -> &'static str {
     }
 }
 
+/// Config beyond the defaults of [`Home::start`].
+#[derive(Debug, Clone, Default)]
+pub struct Extra {
+    /// Lines added to `[storage]` (e.g. retention).
+    pub storage: String,
+    /// Whole sections added at the end (e.g. another `[llm.x]` provider).
+    pub sections: String,
+    /// The assistants directory instead of `benches/assistants/`.
+    pub assistants: Option<PathBuf>,
+}
+
 /// A temp directory holding a server's config and data (and, on PostgreSQL, a fresh schema).
 pub struct Home {
     dir: Arc<tempfile::TempDir>,
@@ -93,6 +104,27 @@ impl Home {
         })
     }
 
+    /// On PostgreSQL: the KiB this home's schema takes (tables, indexes, TOAST); `None` on redb.
+    pub async fn postgres_kib(&self) -> anyhow::Result<Option<u64>> {
+        let Some(url) = POSTGRES.get() else {
+            return Ok(None);
+        };
+        let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+        let task = tokio::spawn(conn);
+        let row = client
+            .query_one(
+                "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0)::bigint \
+                 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE n.nspname = $1 AND c.relkind IN ('r', 'm')",
+                &[&self.schema],
+            )
+            .await?;
+        drop(client);
+        let _ = task.await;
+        let bytes: i64 = row.get(0);
+        Ok(Some(u64::try_from(bytes).unwrap_or(0) / 1024))
+    }
+
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
     }
@@ -102,16 +134,29 @@ impl Home {
         self.data_dir().join("parley.redb")
     }
 
+    /// This home's directory (for files a scenario writes beside the server's).
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
     /// Write the config and start the server; waits until it listens.
     pub fn start(&self) -> anyhow::Result<Parley> {
+        self.start_with(&Extra::default())
+    }
+
+    /// [`Home::start`] with more config (see [`Extra`]).
+    pub fn start_with(&self, extra: &Extra) -> anyhow::Result<Parley> {
         let config = self.dir.path().join("config.toml");
+        let assistants = extra.assistants.clone().unwrap_or_else(assistants_dir);
         let text = format!(
             "[server]\nlisten = \"127.0.0.1:0\"\nmax_concurrent_runs = 100000\nmax_concurrent_invokes = 4096\n\n\
-             [storage]\ndata_dir = {:?}\n{}\n[assistants]\ndir = {:?}\n\n\
-             [llm.default]\nprovider = \"builtin\"\npace_ms = 0\n",
+             [storage]\ndata_dir = {:?}\n{}{}\n[assistants]\ndir = {:?}\n\n\
+             [llm.default]\nprovider = \"builtin\"\npace_ms = 0\n\n{}",
             self.data_dir(),
             self.storage_lines(),
-            assistants_dir()
+            extra.storage,
+            assistants,
+            extra.sections
         );
         std::fs::write(&config, text)?;
         // Debug aid: `LOAD_SERVER_WRAPPER="strace -f -o /tmp/x"` runs the server under a tool.
@@ -327,6 +372,12 @@ impl CpuProbe {
             writer: writer_seconds(pid),
             me: cpu_seconds("/proc/self/stat").unwrap_or(0.0),
         }
+    }
+
+    /// Cores the server used since `start` (CPU seconds ÷ wall seconds).
+    pub fn server_cores(&self) -> f64 {
+        let wall = self.at.elapsed().as_secs_f64().max(1e-9);
+        (cpu_seconds(&format!("/proc/{}/stat", self.pid)).unwrap_or(0.0) - self.server) / wall
     }
 
     /// "server X cores (store writer Y), load generator Z" since `start`.
