@@ -7,10 +7,14 @@
 //! Nothing is fetched: a `$ref` to another document is an invalid schema (the crate is built
 //! without its `resolve-http`/`resolve-file` features).
 //!
-//! **Compiled once.** [`compiled`] keeps every schema it has compiled, keyed by its JSON text,
-//! so the check at assistant load ([`check_schema`]) compiles it and each run's [`validate`]
-//! finds it ready. The cache is bounded ([`CACHE_LIMIT`]; it is emptied when full, which only
-//! costs recompiling). Callers that own a schema may hold a [`Schema`] instead.
+//! **Compiled once, held by its owner.** A schema in an assistant definition (a node's output
+//! schema, a tool's parameters, the input args) is a [`JsonSchema`]: compiled when the
+//! definition is read, kept beside its JSON and checked with [`JsonSchema::problem`] by the
+//! validator, so a run validates with the compiled form it holds — no serialising, no lock, no
+//! lookup. [`compiled`] is for callers that are handed a schema by value on each call (the
+//! built-in model, which sees only the request): it keeps what it compiled, keyed by the
+//! schema's JSON text behind a mutex, bounded ([`CACHE_LIMIT`]; emptied when full, which only
+//! costs recompiling).
 //!
 //! **Errors name the path**, as `$`, `$.amount`, `$.items[0].name`, one message per problem
 //! (`$.amount is required`, `$.tags[0] must be string, got number`), so a person (or a model
@@ -66,17 +70,86 @@ impl Schema {
             return Ok(());
         }
         let mut errs: Vec<String> = Vec::new();
-        for e in self.validator.iter_errors(value) {
-            for m in describe(&e) {
-                if !errs.contains(&m) {
-                    errs.push(m);
-                }
+        for p in self.problems(value) {
+            let m = p.to_string();
+            if !errs.contains(&m) {
+                errs.push(m);
             }
         }
         if errs.is_empty() {
             errs.push("$ does not match the schema".into());
         }
         Err(errs)
+    }
+}
+
+/// A schema as written in a definition, compiled when it is read: serialises as, compares as
+/// and shows as its JSON. One that does not compile still reads (so that the definition's
+/// validator reports it with every other problem of the file, [`JsonSchema::problem`]); an
+/// assistant holding one is never built.
+#[derive(Clone)]
+pub struct JsonSchema {
+    source: Value,
+    compiled: Result<Arc<Schema>, SchemaError>,
+}
+
+impl JsonSchema {
+    /// Compile `source` (see [`Schema::compile`]).
+    pub fn new(source: Value) -> JsonSchema {
+        let compiled = Schema::compile(&source).map(Arc::new);
+        JsonSchema { source, compiled }
+    }
+
+    /// The schema's JSON, as written.
+    pub fn source(&self) -> &Value {
+        &self.source
+    }
+
+    /// Why the schema does not compile (`None`: it does).
+    pub fn problem(&self) -> Option<&SchemaError> {
+        self.compiled.as_ref().err()
+    }
+
+    /// Whether `value` satisfies the schema (never, for a schema that does not compile).
+    pub fn is_valid(&self, value: &Value) -> bool {
+        self.compiled.as_ref().is_ok_and(|s| s.is_valid(value))
+    }
+
+    /// Every problem of `value`, each naming its path; an invalid schema is one problem.
+    pub fn validate(&self, value: &Value) -> Result<(), Vec<String>> {
+        match &self.compiled {
+            Ok(s) => s.validate(value),
+            Err(e) => Err(vec![format!("the schema is invalid: {e}")]),
+        }
+    }
+
+    /// The compiled form, to iterate over a value's errors ([`Schema::errors`]).
+    pub fn compiled(&self) -> Option<&Schema> {
+        self.compiled.as_ref().ok().map(|s| &**s)
+    }
+}
+
+impl std::fmt::Debug for JsonSchema {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.source.fmt(f)
+    }
+}
+
+impl PartialEq for JsonSchema {
+    fn eq(&self, other: &Self) -> bool {
+        self.source == other.source
+    }
+}
+
+impl serde::Serialize for JsonSchema {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.source.serialize(s)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for JsonSchema {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Value::deserialize(d).map(JsonSchema::new)
     }
 }
 
@@ -144,64 +217,149 @@ fn type_name(v: &Value) -> &'static str {
     }
 }
 
-/// The messages of one error of the crate, in this module's words.
-fn describe(e: &ValidationError<'_>) -> Vec<String> {
-    let path = dollar_path(e.instance_path());
+/// One step of a value's path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Segment {
+    Key(String),
+    Index(usize),
+}
+
+/// What is wrong at a place.
+#[derive(Debug, Clone, PartialEq)]
+pub enum What {
+    /// A required property is missing (the path ends with its name).
+    Required,
+    /// A property that is not allowed (the path ends with its name).
+    NotAllowed,
+    /// The value's type is not `expected` (one type name, or an array of them).
+    Type { expected: Value, got: &'static str },
+    /// The value must be `const`.
+    Const(Value),
+    /// The value must be one of these (`enum`).
+    Enum(Value),
+    /// Anything else, in words, starting with its separator (`" must be ≥ 3"`, `": ..."`).
+    Other(String),
+}
+
+/// One problem of a value: where (`at`, from the root) and what. Shown as
+/// `$.items[0].name must be string, got number`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Problem {
+    pub at: Vec<Segment>,
+    pub what: What,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("$")?;
+        for seg in &self.at {
+            match seg {
+                Segment::Key(k) => write!(f, ".{k}")?,
+                Segment::Index(i) => write!(f, "[{i}]")?,
+            }
+        }
+        match &self.what {
+            What::Required => f.write_str(" is required"),
+            What::NotAllowed => f.write_str(" is not allowed"),
+            What::Type {
+                expected: Value::String(t),
+                got,
+            } => write!(f, " must be {t}, got {got}"),
+            What::Type { expected, got } => write!(f, " has type {got}, not one of {expected}"),
+            What::Const(v) => write!(f, " must be {v}"),
+            What::Enum(v) => write!(f, " must be one of {v}"),
+            What::Other(m) => f.write_str(m),
+        }
+    }
+}
+
+impl Schema {
+    /// Every problem of `value`, in parts (the crate's order; none when it is valid).
+    pub fn problems(&self, value: &Value) -> Vec<Problem> {
+        let mut out: Vec<Problem> = Vec::new();
+        for e in self.validator.iter_errors(value) {
+            for p in describe(&e) {
+                if !out.contains(&p) {
+                    out.push(p);
+                }
+            }
+        }
+        out
+    }
+}
+
+/// The problems of one error of the crate, in this module's words.
+fn describe(e: &ValidationError<'_>) -> Vec<Problem> {
+    let at: Vec<Segment> = e
+        .instance_path()
+        .segments()
+        .map(|seg| match seg {
+            LocationSegment::Property(p) => Segment::Key(p.to_string()),
+            LocationSegment::Index(i) => Segment::Index(i),
+        })
+        .collect();
     let got = type_name(e.instance());
-    let one = |m: String| vec![m];
+    let here = |what: What| {
+        vec![Problem {
+            at: at.clone(),
+            what,
+        }]
+    };
+    let under = |name: String, what: What| {
+        let mut at = at.clone();
+        at.push(Segment::Key(name));
+        Problem { at, what }
+    };
+    let other = |m: String| here(What::Other(m));
     match e.kind() {
         ValidationErrorKind::Required { property } => match property {
-            Value::String(name) => one(format!("{path}.{name} is required")),
-            other => one(format!("{path}.{other} is required")),
+            Value::String(name) => vec![under(name.clone(), What::Required)],
+            other => vec![under(other.to_string(), What::Required)],
         },
         ValidationErrorKind::AdditionalProperties { unexpected }
         | ValidationErrorKind::UnevaluatedProperties { unexpected } => unexpected
             .iter()
-            .map(|k| format!("{path}.{k} is not allowed"))
+            .map(|k| under(k.clone(), What::NotAllowed))
             .collect(),
         ValidationErrorKind::Type {
             kind: TypeKind::Single(t),
-        } => one(format!("{path} must be {t}, got {got}")),
+        } => here(What::Type {
+            expected: Value::from(t.to_string()),
+            got,
+        }),
         ValidationErrorKind::Type {
             kind: TypeKind::Multiple(ts),
-        } => {
-            let names: Vec<Value> = ts.iter().map(|t| Value::from(t.to_string())).collect();
-            one(format!(
-                "{path} has type {got}, not one of {}",
-                Value::Array(names)
-            ))
-        }
+        } => here(What::Type {
+            expected: ts.iter().map(|t| Value::from(t.to_string())).collect(),
+            got,
+        }),
         ValidationErrorKind::Constant { expected_value } => {
-            one(format!("{path} must be {expected_value}"))
+            here(What::Const((**expected_value).clone()))
         }
-        ValidationErrorKind::Enum { options } => one(format!("{path} must be one of {options}")),
+        ValidationErrorKind::Enum { options } => here(What::Enum((**options).clone())),
         ValidationErrorKind::AnyOf { .. } | ValidationErrorKind::OneOfNotValid { .. } => {
-            one(format!("{path} matches none of the allowed alternatives"))
+            other(" matches none of the allowed alternatives".into())
         }
         ValidationErrorKind::OneOfMultipleValid { .. } => {
-            one(format!("{path} matches more than one of the alternatives"))
+            other(" matches more than one of the alternatives".into())
         }
-        ValidationErrorKind::Minimum { limit } => one(format!("{path} must be ≥ {limit}")),
-        ValidationErrorKind::Maximum { limit } => one(format!("{path} must be ≤ {limit}")),
-        ValidationErrorKind::ExclusiveMinimum { limit } => one(format!("{path} must be > {limit}")),
-        ValidationErrorKind::ExclusiveMaximum { limit } => one(format!("{path} must be < {limit}")),
+        ValidationErrorKind::Minimum { limit } => other(format!(" must be ≥ {limit}")),
+        ValidationErrorKind::Maximum { limit } => other(format!(" must be ≤ {limit}")),
+        ValidationErrorKind::ExclusiveMinimum { limit } => other(format!(" must be > {limit}")),
+        ValidationErrorKind::ExclusiveMaximum { limit } => other(format!(" must be < {limit}")),
         ValidationErrorKind::MinLength { limit } => {
-            one(format!("{path} must have at least {limit} characters"))
+            other(format!(" must have at least {limit} characters"))
         }
         ValidationErrorKind::MaxLength { limit } => {
-            one(format!("{path} must have at most {limit} characters"))
+            other(format!(" must have at most {limit} characters"))
         }
-        ValidationErrorKind::MinItems { limit } => {
-            one(format!("{path} needs at least {limit} items"))
-        }
-        ValidationErrorKind::MaxItems { limit } => {
-            one(format!("{path} allows at most {limit} items"))
-        }
+        ValidationErrorKind::MinItems { limit } => other(format!(" needs at least {limit} items")),
+        ValidationErrorKind::MaxItems { limit } => other(format!(" allows at most {limit} items")),
         ValidationErrorKind::Pattern { pattern } => {
-            one(format!("{path} must match the pattern {pattern}"))
+            other(format!(" must match the pattern {pattern}"))
         }
-        ValidationErrorKind::Format { format } => one(format!("{path} must be a valid {format}")),
-        _ => one(format!("{path}: {e}")),
+        ValidationErrorKind::Format { format } => other(format!(" must be a valid {format}")),
+        _ => other(format!(": {e}")),
     }
 }
 
