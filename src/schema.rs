@@ -492,4 +492,65 @@ mod tests {
         assert!(Arc::ptr_eq(&a, &b));
         assert!(a.is_valid(&json!({})) && !a.is_valid(&json!([])));
     }
+    /// A held schema reads as, compares as and serialises as its JSON; an invalid one still
+    /// reads, says why, and fails every value.
+    #[test]
+    fn held_schemas_keep_their_json_and_their_problem() {
+        let src = json!({"type": "object", "required": ["a"]});
+        let s: JsonSchema = serde_json::from_value(src.clone()).unwrap();
+        assert_eq!(s.source(), &src);
+        assert_eq!(serde_json::to_value(&s).unwrap(), src);
+        assert_eq!(s, JsonSchema::new(src.clone()));
+        assert!(s.problem().is_none());
+        assert!(s.is_valid(&json!({"a": 1})));
+        assert_eq!(
+            s.validate(&json!({})),
+            Err(vec!["$.a is required".to_string()])
+        );
+        let bad = JsonSchema::new(json!({"type": "obj"}));
+        assert_eq!(
+            bad.problem().map(ToString::to_string).as_deref(),
+            Some(r#"schema at $ has an unknown type "obj""#)
+        );
+        assert!(!bad.is_valid(&json!({})));
+        assert!(bad.validate(&json!({})).unwrap_err()[0].starts_with("the schema is invalid: "));
+    }
+
+    /// The hot path, measured (debug build; `cargo test --lib schema_hot_path -- --ignored
+    /// --nocapture`): a run's validation with the schema held (no serialising, no lock) beside
+    /// the cache keyed by the schema's text that runs used before.
+    #[test]
+    #[ignore]
+    fn schema_hot_path_timing() {
+        use std::time::Instant;
+        let schema = json!({"type": "object", "required": ["amount", "category", "date"],
+        "properties": {
+            "amount": {"type": "number", "minimum": 0},
+            "currency": {"type": "string", "pattern": "^[A-Z]{3}$"},
+            "category": {"type": "string", "enum": ["taxi", "hotel", "meal", "train"]},
+            "date": {"type": "string", "format": "date"},
+            "note": {"type": "string", "maxLength": 200},
+            "tags": {"type": "array", "items": {"type": "string"}}
+        }});
+        let value = json!({"amount": 42.5, "currency": "EUR", "category": "taxi",
+            "date": "2024-05-03", "note": "airport", "tags": ["client", "q2"]});
+        let n = 20_000u32;
+        let held = JsonSchema::new(schema.clone());
+        let time = |f: &dyn Fn() -> bool| {
+            for _ in 0..1000 {
+                assert!(f());
+            }
+            let t = Instant::now();
+            for _ in 0..n {
+                assert!(f());
+            }
+            t.elapsed().as_nanos() / u128::from(n)
+        };
+        let by_text = time(&|| validate(&schema, &value).is_ok());
+        let held_ns = time(&|| held.validate(&value).is_ok());
+        let held_valid = time(&|| held.is_valid(&value));
+        println!(
+            "schema hot path, ns per validation: cache by text {by_text}, held {held_ns}, held is_valid {held_valid}"
+        );
+    }
 }
