@@ -156,9 +156,11 @@ impl Assistant {
                 )
             }
         };
+        // A null arg is absent; an unknown one is refused even when null.
+        let known = |k: &str| self.input_args.iter().any(|s| s.name == k);
         let mut out: Map<String, Value> = given
             .iter()
-            .filter(|(_, v)| !v.is_null())
+            .filter(|(k, v)| !v.is_null() || !known(k))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         for spec in &self.input_args {

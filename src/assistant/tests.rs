@@ -1224,6 +1224,19 @@ fn check_args_uses_the_schema_compiled_at_load() {
     let a = args_assistant();
     assert!(a.input_args_schema.problem().is_none());
     assert_eq!(a.input_schema(), a.input_args_schema.source().clone());
+    // Null is absent for a known arg, but an unknown arg is refused even when null.
+    let e = a
+        .check_args(Some(
+            &json!({"department": "sales", "limit": null, "color": null}),
+        ))
+        .unwrap_err();
+    assert_eq!(
+        details(&e),
+        [(
+            "color".to_string(),
+            "is not an input arg of this assistant".to_string()
+        )]
+    );
     // Two problems of one field: the type wins (as it did before the schema crate).
     let e = a
         .check_args(Some(&json!({"department": 7, "count": "x"})))
