@@ -8,7 +8,7 @@
 //! without its `resolve-http`/`resolve-file` features).
 //!
 //! **Compiled once, held by its owner.** A schema in an assistant definition (a node's output
-//! schema, a tool's parameters, the input args) is a [`JsonSchema`]: compiled when the
+//! schema, a tool's parameters, the input args, a router's choice) is a [`JsonSchema`]: compiled when the
 //! definition is read, kept beside its JSON and checked with [`JsonSchema::problem`] by the
 //! validator, so a run validates with the compiled form it holds — no serialising, no lock, no
 //! lookup. [`compiled`] is for callers that are handed a schema by value on each call (the
@@ -19,7 +19,9 @@
 //! **Errors name the path**, as `$`, `$.amount`, `$.items[0].name`, one message per problem
 //! (`$.amount is required`, `$.tags[0] must be string, got number`), so a person (or a model
 //! asked to repair its answer) can act on them. An invalid schema is reported as
-//! `schema at <path>: <problem>` (`schema at $ has an unknown type "obj"`).
+//! `schema at <path>: <problem>` (`schema at $ has an unknown type "obj"`). [`Schema::problems`]
+//! gives the same problems in parts ([`Problem`]: the path's segments and what is wrong), from
+//! which input-arg checking builds its `{field, message}` details.
 
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex};
