@@ -8,13 +8,13 @@
 //! without its `resolve-http`/`resolve-file` features).
 //!
 //! **Compiled once, held by its owner.** A schema in an assistant definition (a node's output
-//! schema, a tool's parameters, the input args, a router's choice) is a [`JsonSchema`]: compiled when the
-//! definition is read, kept beside its JSON and checked with [`JsonSchema::problem`] by the
-//! validator, so a run validates with the compiled form it holds — no serialising, no lock, no
-//! lookup. [`compiled`] is for callers that are handed a schema by value on each call (the
-//! built-in model, which sees only the request): it keeps what it compiled, keyed by the
-//! schema's JSON text behind a mutex, bounded ([`CACHE_LIMIT`]; emptied when full, which only
-//! costs recompiling).
+//! schema, a tool's parameters, the input args, a router's choice) is a [`JsonSchema`]:
+//! compiled when the definition is read, kept beside its JSON and checked with
+//! [`JsonSchema::problem`] by the validator, so a run validates with the compiled form it
+//! holds — no serialising, no lock, no lookup. [`compiled`] is for callers that are handed a
+//! schema by value on each call (the built-in model, which sees only the request): it keeps
+//! what it compiled, keyed by the schema's JSON text behind a mutex, bounded ([`CACHE_LIMIT`];
+//! emptied when full, which only costs recompiling).
 //!
 //! **Errors name the path**, as `$`, `$.amount`, `$.items[0].name`, one message per problem
 //! (`$.amount is required`, `$.tags[0] must be string, got number`), so a person (or a model

@@ -82,8 +82,8 @@ pub struct Assistant {
     /// (`None`: the server's `[storage] retention_days`; zero: kept forever).
     pub retention: Option<Duration>,
     pub input_args: Vec<ArgSpec>,
-    /// The input args as a JSON Schema ([`args_schema`]), compiled at load: [`Assistant::check_args`]
-    /// validates with it.
+    /// The input args as a JSON Schema ([`args_schema`]), compiled at load:
+    /// [`Assistant::check_args`] validates with it.
     pub input_args_schema: JsonSchema,
     pub output_args: Vec<ArgSpec>,
     pub on_busy: OnBusy,
