@@ -14,6 +14,8 @@
 //!   balances new traffic.
 //! - **Zero keeps.** A retention of 0 (server or assistant) keeps forever; with no retention
 //!   configured anywhere the sweeper does nothing.
+//! - **Expired idempotency keys** (CONTRACT §6: 24 hours) are deleted by every sweep, whatever
+//!   the retention settings ([`sweep_idempotency_keys`]).
 //! - Counted in `/metrics`: `parley_conversations_swept_total`, and each sweep refreshes
 //!   `parley_stored_conversations`.
 
@@ -40,7 +42,17 @@ pub async fn run(svc: Arc<Services>) {
             Ok(n) => tracing::info!(deleted = n, "retention sweep"),
             Err(e) => tracing::warn!(error = %e, "retention sweep failed; trying again later"),
         }
+        if let Err(e) = sweep_idempotency_keys(&svc).await {
+            tracing::warn!(error = %e, "idempotency key sweep failed; trying again later");
+        }
     }
+}
+
+/// Deletes the idempotency keys that have expired (24 hours after they were stored; reads
+/// already ignore them). Runs with every sweep, whatever the retention settings.
+pub async fn sweep_idempotency_keys(svc: &Services) -> Result<(), StoreError> {
+    let op = WriteOp::DeleteExpiredIdempotencyKeys { now_ms: now_ms() };
+    svc.store.write(vec![op]).await
 }
 
 /// The retention of conversations of `assistant`: its own, else the server's; `None` keeps.

@@ -7,15 +7,21 @@
 //! Nothing is fetched: a `$ref` to another document is an invalid schema (the crate is built
 //! without its `resolve-http`/`resolve-file` features).
 //!
-//! **Compiled once.** [`compiled`] keeps every schema it has compiled, keyed by its JSON text,
-//! so the check at assistant load ([`check_schema`]) compiles it and each run's [`validate`]
-//! finds it ready. The cache is bounded ([`CACHE_LIMIT`]; it is emptied when full, which only
-//! costs recompiling). Callers that own a schema may hold a [`Schema`] instead.
+//! **Compiled once, held by its owner.** A schema in an assistant definition (a node's output
+//! schema, a tool's parameters, the input args, a router's choice) is a [`JsonSchema`]:
+//! compiled when the definition is read, kept beside its JSON and checked with
+//! [`JsonSchema::problem`] by the validator, so a run validates with the compiled form it
+//! holds — no serialising, no lock, no lookup. [`compiled`] is for callers that are handed a
+//! schema by value on each call (the built-in model, which sees only the request): it keeps
+//! what it compiled, keyed by the schema's JSON text behind a mutex, bounded ([`CACHE_LIMIT`];
+//! emptied when full, which only costs recompiling).
 //!
 //! **Errors name the path**, as `$`, `$.amount`, `$.items[0].name`, one message per problem
 //! (`$.amount is required`, `$.tags[0] must be string, got number`), so a person (or a model
 //! asked to repair its answer) can act on them. An invalid schema is reported as
-//! `schema at <path>: <problem>` (`schema at $ has an unknown type "obj"`).
+//! `schema at <path>: <problem>` (`schema at $ has an unknown type "obj"`). [`Schema::problems`]
+//! gives the same problems in parts ([`Problem`]: the path's segments and what is wrong), from
+//! which input-arg checking builds its `{field, message}` details.
 
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex};
@@ -66,17 +72,86 @@ impl Schema {
             return Ok(());
         }
         let mut errs: Vec<String> = Vec::new();
-        for e in self.validator.iter_errors(value) {
-            for m in describe(&e) {
-                if !errs.contains(&m) {
-                    errs.push(m);
-                }
+        for p in self.problems(value) {
+            let m = p.to_string();
+            if !errs.contains(&m) {
+                errs.push(m);
             }
         }
         if errs.is_empty() {
             errs.push("$ does not match the schema".into());
         }
         Err(errs)
+    }
+}
+
+/// A schema as written in a definition, compiled when it is read: serialises as, compares as
+/// and shows as its JSON. One that does not compile still reads (so that the definition's
+/// validator reports it with every other problem of the file, [`JsonSchema::problem`]); an
+/// assistant holding one is never built.
+#[derive(Clone)]
+pub struct JsonSchema {
+    source: Value,
+    compiled: Result<Arc<Schema>, SchemaError>,
+}
+
+impl JsonSchema {
+    /// Compile `source` (see [`Schema::compile`]).
+    pub fn new(source: Value) -> JsonSchema {
+        let compiled = Schema::compile(&source).map(Arc::new);
+        JsonSchema { source, compiled }
+    }
+
+    /// The schema's JSON, as written.
+    pub fn source(&self) -> &Value {
+        &self.source
+    }
+
+    /// Why the schema does not compile (`None`: it does).
+    pub fn problem(&self) -> Option<&SchemaError> {
+        self.compiled.as_ref().err()
+    }
+
+    /// Whether `value` satisfies the schema (never, for a schema that does not compile).
+    pub fn is_valid(&self, value: &Value) -> bool {
+        self.compiled.as_ref().is_ok_and(|s| s.is_valid(value))
+    }
+
+    /// Every problem of `value`, each naming its path; an invalid schema is one problem.
+    pub fn validate(&self, value: &Value) -> Result<(), Vec<String>> {
+        match &self.compiled {
+            Ok(s) => s.validate(value),
+            Err(e) => Err(vec![format!("the schema is invalid: {e}")]),
+        }
+    }
+
+    /// The compiled form, to iterate over a value's errors ([`Schema::errors`]).
+    pub fn compiled(&self) -> Option<&Schema> {
+        self.compiled.as_ref().ok().map(|s| &**s)
+    }
+}
+
+impl std::fmt::Debug for JsonSchema {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.source.fmt(f)
+    }
+}
+
+impl PartialEq for JsonSchema {
+    fn eq(&self, other: &Self) -> bool {
+        self.source == other.source
+    }
+}
+
+impl serde::Serialize for JsonSchema {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.source.serialize(s)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for JsonSchema {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Value::deserialize(d).map(JsonSchema::new)
     }
 }
 
@@ -144,64 +219,149 @@ fn type_name(v: &Value) -> &'static str {
     }
 }
 
-/// The messages of one error of the crate, in this module's words.
-fn describe(e: &ValidationError<'_>) -> Vec<String> {
-    let path = dollar_path(e.instance_path());
+/// One step of a value's path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Segment {
+    Key(String),
+    Index(usize),
+}
+
+/// What is wrong at a place.
+#[derive(Debug, Clone, PartialEq)]
+pub enum What {
+    /// A required property is missing (the path ends with its name).
+    Required,
+    /// A property that is not allowed (the path ends with its name).
+    NotAllowed,
+    /// The value's type is not `expected` (one type name, or an array of them).
+    Type { expected: Value, got: &'static str },
+    /// The value must be `const`.
+    Const(Value),
+    /// The value must be one of these (`enum`).
+    Enum(Value),
+    /// Anything else, in words, starting with its separator (`" must be ≥ 3"`, `": ..."`).
+    Other(String),
+}
+
+/// One problem of a value: where (`at`, from the root) and what. Shown as
+/// `$.items[0].name must be string, got number`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Problem {
+    pub at: Vec<Segment>,
+    pub what: What,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("$")?;
+        for seg in &self.at {
+            match seg {
+                Segment::Key(k) => write!(f, ".{k}")?,
+                Segment::Index(i) => write!(f, "[{i}]")?,
+            }
+        }
+        match &self.what {
+            What::Required => f.write_str(" is required"),
+            What::NotAllowed => f.write_str(" is not allowed"),
+            What::Type {
+                expected: Value::String(t),
+                got,
+            } => write!(f, " must be {t}, got {got}"),
+            What::Type { expected, got } => write!(f, " has type {got}, not one of {expected}"),
+            What::Const(v) => write!(f, " must be {v}"),
+            What::Enum(v) => write!(f, " must be one of {v}"),
+            What::Other(m) => f.write_str(m),
+        }
+    }
+}
+
+impl Schema {
+    /// Every problem of `value`, in parts (the crate's order; none when it is valid).
+    pub fn problems(&self, value: &Value) -> Vec<Problem> {
+        let mut out: Vec<Problem> = Vec::new();
+        for e in self.validator.iter_errors(value) {
+            for p in describe(&e) {
+                if !out.contains(&p) {
+                    out.push(p);
+                }
+            }
+        }
+        out
+    }
+}
+
+/// The problems of one error of the crate, in this module's words.
+fn describe(e: &ValidationError<'_>) -> Vec<Problem> {
+    let at: Vec<Segment> = e
+        .instance_path()
+        .segments()
+        .map(|seg| match seg {
+            LocationSegment::Property(p) => Segment::Key(p.to_string()),
+            LocationSegment::Index(i) => Segment::Index(i),
+        })
+        .collect();
     let got = type_name(e.instance());
-    let one = |m: String| vec![m];
+    let here = |what: What| {
+        vec![Problem {
+            at: at.clone(),
+            what,
+        }]
+    };
+    let under = |name: String, what: What| {
+        let mut at = at.clone();
+        at.push(Segment::Key(name));
+        Problem { at, what }
+    };
+    let other = |m: String| here(What::Other(m));
     match e.kind() {
         ValidationErrorKind::Required { property } => match property {
-            Value::String(name) => one(format!("{path}.{name} is required")),
-            other => one(format!("{path}.{other} is required")),
+            Value::String(name) => vec![under(name.clone(), What::Required)],
+            other => vec![under(other.to_string(), What::Required)],
         },
         ValidationErrorKind::AdditionalProperties { unexpected }
         | ValidationErrorKind::UnevaluatedProperties { unexpected } => unexpected
             .iter()
-            .map(|k| format!("{path}.{k} is not allowed"))
+            .map(|k| under(k.clone(), What::NotAllowed))
             .collect(),
         ValidationErrorKind::Type {
             kind: TypeKind::Single(t),
-        } => one(format!("{path} must be {t}, got {got}")),
+        } => here(What::Type {
+            expected: Value::from(t.to_string()),
+            got,
+        }),
         ValidationErrorKind::Type {
             kind: TypeKind::Multiple(ts),
-        } => {
-            let names: Vec<Value> = ts.iter().map(|t| Value::from(t.to_string())).collect();
-            one(format!(
-                "{path} has type {got}, not one of {}",
-                Value::Array(names)
-            ))
-        }
+        } => here(What::Type {
+            expected: ts.iter().map(|t| Value::from(t.to_string())).collect(),
+            got,
+        }),
         ValidationErrorKind::Constant { expected_value } => {
-            one(format!("{path} must be {expected_value}"))
+            here(What::Const((**expected_value).clone()))
         }
-        ValidationErrorKind::Enum { options } => one(format!("{path} must be one of {options}")),
+        ValidationErrorKind::Enum { options } => here(What::Enum((**options).clone())),
         ValidationErrorKind::AnyOf { .. } | ValidationErrorKind::OneOfNotValid { .. } => {
-            one(format!("{path} matches none of the allowed alternatives"))
+            other(" matches none of the allowed alternatives".into())
         }
         ValidationErrorKind::OneOfMultipleValid { .. } => {
-            one(format!("{path} matches more than one of the alternatives"))
+            other(" matches more than one of the alternatives".into())
         }
-        ValidationErrorKind::Minimum { limit } => one(format!("{path} must be ≥ {limit}")),
-        ValidationErrorKind::Maximum { limit } => one(format!("{path} must be ≤ {limit}")),
-        ValidationErrorKind::ExclusiveMinimum { limit } => one(format!("{path} must be > {limit}")),
-        ValidationErrorKind::ExclusiveMaximum { limit } => one(format!("{path} must be < {limit}")),
+        ValidationErrorKind::Minimum { limit } => other(format!(" must be ≥ {limit}")),
+        ValidationErrorKind::Maximum { limit } => other(format!(" must be ≤ {limit}")),
+        ValidationErrorKind::ExclusiveMinimum { limit } => other(format!(" must be > {limit}")),
+        ValidationErrorKind::ExclusiveMaximum { limit } => other(format!(" must be < {limit}")),
         ValidationErrorKind::MinLength { limit } => {
-            one(format!("{path} must have at least {limit} characters"))
+            other(format!(" must have at least {limit} characters"))
         }
         ValidationErrorKind::MaxLength { limit } => {
-            one(format!("{path} must have at most {limit} characters"))
+            other(format!(" must have at most {limit} characters"))
         }
-        ValidationErrorKind::MinItems { limit } => {
-            one(format!("{path} needs at least {limit} items"))
-        }
-        ValidationErrorKind::MaxItems { limit } => {
-            one(format!("{path} allows at most {limit} items"))
-        }
+        ValidationErrorKind::MinItems { limit } => other(format!(" needs at least {limit} items")),
+        ValidationErrorKind::MaxItems { limit } => other(format!(" allows at most {limit} items")),
         ValidationErrorKind::Pattern { pattern } => {
-            one(format!("{path} must match the pattern {pattern}"))
+            other(format!(" must match the pattern {pattern}"))
         }
-        ValidationErrorKind::Format { format } => one(format!("{path} must be a valid {format}")),
-        _ => one(format!("{path}: {e}")),
+        ValidationErrorKind::Format { format } => other(format!(" must be a valid {format}")),
+        _ => other(format!(": {e}")),
     }
 }
 
@@ -333,5 +493,66 @@ mod tests {
         let b = compiled(&s).unwrap();
         assert!(Arc::ptr_eq(&a, &b));
         assert!(a.is_valid(&json!({})) && !a.is_valid(&json!([])));
+    }
+    /// A held schema reads as, compares as and serialises as its JSON; an invalid one still
+    /// reads, says why, and fails every value.
+    #[test]
+    fn held_schemas_keep_their_json_and_their_problem() {
+        let src = json!({"type": "object", "required": ["a"]});
+        let s: JsonSchema = serde_json::from_value(src.clone()).unwrap();
+        assert_eq!(s.source(), &src);
+        assert_eq!(serde_json::to_value(&s).unwrap(), src);
+        assert_eq!(s, JsonSchema::new(src.clone()));
+        assert!(s.problem().is_none());
+        assert!(s.is_valid(&json!({"a": 1})));
+        assert_eq!(
+            s.validate(&json!({})),
+            Err(vec!["$.a is required".to_string()])
+        );
+        let bad = JsonSchema::new(json!({"type": "obj"}));
+        assert_eq!(
+            bad.problem().map(ToString::to_string).as_deref(),
+            Some(r#"schema at $ has an unknown type "obj""#)
+        );
+        assert!(!bad.is_valid(&json!({})));
+        assert!(bad.validate(&json!({})).unwrap_err()[0].starts_with("the schema is invalid: "));
+    }
+
+    /// The hot path, measured (debug build; `cargo test --lib schema_hot_path -- --ignored
+    /// --nocapture`): a run's validation with the schema held (no serialising, no lock) beside
+    /// the cache keyed by the schema's text that runs used before.
+    #[test]
+    #[ignore]
+    fn schema_hot_path_timing() {
+        use std::time::Instant;
+        let schema = json!({"type": "object", "required": ["amount", "category", "date"],
+        "properties": {
+            "amount": {"type": "number", "minimum": 0},
+            "currency": {"type": "string", "pattern": "^[A-Z]{3}$"},
+            "category": {"type": "string", "enum": ["taxi", "hotel", "meal", "train"]},
+            "date": {"type": "string", "format": "date"},
+            "note": {"type": "string", "maxLength": 200},
+            "tags": {"type": "array", "items": {"type": "string"}}
+        }});
+        let value = json!({"amount": 42.5, "currency": "EUR", "category": "taxi",
+            "date": "2024-05-03", "note": "airport", "tags": ["client", "q2"]});
+        let n = 20_000u32;
+        let held = JsonSchema::new(schema.clone());
+        let time = |f: &dyn Fn() -> bool| {
+            for _ in 0..1000 {
+                assert!(f());
+            }
+            let t = Instant::now();
+            for _ in 0..n {
+                assert!(f());
+            }
+            t.elapsed().as_nanos() / u128::from(n)
+        };
+        let by_text = time(&|| validate(&schema, &value).is_ok());
+        let held_ns = time(&|| held.validate(&value).is_ok());
+        let held_valid = time(&|| held.is_valid(&value));
+        println!(
+            "schema hot path, ns per validation: cache by text {by_text}, held {held_ns}, held is_valid {held_valid}"
+        );
     }
 }

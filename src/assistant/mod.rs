@@ -19,6 +19,7 @@ use std::time::Duration;
 use serde_json::{json, Map, Value};
 
 use crate::error::{ApiError, ErrorCode};
+use crate::schema::{self, JsonSchema};
 use crate::template::Templates;
 use model::{ArgSpec, Edge, Node, NodeKind, OnBusy, ToolSpec};
 
@@ -81,6 +82,9 @@ pub struct Assistant {
     /// (`None`: the server's `[storage] retention_days`; zero: kept forever).
     pub retention: Option<Duration>,
     pub input_args: Vec<ArgSpec>,
+    /// The input args as a JSON Schema ([`args_schema`]), compiled at load:
+    /// [`Assistant::check_args`] validates with it.
+    pub input_args_schema: JsonSchema,
     pub output_args: Vec<ArgSpec>,
     pub on_busy: OnBusy,
     pub max_steps: u32,
@@ -93,6 +97,8 @@ pub struct Assistant {
     /// Why it is not automated (empty when it is): e.g. `node 'confirm' (conversation_action)`.
     pub pause_points: Vec<String>,
     pub templates: Templates,
+    /// Each router's choice schema ([`Assistant::router_choices`]), compiled at load.
+    pub(crate) router_schemas: HashMap<String, JsonSchema>,
     /// The file it came from.
     pub source: PathBuf,
     pub(crate) index: HashMap<String, usize>,
@@ -132,9 +138,10 @@ impl Assistant {
         self.edges.iter().filter(move |e| e.from == from)
     }
 
-    /// Check and complete a message's custom args: defaults filled in, types and enums checked,
-    /// required args present, unknown args refused. The error is `invalid_args` with a
-    /// `details` list of `{field, message}`.
+    /// Check and complete a message's custom args: null counts as absent, defaults are filled
+    /// in, then the whole is validated against [`Assistant::input_args_schema`] (types, enums,
+    /// required args, unknown args refused). The error is `invalid_args` with a `details` list
+    /// of `{field, message}`: one per bad field, in the order of `inputArgs`, then unknown args.
     pub fn check_args(&self, args: Option<&Value>) -> Result<Map<String, Value>, ApiError> {
         let empty = Map::new();
         let given = match args {
@@ -149,61 +156,79 @@ impl Assistant {
                 )
             }
         };
-        let mut out = Map::new();
-        let mut bad = Vec::new();
+        // A null arg is absent; an unknown one is refused even when null.
+        let known = |k: &str| self.input_args.iter().any(|s| s.name == k);
+        let mut out: Map<String, Value> = given
+            .iter()
+            .filter(|(k, v)| !v.is_null() || !known(k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         for spec in &self.input_args {
-            match given.get(&spec.name) {
-                Some(v) if !v.is_null() => {
-                    if !spec.ty.accepts(v) {
-                        bad.push(json!({"field": spec.name,
-                            "message": format!("must be {}", spec.ty.as_str())}));
-                    } else if spec.choices.as_ref().is_some_and(|c| !c.contains(v)) {
-                        bad.push(json!({"field": spec.name,
-                            "message": format!("must be one of {}", Value::Array(spec.choices.clone().unwrap_or_default()))}));
-                    } else {
-                        out.insert(spec.name.clone(), v.clone());
-                    }
-                }
-                _ => match &spec.default {
-                    Some(d) => {
-                        out.insert(spec.name.clone(), d.clone());
-                    }
-                    None if spec.required => {
-                        bad.push(json!({"field": spec.name, "message": "is required"}));
-                    }
-                    None => {}
-                },
+            if let (None, Some(d)) = (out.get(&spec.name), &spec.default) {
+                out.insert(spec.name.clone(), d.clone());
             }
         }
-        for k in given.keys() {
-            if !self.input_args.iter().any(|s| &s.name == k) {
-                bad.push(json!({"field": k, "message": "is not an input arg of this assistant"}));
-            }
-        }
-        if bad.is_empty() {
-            Ok(out)
-        } else {
-            let names: Vec<String> = bad
-                .iter()
-                .map(|b| {
-                    format!(
-                        "{} {}",
-                        b["field"].as_str().unwrap_or("?"),
-                        b["message"].as_str().unwrap_or("")
-                    )
-                })
-                .collect();
-            Err(ApiError::new(
-                ErrorCode::InvalidArgs,
-                format!("invalid args: {}", names.join("; ")),
-            )
-            .with_details(Value::Array(bad)))
+        let out = Value::Object(out);
+        let problems = match (self.arg_problems(&out), out) {
+            (Ok(()), Value::Object(out)) => return Ok(out),
+            (Ok(()), _) => return Err(ApiError::internal("args were not an object")),
+            (Err(problems), _) => problems,
+        };
+        let mut bad = args_problems(&self.input_args, given, problems);
+        bad.sort_by_key(|(rank, _, _)| *rank);
+        let names: Vec<String> = bad.iter().map(|(_, f, m)| format!("{f} {m}")).collect();
+        let details: Vec<Value> = bad
+            .into_iter()
+            .map(|(_, field, message)| json!({"field": field, "message": message}))
+            .collect();
+        Err(ApiError::new(
+            ErrorCode::InvalidArgs,
+            format!("invalid args: {}", names.join("; ")),
+        )
+        .with_details(Value::Array(details)))
+    }
+
+    /// The problems of completed args (`Ok` when there are none).
+    fn arg_problems(&self, args: &Value) -> Result<(), Vec<schema::Problem>> {
+        match self.input_args_schema.compiled() {
+            Some(s) if s.is_valid(args) => Ok(()),
+            Some(s) => Err(s.problems(args)),
+            // Not reached: an assistant whose args schema does not compile is never built.
+            None => Err(vec![schema::Problem {
+                at: Vec::new(),
+                what: schema::What::Other(": the input args' schema is invalid".into()),
+            }]),
         }
     }
 
     /// The input args as a JSON Schema object.
     pub fn input_schema(&self) -> Value {
-        args_schema(&self.input_args)
+        self.input_args_schema.source().clone()
+    }
+
+    /// The JSON Schema of a router's answer: `{"choice": <one of its successors>}`, each
+    /// with its node's description.
+    pub fn router_choices(&self, router: &str) -> Value {
+        let options: Vec<Value> = self
+            .successors(router)
+            .map(|e| {
+                let desc = self
+                    .node(&e.to)
+                    .and_then(|n| n.description.as_deref())
+                    .unwrap_or_default();
+                json!({"const": e.to, "description": desc})
+            })
+            .collect();
+        json!({
+            "type": "object",
+            "properties": {"choice": {"type": "string", "anyOf": options}},
+            "required": ["choice"]
+        })
+    }
+
+    /// A router's compiled [`Assistant::router_choices`].
+    pub fn router_schema(&self, router: &str) -> Option<&JsonSchema> {
+        self.router_schemas.get(router)
     }
 
     /// The public description (`GET /api/assistants`).
@@ -219,6 +244,66 @@ impl Assistant {
             "automated": self.automated,
         })
     }
+}
+
+/// The schema's problems as `(rank, field, message)`, one per field (the first of: missing,
+/// wrong type, not allowed, anything else): rank orders them as `inputArgs`, then unknown
+/// args in the order given.
+fn args_problems(
+    specs: &[ArgSpec],
+    given: &Map<String, Value>,
+    problems: Vec<schema::Problem>,
+) -> Vec<(usize, String, String)> {
+    use schema::{Segment, What};
+    let priority = |w: &What| match w {
+        What::Required => 0,
+        What::Type { .. } => 1,
+        _ => 2,
+    };
+    let mut best: Vec<(usize, String, u8, String)> = Vec::new();
+    for p in problems {
+        let field = match p.at.first() {
+            Some(Segment::Key(k)) => k.clone(),
+            Some(Segment::Index(i)) => i.to_string(),
+            None => "args".to_string(),
+        };
+        let rank = specs
+            .iter()
+            .position(|s| s.name == field)
+            .or_else(|| {
+                given
+                    .keys()
+                    .position(|k| *k == field)
+                    .map(|i| specs.len() + i)
+            })
+            .unwrap_or(usize::MAX);
+        let message = match &p.what {
+            What::Required if p.at.len() == 1 => "is required".to_string(),
+            What::NotAllowed if p.at.len() == 1 => "is not an input arg of this assistant".into(),
+            What::Type {
+                expected: Value::String(t),
+                ..
+            } if p.at.len() == 1 => format!("must be {t}"),
+            What::Enum(options) if p.at.len() == 1 => format!("must be one of {options}"),
+            // Deeper, or another keyword: the schema's words after the field's path.
+            _ => {
+                let whole = p.to_string();
+                let path = format!("$.{field}");
+                whole
+                    .strip_prefix(&path)
+                    .unwrap_or(&whole)
+                    .trim_start_matches([' ', ':'])
+                    .to_string()
+            }
+        };
+        let pri = priority(&p.what);
+        match best.iter_mut().find(|b| b.1 == field) {
+            Some(b) if pri < b.2 => *b = (rank, field, pri, message),
+            Some(_) => {}
+            None => best.push((rank, field, pri, message)),
+        }
+    }
+    best.into_iter().map(|(r, f, _, m)| (r, f, m)).collect()
 }
 
 /// A list of args as a JSON Schema object.

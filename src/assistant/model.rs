@@ -9,6 +9,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+pub use crate::schema::JsonSchema;
+
 /// The definition file as written.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -262,9 +264,9 @@ pub struct LlmNode {
     pub history: bool,
     #[serde(default)]
     pub output: OutputMode,
-    /// JSON Schema of the output when `output` is `json`.
+    /// JSON Schema of the output when `output` is `json` (compiled when read).
     #[serde(default)]
-    pub schema: Option<Value>,
+    pub schema: Option<JsonSchema>,
     /// Provider name overriding the assistant's `llm`.
     #[serde(default)]
     pub llm: Option<String>,
@@ -287,8 +289,9 @@ pub struct AgentNode {
     pub history: bool,
     #[serde(default)]
     pub output: OutputMode,
+    /// JSON Schema of the output when `output` is `json` (compiled when read).
     #[serde(default)]
-    pub schema: Option<Value>,
+    pub schema: Option<JsonSchema>,
     #[serde(default)]
     pub llm: Option<String>,
 }
@@ -376,9 +379,10 @@ pub struct PageActionNode {
 pub struct ToolSpec {
     #[serde(default)]
     pub description: Option<String>,
-    /// JSON Schema of the tool's arguments (shown to the LLM).
+    /// JSON Schema of the tool's arguments (shown to the LLM; compiled when read, and the
+    /// model's arguments are checked against it before the tool runs).
     #[serde(default)]
-    pub parameters: Option<Value>,
+    pub parameters: Option<JsonSchema>,
     /// Pause for the user's approval before each call (interrupt reason `tool_confirmation`).
     #[serde(default)]
     pub confirm: bool,
@@ -435,7 +439,7 @@ pub struct RawToolSpec {
     #[serde(default)]
     description: Option<String>,
     #[serde(default)]
-    parameters: Option<Value>,
+    parameters: Option<JsonSchema>,
     #[serde(default)]
     confirm: bool,
     // http

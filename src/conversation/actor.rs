@@ -583,7 +583,7 @@ impl Conversation {
             Ok(RunEnd::Paused { interrupt }) => {
                 metrics.runs_paused.fetch_add(1, Relaxed);
                 self.set_status(RunStatus::Paused);
-                self.rec.pending_interrupts = vec![interrupt.to_json()];
+                self.rec.pending_interrupts = vec![interrupt.clone()];
                 self.schedule_timeout(ctx);
                 Err(ConversationError::Paused)
             }

@@ -96,8 +96,9 @@ pub struct Accepted {
     pub run_id: String,
 }
 
-/// An idempotency key that guards a `send` or `resume` (CONTRACT §6): the actor stores it in
-/// the same commit as the message or answer it accepts, with the conversation and run ids.
+/// An idempotency key that guards a `send`, `resume`, `cancel` or a create without a message
+/// (CONTRACT §6): the actor stores it in the same commit as the message, answer, cancellation
+/// or record it accepts, with the conversation and run ids (and a cancel's answer).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IdempotencyKey {
     /// The scoped key (user, route and key in one string).
@@ -172,6 +173,16 @@ pub mod msg {
         pub owner: String,
     }
 
+    /// A [`Cancel`] under an idempotency key (HTTP `Idempotency-Key`): the key is stored with
+    /// what the cancel changed (or alone, when nothing was), with its answer, and the answer
+    /// waits for that commit.
+    #[derive(Message)]
+    #[rtype(result = "Result<bool, ConversationError>")]
+    pub struct KeyedCancel {
+        pub owner: String,
+        pub idempotency: IdempotencyKey,
+    }
+
     /// Store a new conversation that has no message yet (optionally titled); answered once
     /// the record is durable.
     #[derive(Message)]
@@ -179,6 +190,8 @@ pub mod msg {
     pub struct Store {
         pub owner: String,
         pub title: Option<String>,
+        /// Stored with the record (a create without a first message).
+        pub idempotency: Option<IdempotencyKey>,
     }
 
     #[derive(Message)]

@@ -8,6 +8,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::engine::Interrupt;
 use crate::llm::Role;
 
 /// Run status of a conversation (CONTRACT §1), plus `idle` before the first run.
@@ -39,8 +40,30 @@ pub struct ConversationRecord {
     pub args: Value,
     pub last_seq: u64,
     pub message_count: u64,
-    #[serde(default)]
-    pub pending_interrupts: Vec<Value>,
+    /// The paused run's interrupts, stored as the engine's [`Interrupt`] JSON (the shape the
+    /// API shows). An entry that is not an interrupt (records written before this was typed
+    /// could hold `null`) is dropped when read, with a warning; the record still loads.
+    #[serde(default, deserialize_with = "lenient_interrupts")]
+    pub pending_interrupts: Vec<Interrupt>,
+}
+
+/// `pendingInterrupts` as read: every entry that is an [`Interrupt`], the others dropped.
+fn lenient_interrupts<'de, D>(d: D) -> Result<Vec<Interrupt>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    let raw: Option<Vec<Value>> = Deserialize::deserialize(d)?;
+    Ok(raw
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|v| match serde_json::from_value::<Interrupt>(v) {
+            Ok(i) => Some(i),
+            Err(e) => {
+                tracing::warn!(error = %e, "a stored pending interrupt is not an interrupt; dropped");
+                None
+            }
+        })
+        .collect())
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -69,8 +92,12 @@ pub struct IdempotencyRecord {
     pub conversation_id: String,
     /// The run the request started; empty when none was (a queued message).
     pub run_id: String,
-    /// Unix milliseconds after which the key is forgotten (24 hours after it was stored).
+    /// Unix milliseconds after which the key is forgotten (24 hours after it was stored) and
+    /// may be deleted ([`WriteOp::DeleteExpiredIdempotencyKeys`]).
     pub expires_at_ms: i64,
+    /// What a `cancel` answered (whether a run was cancelled); absent for other commands.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancelled: Option<bool>,
 }
 
 /// One write.
@@ -81,6 +108,9 @@ pub enum WriteOp {
         key: String,
         record: IdempotencyRecord,
     },
+    /// Delete every idempotency key whose `expires_at_ms` is at or before `now_ms` (the
+    /// sweep of expired keys; reads already answer them as absent).
+    DeleteExpiredIdempotencyKeys { now_ms: i64 },
     /// Insert or replace the conversation record (and move it in the owner/activity index).
     PutConversation(ConversationRecord),
     AppendMessage {
@@ -154,6 +184,50 @@ impl Default for StoreStats {
             reopens: 0,
             writable: true,
             size_bytes: 0,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::InterruptReason;
+    use serde_json::json;
+
+    /// A record as the untyped code wrote it (`pendingInterrupts` were `to_value(..)` of the
+    /// interrupt, or `null` when that failed) still loads, and writes back the same JSON.
+    #[test]
+    fn records_with_untyped_pending_interrupts_still_load() {
+        let card = json!({"id": "i1", "reason": "conversation_action", "nodeId": "confirm",
+            "message": "Submit?", "payload": {"amount": 3}, "buttons": ["approve", "reject"],
+            "editable": true});
+        let old = json!({"id": "c1", "owner": "u", "assistant": "a", "title": "t",
+            "status": "paused", "createdAt": 1, "updatedAt": 2, "args": {}, "lastSeq": 4,
+            "messageCount": 1, "pendingInterrupts": [card, null, {"id": "x"}]});
+        let rec: ConversationRecord = serde_json::from_value(old).unwrap();
+        assert_eq!(rec.pending_interrupts.len(), 1, "{rec:?}");
+        let i = &rec.pending_interrupts[0];
+        assert_eq!(
+            (i.id.as_str(), i.reason, i.node_id.as_str()),
+            ("i1", InterruptReason::ConversationAction, "confirm")
+        );
+        assert_eq!(
+            i.buttons.as_deref(),
+            Some(&["approve".to_string(), "reject".into()][..])
+        );
+        // The typed field writes the same JSON as before.
+        let back = serde_json::to_value(&rec).unwrap();
+        assert_eq!(back["pendingInterrupts"], json!([card]));
+        // Records older still: no field, or `null`.
+        for missing in [json!(null), json!("absent")] {
+            let mut v = back.clone();
+            if missing.is_null() {
+                v["pendingInterrupts"] = missing;
+            } else if let Some(o) = v.as_object_mut() {
+                o.remove("pendingInterrupts");
+            }
+            let rec: ConversationRecord = serde_json::from_value(v).unwrap();
+            assert!(rec.pending_interrupts.is_empty());
         }
     }
 }

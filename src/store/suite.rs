@@ -34,6 +34,7 @@ macro_rules! store_suite {
             events_across_chunks_replay_from_any_seq,
             checkpoint_put_and_replace,
             idempotency_keys_are_stored_with_their_write_and_expire,
+            expired_idempotency_keys_are_swept,
             conversations_with_status_scans_everything,
             listing_is_newest_first_per_owner_with_assistant_filter,
             paging_is_stable_when_timestamps_are_equal,
@@ -153,7 +154,12 @@ pub(super) async fn conversation_round_trip_and_replace(store: Arc<dyn Store>) {
     assert_eq!(store.get_conversation("c1").await.unwrap(), None);
 
     let mut record = conv("c1", "alice", "expense_claim", 10);
-    record.pending_interrupts = vec![json!({"id": "i1", "reason": "page_action"})];
+    record.pending_interrupts = vec![crate::engine::Interrupt::new(
+        crate::engine::InterruptReason::PageAction,
+        "pick",
+        "Pick a date",
+    )
+    .page_action("pick_date".into(), json!({"from": "2024-05-01"}))];
     record.status = RunStatus::Paused;
     store.write(vec![put(&record)]).await.unwrap();
     assert_eq!(
@@ -298,6 +304,7 @@ pub(super) async fn idempotency_keys_are_stored_with_their_write_and_expire(stor
         conversation_id: "c".to_owned(),
         run_id: "r1".to_owned(),
         expires_at_ms,
+        cancelled: None,
     };
     assert_eq!(store.idempotency_key("3:u2:wsk1").await.unwrap(), None);
     // With the message it guards, in one batch.
@@ -323,6 +330,61 @@ pub(super) async fn idempotency_keys_are_stored_with_their_write_and_expire(stor
     // An expired key reads as absent; keys are exact.
     assert_eq!(store.idempotency_key("3:u2:wsk2").await.unwrap(), None);
     assert_eq!(store.idempotency_key("3:u2:wsk").await.unwrap(), None);
+}
+
+pub(super) async fn expired_idempotency_keys_are_swept(store: Arc<dyn Store>) {
+    use super::IdempotencyRecord;
+    let now = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
+    let record = |expires_at_ms: i64, cancelled: Option<bool>| IdempotencyRecord {
+        fingerprint: "ff".to_owned(),
+        conversation_id: "c".to_owned(),
+        run_id: String::new(),
+        expires_at_ms,
+        cancelled,
+    };
+    let hour = 3_600_000;
+    let keys = [
+        ("k-soon", record(now + hour, Some(true))),
+        ("k-later", record(now + 3 * hour, None)),
+        ("k-at", record(now + 2 * hour, Some(false))),
+    ];
+    store
+        .write(
+            keys.iter()
+                .map(|(k, r)| WriteOp::PutIdempotencyKey {
+                    key: (*k).to_owned(),
+                    record: r.clone(),
+                })
+                .collect(),
+        )
+        .await
+        .unwrap();
+    for (k, r) in &keys {
+        assert_eq!(store.idempotency_key(k).await.unwrap().as_ref(), Some(r));
+    }
+    // A sweep "two hours from now": the keys expiring by then are deleted (not merely hidden:
+    // by the clock they have not expired yet), the later one stays.
+    store
+        .write(vec![WriteOp::DeleteExpiredIdempotencyKeys {
+            now_ms: now + 2 * hour,
+        }])
+        .await
+        .unwrap();
+    assert_eq!(store.idempotency_key("k-soon").await.unwrap(), None);
+    assert_eq!(store.idempotency_key("k-at").await.unwrap(), None);
+    assert_eq!(
+        store.idempotency_key("k-later").await.unwrap(),
+        Some(keys[1].1.clone())
+    );
+    // Sweeping again, or with nothing to sweep, is harmless.
+    store
+        .write(vec![WriteOp::DeleteExpiredIdempotencyKeys { now_ms: now }])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.idempotency_key("k-later").await.unwrap(),
+        Some(keys[1].1.clone())
+    );
 }
 
 pub(super) async fn conversations_with_status_scans_everything(store: Arc<dyn Store>) {

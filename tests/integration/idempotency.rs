@@ -235,3 +235,109 @@ async fn keys_survive_a_restart_of_the_server() {
     assert_eq!(count_user(&messages(&s, &conv).await, "else"), 0);
     ws.close().await;
 }
+
+/// The conversations of the test user, as `(id, title)`.
+async fn conversations(s: &Server) -> Vec<(String, String)> {
+    let page = get_json(s, "/api/conversations?limit=100").await;
+    page["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|c| {
+            (
+                c["id"].as_str().unwrap_or("").to_string(),
+                c["title"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect()
+}
+
+/// A create without a first message and a cancel (of a paused run, and of nothing) store their
+/// keys too: after a crash, their retries get the first answers and change nothing.
+#[tokio::test]
+async fn cancel_and_create_keys_survive_a_restart_of_the_server() {
+    let s = Server::start();
+    let create_body = json!({"assistant": "chat", "title": "kept once"});
+    let created = post(
+        &s,
+        "/api/conversations",
+        create_body.clone(),
+        Some("create-r"),
+    )
+    .await;
+    assert_eq!(created.0, 201, "{:?}", created.2);
+    let empty = created.2["conversationId"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    assert!(created.2.get("runId").is_none(), "{:?}", created.2);
+
+    let card = create(&s, "approval", "a boat").await;
+    let events = Sse::open(&s, &card, "?until=idle", None)
+        .await
+        .until_end()
+        .await;
+    assert_eq!(events.last().expect("events").kind, "RUN_FINISHED");
+    let cpath = format!("/api/conversations/{card}/cancel");
+    let cancelled = post(&s, &cpath, json!({}), Some("cancel-r")).await;
+    assert_eq!(
+        (cancelled.0, cancelled.2.clone()),
+        (200, json!({"cancelled": true}))
+    );
+    let idle_path = format!("/api/conversations/{empty}/cancel");
+    let nothing = post(&s, &idle_path, json!({}), Some("cancel-idle")).await;
+    assert_eq!(
+        (nothing.0, nothing.2.clone()),
+        (200, json!({"cancelled": false}))
+    );
+
+    let s = s.crash_and_restart();
+    // The same requests: the first answers (a cancel applied again would answer `false`).
+    assert_eq!(
+        post(
+            &s,
+            "/api/conversations",
+            create_body.clone(),
+            Some("create-r")
+        )
+        .await,
+        created
+    );
+    assert_eq!(
+        post(&s, &cpath, json!({}), Some("cancel-r")).await,
+        cancelled
+    );
+    assert_eq!(
+        post(&s, &idle_path, json!({}), Some("cancel-idle")).await,
+        nothing
+    );
+    let titled: Vec<_> = conversations(&s)
+        .await
+        .into_iter()
+        .filter(|(_, t)| t == "kept once")
+        .collect();
+    assert_eq!(titled, [(empty.clone(), "kept once".to_string())]);
+    // One cancellation stored, not two.
+    let events = Sse::open(&s, &card, "?until=idle", None)
+        .await
+        .until_end()
+        .await;
+    let cancels = events
+        .iter()
+        .filter(|e| e.kind == "RUN_ERROR" && e.data["code"] == "cancelled")
+        .count();
+    assert_eq!(cancels, 1, "{events:?}");
+    // A different request under a stored key is refused, and creates nothing.
+    let (st, _, err) = post(
+        &s,
+        "/api/conversations",
+        json!({"assistant": "chat", "title": "another"}),
+        Some("create-r"),
+    )
+    .await;
+    assert_eq!(
+        (st, err["error"]["code"].clone()),
+        (422, json!("idempotency_key_reused"))
+    );
+    assert!(!conversations(&s).await.iter().any(|(_, t)| t == "another"));
+}

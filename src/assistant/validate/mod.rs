@@ -16,14 +16,13 @@
 mod graph;
 mod nodes;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use serde_json::Value;
 
 use super::model::*;
 use super::{Assistant, DefinitionError, LoadOptions};
-use crate::schema;
 use crate::template::Templates;
 
 /// The problems found so far, and what templates may name.
@@ -71,6 +70,14 @@ pub fn compile(
         return Err(c.errors);
     };
     let (id, llm) = check_top(&mut c, &def, stem, opts);
+    // Compiled once, here: every message's args are checked with it.
+    let input_args_schema = JsonSchema::new(super::args_schema(&def.input_args));
+    if let Some(e) = input_args_schema.problem() {
+        c.err(
+            "inputArgs",
+            format!("the args do not make a JSON Schema: {e}"),
+        );
+    }
     let mut templates = Templates::new();
     let tools = check_tools(&mut c, &def, opts, &mut templates);
     let g = graph::Graph::read(&mut c, &def);
@@ -109,7 +116,7 @@ pub fn compile(
     let (Some(start), true) = (start, c.errors.is_empty()) else {
         return Err(c.errors);
     };
-    Ok(Assistant {
+    let mut a = Assistant {
         title: def.title.clone().unwrap_or_else(|| id.clone()),
         id,
         description: def.description.clone().unwrap_or_default(),
@@ -121,6 +128,7 @@ pub fn compile(
         ),
         retention: def.retention_days.map(retention_from_days),
         input_args: def.input_args.clone(),
+        input_args_schema,
         output_args: def.output_args.clone(),
         on_busy: def.on_busy,
         max_steps: def.max_steps.unwrap_or(opts.default_max_steps),
@@ -133,7 +141,16 @@ pub fn compile(
         index: g.index,
         nodes: g.nodes,
         edges: def.edges,
-    })
+        router_schemas: HashMap::new(),
+    };
+    // Compiled once, here: each run's router checks its model's answer with it.
+    for n in &a.nodes {
+        if matches!(n.kind, NodeKind::Router(_)) {
+            let s = JsonSchema::new(a.router_choices(&n.id));
+            a.router_schemas.insert(n.id.clone(), s);
+        }
+    }
+    Ok(a)
 }
 
 /// Parse the file into a [`Definition`], reading tools, args and edges one by one so that each
@@ -280,10 +297,8 @@ fn check_tools(
     }
     for (name, t) in &tools {
         let loc = format!("tool '{name}'");
-        if let Some(p) = &t.parameters {
-            if let Err(e) = schema::check_schema(p) {
-                c.err(&loc, format!("parameters: {e}"));
-            }
+        if let Some(e) = t.parameters.as_ref().and_then(JsonSchema::problem) {
+            c.err(&loc, format!("parameters: {e}"));
         }
         match &t.kind {
             ToolKind::Http(h) => check_http_tool(c, &loc, h, templates),

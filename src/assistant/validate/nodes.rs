@@ -8,7 +8,6 @@ use serde_json::{Map, Value};
 
 use super::{is_ident, strip_braces, Checker};
 use crate::assistant::model::*;
-use crate::schema;
 use crate::template::Templates;
 
 /// What a node checker works with: the errors, the templates being compiled, and what the
@@ -53,13 +52,13 @@ impl NodeCx<'_, '_> {
         }
     }
 
-    fn output(&mut self, output: OutputMode, schema_v: &Option<Value>) {
+    fn output(&mut self, output: OutputMode, schema_v: &Option<JsonSchema>) {
         match (output, schema_v) {
             (OutputMode::Json, None) => self.err("output \"json\" needs a 'schema'"),
             (OutputMode::Json, Some(s)) => {
-                if let Err(e) = schema::check_schema(s) {
-                    self.err(e);
-                } else if s.get("type").and_then(Value::as_str) != Some("object") {
+                if let Some(e) = s.problem() {
+                    self.err(e.to_string());
+                } else if s.source().get("type").and_then(Value::as_str) != Some("object") {
                     self.err("a json output schema must have \"type\": \"object\"");
                 }
             }

@@ -13,7 +13,7 @@ use tokio::sync::oneshot;
 use super::{Conversation, Queued};
 use crate::assistant::model::{action, OnBusy};
 use crate::conversation::error::ConversationError;
-use crate::conversation::{msg, title_of, Accepted, Subscribed, Subscriber};
+use crate::conversation::{msg, title_of, Accepted, IdempotencyKey, Subscribed, Subscriber};
 use crate::engine::{Event, Input, InterruptReason, Position};
 use crate::error::ErrorCode;
 use crate::store::{RunStatus, WriteOp};
@@ -75,11 +75,15 @@ impl Conversation {
     }
 
     /// Queue the key of the request being accepted for the same commit as what it accepted
-    /// (CONTRACT §6: keys survive a restart), expiring in 24 hours.
+    /// (CONTRACT §6: keys survive a restart).
     fn remember_key(&mut self, run_id: &str) {
-        let Some(k) = self.pending_key.take() else {
-            return;
-        };
+        if let Some(k) = self.pending_key.take() {
+            self.store_key(k, run_id, None);
+        }
+    }
+
+    /// Queue `k` for the next commit, expiring in 24 hours, with what its request answered.
+    pub(super) fn store_key(&mut self, k: IdempotencyKey, run_id: &str, cancelled: Option<bool>) {
         const TTL_MS: i64 = 24 * 3600 * 1000;
         self.journal
             .push_op(crate::store::WriteOp::PutIdempotencyKey {
@@ -89,6 +93,7 @@ impl Conversation {
                     conversation_id: self.id.to_string(),
                     run_id: run_id.to_string(),
                     expires_at_ms: crate::conversation::actor::now_ms() + TTL_MS,
+                    cancelled,
                 },
             });
     }
@@ -278,16 +283,40 @@ impl Handler<msg::Unsubscribe> for Conversation {
 impl Handler<msg::Cancel> for Conversation {
     type Result = ResponseFuture<Result<bool, ConversationError>>;
     fn handle(&mut self, m: msg::Cancel, ctx: &mut Self::Context) -> Self::Result {
-        if let Err(e) = self.check_owner(&m.owner) {
+        self.cancel(&m.owner, None, ctx)
+    }
+}
+
+impl Handler<msg::KeyedCancel> for Conversation {
+    type Result = ResponseFuture<Result<bool, ConversationError>>;
+    fn handle(&mut self, m: msg::KeyedCancel, ctx: &mut Self::Context) -> Self::Result {
+        self.cancel(&m.owner, Some(m.idempotency), ctx)
+    }
+}
+
+impl Conversation {
+    /// Cancel the active run, or withdraw a paused run's interrupt; answers whether there was
+    /// a run. `key` is stored with the change (or alone) before the answer.
+    fn cancel(
+        &mut self,
+        owner: &str,
+        key: Option<IdempotencyKey>,
+        ctx: &mut Context<Self>,
+    ) -> ResponseFuture<Result<bool, ConversationError>> {
+        if let Err(e) = self.check_owner(owner) {
             return refuse(e);
         }
         self.queue.clear();
-        if let Some(run) = &self.run {
-            run.cancel.cancel();
-            return Box::pin(async { Ok(true) });
-        }
-        if !self.cp.is_paused() {
-            return Box::pin(async { Ok(false) });
+        let active = self.run.as_ref().map(|run| run.cancel.cancel()).is_some();
+        if active || !self.cp.is_paused() {
+            // Nothing else to store: the key alone, acknowledged once durable.
+            let Some(k) = key else {
+                return Box::pin(async move { Ok(active) });
+            };
+            let run_id = self.cp.run_id.clone().unwrap_or_default();
+            self.store_key(k, &run_id, Some(active));
+            let rx = self.durable_waiter(ctx);
+            return Box::pin(async move { stored(rx).await.map(|()| active) });
         }
         // A paused run is still a run: cancelling it withdraws its pending interrupt.
         let run_id = self.cp.run_id.clone().unwrap_or_default();
@@ -299,6 +328,9 @@ impl Handler<msg::Cancel> for Conversation {
             ctx.cancel_future(h);
         }
         self.set_status(RunStatus::Cancelled);
+        if let Some(k) = key {
+            self.store_key(k, &run_id, Some(true));
+        }
         self.emit(&Event::RunError {
             run_id,
             code: ErrorCode::Cancelled,
@@ -340,6 +372,9 @@ impl Handler<msg::Store> for Conversation {
         if let Some(title) = m.title {
             self.rec.title = title;
             self.rec.title_set = true;
+        }
+        if let Some(k) = m.idempotency {
+            self.store_key(k, "", None);
         }
         self.stored = true;
         self.journal.touch_record();

@@ -117,7 +117,8 @@ fn tool_defs(run: &Run<'_>, ag: &AgentNode) -> Vec<ToolDef> {
                 description: s.description.clone().unwrap_or_default(),
                 parameters: s
                     .parameters
-                    .clone()
+                    .as_ref()
+                    .map(|p| p.source().clone())
                     .unwrap_or_else(|| json!({"type": "object", "properties": {}})),
             })
         })
@@ -184,7 +185,7 @@ fn check_call(run: &Run<'_>, ag: &AgentNode, call: &ToolCall) -> Result<(ToolSpe
     // Arguments that do not fit the tool's declared parameters go back to the model (it can
     // correct them) instead of reaching the tool or a person.
     if let Some(params) = &spec.parameters {
-        if let Err(problems) = crate::schema::validate(params, &args) {
+        if let Err(problems) = params.validate(&args) {
             return Err(format!(
                 "error: the arguments do not match the tool's parameters: {}",
                 problems.join("; ")

@@ -10,6 +10,7 @@ use super::{new_id, Run, StepErr};
 use crate::engine::Event;
 use crate::error::ErrorCode;
 use crate::llm::{ChatMessage, ChatRequest, LlmDelta, ResponseFormat, Role, ToolCall};
+use crate::schema::JsonSchema;
 
 /// A model's complete answer.
 pub(super) struct LlmAnswer {
@@ -43,10 +44,10 @@ impl Run<'_> {
         &mut self,
         provider: &str,
         mut req: ChatRequest,
-        schema: &Value,
+        schema: &JsonSchema,
     ) -> Result<Value, StepErr> {
         req.response_format = ResponseFormat::Json {
-            schema: schema.clone(),
+            schema: schema.source().clone(),
         };
         let ans = self.call_llm(provider, req.clone(), false).await?;
         self.checked_or_repaired(provider, req, &ans.text, schema)
@@ -59,7 +60,7 @@ impl Run<'_> {
         provider: &str,
         req: ChatRequest,
         answer: &str,
-        schema: &Value,
+        schema: &JsonSchema,
     ) -> Result<Value, StepErr> {
         match parse_checked(answer, schema) {
             Ok(v) => Ok(v),
@@ -73,10 +74,10 @@ impl Run<'_> {
         mut req: ChatRequest,
         bad: &str,
         problems: &str,
-        schema: &Value,
+        schema: &JsonSchema,
     ) -> Result<Value, StepErr> {
         req.response_format = ResponseFormat::Json {
-            schema: schema.clone(),
+            schema: schema.source().clone(),
         };
         req.messages.push(ChatMessage::assistant(bad.to_string()));
         req.messages.push(ChatMessage::user(format!(
@@ -232,9 +233,9 @@ impl Run<'_> {
 }
 
 /// Parse a model's JSON answer (tolerating code fences and text around the object) and check it.
-fn parse_checked(text: &str, schema: &Value) -> Result<Value, String> {
+fn parse_checked(text: &str, schema: &JsonSchema) -> Result<Value, String> {
     let v = extract_object(text)?;
-    crate::schema::validate(schema, &v).map_err(|errs| errs.join("; "))?;
+    schema.validate(&v).map_err(|errs| errs.join("; "))?;
     Ok(v)
 }
 
@@ -285,7 +286,7 @@ mod tests {
             .unwrap_err()
             .contains("not valid JSON"));
         assert!(extract_object("[1, 2]").is_err());
-        let schema = json!({"type": "object", "required": ["a"]});
+        let schema = JsonSchema::new(json!({"type": "object", "required": ["a"]}));
         assert!(parse_checked(r#"{"b": 1}"#, &schema)
             .unwrap_err()
             .contains("$.a is required"));

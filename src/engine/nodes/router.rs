@@ -6,26 +6,30 @@ use serde_json::{json, Value};
 use super::{text, Here, NodeExec, Run, Step, StepResult};
 use crate::assistant::model::RouterNode;
 use crate::llm::{ChatMessage, ChatRequest};
+use crate::schema::JsonSchema;
 
 impl NodeExec for RouterNode {
     async fn exec(&self, run: &mut Run<'_>, here: Here<'_>) -> StepResult {
         let a = run.a;
         let t = &a.templates;
-        let mut options = Vec::new();
         let mut listing = String::new();
         for e in a.successors(here.id) {
             let desc = a
                 .node(&e.to)
-                .and_then(|n| n.description.clone())
+                .and_then(|n| n.description.as_deref())
                 .unwrap_or_default();
             listing.push_str(&format!("- {}: {}\n", e.to, desc));
-            options.push(json!({"const": e.to, "description": desc}));
         }
-        let schema = json!({
-            "type": "object",
-            "properties": {"choice": {"type": "string", "anyOf": options}},
-            "required": ["choice"]
-        });
+        // Compiled at load (`Assistant::router_schema`); built here only for a node the
+        // assistant was not compiled with.
+        let built;
+        let schema = match a.router_schema(here.id) {
+            Some(s) => s,
+            None => {
+                built = JsonSchema::new(a.router_choices(here.id));
+                &built
+            }
+        };
         let instructions = match &self.instructions {
             Some(i) => text(t, "instructions", i, here.ctx)?,
             None => "Choose the handler that fits the user's request best.".to_string(),
@@ -42,7 +46,7 @@ impl NodeExec for RouterNode {
             ..Default::default()
         };
         let provider = self.llm.clone().unwrap_or_else(|| a.llm.clone());
-        let out = run.llm_json(&provider, req, &schema).await?;
+        let out = run.llm_json(&provider, req, schema).await?;
         let choice = out
             .get("choice")
             .and_then(Value::as_str)

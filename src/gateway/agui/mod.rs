@@ -37,7 +37,6 @@ use serde_json::{json, Value};
 use utoipa::IntoParams;
 
 use crate::conversation::msg;
-use crate::engine::Interrupt;
 use crate::error::{ApiError, ErrorCode};
 use crate::gateway::auth::User;
 use crate::gateway::stream::{EventStream, Next};
@@ -80,11 +79,7 @@ async fn thread_record(
 }
 
 async fn held(svc: &Services, rec: &ConversationRecord) -> Result<Held, ApiError> {
-    let pending = rec
-        .pending_interrupts
-        .iter()
-        .filter_map(|v| serde_json::from_value::<Interrupt>(v.clone()).ok())
-        .collect();
+    let pending = rec.pending_interrupts.clone();
     let recent = svc
         .store
         .recent_messages(&rec.id, HISTORY_LOOKBACK)

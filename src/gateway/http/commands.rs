@@ -194,6 +194,12 @@ pub(in crate::gateway) async fn create_conversation(
                 addr.send(msg::Store {
                     owner: user.0.clone(),
                     title,
+                    // Without a first message, the key goes with the record.
+                    idempotency: if b.content.is_none() {
+                        key.clone()
+                    } else {
+                        None
+                    },
                 })
                 .await
                 .map_err(stopped)??;
@@ -382,18 +388,32 @@ pub(in crate::gateway) async fn cancel(
     body: web::Bytes,
     user: User,
 ) -> ApiResult {
-    idempotent(&svc, &gw, &req, &user.0, &body, None, |_| async {
-        owned_record(&svc, &user.0, &id).await?;
-        let addr = svc.registry.get_as(&id, &user.0).await?;
-        let cancelled = addr
-            .send(msg::Cancel {
-                owner: user.0.clone(),
-            })
-            .await
-            .map_err(|_| ApiError::internal("the conversation stopped"))??;
-        Answer::json(StatusCode::OK, &CancelView { cancelled })
-    })
+    idempotent(
+        &svc,
+        &gw,
+        &req,
+        &user.0,
+        &body,
+        Some(cancelled),
+        |key| async {
+            owned_record(&svc, &user.0, &id).await?;
+            let addr = svc.registry.get_as(&id, &user.0).await?;
+            let owner = user.0.clone();
+            let sent = match key {
+                Some(idempotency) => addr.send(msg::KeyedCancel { owner, idempotency }).await,
+                None => addr.send(msg::Cancel { owner }).await,
+            };
+            let cancelled = sent.map_err(|_| ApiError::internal("the conversation stopped"))??;
+            Answer::json(StatusCode::OK, &CancelView { cancelled })
+        },
+    )
     .await
+}
+
+/// The answer of a `cancel`, rebuilt from its stored key.
+fn cancelled(rec: &IdempotencyRecord) -> Result<Answer, ApiError> {
+    let cancelled = rec.cancelled.unwrap_or(false);
+    Answer::json(StatusCode::OK, &CancelView { cancelled })
 }
 
 /// The answer of an accepted `messages` or `resume`, rebuilt from its stored key.

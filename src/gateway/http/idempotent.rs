@@ -6,11 +6,14 @@
 //! while the run it started is still going. The request is the route (method and path) and
 //! the fingerprint of its query string and body.
 //!
-//! Keys survive a restart for `send` and `resume` (and a create with a first message): the
-//! key goes to the actor with the command and is stored in the same commit as the message or
-//! answer it guards ([`IdempotencyKey`]); a key not in memory is looked up in the store before
-//! anything is applied, and answered from its record (a `?wait=true` command retried after a
-//! restart gets the `202` accepted view, not the run's outcome).
+//! Keys survive a restart for every command: `send`, `resume`, `cancel` and create (with or
+//! without a first message). The key goes to the actor with the command and is stored in the
+//! same commit as the message, answer, cancellation or record it guards ([`IdempotencyKey`];
+//! a cancel that changes nothing stores its key alone, and answers once it is durable); a key
+//! not in memory is looked up in the store before anything is applied, and answered from its
+//! record (a `?wait=true` command retried after a restart gets the `202` accepted view, not
+//! the run's outcome). Stored keys expire after 24 hours: reads ignore them from then on and
+//! the retention sweeper deletes them (`WriteOp::DeleteExpiredIdempotencyKeys`).
 
 use std::future::Future;
 
@@ -56,7 +59,8 @@ fn reused() -> ApiError {
 }
 
 /// How a command answers a key found in the store (after a restart): its answer rebuilt from
-/// the stored record; `None` for commands whose keys are kept in memory only.
+/// the stored record; `None` for a command whose keys are kept in memory only (none of the
+/// §6 commands now).
 pub type Rebuild = Option<fn(&IdempotencyRecord) -> Result<Answer, ApiError>>;
 
 /// Run `apply` at most once per (user, route, key): see the module doc. Without the header,

@@ -5,6 +5,7 @@ use serde::Serialize;
 use serde_json::Value;
 use utoipa::ToSchema;
 
+use crate::engine::Interrupt;
 use crate::services::Services;
 use crate::store::{ConversationRecord, MessageRecord, RunStatus};
 
@@ -69,7 +70,8 @@ pub struct ConversationView {
     /// The input args it was started with.
     pub args: Value,
     /// Interrupts waiting for an answer (see docs/protocol.md).
-    pub pending_interrupts: Vec<Value>,
+    #[schema(value_type = Vec<Value>)]
+    pub pending_interrupts: Vec<Interrupt>,
     /// The seq of its last event.
     pub last_seq: u64,
     pub message_count: u64,

@@ -137,6 +137,9 @@ pub(crate) enum Op {
         expires_at: i64,
         record: String,
     },
+    DeleteExpiredKeys {
+        now_ms: i64,
+    },
 }
 
 fn encode(ops: Vec<WriteOp>) -> Result<Vec<Op>, StoreError> {
@@ -190,6 +193,9 @@ fn encode(ops: Vec<WriteOp>) -> Result<Vec<Op>, StoreError> {
                     expires_at: record.expires_at_ms,
                     key,
                 },
+                WriteOp::DeleteExpiredIdempotencyKeys { now_ms } => {
+                    Op::DeleteExpiredKeys { now_ms }
+                }
             })
         })
         .collect()

@@ -339,6 +339,13 @@ impl Writer {
                             .map_err(StoreError::db)?;
                     }
                 }
+                Op::DeleteExpiredKeys { now_ms } => {
+                    pending.apply(&tx, stmts).await?;
+                    let stmt = stmts
+                        .get(&tx, "DELETE FROM idempotency_keys WHERE expires_at <= $1")
+                        .await?;
+                    tx.execute(&stmt, &[now_ms]).await.map_err(StoreError::db)?;
+                }
                 other => pending.add(other),
             }
         }
@@ -401,7 +408,7 @@ impl<'a> Pending<'a> {
             } => {
                 self.keys.insert(key, (*expires_at, record));
             }
-            Op::Delete { .. } => {}
+            Op::Delete { .. } | Op::DeleteExpiredKeys { .. } => {}
         }
     }
 

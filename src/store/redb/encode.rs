@@ -62,6 +62,9 @@ pub(super) enum Encoded {
         key: String,
         json: Vec<u8>,
     },
+    DeleteExpiredIdempotencyKeys {
+        now_ms: i64,
+    },
 }
 
 /// Encodes a batch. Events of one conversation with consecutive seqs are packed into chunks;
@@ -116,6 +119,9 @@ pub(super) fn encode(ops: Vec<WriteOp>) -> Result<Vec<Encoded>, StoreError> {
                 let json = serde_json::to_vec(&record)
                     .map_err(|e| StoreError::encode(format!("idempotency key {key:?}"), e))?;
                 out.push(Encoded::PutIdempotencyKey { key, json });
+            }
+            WriteOp::DeleteExpiredIdempotencyKeys { now_ms } => {
+                out.push(Encoded::DeleteExpiredIdempotencyKeys { now_ms });
             }
             WriteOp::DeleteConversation { conversation } => {
                 if open

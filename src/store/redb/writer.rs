@@ -481,6 +481,14 @@ fn apply_group(txn: &WriteTransaction, group: &[Batch]) -> Result<(), StoreError
                 Encoded::PutIdempotencyKey { key, json } => {
                     idempotency.insert(key.as_str(), json.as_slice())?;
                 }
+                Encoded::DeleteExpiredIdempotencyKeys { now_ms } => {
+                    // A scan of the keys table (one day of keys at most); an unreadable
+                    // record is deleted too (reads report it as corrupt forever otherwise).
+                    idempotency.retain(|_, json| {
+                        serde_json::from_slice::<crate::store::IdempotencyRecord>(json)
+                            .is_ok_and(|r| r.expires_at_ms > *now_ms)
+                    })?;
+                }
                 Encoded::DeleteConversation { conversation } => {
                     let id = conversation.as_str();
                     if unindex(&conversations, &mut by_owner, &mut by_assistant, id)? {
