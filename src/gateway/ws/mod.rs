@@ -22,11 +22,12 @@
 //! - `budget.rs`: the server-wide bound on bytes written and not yet read.
 //!
 //! Ordering on one socket: frames are handled one at a time, in the order they arrive, and each
-//! is answered before the next is read (so at most one frame is ever held unanswered; a client
-//! that pipelines waits in TCP's flow control, and nothing needs to be shed). While a frame is
-//! being handled (waiting for its actor's answer, a store read, a replay) the session keeps
-//! forwarding the events of the other conversations it follows, so a client that reads is never
-//! closed as too slow however many frames it pipelines. Events of the conversation the frame
+//! is answered before the next is handled. While a frame is being handled (waiting for its
+//! actor's answer, a store read, a replay) the session keeps forwarding the events of the other
+//! conversations it follows and answering pings and pongs, and reads at most one frame ahead
+//! (the `inbox`): so at most two frames are ever read and unanswered, a client that pipelines
+//! more waits in TCP's flow control (nothing needs to be shed, nothing is refused for it), and a
+//! client that reads is never closed as too slow however many frames it pipelines. Events of the conversation the frame
 //! is about (or of one it is starting to follow) are held until its answer is written, so the
 //! answer comes first and a replay is never overtaken by live events.
 
@@ -111,8 +112,8 @@ pub async fn handshake(
     let svc = svc.get_ref().clone();
     actix_web::rt::spawn(async move {
         svc.metrics.open_sockets.fetch_add(1, Relaxed);
-        let mut s = SocketSession::new(svc.clone(), gw, session, user, ip);
-        s.run(stream).await;
+        let mut s = SocketSession::new(svc.clone(), gw, session, stream, user, ip);
+        s.run().await;
         s.cleanup();
         svc.metrics.open_sockets.fetch_sub(1, Relaxed);
     });
@@ -124,10 +125,17 @@ struct Sub {
     last_sent: u64,
 }
 
+/// What the client's side of the connection yields next (`None`: it ended).
+type Inbound = Option<Result<AggregatedMessage, actix_ws::ProtocolError>>;
+
 struct SocketSession {
     svc: Arc<Services>,
     gw: web::Data<super::GatewayState>,
     session: Session,
+    stream: actix_ws::AggregatedMessageStream,
+    /// A message read while a frame was being handled (not a ping or pong, which are handled at
+    /// once): handled next. At most one, so at most two frames are ever read and unanswered.
+    inbox: Option<Inbound>,
     user: Option<User>,
     subscriber: Subscriber,
     rx: OutboundRx,
@@ -155,6 +163,7 @@ impl SocketSession {
         svc: Arc<Services>,
         gw: web::Data<super::GatewayState>,
         session: Session,
+        stream: actix_ws::AggregatedMessageStream,
         user: Option<User>,
         ip: Option<IpAddr>,
     ) -> Self {
@@ -169,6 +178,8 @@ impl SocketSession {
             svc,
             gw,
             session,
+            stream,
+            inbox: None,
             user,
             subscriber,
             rx,
@@ -184,27 +195,18 @@ impl SocketSession {
         }
     }
 
-    async fn run(&mut self, mut stream: actix_ws::AggregatedMessageStream) {
+    async fn run(&mut self) {
         let beat = Duration::from_secs(self.svc.config.server.heartbeat_seconds.max(1));
         let mut ticker = tokio::time::interval(beat);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let slow = self.subscriber.slow.clone();
         while !self.closed {
+            if let Some(m) = self.inbox.take() {
+                self.on_inbound(m).await;
+                continue;
+            }
             tokio::select! {
-                m = stream.next() => {
-                    self.last_seen = Instant::now();
-                    match m {
-                        Some(Ok(m)) => self.on_message(m).await,
-                        None => break,
-                        Some(Err(e)) => {
-                            // A protocol violation ends the connection, with its code.
-                            let reason = close::close_reason(&e);
-                            tracing::debug!(code = u16::from(reason.code), "closing a socket that broke the protocol");
-                            let _ = Box::pin(self.session.clone().close(Some(reason))).await;
-                            self.closed = true;
-                        }
-                    }
-                }
+                m = self.stream.next() => self.on_inbound(m).await,
                 Some(out) = self.rx.recv() => self.forward(out).await,
                 _ = ticker.tick() => {
                     if self.last_seen.elapsed() > beat * 3 {
@@ -215,6 +217,25 @@ impl SocketSession {
                     if Box::pin(self.session.ping(&mark)).await.is_err() { break; }
                 }
                 _ = slow.cancelled() => break,
+            }
+        }
+    }
+
+    /// What the client's side yielded: a message, its end, or a protocol violation.
+    async fn on_inbound(&mut self, m: Inbound) {
+        self.last_seen = Instant::now();
+        match m {
+            Some(Ok(m)) => self.on_message(m).await,
+            None => self.closed = true,
+            Some(Err(e)) => {
+                // A protocol violation ends the connection, with its code.
+                let reason = close::close_reason(&e);
+                tracing::debug!(
+                    code = u16::from(reason.code),
+                    "closing a socket that broke the protocol"
+                );
+                let _ = Box::pin(self.session.clone().close(Some(reason))).await;
+                self.closed = true;
             }
         }
     }

@@ -12,7 +12,9 @@
 
 use std::future::Future;
 
+use actix_ws::AggregatedMessage;
 use bytestring::ByteString;
+use futures_util::StreamExt;
 
 use super::{ServerFrame, SocketSession};
 use crate::conversation::Outbound;
@@ -30,7 +32,8 @@ fn utf8(b: bytes::Bytes) -> Option<ByteString> {
 }
 
 impl SocketSession {
-    /// Await `fut` (which must not borrow the session) while forwarding queued events.
+    /// Await `fut` (which must not borrow the session) while forwarding queued events and
+    /// answering the client's pings and pongs (the next frame is read, not handled).
     pub(super) async fn pump<F: Future>(&mut self, fut: F) -> F::Output {
         let mut fut = std::pin::pin!(fut);
         loop {
@@ -38,7 +41,25 @@ impl SocketSession {
                 biased;
                 r = &mut fut => return r,
                 Some(out) = self.rx.recv(), if !self.closed => self.forward_or_hold(out).await,
+                m = self.stream.next(), if self.inbox.is_none() && !self.closed => {
+                    self.read_ahead(m).await
+                }
             }
+        }
+    }
+
+    /// A message read while a frame is handled: pings and pongs at once (a pong says how much
+    /// the client has read), anything else waits in the inbox.
+    async fn read_ahead(&mut self, m: super::Inbound) {
+        self.last_seen = std::time::Instant::now();
+        match m {
+            Some(Ok(AggregatedMessage::Pong(p))) => self.account.pong(&p),
+            Some(Ok(AggregatedMessage::Ping(p))) => {
+                if self.session.pong(&p).await.is_err() {
+                    self.closed = true;
+                }
+            }
+            other => self.inbox = Some(other),
         }
     }
 
