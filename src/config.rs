@@ -77,6 +77,21 @@ pub struct ServerConfig {
     /// Messages per user per minute (0 = unlimited).
     #[serde(default)]
     pub messages_per_minute: u32,
+    /// Failed WebSocket authentications per client address per minute; past it, that address's
+    /// authentications are refused with `rate_limited` until the quota has room (0 = unlimited).
+    #[serde(default = "d_auth_failures")]
+    pub auth_failures_per_minute: u32,
+    /// Bytes written to all WebSockets and not yet read by their clients; past it, the socket
+    /// with the most unread bytes is closed with 4008 (0 = no bound).
+    #[serde(default = "d_unread_total")]
+    pub max_unread_bytes_total: u64,
+}
+
+fn d_auth_failures() -> u32 {
+    10
+}
+fn d_unread_total() -> u64 {
+    256 * 1024 * 1024
 }
 
 fn d_max_frame() -> usize {

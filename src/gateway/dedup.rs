@@ -125,15 +125,6 @@ fn key_of(user: &str, route: &str, key: &str) -> String {
     format!("{}:{user}{}:{route}{key}", user.len(), route.len())
 }
 
-/// A WebSocket frame id as a key (a string or a number; anything else is no key).
-pub fn frame_key(id: &Value) -> Option<String> {
-    match id {
-        Value::String(s) if !s.is_empty() => Some(format!("s:{s}")),
-        Value::Number(n) => Some(format!("n:{n}")),
-        _ => None,
-    }
-}
-
 impl Idempotency {
     /// Look a key up and, when it is new, reserve it for this request.
     pub fn claim(&self, user: &str, route: &str, key: &str, fp: Fingerprint) -> Claim {
@@ -260,8 +251,5 @@ mod tests {
         let c = json!({"type":"send","id":"1","content":"y","args":{"a":1,"b":2}});
         assert_eq!(fingerprint_frame(&a), fingerprint_frame(&b));
         assert_ne!(fingerprint_frame(&a), fingerprint_frame(&c));
-        assert_eq!(frame_key(&json!(7)).as_deref(), Some("n:7"));
-        assert_eq!(frame_key(&json!("7")).as_deref(), Some("s:7"));
-        assert_eq!(frame_key(&json!(null)), None);
     }
 }

@@ -8,7 +8,7 @@
 //! Wire form (the key order is part of it: clients and tests compare frames byte for byte):
 //!
 //! - `ack`: the ack's own fields first, then `"type":"ack"`, then `"id"` (the client frame's
-//!   `id`, `null` when it had none). E.g.
+//!   `id` as the client wrote it, `null` when it had none). E.g.
 //!   `{"conversationId":"c","runId":"r","type":"ack","id":7}`.
 //! - `error`: `{"type":"error","id":…,"code":…,"message":…}`, then `"details"` when there are
 //!   any.
@@ -21,7 +21,7 @@
 
 use bytes::Bytes;
 use serde::ser::{Serialize, SerializeMap, Serializer};
-use serde_json::Value;
+use serde_json::value::RawValue;
 
 use crate::error::ApiError;
 
@@ -29,10 +29,13 @@ use crate::error::ApiError;
 #[derive(Debug, Clone, Copy)]
 pub enum ServerFrame<'a> {
     /// A client frame was applied.
-    Ack { id: Option<&'a Value>, ack: &'a Ack },
+    Ack {
+        id: Option<&'a RawValue>,
+        ack: &'a Ack,
+    },
     /// A client frame was refused (or could not be read: then `id` may be `None`).
     Error {
-        id: Option<&'a Value>,
+        id: Option<&'a RawValue>,
         error: &'a ApiError,
     },
     /// An event of a conversation: `event` is its JSON object as stored.
@@ -197,7 +200,11 @@ mod tests {
     //! errors a `json!` object with `details` added, events bytes assembled by hand.
     use super::*;
     use crate::error::ErrorCode;
-    use serde_json::json;
+    use serde_json::{json, Value};
+
+    fn raw(v: &Value) -> Box<RawValue> {
+        serde_json::value::to_raw_value(v).unwrap()
+    }
 
     fn text(f: ServerFrame<'_>) -> String {
         String::from_utf8(f.to_bytes().to_vec()).unwrap()
@@ -258,8 +265,9 @@ mod tests {
         ];
         for id in [None, Some(json!(7)), Some(json!("x-1")), Some(json!(null))] {
             for (ack, body) in &cases {
+                let r = id.as_ref().map(raw);
                 let new = text(ServerFrame::Ack {
-                    id: id.as_ref(),
+                    id: r.as_deref(),
                     ack,
                 });
                 assert_eq!(new, old_ack(body.clone(), id.as_ref()));
@@ -267,7 +275,7 @@ mod tests {
         }
         assert_eq!(
             text(ServerFrame::Ack {
-                id: Some(&json!(3)),
+                id: Some(&raw(&json!(3))),
                 ack: &Ack::Accepted {
                     conversation_id: "c".into(),
                     run_id: "r".into()
@@ -284,8 +292,9 @@ mod tests {
             .with_details(json!([{"field": "city", "message": "required"}]));
         for e in [&plain, &detailed] {
             for id in [None, Some(json!("f1")), Some(json!(9))] {
+                let r = id.as_ref().map(raw);
                 let new = text(ServerFrame::Error {
-                    id: id.as_ref(),
+                    id: r.as_deref(),
                     error: e,
                 });
                 assert_eq!(new, old_error(id, e));

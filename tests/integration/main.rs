@@ -14,6 +14,7 @@ mod openai;
 mod openapi;
 mod postgres;
 mod prologues;
+mod protocol;
 mod security;
 mod sse;
 mod storage;

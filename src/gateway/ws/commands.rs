@@ -16,18 +16,16 @@
 use std::sync::Arc;
 
 use actix::Addr;
-use bytestring::ByteString;
+use serde_json::value::RawValue;
 use serde_json::Value;
 
-use super::client_frame::{decode, ClientFrame};
+use super::client_frame::{decode, ClientFrame, Decoded, FrameId};
 use super::{auth, SocketSession, Sub};
 use crate::assistant::model::OnBusy;
 use crate::conversation::IdempotencyKey;
 use crate::conversation::{msg, Conversation};
 use crate::error::{ApiError, ErrorCode};
-use crate::gateway::dedup::{
-    fingerprint_bytes, fingerprint_frame, frame_key, hex, scoped_key, Claim, Fingerprint,
-};
+use crate::gateway::dedup::{hex, scoped_key, Claim, Fingerprint};
 use crate::gateway::frame::{Ack, ServerFrame};
 
 fn reused() -> ApiError {
@@ -43,107 +41,135 @@ const WS_ROUTE: &str = "ws";
 /// Events replayed per store read.
 const REPLAY_PAGE: usize = 512;
 
+/// Failed `auth` frames after which a socket is closed (1008).
+pub(super) const MAX_AUTH_FAILURES: u32 = 3;
+
+/// A frame id claimed as an idempotency key: finished with the ack, or released.
+struct Claimed {
+    user: String,
+    key: String,
+    fp: Fingerprint,
+}
+
+/// A frame answered without being applied: a retried frame's original ack, or a refusal.
+enum Answered {
+    Bytes(bytes::Bytes),
+    Error(ApiError),
+}
+
+fn raw(id: Option<&FrameId>) -> Option<&RawValue> {
+    id.map(FrameId::raw)
+}
+
 impl SocketSession {
-    /// Answer one text frame.
+    /// Answer one text frame (exactly once).
     pub(super) async fn on_text(&mut self, text: &str) {
-        let (id, frame) = match decode(text) {
-            Ok(x) => x,
-            Err((id, e)) => {
-                let f = ServerFrame::Error {
-                    id: id.as_ref(),
-                    error: &e,
-                };
-                self.send_frame(f).await;
-                return;
-            }
+        let Decoded {
+            id,
+            frame,
+            fingerprint,
+        } = match decode(text) {
+            Ok(d) => d,
+            Err((id, e)) => return self.send_error(id.as_ref(), &e).await,
         };
-        let idempotent = matches!(frame, ClientFrame::Send { .. } | ClientFrame::Resume { .. });
-        let user = self.user.as_ref().map(|u| u.0.clone());
         // A frame id is an idempotency key (CONTRACT §6): checked before anything else.
-        let claim = match (idempotent, &user, id.as_ref().and_then(frame_key)) {
-            (true, Some(u), Some(key)) => {
-                let fp = serde_json::from_str::<Value>(text)
-                    .map(|v| fingerprint_frame(&v))
-                    .unwrap_or_else(|_| fingerprint_bytes(text.as_bytes()));
-                match self.gw.idempotency.claim(u, WS_ROUTE, &key, fp) {
-                    Claim::New => match self.stored_ack(u, &key, fp, id.as_ref()).await {
-                        Ok(None) => Some((u.clone(), key, fp)),
-                        Ok(Some(bytes)) => {
-                            // Accepted before a restart: the ack rebuilt from its stored key.
-                            self.gw.idempotency.release(u, WS_ROUTE, &key);
-                            if let Ok(text) = std::str::from_utf8(&bytes) {
-                                if self.gw.idempotency.claim(u, WS_ROUTE, &key, fp) == Claim::New {
-                                    self.gw.idempotency.finish(u, WS_ROUTE, &key, fp, 200, text);
-                                }
-                            }
-                            self.send_bytes(bytes).await;
-                            return;
-                        }
-                        Err(e) => {
-                            self.gw.idempotency.release(u, WS_ROUTE, &key);
-                            self.send_frame(ServerFrame::Error {
-                                id: id.as_ref(),
-                                error: &e,
-                            })
-                            .await;
-                            return;
-                        }
-                    },
-                    Claim::Replay { body, .. } => {
-                        // A retried frame: the original answer, nothing applied again.
-                        self.send_text(ByteString::from(body)).await;
-                        return;
-                    }
-                    refused => {
-                        let e = if refused == Claim::InProgress {
-                            ApiError::new(
-                                ErrorCode::ConversationBusy,
-                                "a frame with this id is being applied; retry it later",
-                            )
-                        } else {
-                            reused()
-                        };
-                        self.send_frame(ServerFrame::Error {
-                            id: id.as_ref(),
-                            error: &e,
-                        })
-                        .await;
-                        return;
-                    }
-                }
-            }
-            _ => None,
+        let claim = match self.claim(id.as_ref(), fingerprint).await {
+            Ok(c) => c,
+            Err(Answered::Bytes(b)) => return self.send_bytes(b).await,
+            Err(Answered::Error(e)) => return self.send_error(id.as_ref(), &e).await,
         };
-        self.pending_key = claim.as_ref().map(|(u, key, fp)| IdempotencyKey {
-            key: scoped_key(u, WS_ROUTE, key),
-            fingerprint: hex(fp),
+        self.pending_key = claim.as_ref().map(|c| IdempotencyKey {
+            key: scoped_key(&c.user, WS_ROUTE, &c.key),
+            fingerprint: hex(&c.fp),
         });
         let answer = self.handle(frame).await;
         self.pending_key = None;
+        self.answer(id.as_ref(), claim, answer).await;
+    }
+
+    async fn send_error(&mut self, id: Option<&FrameId>, e: &ApiError) {
+        self.send_frame(ServerFrame::Error {
+            id: raw(id),
+            error: e,
+        })
+        .await;
+    }
+
+    /// Write the answer of an applied (or refused) frame, and settle its claimed key.
+    async fn answer(
+        &mut self,
+        id: Option<&FrameId>,
+        claim: Option<Claimed>,
+        answer: Result<Ack, ApiError>,
+    ) {
+        let idem = &self.gw.idempotency;
         match answer {
             Ok(ack) => {
                 let bytes = ServerFrame::Ack {
-                    id: id.as_ref(),
+                    id: raw(id),
                     ack: &ack,
                 }
                 .to_bytes();
-                if let Some((u, key, fp)) = &claim {
+                if let Some(c) = &claim {
                     match std::str::from_utf8(&bytes) {
-                        Ok(text) => self.gw.idempotency.finish(u, WS_ROUTE, key, *fp, 200, text),
-                        Err(_) => self.gw.idempotency.release(u, WS_ROUTE, key),
+                        Ok(text) => idem.finish(&c.user, WS_ROUTE, &c.key, c.fp, 200, text),
+                        Err(_) => idem.release(&c.user, WS_ROUTE, &c.key),
                     }
                 }
                 self.send_bytes(bytes).await;
             }
             Err(e) => {
-                if let Some((u, key, _)) = &claim {
-                    self.gw.idempotency.release(u, WS_ROUTE, key);
+                if let Some(c) = &claim {
+                    idem.release(&c.user, WS_ROUTE, &c.key);
                 }
-                let f = ServerFrame::Error {
-                    id: id.as_ref(),
-                    error: &e,
-                };
-                self.send_frame(f).await;
+                self.send_error(id, &e).await;
+            }
+        }
+    }
+
+    /// Claim the id of a `send` or `resume` (`fingerprint` is set for those) as an idempotency
+    /// key: `None` when it is no key (or the socket has no user yet), the claim to settle when
+    /// it is new, or the answer when it is known (in memory, or stored before a restart).
+    async fn claim(
+        &mut self,
+        id: Option<&FrameId>,
+        fingerprint: Option<Fingerprint>,
+    ) -> Result<Option<Claimed>, Answered> {
+        let user = self.user.as_ref().map(|u| u.0.clone());
+        let (Some(fp), Some(user), Some(key)) = (fingerprint, user, id.and_then(FrameId::key))
+        else {
+            return Ok(None);
+        };
+        match self.gw.idempotency.claim(&user, WS_ROUTE, &key, fp) {
+            Claim::New => {}
+            // A retried frame: the original answer, nothing applied again.
+            Claim::Replay { body, .. } => return Err(Answered::Bytes(body.into())),
+            Claim::InProgress => {
+                return Err(Answered::Error(ApiError::new(
+                    ErrorCode::ConversationBusy,
+                    "a frame with this id is being applied; retry it later",
+                )))
+            }
+            Claim::Reused => return Err(Answered::Error(reused())),
+        }
+        let c = Claimed { user, key, fp };
+        let gw = self.gw.clone();
+        let idem = &gw.idempotency;
+        match self.stored_ack(&c, id).await {
+            Ok(None) => Ok(Some(c)),
+            Ok(Some(bytes)) => {
+                // Accepted before a restart: the ack rebuilt from its stored key.
+                idem.release(&c.user, WS_ROUTE, &c.key);
+                if let Ok(text) = std::str::from_utf8(&bytes) {
+                    if idem.claim(&c.user, WS_ROUTE, &c.key, c.fp) == Claim::New {
+                        idem.finish(&c.user, WS_ROUTE, &c.key, c.fp, 200, text);
+                    }
+                }
+                Err(Answered::Bytes(bytes))
+            }
+            Err(e) => {
+                idem.release(&c.user, WS_ROUTE, &c.key);
+                Err(Answered::Error(e))
             }
         }
     }
@@ -151,31 +177,37 @@ impl SocketSession {
     /// The ack of a frame id stored before a restart (`None`: unknown key); a stored id with a
     /// different frame is `idempotency_key_reused`.
     async fn stored_ack(
-        &self,
-        user: &str,
-        key: &str,
-        fp: Fingerprint,
-        id: Option<&Value>,
+        &mut self,
+        c: &Claimed,
+        id: Option<&FrameId>,
     ) -> Result<Option<bytes::Bytes>, ApiError> {
+        let store = self.svc.store.clone();
+        let scoped = scoped_key(&c.user, WS_ROUTE, &c.key);
         let rec = self
-            .svc
-            .store
-            .idempotency_key(&scoped_key(user, WS_ROUTE, key))
+            .pump(async move { store.idempotency_key(&scoped).await })
             .await
             .map_err(|e| ApiError::internal(e.to_string()))?;
         let Some(rec) = rec else { return Ok(None) };
-        if rec.fingerprint != hex(&fp) {
+        if rec.fingerprint != hex(&c.fp) {
             return Err(reused());
         }
         let ack = Ack::Accepted {
             conversation_id: rec.conversation_id,
             run_id: rec.run_id,
         };
-        Ok(Some(ServerFrame::Ack { id, ack: &ack }.to_bytes()))
+        Ok(Some(
+            ServerFrame::Ack {
+                id: raw(id),
+                ack: &ack,
+            }
+            .to_bytes(),
+        ))
     }
 
     /// Apply one frame; the ack to answer with.
     async fn handle(&mut self, frame: ClientFrame) -> Result<Ack, ApiError> {
+        // Events of the conversation this frame is about wait until it is answered.
+        self.settling = frame.conversation_id().map(Arc::from);
         match frame {
             ClientFrame::Auth { token } => self.on_auth(&token),
             ClientFrame::Send {
@@ -214,17 +246,22 @@ impl SocketSession {
             }
             ClientFrame::Cancel { conversation_id } => {
                 let owner = self.user()?;
-                let addr = self.conversation(&conversation_id).await?;
-                let cancelled = addr
-                    .send(msg::Cancel { owner })
-                    .await
-                    .map_err(|_| ApiError::internal("the conversation stopped"))??;
-                Ok(Ack::Cancelled {
-                    conversation_id,
-                    cancelled,
-                })
+                self.on_cancel(owner, conversation_id).await
             }
         }
+    }
+
+    /// `cancel`: stop the active run (or withdraw a pending interrupt).
+    async fn on_cancel(&mut self, owner: String, conversation_id: String) -> Result<Ack, ApiError> {
+        let addr = self.conversation(&conversation_id).await?;
+        let cancelled = self
+            .pump(addr.send(msg::Cancel { owner }))
+            .await
+            .map_err(|_| ApiError::internal("the conversation stopped"))??;
+        Ok(Ack::Cancelled {
+            conversation_id,
+            cancelled,
+        })
     }
 
     /// `auth`: in token mode, the socket becomes the token's user (once: another user's token
@@ -236,8 +273,13 @@ impl SocketSession {
                 user: auth::LOCAL_USER.to_string(),
             });
         }
-        let u = auth::user_for_token(cfg, token)
-            .ok_or_else(|| ApiError::new(ErrorCode::Unauthorized, "unknown token"))?;
+        // Refused before the token is looked at while this address has failed too often.
+        self.gw.auth_throttle.admit(self.ip)?;
+        let Some(u) = auth::user_for_token(cfg, token) else {
+            self.gw.auth_throttle.failed(self.ip);
+            self.auth_failures += 1;
+            return Err(ApiError::new(ErrorCode::Unauthorized, "unknown token"));
+        };
         if self.user.as_ref().is_some_and(|x| x != &u) {
             return Err(ApiError::new(
                 ErrorCode::Forbidden,
@@ -273,6 +315,7 @@ impl SocketSession {
             }
             None => self.create(&owner, assistant, &args)?,
         };
+        self.settling = Some(Arc::from(id.as_str()));
         let first = !self.subs.contains_key(id.as_str());
         let subscriber = first.then(|| self.subscriber.clone());
         let m = msg::Send {
@@ -284,7 +327,7 @@ impl SocketSession {
             on_busy,
             idempotency: self.pending_key.take(),
         };
-        let accepted = match addr.send(m).await {
+        let accepted = match self.pump(addr.send(m)).await {
             Ok(r) => r?,
             Err(_) => return Err(ApiError::internal("the conversation stopped; send again")),
         };
@@ -311,11 +354,12 @@ impl SocketSession {
         let addr = self.conversation(&conversation_id).await?;
         let newly = !self.subs.contains_key(conversation_id.as_str());
         if newly {
-            let high = addr
-                .send(msg::Subscribe {
-                    owner: owner.clone(),
-                    subscriber: self.subscriber.clone(),
-                })
+            let m = msg::Subscribe {
+                owner: owner.clone(),
+                subscriber: self.subscriber.clone(),
+            };
+            let high = self
+                .pump(addr.send(m))
                 .await
                 .map_err(|_| ApiError::internal("the conversation stopped; resume again"))??
                 .high;
@@ -326,14 +370,15 @@ impl SocketSession {
                 return Err(e);
             }
         }
-        let answer = addr
-            .send(msg::Resume {
-                owner,
-                interrupt_id,
-                action,
-                value,
-                idempotency: self.pending_key.take(),
-            })
+        let m = msg::Resume {
+            owner,
+            interrupt_id,
+            action,
+            value,
+            idempotency: self.pending_key.take(),
+        };
+        let answer = self
+            .pump(addr.send(m))
             .await
             .map_err(|_| ApiError::internal("the conversation stopped; resume again"));
         match answer.and_then(|r| r.map_err(ApiError::from)) {
@@ -382,11 +427,12 @@ impl SocketSession {
         since: u64,
     ) -> Result<Ack, ApiError> {
         let addr = self.conversation(&conversation_id).await?;
-        let high = addr
-            .send(msg::Subscribe {
-                owner,
-                subscriber: self.subscriber.clone(),
-            })
+        let m = msg::Subscribe {
+            owner,
+            subscriber: self.subscriber.clone(),
+        };
+        let high = self
+            .pump(addr.send(m))
             .await
             .map_err(|_| ApiError::internal("the conversation stopped; subscribe again"))??
             .high;
@@ -415,10 +461,10 @@ impl SocketSession {
             });
         } else {
             // Not following it: still refuse what is not this user's.
+            let store = self.svc.store.clone();
+            let id = conversation_id.clone();
             let rec = self
-                .svc
-                .store
-                .get_conversation(&conversation_id)
+                .pump(async move { store.get_conversation(&id).await })
                 .await
                 .map_err(|e| ApiError::internal(e.to_string()))?;
             if rec.is_none_or(|r| r.owner != owner) {
@@ -458,13 +504,15 @@ impl SocketSession {
 
     /// The actor of a conversation: the one this socket follows if it is still running, else
     /// the registry's (which checks nothing of ownership: the actor does, per message).
-    async fn conversation(&self, id: &str) -> Result<Addr<Conversation>, ApiError> {
+    async fn conversation(&mut self, id: &str) -> Result<Addr<Conversation>, ApiError> {
         if let Some(s) = self.subs.get(id) {
             if s.addr.connected() {
                 return Ok(s.addr.clone());
             }
         }
-        Ok(self.svc.registry.get(id).await?)
+        let registry = self.svc.registry.clone();
+        let id = id.to_string();
+        Ok(self.pump(async move { registry.get(&id).await }).await?)
     }
 
     /// Follow a conversation (bounded by `max_subscriptions_per_socket`).
@@ -503,10 +551,10 @@ impl SocketSession {
     async fn replay(&mut self, conversation: &str, since: u64, high: u64) -> Result<(), ApiError> {
         let mut cursor = since;
         while cursor < high {
+            let store = self.svc.store.clone();
+            let id = conversation.to_string();
             let page = self
-                .svc
-                .store
-                .events_since(conversation, cursor, REPLAY_PAGE)
+                .pump(async move { store.events_since(&id, cursor, REPLAY_PAGE).await })
                 .await
                 .map_err(|e| ApiError::internal(e.to_string()))?;
             if page.is_empty() {

@@ -9,21 +9,38 @@
 //! no duplicate. Closing a socket unsubscribes it and never cancels a run.
 //!
 //! Layout:
-//! - `mod.rs` (this file): the upgrade, the session's loop, and writing frames: every frame
-//!   written is a [`ServerFrame`] (or the bytes of one: an event frame queued by an actor, an
-//!   ack remembered for a retried frame id).
-//! - `client_frame.rs`: the frames a client sends and how one is decoded.
+//! - `mod.rs` (this file): the upgrade, the session's loop, and what it does with each kind of
+//!   message.
+//! - `write.rs`: writing frames: every frame written is a [`ServerFrame`] (or the bytes of one:
+//!   an event frame queued by an actor, an ack remembered for a retried frame id); forwarding
+//!   queued events, also while a frame is being handled.
+//! - `client_frame.rs`: the frames a client sends, their ids ([`client_frame::FrameId`], kept as
+//!   written) and how one is decoded.
 //! - `commands.rs`: what each client frame does (auth, send, resume, subscribe, unsubscribe,
 //!   cancel) and the replay of stored events.
+//! - `close.rs`: the close code for each protocol violation (1002, 1007, 1009).
+//! - `budget.rs`: the server-wide bound on bytes written and not yet read.
 //!
-//! Ordering on one socket: frames are handled one at a time, in the order they arrive; the
-//! answer to a frame is written before the next frame is read, and events queued meanwhile
-//! wait in the outbound queue (bounded; a full queue flags the socket as too slow).
+//! Ordering on one socket: frames are handled one at a time, in the order they arrive, and each
+//! is answered before the next is handled. While a frame is being handled (waiting for its
+//! actor's answer, a store read, a replay) the session keeps forwarding the events of the other
+//! conversations it follows and answering pings and pongs, and reads at most one frame ahead
+//! (the `inbox`): so at most two frames are ever read and unanswered, a client that pipelines
+//! more waits in TCP's flow control (nothing needs to be shed, nothing is refused for it), and a
+//! client that reads is never closed as too slow however many frames it pipelines. Events of the conversation the frame
+//! is about (or of one it is starting to follow) are held until its answer is written, so the
+//! answer comes first and a replay is never overtaken by live events.
 
+mod budget;
 mod client_frame;
+mod close;
 mod commands;
+mod write;
 
-use std::collections::HashMap;
+pub use budget::SocketBudget;
+
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -31,7 +48,6 @@ use std::time::{Duration, Instant};
 use actix::Addr;
 use actix_web::{web, HttpRequest, HttpResponse};
 use actix_ws::{AggregatedMessage, CloseCode, CloseReason, Session};
-use bytestring::ByteString;
 use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
@@ -76,7 +92,18 @@ pub async fn handshake(
         )
         .into());
     }
-    let user = auth::authenticate_optional(&cfg.auth, &req)?;
+    let ip = req.peer_addr().map(|a| a.ip());
+    let has_header = req
+        .headers()
+        .contains_key(actix_web::http::header::AUTHORIZATION);
+    if has_header {
+        gw.auth_throttle.admit(ip)?;
+    }
+    let user = auth::authenticate_optional(&cfg.auth, &req).inspect_err(|_| {
+        if has_header {
+            gw.auth_throttle.failed(ip);
+        }
+    })?;
     let (response, session, stream) = actix_ws::handle(&req, body)?;
     let stream = stream
         .max_frame_size(cfg.server.max_frame_bytes)
@@ -85,22 +112,12 @@ pub async fn handshake(
     let svc = svc.get_ref().clone();
     actix_web::rt::spawn(async move {
         svc.metrics.open_sockets.fetch_add(1, Relaxed);
-        let mut s = SocketSession::new(svc.clone(), gw, session, user);
-        s.run(stream).await;
+        let mut s = SocketSession::new(svc.clone(), gw, session, stream, user, ip);
+        s.run().await;
         s.cleanup();
         svc.metrics.open_sockets.fetch_sub(1, Relaxed);
     });
     Ok(response)
-}
-
-fn utf8(b: bytes::Bytes) -> Option<ByteString> {
-    match ByteString::try_from(b) {
-        Ok(s) => Some(s),
-        Err(_) => {
-            tracing::error!("dropping a frame that is not UTF-8");
-            None
-        }
-    }
 }
 
 struct Sub {
@@ -108,18 +125,37 @@ struct Sub {
     last_sent: u64,
 }
 
+/// What the client's side of the connection yields next (`None`: it ended).
+type Inbound = Option<Result<AggregatedMessage, actix_ws::ProtocolError>>;
+
 struct SocketSession {
     svc: Arc<Services>,
     gw: web::Data<super::GatewayState>,
     session: Session,
+    stream: actix_ws::AggregatedMessageStream,
+    /// A message read while a frame was being handled (not a ping or pong, which are handled at
+    /// once): handled next. At most one, so at most two frames are ever read and unanswered.
+    inbox: Option<Inbound>,
     user: Option<User>,
     subscriber: Subscriber,
-    rx: Option<OutboundRx>,
+    rx: OutboundRx,
     subs: HashMap<Arc<str>, Sub>,
     last_seen: Instant,
     closed: bool,
     /// The idempotency key of the `send` or `resume` being handled (stored with it).
     pending_key: Option<crate::conversation::IdempotencyKey>,
+    /// The conversation the frame being handled is about: its events wait in `held` until
+    /// the frame is answered.
+    settling: Option<Arc<str>>,
+    /// Events taken from the queue while a frame was handled that may not be written yet (of
+    /// `settling`, or of a conversation not followed yet); bounded like the queue.
+    held: VecDeque<Outbound>,
+    /// This socket's place in the server-wide bound on unread bytes.
+    account: budget::SocketAccount,
+    /// The client's address (failed authentications are counted per address).
+    ip: Option<IpAddr>,
+    /// Failed `auth` frames on this socket.
+    auth_failures: u32,
 }
 
 impl SocketSession {
@@ -127,7 +163,9 @@ impl SocketSession {
         svc: Arc<Services>,
         gw: web::Data<super::GatewayState>,
         session: Session,
+        stream: actix_ws::AggregatedMessageStream,
         user: Option<User>,
+        ip: Option<IpAddr>,
     ) -> Self {
         let (tx, rx) = outbound_queue(svc.config.server.socket_outbound_buffer.max(16));
         let subscriber = Subscriber {
@@ -135,62 +173,99 @@ impl SocketSession {
             tx,
             slow: CancellationToken::new(),
         };
+        let account = gw.sockets.open(subscriber.id, subscriber.slow.clone());
         SocketSession {
             svc,
             gw,
             session,
+            stream,
+            inbox: None,
             user,
             subscriber,
-            rx: Some(rx),
+            rx,
             subs: HashMap::new(),
             last_seen: Instant::now(),
             closed: false,
             pending_key: None,
+            settling: None,
+            held: VecDeque::new(),
+            account,
+            ip,
+            auth_failures: 0,
         }
     }
 
-    async fn run(&mut self, mut stream: actix_ws::AggregatedMessageStream) {
-        let Some(mut rx) = self.rx.take() else { return };
+    async fn run(&mut self) {
         let beat = Duration::from_secs(self.svc.config.server.heartbeat_seconds.max(1));
         let mut ticker = tokio::time::interval(beat);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let slow = self.subscriber.slow.clone();
         while !self.closed {
+            if let Some(m) = self.inbox.take() {
+                self.on_inbound(m).await;
+                continue;
+            }
             tokio::select! {
-                m = stream.next() => {
-                    self.last_seen = Instant::now();
-                    match m {
-                        // This future lives as long as the socket, and is as large as the largest
-                        // thing it awaits: what is rare or large (handling a frame: the actor's
-                        // answer, a replay) is boxed, so an idle socket's task stays small.
-                        Some(Ok(AggregatedMessage::Text(t))) => Box::pin(self.on_text(&t)).await,
-                        Some(Ok(AggregatedMessage::Binary(_))) => Box::pin(self.refuse_binary()).await,
-                        Some(Ok(AggregatedMessage::Ping(p))) => {
-                            if Box::pin(self.session.pong(&p)).await.is_err() { break; }
-                        }
-                        Some(Ok(AggregatedMessage::Pong(_))) => {}
-                        Some(Ok(AggregatedMessage::Close(_))) | None => break,
-                        Some(Err(e)) => {
-                            // Protocol errors (e.g. an oversized frame) end the connection.
-                            let reason = match e {
-                                actix_ws::ProtocolError::Overflow => "frame too large (payload_too_large)".to_string(),
-                                other => format!("protocol error: {other}"),
-                            };
-                            let _ = Box::pin(self.session.clone().close(Some(CloseReason { code: CloseCode::Size, description: Some(reason) }))).await;
-                            self.closed = true;
-                        }
-                    }
-                }
-                Some(out) = rx.recv() => self.forward(out).await,
+                m = self.stream.next() => self.on_inbound(m).await,
+                Some(out) = self.rx.recv() => self.forward(out).await,
                 _ = ticker.tick() => {
                     if self.last_seen.elapsed() > beat * 3 {
                         let _ = Box::pin(self.session.clone().close(Some(CloseReason { code: CloseCode::Away, description: Some("no heartbeat".into()) }))).await;
                         break;
                     }
-                    if Box::pin(self.session.ping(b"")).await.is_err() { break; }
+                    let mark = self.account.marker();
+                    if Box::pin(self.session.ping(&mark)).await.is_err() { break; }
                 }
                 _ = slow.cancelled() => break,
             }
+        }
+    }
+
+    /// What the client's side yielded: a message, its end, or a protocol violation.
+    async fn on_inbound(&mut self, m: Inbound) {
+        self.last_seen = Instant::now();
+        match m {
+            Some(Ok(m)) => self.on_message(m).await,
+            None => self.closed = true,
+            Some(Err(e)) => {
+                // A protocol violation ends the connection, with its code.
+                let reason = close::close_reason(&e);
+                tracing::debug!(
+                    code = u16::from(reason.code),
+                    "closing a socket that broke the protocol"
+                );
+                let _ = Box::pin(self.session.clone().close(Some(reason))).await;
+                self.closed = true;
+            }
+        }
+    }
+
+    /// One message from the client (not an error).
+    async fn on_message(&mut self, m: AggregatedMessage) {
+        // This future lives as long as the socket, and is as large as the largest thing it
+        // awaits: what is rare or large (handling a frame: the actor's answer, a replay) is
+        // boxed, so an idle socket's task stays small.
+        match m {
+            AggregatedMessage::Text(t) => {
+                Box::pin(self.on_text(&t)).await;
+                Box::pin(self.release_held()).await;
+                if self.auth_failures >= commands::MAX_AUTH_FAILURES {
+                    let reason = CloseReason {
+                        code: CloseCode::Policy,
+                        description: Some("too many failed authentications".into()),
+                    };
+                    let _ = Box::pin(self.session.clone().close(Some(reason))).await;
+                    self.closed = true;
+                }
+            }
+            AggregatedMessage::Binary(_) => Box::pin(self.refuse_binary()).await,
+            AggregatedMessage::Ping(p) => {
+                if Box::pin(self.session.pong(&p)).await.is_err() {
+                    self.closed = true;
+                }
+            }
+            AggregatedMessage::Pong(p) => self.account.pong(&p),
+            AggregatedMessage::Close(_) => self.closed = true,
         }
     }
 
@@ -215,56 +290,6 @@ impl SocketSession {
             });
         }
         self.subs.clear();
-    }
-
-    async fn forward(&mut self, out: Outbound) {
-        // Nothing of `out` but the text is kept across the write (this future is part of every
-        // socket's task).
-        let Outbound {
-            conversation,
-            seq,
-            event,
-        } = out;
-        let Some(sub) = self.subs.get_mut(&conversation) else {
-            return;
-        };
-        if seq <= sub.last_sent {
-            return;
-        }
-        sub.last_sent = seq;
-        let frame = super::frame::event_frame(&conversation, seq, &event);
-        drop((conversation, event));
-        if let Some(text) = utf8(frame) {
-            self.send_text(text).await;
-        }
-    }
-
-    async fn send_bytes(&mut self, b: bytes::Bytes) {
-        if let Some(text) = utf8(b) {
-            self.send_text(text).await;
-        }
-    }
-
-    /// Write one frame.
-    async fn send_frame(&mut self, f: ServerFrame<'_>) {
-        self.send_bytes(f.to_bytes()).await;
-    }
-
-    /// Write one frame. A client that does not read makes this wait; if the actors meanwhile
-    /// flag the socket as too slow, give up on it (the connection is dropped).
-    async fn send_text(&mut self, s: ByteString) {
-        if self.closed {
-            return;
-        }
-        let slow = self.subscriber.slow.clone();
-        tokio::select! {
-            r = self.session.text(s) => {
-                if r.is_err() {
-                    self.closed = true;
-                }
-            }
-            _ = slow.cancelled() => self.closed = true,
-        }
     }
 
     async fn refuse_binary(&mut self) {
