@@ -83,8 +83,11 @@ impl ResponseError for ApiError {
 macro_rules! route_table {
     ($($method:ident $path:literal => $($handler:ident)::+;)*) => {
         /// Configure every route on an actix-web app.
+        /// (One resource per path: `405` with `Allow`, `415` for non-JSON bodies; `http::methods`.)
         pub fn routes(cfg: &mut actix_web::web::ServiceConfig) {
-            $(cfg.route($path, actix_web::web::$method().to($($handler)::+));)*
+            http::methods::register(cfg, vec![
+                $((stringify!($method), $path, actix_web::web::$method().to($($handler)::+))),*
+            ]);
         }
 
         /// Every route [`routes`] registers, as `(method, path)` (lowercase method; the path in

@@ -135,7 +135,7 @@ pub(in crate::gateway) async fn run(
     let input: RunAgentInput = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("not a RunAgentInput: {e}")))?;
     check_thread_id(&input.thread_id)?;
-    if svc.catalog.get(&assistant).is_none() {
+    if crate::gateway::auth::assistant_for(&svc, &user, &assistant).is_none() {
         return Err(unknown_assistant(&assistant));
     }
     let args = match &input.state {
@@ -284,7 +284,7 @@ pub(in crate::gateway) async fn events(
 ) -> Result<HttpResponse, ApiError> {
     let (assistant, thread) = path.into_inner();
     check_thread_id(&thread)?;
-    if svc.catalog.get(&assistant).is_none() {
+    if crate::gateway::auth::assistant_for(&svc, &user, &assistant).is_none() {
         return Err(unknown_assistant(&assistant));
     }
     let q = web::Query::<EventsQuery>::from_query(req.query_string())

@@ -166,9 +166,7 @@ pub(in crate::gateway) async fn create_conversation(
         Some(created),
         |key| async {
             let b: CreateBody = parse_body(&body)?;
-            let a = svc
-                .catalog
-                .get(&b.assistant)
+            let a = crate::gateway::auth::assistant_for(&svc, &user, &b.assistant)
                 .ok_or_else(|| unknown_assistant(&b.assistant))?;
             if let Some(c) = &b.content {
                 check_sizes(&svc, c, &b.args)?;

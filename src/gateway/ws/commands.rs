@@ -177,7 +177,7 @@ impl SocketSession {
     /// Apply one frame; the ack to answer with.
     async fn handle(&mut self, frame: ClientFrame) -> Result<Ack, ApiError> {
         match frame {
-            ClientFrame::Auth { token } => self.on_auth(&token),
+            ClientFrame::Auth { token } => self.on_auth(&token).await,
             ClientFrame::Send {
                 content,
                 assistant,
@@ -229,16 +229,14 @@ impl SocketSession {
 
     /// `auth`: in token mode, the socket becomes the token's user (once: another user's token
     /// is `forbidden`); without auth, everyone is the local user.
-    fn on_auth(&mut self, token: &str) -> Result<Ack, ApiError> {
-        let cfg = &self.svc.config.auth;
-        if cfg.mode == crate::config::AuthMode::None {
+    async fn on_auth(&mut self, token: &str) -> Result<Ack, ApiError> {
+        if self.svc.config.auth.mode == crate::config::AuthMode::None {
             return Ok(Ack::Auth {
                 user: auth::LOCAL_USER.to_string(),
             });
         }
-        let u = auth::user_for_token(cfg, token)
-            .ok_or_else(|| ApiError::new(ErrorCode::Unauthorized, "unknown token"))?;
-        if self.user.as_ref().is_some_and(|x| x != &u) {
+        let u = self.svc.auth.user_for_token(token).await?;
+        if self.user.as_ref().is_some_and(|x| x.0 != u.0) {
             return Err(ApiError::new(
                 ErrorCode::Forbidden,
                 "this socket is already authenticated as another user",
@@ -363,12 +361,16 @@ impl SocketSession {
         let name = assistant.ok_or_else(|| {
             ApiError::bad_request("'assistant' is required to start a conversation")
         })?;
-        let a = self.svc.catalog.get(&name).ok_or_else(|| {
-            ApiError::new(
-                ErrorCode::UnknownAssistant,
-                format!("there is no assistant '{name}'"),
-            )
-        })?;
+        let a = self
+            .user
+            .as_ref()
+            .and_then(|u| auth::assistant_for(&self.svc, u, &name))
+            .ok_or_else(|| {
+                ApiError::new(
+                    ErrorCode::UnknownAssistant,
+                    format!("there is no assistant '{name}'"),
+                )
+            })?;
         // Refuse bad args before a conversation exists.
         a.check_args(args.as_ref())?;
         Ok(self.svc.registry.create(owner, &name)?)

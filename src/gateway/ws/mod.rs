@@ -76,7 +76,7 @@ pub async fn handshake(
         )
         .into());
     }
-    let user = auth::authenticate_optional(&cfg.auth, &req)?;
+    let user = svc.auth.authenticate_optional(&req).await?;
     let (response, session, stream) = actix_ws::handle(&req, body)?;
     let stream = stream
         .max_frame_size(cfg.server.max_frame_bytes)
