@@ -41,6 +41,7 @@ pub struct InvokeBody {
     pub content: String,
     /// The assistant's input args (see its `inputSchema`).
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     pub args: Option<Value>,
     /// Continue this conversation (of the same assistant) instead of starting a new one.
     #[serde(default)]
@@ -108,9 +109,9 @@ impl Drop for CancelOnDrop {
     request_body = InvokeBody,
     responses(
         (status = 200, description = "The run completed; with `Accept: text/event-stream`, the run's events as SSE (as `GET /api/conversations/{id}/stream`), ending after `RUN_FINISHED` or `RUN_ERROR`", body = InvokeResponse),
-        (status = 400, description = "`bad_request`: a bad body (such as `timeoutSeconds` out of range), or a conversation of another assistant", body = ErrorBody),
+        (status = 400, description = "`bad_request`: a bad body (such as `timeoutSeconds` out of range)", body = ErrorBody),
         (status = 401, description = "`unauthorized`", body = ErrorBody),
-        (status = 404, description = "`unknown_assistant` or `conversation_not_found`", body = ErrorBody),
+        (status = 404, description = "`unknown_assistant`, or `conversation_not_found` (also for a conversation of another assistant)", body = ErrorBody),
         (status = 409, description = "`assistant_not_automated`, `conversation_busy`, or the run was `cancelled`", body = ErrorBody),
         (status = 413, description = "`payload_too_large`: the content is too long", body = ErrorBody),
         (status = 422, description = "`invalid_args`, or the run failed: `step_failed`, `step_limit`", body = ErrorBody),
@@ -229,10 +230,14 @@ async fn conversation(
         Some(cid) => {
             let rec = owned_record(svc, &user.0, cid).await?;
             if rec.assistant != a.id {
-                return Err(ApiError::bad_request(format!(
-                    "conversation '{cid}' belongs to assistant '{}', not '{}'",
-                    rec.assistant, a.id
-                )));
+                // Not a conversation of this assistant: for this route it does not exist.
+                return Err(ApiError::new(
+                    ErrorCode::ConversationNotFound,
+                    format!(
+                        "conversation '{cid}' is not a conversation of assistant '{}' (it belongs to '{}')",
+                        a.id, rec.assistant
+                    ),
+                ));
             }
             Ok((cid.to_owned(), svc.registry.get_as(cid, &user.0).await?))
         }

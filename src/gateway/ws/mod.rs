@@ -55,6 +55,12 @@ pub const CLOSE_TOO_SLOW: u16 = 4008;
     path = "/ws",
     tag = "websocket",
     security((), ("bearer" = [])),
+    params(
+        ("Upgrade" = String, Header, pattern = "^websocket$", description = "`websocket`"),
+        ("Connection" = String, Header, pattern = "^Upgrade$", description = "`Upgrade`"),
+        ("Sec-WebSocket-Version" = String, Header, pattern = "^13$", description = "`13`"),
+        ("Sec-WebSocket-Key" = String, Header, pattern = "^[A-Za-z0-9+/]{21}[AQgw]==$", description = "16 random bytes, base64 (RFC 6455)"),
+    ),
     responses(
         (status = 101, description = "Switching Protocols: the WebSocket session, see docs/protocol.md"),
         (status = 400, description = "Not a WebSocket upgrade request"),
