@@ -649,6 +649,28 @@ mod tests {
     }
 
     #[test]
+    fn jwt_mode_needs_one_key_source_issuer_and_audience() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        let load = |text: &str| {
+            std::fs::write(&f, text).unwrap();
+            Config::load(Some(&f), &Overrides::default()).map_err(|e| e.to_string())
+        };
+        let e = load("[auth]\nmode = \"jwt\"\n").unwrap_err();
+        assert!(e.contains("[auth.jwt]"), "{e}");
+        let e = load("[auth]\nmode = \"jwt\"\n[auth.jwt]\nissuer = \"i\"\naudience = \"a\"\n")
+            .unwrap_err();
+        assert!(e.contains("exactly one of jwks_file and jwks_url"), "{e}");
+        let e = load("[auth]\nmode = \"jwt\"\n[auth.jwt]\njwks_url = \"http://x\"\nissuer = \"\"\naudience = \"a\"\n")
+            .unwrap_err();
+        assert!(e.contains("must not be empty"), "{e}");
+        let c = load("[auth]\nmode = \"jwt\"\n[auth.jwt]\njwks_url = \"http://x\"\nissuer = \"i\"\naudience = \"a\"\n")
+            .unwrap();
+        let j = c.auth.jwt.unwrap();
+        assert_eq!((j.user_claim.as_str(), j.leeway_seconds), ("sub", 30));
+    }
+
+    #[test]
     fn llm_fault_settings_default_in_a_file_section() {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("c.toml");
