@@ -125,7 +125,8 @@ def run(mode):
             cmd += ["--header", f"Authorization: Bearer {TOKEN}"]
         started = time.monotonic()
         print(f"==> schemathesis, auth mode {mode}", flush=True)
-        status = subprocess.call(cmd, env={**os.environ, "SCHEMATHESIS_HOOKS": ""})
+        # In the server's temp dir, so schemathesis's cache stays out of the repository.
+        status = subprocess.call(cmd, cwd=server.dir.name, env={**os.environ, "SCHEMATHESIS_HOOKS": ""})
         print(f"schemathesis ({mode}): exit {status} in {time.monotonic() - started:.0f} s", flush=True)
         if server.proc.poll() is not None:
             print("the server died:\n" + "".join(server.log[-50:]), flush=True)
