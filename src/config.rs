@@ -336,6 +336,8 @@ pub enum AuthMode {
     None,
     /// Bearer tokens mapped to user ids.
     Token,
+    /// Bearer JWTs verified against a JWKS (`[auth.jwt]`).
+    Jwt,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -354,6 +356,62 @@ pub struct AuthConfig {
     /// Default: `token` when `mode` authenticates callers, else `open`.
     #[serde(default)]
     pub metrics: Option<MetricsAccess>,
+    /// `[auth.jwt]`: required when `mode = "jwt"`.
+    #[serde(default)]
+    pub jwt: Option<JwtConfig>,
+}
+
+/// `[auth.jwt]`: how bearer JWTs are verified (`src/gateway/auth/jwt.rs`, docs/operations.md).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtConfig {
+    /// A JWKS file (`{"keys": [...]}`), re-read every `refresh_seconds`. One of this and
+    /// `jwks_url`.
+    #[serde(default)]
+    pub jwks_file: Option<PathBuf>,
+    /// A JWKS URL (`http(s)://…`), fetched on first use, every `refresh_seconds`, and when a
+    /// token names an unknown `kid` (at most once per `min_refresh_seconds`).
+    #[serde(default)]
+    pub jwks_url: Option<String>,
+    /// The required `iss`.
+    pub issuer: String,
+    /// The required `aud` (one of the token's audiences).
+    pub audience: String,
+    /// Clock skew allowed on `exp` and `nbf`.
+    #[serde(default = "d_jwt_leeway")]
+    pub leeway_seconds: u64,
+    /// The claim that names the user (a dotted path such as `ext.uid` reaches into objects).
+    #[serde(default = "d_jwt_user_claim")]
+    pub user_claim: String,
+    /// The claim that lists the user's roles: an array of strings or a space-separated string
+    /// (a dotted path such as `realm_access.roles` reaches into objects).
+    #[serde(default = "d_jwt_roles_claim")]
+    pub roles_claim: String,
+    #[serde(default = "d_jwt_refresh")]
+    pub refresh_seconds: u64,
+    #[serde(default = "d_jwt_min_refresh")]
+    pub min_refresh_seconds: u64,
+    /// Assistants only some roles may use: `expense_claim = ["finance", "admin"]`. An assistant
+    /// not listed is open to every authenticated user; one listed is invisible (`404
+    /// unknown_assistant`) to a user holding none of its roles.
+    #[serde(default)]
+    pub assistant_roles: BTreeMap<String, Vec<String>>,
+}
+
+fn d_jwt_leeway() -> u64 {
+    30
+}
+fn d_jwt_user_claim() -> String {
+    "sub".into()
+}
+fn d_jwt_roles_claim() -> String {
+    "roles".into()
+}
+fn d_jwt_refresh() -> u64 {
+    300
+}
+fn d_jwt_min_refresh() -> u64 {
+    10
 }
 
 /// `[auth] metrics`.
@@ -479,6 +537,21 @@ impl Config {
                 "auth.mode = \"token\" needs at least one [[auth.tokens]] entry (see `parley token new USER`)".into(),
             ));
         }
+        if self.auth.mode == AuthMode::Jwt {
+            let jwt = self.auth.jwt.as_ref().ok_or_else(|| {
+                ConfigError::Invalid("auth.mode = \"jwt\" needs an [auth.jwt] section".into())
+            })?;
+            if jwt.jwks_file.is_some() == jwt.jwks_url.is_some() {
+                return Err(ConfigError::Invalid(
+                    "[auth.jwt] needs exactly one of jwks_file and jwks_url".into(),
+                ));
+            }
+            if jwt.issuer.is_empty() || jwt.audience.is_empty() {
+                return Err(ConfigError::Invalid(
+                    "[auth.jwt] issuer and audience must not be empty".into(),
+                ));
+            }
+        }
         if !self.llm.contains_key("default") {
             return Err(ConfigError::Invalid(
                 "an [llm.default] section is required".into(),
@@ -588,6 +661,28 @@ mod tests {
         };
         let e = Config::load(None, &o).unwrap_err().to_string();
         assert!(e.contains("loopback"), "{e}");
+    }
+
+    #[test]
+    fn jwt_mode_needs_one_key_source_issuer_and_audience() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        let load = |text: &str| {
+            std::fs::write(&f, text).unwrap();
+            Config::load(Some(&f), &Overrides::default()).map_err(|e| e.to_string())
+        };
+        let e = load("[auth]\nmode = \"jwt\"\n").unwrap_err();
+        assert!(e.contains("[auth.jwt]"), "{e}");
+        let e = load("[auth]\nmode = \"jwt\"\n[auth.jwt]\nissuer = \"i\"\naudience = \"a\"\n")
+            .unwrap_err();
+        assert!(e.contains("exactly one of jwks_file and jwks_url"), "{e}");
+        let e = load("[auth]\nmode = \"jwt\"\n[auth.jwt]\njwks_url = \"http://x\"\nissuer = \"\"\naudience = \"a\"\n")
+            .unwrap_err();
+        assert!(e.contains("must not be empty"), "{e}");
+        let c = load("[auth]\nmode = \"jwt\"\n[auth.jwt]\njwks_url = \"http://x\"\nissuer = \"i\"\naudience = \"a\"\n")
+            .unwrap();
+        let j = c.auth.jwt.unwrap();
+        assert_eq!((j.user_claim.as_str(), j.leeway_seconds), ("sub", 30));
     }
 
     #[test]

@@ -39,6 +39,10 @@ pub enum ErrorCode {
     /// A per-socket or per-user limit (such as the subscriptions of one socket) is reached;
     /// nothing was changed.
     LimitExceeded,
+    /// The route exists but not with this HTTP method (405, with `Allow`).
+    MethodNotAllowed,
+    /// A request body that is not `application/json` on a JSON route (415).
+    UnsupportedMediaType,
     // ---- run outcomes (RUN_ERROR only) ----
     /// The run was stopped by a `cancel`.
     Cancelled,
@@ -78,6 +82,8 @@ impl ErrorCode {
             ErrorCode::StepLimit => "step_limit",
             ErrorCode::IdempotencyKeyReused => "idempotency_key_reused",
             ErrorCode::LimitExceeded => "limit_exceeded",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
+            ErrorCode::UnsupportedMediaType => "unsupported_media_type",
         }
     }
 
@@ -92,6 +98,8 @@ impl ErrorCode {
             | ErrorCode::InterruptNotPending
             | ErrorCode::AssistantNotAutomated => 409,
             ErrorCode::PayloadTooLarge => 413,
+            ErrorCode::MethodNotAllowed => 405,
+            ErrorCode::UnsupportedMediaType => 415,
             ErrorCode::InvalidArgs | ErrorCode::IdempotencyKeyReused => 422,
             ErrorCode::RateLimited | ErrorCode::LimitExceeded => 429,
             ErrorCode::RunTimeout => 504,
@@ -211,6 +219,8 @@ mod tests {
             ErrorCode::StepLimit,
             ErrorCode::IdempotencyKeyReused,
             ErrorCode::LimitExceeded,
+            ErrorCode::MethodNotAllowed,
+            ErrorCode::UnsupportedMediaType,
         ] {
             let json = serde_json::to_value(code).unwrap();
             assert_eq!(json, Value::String(code.as_str().to_string()));

@@ -29,6 +29,8 @@ pub struct Services {
     pub invoke_permits: Arc<Semaphore>,
     /// What every conversation actor is given (shares the fields above).
     pub actors: Arc<Deps>,
+    /// Who is calling (`[auth]`: tokens, or JWTs with their cached keys).
+    pub auth: Arc<crate::gateway::auth::Authenticator>,
 }
 
 impl Services {
@@ -51,7 +53,9 @@ impl Services {
         });
         let catalog = Arc::new(catalog);
         let registry = Arc::new(Registry::new(catalog.clone(), actors.clone()));
+        let auth = Arc::new(crate::gateway::auth::Authenticator::new(&config.auth));
         Arc::new(Services {
+            auth,
             config,
             catalog,
             engine,

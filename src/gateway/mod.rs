@@ -13,7 +13,7 @@
 //! | `http/` | the HTTP API, one file per resource (see its module doc) |
 //! | `ws/` | the WebSocket session: `mod.rs` (loop, writing), `client_frame.rs` (decoding), `commands.rs` (one handler per client frame, replay) |
 //! | `frame.rs` | [`frame::ServerFrame`]: every frame the server writes on a socket (`ack`, `error`, `event`), serialized here only |
-//! | `auth.rs` | [`auth::User`], an extractor: a handler that takes one cannot run unauthenticated; tokens, origins |
+//! | `auth/` | [`auth::User`], an extractor: a handler that takes one cannot run unauthenticated; tokens, JWTs (`jwt.rs`), roles per assistant, origins |
 //! | `dedup.rs` | idempotency keys: HTTP `Idempotency-Key`s and WebSocket frame ids (same request: the first answer; different: `idempotency_key_reused`) |
 //! | `limits.rs` | per-user rate limits |
 //! | `agui/` | the AG-UI front (CONTRACT §7): `RunAgentInput` in, translated events out |
@@ -83,8 +83,11 @@ impl ResponseError for ApiError {
 macro_rules! route_table {
     ($($method:ident $path:literal => $($handler:ident)::+;)*) => {
         /// Configure every route on an actix-web app.
+        /// (One resource per path: `405` with `Allow`, `415` for non-JSON bodies; `http::methods`.)
         pub fn routes(cfg: &mut actix_web::web::ServiceConfig) {
-            $(cfg.route($path, actix_web::web::$method().to($($handler)::+));)*
+            http::methods::register(cfg, vec![
+                $((stringify!($method), $path, actix_web::web::$method().to($($handler)::+))),*
+            ]);
         }
 
         /// Every route [`routes`] registers, as `(method, path)` (lowercase method; the path in

@@ -39,8 +39,9 @@ impl utoipa::Modify for BearerScheme {
         let components = doc.components.get_or_insert_with(Default::default);
         let mut scheme = Http::new(HttpAuthScheme::Bearer);
         scheme.description = Some(
-            "With `[auth] mode = \"token\"`: a token made by `parley token new USER`. With the \
-             default mode `none` no credentials are needed."
+            "With `[auth] mode = \"token\"`: a token made by `parley token new USER`; with \
+             `mode = \"jwt\"`: a JWT from the configured issuer. With the default mode `none` \
+             no credentials are needed."
                 .to_string(),
         );
         components.add_security_scheme("bearer", SecurityScheme::Http(scheme));

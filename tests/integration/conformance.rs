@@ -219,8 +219,15 @@ async fn the_spec_and_the_server_agree_on_edge_values() {
     assert_eq!(title["minLength"], 1, "{title}");
     assert_eq!(title["maxLength"], 200, "{title}");
 
-    // A tiny timeout is refused before anything is created; the spec gives the minimum.
-    for t in [json!(5e-324), json!(0.001), json!(0)] {
+    // A tiny or huge timeout is refused before anything is created; the spec gives the bounds.
+    for t in [
+        json!(5e-324),
+        json!(0.001),
+        json!(0),
+        json!(-1),
+        json!(86400.5),
+        json!(1e308),
+    ] {
         let (st, v) = send(
             "POST",
             &s,
@@ -230,13 +237,147 @@ async fn the_spec_and_the_server_agree_on_edge_values() {
         .await;
         assert_eq!(
             (st, v["error"]["code"].as_str()),
-            (422, Some("invalid_args")),
+            (400, Some("bad_request")),
             "{t}: {v}"
         );
-        assert!(v.to_string().len() < 400, "{v}");
+        assert!(v.to_string().len() < 200, "{v}");
     }
     let (_, list) = send("GET", &s, "/api/conversations", None).await;
     assert_eq!(list["items"].as_array().map(Vec::len), Some(1), "{list}");
     let timeout = &doc["components"]["schemas"]["InvokeBody"]["properties"]["timeoutSeconds"];
     assert_eq!(timeout["minimum"], json!(0.01), "{timeout}");
+    assert_eq!(timeout["maximum"], json!(86400), "{timeout}");
+    // `args` are an object in the spec as in the server.
+    let args = &doc["components"]["schemas"]["InvokeBody"]["properties"]["args"];
+    assert!(args.to_string().contains("object"), "{args}");
+    let (st, v) = send(
+        "POST",
+        &s,
+        "/api/assistants/chat/invoke",
+        Some(json!({"content": "hi", "args": [1]})),
+    )
+    .await;
+    assert_eq!(
+        (st, v["error"]["code"].as_str()),
+        (422, Some("invalid_args")),
+        "{v}"
+    );
+
+    // The SSE stream bounds `since` and `Last-Event-ID` like the event log does.
+    let r = http()
+        .get(s.http(&format!(
+            "/api/conversations/{conv}/stream?since=9223372036854775808"
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let r = http()
+        .get(s.http(&format!("/api/conversations/{conv}/stream")))
+        .header("Last-Event-ID", "9223372036854775808")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    // Continuing another assistant's conversation through invoke: not found for this route.
+    let (st, v) = send(
+        "POST",
+        &s,
+        "/api/assistants/brief/invoke",
+        Some(json!({"content": "hi", "conversationId": conv})),
+    )
+    .await;
+    assert_eq!(
+        (st, v["error"]["code"].as_str()),
+        (404, Some("conversation_not_found")),
+        "{v}"
+    );
+}
+
+/// Defect 7: a method a route does not serve is `405` with `Allow`, not `404`; an unknown path
+/// stays `404`.
+#[tokio::test]
+async fn unsupported_methods_are_405_with_allow() {
+    let s = Server::start();
+    for (method, path, allow) in [
+        ("TRACE", "/api/conversations", "GET, POST"),
+        ("PUT", "/api/conversations/x", "GET, PATCH, DELETE"),
+        ("DELETE", "/api/assistants", "GET"),
+        ("POST", "/healthz", "GET"),
+        ("GET", "/api/assistants/chat/invoke", "POST"),
+        ("TRACE", "/", "GET"),
+    ] {
+        let r = http()
+            .request(method.parse().unwrap(), s.http(path))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 405, "{method} {path}");
+        assert_eq!(
+            r.headers().get("allow").and_then(|v| v.to_str().ok()),
+            Some(allow),
+            "{method} {path}"
+        );
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["error"]["code"], "method_not_allowed", "{v}");
+    }
+    let r = http()
+        .request("TRACE".parse().unwrap(), s.http("/no/such/path"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+}
+
+/// Defect 7: a body that is not declared JSON is `415 unsupported_media_type` on every JSON
+/// route, and nothing is stored; JSON with parameters and `+json` types pass.
+#[tokio::test]
+async fn non_json_bodies_are_415_and_change_nothing() {
+    let s = Server::start();
+    let body = json!({"content": "hi", "assistant": "chat"}).to_string();
+    for path in [
+        "/api/assistants/chat/invoke",
+        "/api/conversations",
+        "/v1/chat/completions",
+        "/agui/chat",
+    ] {
+        for ct in [
+            Some("text/plain"),
+            Some("application/x-www-form-urlencoded"),
+            None,
+        ] {
+            let mut r = http().post(s.http(path)).body(body.clone());
+            if let Some(ct) = ct {
+                r = r.header("content-type", ct);
+            }
+            let r = r.send().await.unwrap();
+            assert_eq!(r.status(), 415, "{path} {ct:?}");
+            let v: Value = r.json().await.unwrap();
+            let code = v["error"]["code"].as_str().unwrap_or_default();
+            assert_eq!(code, "unsupported_media_type", "{path} {ct:?}: {v}");
+        }
+    }
+    let r = http()
+        .patch(s.http("/api/conversations/x"))
+        .header("content-type", "text/plain")
+        .body(r#"{"title": "t"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 415);
+    let (_, list) = send("GET", &s, "/api/conversations", None).await;
+    assert_eq!(list["items"], json!([]), "{list}");
+    for ct in [
+        "application/json; charset=utf-8",
+        "application/vnd.parley+json",
+    ] {
+        let r = http()
+            .post(s.http("/api/assistants/chat/invoke"))
+            .header("content-type", ct)
+            .body(r#"{"content": "hi"}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{ct}");
+    }
 }

@@ -122,14 +122,14 @@ async fn invoke_runs_to_completion_and_stores_the_conversation() {
     assert_eq!(r3["conversationId"], json!(c2));
     let (_, m) = get(&s, &format!("/api/conversations/{c2}/messages")).await;
     assert_eq!(m["items"].as_array().unwrap().len(), 4);
-    // Wrong assistant for that conversation.
+    // Wrong assistant for that conversation: for this route it does not exist.
     let (st, e) = post(
         &s,
         "/api/assistants/args/invoke",
         json!({"content": "x", "conversationId": c2, "args": {"department": "sales"}}),
     )
     .await;
-    assert_eq!((st, code(&e)), (400, "bad_request"));
+    assert_eq!((st, code(&e)), (404, "conversation_not_found"));
 }
 
 #[tokio::test]

@@ -10,6 +10,7 @@ mod conformance;
 mod examples;
 mod http;
 mod idempotency;
+mod jwt;
 mod openai;
 mod openapi;
 mod postgres;

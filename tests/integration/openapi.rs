@@ -56,6 +56,9 @@ const CONTRACT_CODES: &[&str] = &[
     "idempotency_key_reused",
     "limit_exceeded",
 ];
+/// HTTP's own two (issue #18 defect 7; docs/http.md).
+const HTTP_CODES: &[&str] = &["method_not_allowed", "unsupported_media_type"];
+
 const RUN_CODES: &[&str] = &[
     "cancelled",
     "interrupted",
@@ -266,7 +269,7 @@ async fn the_document_describes_every_route_and_error_code() {
         "{ws:#}"
     );
 
-    // The error codes: the contract's list plus the run outcomes, nothing else.
+    // The error codes: the contract's list, HTTP's two, the run outcomes, nothing else.
     let schemas = &doc["components"]["schemas"];
     let codes: Vec<&str> = schemas["ErrorCode"]["enum"]
         .as_array()
@@ -274,7 +277,12 @@ async fn the_document_describes_every_route_and_error_code() {
         .iter()
         .map(|c| c.as_str().unwrap())
         .collect();
-    let expected: Vec<&str> = CONTRACT_CODES.iter().chain(RUN_CODES).copied().collect();
+    let expected: Vec<&str> = CONTRACT_CODES
+        .iter()
+        .chain(HTTP_CODES)
+        .chain(RUN_CODES)
+        .copied()
+        .collect();
     assert_eq!(codes, expected);
     let error = &schemas["ErrorBody"]["properties"]["error"];
     assert_eq!(error["$ref"], "#/components/schemas/ApiError", "{error}");

@@ -14,6 +14,7 @@ use crate::error::ApiError;
 #[serde(rename_all = "camelCase")]
 pub struct RunAgentInput {
     /// The conversation id (1–128 characters of `A-Z a-z 0-9 . _ : -`).
+    #[schema(pattern = "^[A-Za-z0-9._:-]{1,128}$")]
     pub thread_id: String,
     pub run_id: String,
     /// The input args (an object), or absent.

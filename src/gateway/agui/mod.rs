@@ -105,7 +105,7 @@ async fn held(svc: &Services, rec: &ConversationRecord) -> Result<Held, ApiError
     params(("assistant" = String, Path, description = "The assistant id")),
     request_body = RunAgentInput,
     responses(
-        (status = 200, description = "`text/event-stream` of AG-UI events (`id:` is the stored seq)", content_type = "text/event-stream", body = String),
+        (status = 200, description = "`text/event-stream` of AG-UI events (`id:` is the stored seq)", content_type = "text/event-stream", body = crate::gateway::http::sse::SseMessage),
         (status = 400, description = "`bad_request`: not a RunAgentInput, a bad threadId, a thread of another assistant", body = ErrorBody),
         (status = 401, description = "`unauthorized`", body = ErrorBody),
         (status = 404, description = "`unknown_assistant`, or `conversation_not_found` (another user's thread)", body = ErrorBody),
@@ -130,7 +130,7 @@ pub(in crate::gateway) async fn run(
     let input: RunAgentInput = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("not a RunAgentInput: {e}")))?;
     check_thread_id(&input.thread_id)?;
-    if svc.catalog.get(&assistant).is_none() {
+    if crate::gateway::auth::assistant_for(&svc, &user, &assistant).is_none() {
         return Err(unknown_assistant(&assistant));
     }
     let args = match &input.state {
@@ -247,8 +247,10 @@ async fn answer(
 #[into_params(parameter_in = Query)]
 pub struct EventsQuery {
     /// The last seq received (`Last-Event-ID` wins).
+    #[param(minimum = 0, maximum = 9223372036854775807_i64)]
     since: Option<u64>,
     /// `idle`: end the stream once no run is open.
+    #[param(pattern = "^idle$")]
     until: Option<String>,
 }
 
@@ -260,12 +262,12 @@ pub struct EventsQuery {
     security((), ("bearer" = [])),
     params(
         ("assistant" = String, Path, description = "The assistant id"),
-        ("threadId" = String, Path, description = "The thread (conversation) id"),
-        ("Last-Event-ID" = Option<u64>, Header, description = "The last seq received; wins over `since`"),
+        ("threadId" = String, Path, pattern = "^[A-Za-z0-9._:-]{1,128}$", description = "The thread (conversation) id"),
+        ("Last-Event-ID" = Option<i64>, Header, minimum = 0, nullable = false, description = "The last seq received; wins over `since`"),
         EventsQuery
     ),
     responses(
-        (status = 200, description = "`text/event-stream` of AG-UI events", content_type = "text/event-stream", body = String),
+        (status = 200, description = "`text/event-stream` of AG-UI events", content_type = "text/event-stream", body = crate::gateway::http::sse::SseMessage),
         (status = 400, description = "`bad_request`", body = ErrorBody),
         (status = 401, description = "`unauthorized`", body = ErrorBody),
         (status = 404, description = "`unknown_assistant` or `conversation_not_found`", body = ErrorBody),
@@ -279,7 +281,7 @@ pub(in crate::gateway) async fn events(
 ) -> Result<HttpResponse, ApiError> {
     let (assistant, thread) = path.into_inner();
     check_thread_id(&thread)?;
-    if svc.catalog.get(&assistant).is_none() {
+    if crate::gateway::auth::assistant_for(&svc, &user, &assistant).is_none() {
         return Err(unknown_assistant(&assistant));
     }
     let q = web::Query::<EventsQuery>::from_query(req.query_string())

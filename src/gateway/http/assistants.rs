@@ -127,10 +127,11 @@ fn assistant_summary(svc: &Services, a: &crate::assistant::Assistant) -> Assista
         (status = 401, description = "`unauthorized`", body = ErrorBody),
     )
 )]
-pub(in crate::gateway) async fn list_assistants(svc: Svc, _: User) -> ApiResult {
+pub(in crate::gateway) async fn list_assistants(svc: Svc, user: User) -> ApiResult {
     let list: Vec<AssistantSummary> = svc
         .catalog
         .iter()
+        .filter(|a| user.may_use(&svc.config.auth, &a.id))
         .map(|a| assistant_summary(&svc, a))
         .collect();
     Ok(HttpResponse::Ok().json(list))
@@ -152,9 +153,10 @@ pub(in crate::gateway) async fn list_assistants(svc: Svc, _: User) -> ApiResult 
 pub(in crate::gateway) async fn get_assistant(
     svc: Svc,
     id: web::Path<String>,
-    _: User,
+    user: User,
 ) -> ApiResult {
-    let a = svc.catalog.get(&id).ok_or_else(|| unknown_assistant(&id))?;
+    let a = crate::gateway::auth::assistant_for(&svc, &user, &id)
+        .ok_or_else(|| unknown_assistant(&id))?;
     Ok(HttpResponse::Ok().json(AssistantDetail {
         summary: assistant_summary(&svc, &a),
         input_schema: a.input_schema(),

@@ -41,6 +41,7 @@ pub struct CreateBody {
     pub content: Option<String>,
     /// The first message's input args.
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     pub args: Option<Value>,
     /// The title (default: the first 20 characters of the first message).
     #[serde(default)]
@@ -73,6 +74,7 @@ impl From<Accepted> for AcceptedView {
 pub struct MessageBody {
     pub content: String,
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     pub args: Option<Value>,
     /// What to do while a run is active (default: the assistant's `onBusy`, else `reject`).
     #[serde(default)]
@@ -137,7 +139,7 @@ pub struct WaitView {
     path = "/api/conversations",
     tag = "conversations",
     security((), ("bearer" = [])),
-    params(("Idempotency-Key" = Option<String>, Header, description = "Retries with the same key and body get the first answer")),
+    params(("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,255}$", description = "Retries with the same key and body get the first answer")),
     request_body = CreateBody,
     responses(
         (status = 201, description = "Created (and the first message stored)", body = AcceptedView),
@@ -166,9 +168,7 @@ pub(in crate::gateway) async fn create_conversation(
         Some(created),
         |key| async {
             let b: CreateBody = parse_body(&body)?;
-            let a = svc
-                .catalog
-                .get(&b.assistant)
+            let a = crate::gateway::auth::assistant_for(&svc, &user, &b.assistant)
                 .ok_or_else(|| unknown_assistant(&b.assistant))?;
             if let Some(c) = &b.content {
                 check_sizes(&svc, c, &b.args)?;
@@ -236,7 +236,7 @@ pub(in crate::gateway) async fn create_conversation(
     security((), ("bearer" = [])),
     params(
         ("id" = String, Path, description = "The conversation's id"),
-        ("Idempotency-Key" = Option<String>, Header, description = "Retries with the same key and body get the first answer"),
+        ("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,255}$", description = "Retries with the same key and body get the first answer"),
         WaitQuery,
     ),
     request_body = MessageBody,
@@ -303,7 +303,7 @@ pub(in crate::gateway) async fn send_message(
     security((), ("bearer" = [])),
     params(
         ("id" = String, Path, description = "The conversation's id"),
-        ("Idempotency-Key" = Option<String>, Header, description = "Retries with the same key and body get the first answer"),
+        ("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,255}$", description = "Retries with the same key and body get the first answer"),
         WaitQuery,
     ),
     request_body = ResumeBody,
@@ -370,10 +370,11 @@ pub struct CancelView {
     security((), ("bearer" = [])),
     params(
         ("id" = String, Path, description = "The conversation's id"),
-        ("Idempotency-Key" = Option<String>, Header, description = "Retries with the same key get the first answer"),
+        ("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,255}$", description = "Retries with the same key get the first answer"),
     ),
     responses(
         (status = 200, description = "Whether a run was cancelled", body = CancelView),
+        (status = 400, description = "`bad_request`: a bad Idempotency-Key", body = ErrorBody),
         (status = 401, description = "`unauthorized`", body = ErrorBody),
         (status = 404, description = "`conversation_not_found`", body = ErrorBody),
         (status = 422, description = "`idempotency_key_reused`", body = ErrorBody),

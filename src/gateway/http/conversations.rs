@@ -332,7 +332,7 @@ pub(in crate::gateway) async fn events(
 }
 
 /// `since` as the spec gives it: an int64 of at least 0.
-fn since_param(since: Option<u64>) -> Result<u64, ApiError> {
+pub(super) fn since_param(since: Option<u64>) -> Result<u64, ApiError> {
     match since {
         Some(s) if s > i64::MAX as u64 => Err(ApiError::bad_request(
             "since must be at most 9223372036854775807",

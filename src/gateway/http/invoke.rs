@@ -41,18 +41,22 @@ pub struct InvokeBody {
     pub content: String,
     /// The assistant's input args (see its `inputSchema`).
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     pub args: Option<Value>,
     /// Continue this conversation (of the same assistant) instead of starting a new one.
     #[serde(default)]
     pub conversation_id: Option<String>,
-    /// How long to wait for the run before it is cancelled (capped by the server's maximum).
+    /// How long to wait for the run before it is cancelled, 0.01 to 86400 seconds (capped by
+    /// the server's `invoke_timeout_max_seconds`).
     #[serde(default)]
-    #[schema(minimum = 0.01)]
+    #[schema(minimum = 0.01, maximum = 86400)]
     pub timeout_seconds: Option<f64>,
 }
 
 /// The smallest `timeoutSeconds` (the spec's `minimum`).
 const MIN_TIMEOUT_SECONDS: f64 = 0.01;
+/// The largest `timeoutSeconds` (the spec's `maximum`; one day).
+const MAX_TIMEOUT_SECONDS: f64 = 86_400.0;
 
 /// The answer of a synchronous call.
 #[derive(Debug, Serialize, ToSchema)]
@@ -105,9 +109,9 @@ impl Drop for CancelOnDrop {
     request_body = InvokeBody,
     responses(
         (status = 200, description = "The run completed; with `Accept: text/event-stream`, the run's events as SSE (as `GET /api/conversations/{id}/stream`), ending after `RUN_FINISHED` or `RUN_ERROR`", body = InvokeResponse),
-        (status = 400, description = "`bad_request`: a bad body, or a conversation of another assistant", body = ErrorBody),
+        (status = 400, description = "`bad_request`: a bad body (such as `timeoutSeconds` out of range)", body = ErrorBody),
         (status = 401, description = "`unauthorized`", body = ErrorBody),
-        (status = 404, description = "`unknown_assistant` or `conversation_not_found`", body = ErrorBody),
+        (status = 404, description = "`unknown_assistant`, or `conversation_not_found` (also for a conversation of another assistant)", body = ErrorBody),
         (status = 409, description = "`assistant_not_automated`, `conversation_busy`, or the run was `cancelled`", body = ErrorBody),
         (status = 413, description = "`payload_too_large`: the content is too long", body = ErrorBody),
         (status = 422, description = "`invalid_args`, or the run failed: `step_failed`, `step_limit`", body = ErrorBody),
@@ -127,7 +131,8 @@ pub(in crate::gateway) async fn invoke(
     body: web::Bytes,
     user: User,
 ) -> ApiResult {
-    let a = svc.catalog.get(&id).ok_or_else(|| unknown_assistant(&id))?;
+    let a = crate::gateway::auth::assistant_for(&svc, &user, &id)
+        .ok_or_else(|| unknown_assistant(&id))?;
     refuse_paused(&a)?;
     let b: InvokeBody = parse_body(&body)?;
     let timeout = check_body(&svc, &a, &b)?;
@@ -206,11 +211,9 @@ fn check_body(svc: &Services, a: &Assistant, b: &InvokeBody) -> Result<f64, ApiE
     a.check_args(b.args.as_ref())?;
     match b.timeout_seconds {
         // Below 10 ms a run could only time out (and leave a cancelled conversation behind).
-        Some(t) if !(t >= MIN_TIMEOUT_SECONDS && t.is_finite()) => Err(ApiError::new(
-            ErrorCode::InvalidArgs,
-            "timeoutSeconds must be a number of seconds, at least 0.01",
-        )
-        .with_details(json!([{"field": "timeoutSeconds", "message": "must be >= 0.01"}]))),
+        Some(t) if !(MIN_TIMEOUT_SECONDS..=MAX_TIMEOUT_SECONDS).contains(&t) => Err(
+            ApiError::bad_request("timeoutSeconds must be between 0.01 and 86400 seconds"),
+        ),
         Some(t) => Ok(t.min(s.invoke_timeout_max_seconds as f64)),
         None => Ok(s.invoke_timeout_seconds as f64),
     }
@@ -227,10 +230,14 @@ async fn conversation(
         Some(cid) => {
             let rec = owned_record(svc, &user.0, cid).await?;
             if rec.assistant != a.id {
-                return Err(ApiError::bad_request(format!(
-                    "conversation '{cid}' belongs to assistant '{}', not '{}'",
-                    rec.assistant, a.id
-                )));
+                // Not a conversation of this assistant: for this route it does not exist.
+                return Err(ApiError::new(
+                    ErrorCode::ConversationNotFound,
+                    format!(
+                        "conversation '{cid}' is not a conversation of assistant '{}' (it belongs to '{}')",
+                        a.id, rec.assistant
+                    ),
+                ));
             }
             Ok((cid.to_owned(), svc.registry.get_as(cid, &user.0).await?))
         }

@@ -13,6 +13,7 @@
 //! | `sse.rs` | `GET /api/conversations/{id}/stream` (Server-Sent Events) |
 //! | `views.rs` | the JSON views of stored conversations and messages |
 //! | `connection.rs` | noticing that a client went away (for `invoke`) |
+//! | `methods.rs` | what every route keeps: `405` with `Allow` for other methods, `415` for a body that is not JSON |
 //!
 //! The routes are registered from the table in [`super`]; each handler describes itself for the
 //! OpenAPI document with `#[utoipa::path]`, and every JSON body it sends or reads is a typed
@@ -35,6 +36,7 @@ pub mod conversations;
 pub mod idempotent;
 pub mod invoke;
 pub mod invoke_stream;
+pub mod methods;
 pub mod server;
 pub mod sse;
 pub mod static_files;

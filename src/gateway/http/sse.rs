@@ -42,9 +42,24 @@ pub enum Until {
 #[into_params(parameter_in = Query)]
 pub struct StreamQuery {
     /// Only events after this seq (default 0). The `Last-Event-ID` header wins over it.
+    #[param(minimum = 0, maximum = 9223372036854775807_i64)]
     since: Option<u64>,
     /// `idle`: end the stream once the conversation is paused, finished or failed.
+    #[param(inline)]
     until: Option<Until>,
+}
+
+/// One Server-Sent Events message, as an SSE parser hands it to a client: `id` (the seq),
+/// `event` (the event's type) and `data` (the event's JSON). The spec's schema of a
+/// `text/event-stream` response is the schema of each of its messages.
+#[derive(Debug, utoipa::ToSchema)]
+pub struct SseMessage {
+    /// The seq of the stored event.
+    pub id: Option<String>,
+    /// The event's type (`RUN_STARTED`, …).
+    pub event: Option<String>,
+    /// The event, as JSON text.
+    pub data: String,
 }
 
 /// One SSE message for an event.
@@ -69,8 +84,11 @@ fn start_after(req: &HttpRequest, since: Option<u64>) -> Result<u64, ApiError> {
             .to_str()
             .ok()
             .and_then(|s| s.trim().parse::<u64>().ok())
-            .ok_or_else(|| ApiError::bad_request("Last-Event-ID must be a seq (a whole number)")),
-        None => Ok(since.unwrap_or(0)),
+            .filter(|&s| s <= i64::MAX as u64)
+            .ok_or_else(|| {
+                ApiError::bad_request("Last-Event-ID must be a seq (a whole number up to 2^63-1)")
+            }),
+        None => super::conversations::since_param(since),
     }
 }
 
@@ -126,11 +144,11 @@ impl Sse {
     security((), ("bearer" = [])),
     params(
         ("id" = String, Path, description = "The conversation's id"),
-        ("Last-Event-ID" = Option<String>, Header, description = "Resume after this seq (wins over `since`)"),
+        ("Last-Event-ID" = Option<i64>, Header, minimum = 0, nullable = false, description = "Resume after this seq (wins over `since`)"),
         StreamQuery,
     ),
     responses(
-        (status = 200, description = "`text/event-stream`: `id: <seq>`, `event: <type>`, `data: <event JSON>` per event; `: heartbeat` comments", content_type = "text/event-stream", body = String),
+        (status = 200, description = "`text/event-stream`: `id: <seq>`, `event: <type>`, `data: <event JSON>` per event; `: heartbeat` comments", content_type = "text/event-stream", body = SseMessage),
         (status = 400, description = "`bad_request`: a bad query string or Last-Event-ID", body = ErrorBody),
         (status = 401, description = "`unauthorized`", body = ErrorBody),
         (status = 404, description = "`conversation_not_found`", body = ErrorBody),

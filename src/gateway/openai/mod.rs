@@ -58,10 +58,11 @@ pub(in crate::gateway) async fn list_models(
     svc: Svc,
     user: Result<User, ApiError>,
 ) -> Result<HttpResponse, OpenAiError> {
-    user?;
+    let user = user?;
     let mut data: Vec<Model> = svc
         .catalog
         .iter()
+        .filter(|a| user.may_use(&svc.config.auth, &a.id))
         .map(|a| Model {
             id: a.id.clone(),
             object: ModelObject::Model,
@@ -113,7 +114,7 @@ pub(in crate::gateway) async fn chat_completions(
     let user = user?;
     let body: ChatRequest = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("bad body: {e}")))?;
-    let a = svc.catalog.get(&body.model).ok_or_else(|| {
+    let a = super::auth::assistant_for(&svc, &user, &body.model).ok_or_else(|| {
         OpenAiError::from(ApiError::new(
             ErrorCode::UnknownAssistant,
             format!("there is no model (assistant) '{}'", body.model),

@@ -209,7 +209,7 @@ impl SocketSession {
         // Events of the conversation this frame is about wait until it is answered.
         self.settling = frame.conversation_id().map(Arc::from);
         match frame {
-            ClientFrame::Auth { token } => self.on_auth(&token),
+            ClientFrame::Auth { token } => self.on_auth(&token).await,
             ClientFrame::Send {
                 content,
                 assistant,
@@ -266,21 +266,23 @@ impl SocketSession {
 
     /// `auth`: in token mode, the socket becomes the token's user (once: another user's token
     /// is `forbidden`); without auth, everyone is the local user.
-    fn on_auth(&mut self, token: &str) -> Result<Ack, ApiError> {
-        let cfg = &self.svc.config.auth;
-        if cfg.mode == crate::config::AuthMode::None {
+    async fn on_auth(&mut self, token: &str) -> Result<Ack, ApiError> {
+        if self.svc.config.auth.mode == crate::config::AuthMode::None {
             return Ok(Ack::Auth {
                 user: auth::LOCAL_USER.to_string(),
             });
         }
         // Refused before the token is looked at while this address has failed too often.
         self.gw.auth_throttle.admit(self.ip)?;
-        let Some(u) = auth::user_for_token(cfg, token) else {
-            self.gw.auth_throttle.failed(self.ip);
-            self.auth_failures += 1;
-            return Err(ApiError::new(ErrorCode::Unauthorized, "unknown token"));
+        let u = match self.svc.auth.user_for_token(token).await {
+            Ok(u) => u,
+            Err(e) => {
+                self.gw.auth_throttle.failed(self.ip);
+                self.auth_failures += 1;
+                return Err(e);
+            }
         };
-        if self.user.as_ref().is_some_and(|x| x != &u) {
+        if self.user.as_ref().is_some_and(|x| x.0 != u.0) {
             return Err(ApiError::new(
                 ErrorCode::Forbidden,
                 "this socket is already authenticated as another user",
@@ -408,12 +410,16 @@ impl SocketSession {
         let name = assistant.ok_or_else(|| {
             ApiError::bad_request("'assistant' is required to start a conversation")
         })?;
-        let a = self.svc.catalog.get(&name).ok_or_else(|| {
-            ApiError::new(
-                ErrorCode::UnknownAssistant,
-                format!("there is no assistant '{name}'"),
-            )
-        })?;
+        let a = self
+            .user
+            .as_ref()
+            .and_then(|u| auth::assistant_for(&self.svc, u, &name))
+            .ok_or_else(|| {
+                ApiError::new(
+                    ErrorCode::UnknownAssistant,
+                    format!("there is no assistant '{name}'"),
+                )
+            })?;
         // Refuse bad args before a conversation exists.
         a.check_args(args.as_ref())?;
         Ok(self.svc.registry.create(owner, &name)?)

@@ -71,6 +71,12 @@ pub const CLOSE_TOO_SLOW: u16 = 4008;
     path = "/ws",
     tag = "websocket",
     security((), ("bearer" = [])),
+    params(
+        ("Upgrade" = String, Header, pattern = "^websocket$", description = "`websocket`"),
+        ("Connection" = String, Header, pattern = "^Upgrade$", description = "`Upgrade`"),
+        ("Sec-WebSocket-Version" = String, Header, pattern = "^13$", description = "`13`"),
+        ("Sec-WebSocket-Key" = String, Header, pattern = "^[A-Za-z0-9+/]{21}[AQgw]==$", description = "16 random bytes, base64 (RFC 6455)"),
+    ),
     responses(
         (status = 101, description = "Switching Protocols: the WebSocket session, see docs/protocol.md"),
         (status = 400, description = "Not a WebSocket upgrade request"),
@@ -99,11 +105,15 @@ pub async fn handshake(
     if has_header {
         gw.auth_throttle.admit(ip)?;
     }
-    let user = auth::authenticate_optional(&cfg.auth, &req).inspect_err(|_| {
-        if has_header {
-            gw.auth_throttle.failed(ip);
-        }
-    })?;
+    let user = svc
+        .auth
+        .authenticate_optional(&req)
+        .await
+        .inspect_err(|_| {
+            if has_header {
+                gw.auth_throttle.failed(ip);
+            }
+        })?;
     let (response, session, stream) = actix_ws::handle(&req, body)?;
     let stream = stream
         .max_frame_size(cfg.server.max_frame_bytes)

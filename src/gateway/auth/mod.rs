@@ -1,57 +1,167 @@
 //! Who is calling: `auth.mode = "none"` makes everyone the user `local`; `"token"` maps bearer
-//! tokens (stored as SHA-256 hashes in the config) to user ids.
+//! tokens (stored as SHA-256 hashes in the config) to user ids; `"jwt"` verifies bearer JWTs
+//! against a JWKS ([`jwt`]) and takes the user id and roles from their claims.
 //!
 //! - **HTTP**: a handler that serves a user takes [`User`] as a parameter. `User` is an actix-web
 //!   extractor, so the handler only runs once the request is authenticated; otherwise the answer
 //!   is `401` with the `unauthorized` error body (the same for a missing and an unknown token,
-//!   so a caller learns nothing about which tokens exist). Handlers that serve anyone (the demo
-//!   page, health, metrics, info, the OpenAPI document) simply do not take one.
+//!   so a caller learns nothing about which tokens exist; a JWT's message names the failed
+//!   check). Handlers that serve anyone (the demo page, health, info, the OpenAPI document)
+//!   simply do not take one.
 //! - **WebSocket**: the upgrade checks the `Origin` first ([`origin_allowed`], `403`), then
-//!   the optional header ([`authenticate_optional`]): without one, the socket may authenticate
-//!   with an `auth` frame ([`user_for_token`]).
+//!   the optional header ([`Authenticator::authenticate_optional`]): without one, the socket may
+//!   authenticate with an `auth` frame ([`Authenticator::user_for_token`]).
+//! - **Assistants by role** (JWT mode): `[auth.jwt.assistant_roles]` lists the roles that may
+//!   use an assistant; to anyone else it does not exist ([`User::may_use`]: `404
+//!   unknown_assistant`, like an unknown id).
 //!
 //! Tokens are compared as SHA-256 hashes in constant time; the config never holds a token.
+//! No token is ever logged.
+
+pub mod jwt;
 
 use std::sync::Arc;
 
 use actix_web::{dev::Payload, web, FromRequest, HttpRequest};
+use futures_util::future::LocalBoxFuture;
 use sha2::{Digest, Sha256};
 
 use crate::config::{AuthConfig, AuthMode};
 use crate::error::{ApiError, ErrorCode};
 use crate::services::Services;
 
-/// The user of a request or socket.
+/// The user of a request or socket: the user id and (JWT mode) the token's roles.
 ///
-/// As a handler parameter it is the authenticated caller (see the module doc); extraction reads
-/// the `[auth]` section from the app's [`Services`] (or from an `AuthConfig` registered as app
-/// data, for an app without services, such as the tests).
+/// As a handler parameter it is the authenticated caller (see the module doc); extraction uses
+/// the app's [`Services`]' [`Authenticator`] (or an `Arc<Authenticator>` registered as app data,
+/// for an app without services, such as the tests).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct User(pub String);
+pub struct User(pub String, pub Vec<String>);
+
+impl User {
+    /// A user with no roles (modes `none` and `token`).
+    pub fn named(name: impl Into<String>) -> User {
+        User(name.into(), Vec::new())
+    }
+
+    /// Whether this user may see and use `assistant` (`[auth.jwt.assistant_roles]`; always in
+    /// modes `none` and `token`).
+    pub fn may_use(&self, cfg: &AuthConfig, assistant: &str) -> bool {
+        if cfg.mode != AuthMode::Jwt {
+            return true;
+        }
+        match cfg
+            .jwt
+            .as_ref()
+            .and_then(|j| j.assistant_roles.get(assistant))
+        {
+            None => true,
+            Some(allowed) => self.1.iter().any(|r| allowed.contains(r)),
+        }
+    }
+}
+
+/// The assistant `id`, if it exists and `user` may use it (else it does not exist for them).
+pub fn assistant_for(
+    svc: &Services,
+    user: &User,
+    id: &str,
+) -> Option<Arc<crate::assistant::Assistant>> {
+    svc.catalog
+        .get(id)
+        .filter(|_| user.may_use(&svc.config.auth, id))
+}
 
 impl FromRequest for User {
     type Error = ApiError;
-    type Future = std::future::Ready<Result<User, ApiError>>;
+    type Future = LocalBoxFuture<'static, Result<User, ApiError>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        std::future::ready(match auth_config(req) {
-            Some(cfg) => authenticate(cfg, req),
-            None => {
-                tracing::error!("no auth configuration registered with the app");
-                Err(ApiError::internal("the server has no auth configuration"))
+        let auth = authenticator(req);
+        let header = bearer(req).map(str::to_string);
+        Box::pin(async move {
+            match auth {
+                Some(a) => a.authenticate(header.as_deref()).await,
+                None => {
+                    tracing::error!("no auth configuration registered with the app");
+                    Err(ApiError::internal("the server has no auth configuration"))
+                }
             }
         })
     }
 }
 
-/// The `[auth]` section of the app that serves `req`.
-fn auth_config(req: &HttpRequest) -> Option<&AuthConfig> {
+/// The authenticator of the app that serves `req`.
+fn authenticator(req: &HttpRequest) -> Option<Arc<Authenticator>> {
     req.app_data::<web::Data<Arc<Services>>>()
-        .map(|svc| &svc.config.auth)
-        .or_else(|| req.app_data::<AuthConfig>())
+        .map(|svc| svc.auth.clone())
+        .or_else(|| req.app_data::<Arc<Authenticator>>().cloned())
 }
 
 pub const LOCAL_USER: &str = "local";
+
+/// The `[auth]` section at work: tokens, or a JWT verifier with its cached keys.
+pub struct Authenticator {
+    cfg: AuthConfig,
+    jwt: Option<jwt::JwtVerifier>,
+}
+
+impl Authenticator {
+    pub fn new(cfg: &AuthConfig) -> Self {
+        let jwt = match (cfg.mode, &cfg.jwt) {
+            (AuthMode::Jwt, Some(j)) => Some(jwt::JwtVerifier::new(j.clone())),
+            _ => None,
+        };
+        Authenticator {
+            cfg: cfg.clone(),
+            jwt,
+        }
+    }
+
+    /// The user a bearer token (a configured token, or a JWT) belongs to.
+    pub async fn user_for_token(&self, token: &str) -> Result<User, ApiError> {
+        match self.cfg.mode {
+            AuthMode::None => Ok(User::named(LOCAL_USER)),
+            AuthMode::Token => user_for_token(&self.cfg, token).ok_or_else(unauthorized),
+            AuthMode::Jwt => {
+                let Some(v) = &self.jwt else {
+                    return Err(ApiError::internal("auth.mode = \"jwt\" without [auth.jwt]"));
+                };
+                match v.verify(token).await {
+                    Ok(c) => Ok(User(c.user, c.roles)),
+                    Err(jwt::JwtError::KeysUnavailable) => Err(ApiError::new(
+                        ErrorCode::Unauthorized,
+                        jwt::JwtError::KeysUnavailable.to_string(),
+                    )),
+                    Err(e) => Err(ApiError::new(
+                        ErrorCode::Unauthorized,
+                        format!("invalid bearer token: {e}"),
+                    )),
+                }
+            }
+        }
+    }
+
+    /// The user of an HTTP request's `Authorization` header, or `unauthorized` (what the
+    /// [`User`] extractor does; handlers take a `User` rather than call this).
+    async fn authenticate(&self, header: Option<&str>) -> Result<User, ApiError> {
+        match (self.cfg.mode, header) {
+            (AuthMode::None, _) => Ok(User::named(LOCAL_USER)),
+            (_, None) => Err(unauthorized()),
+            (_, Some(t)) => self.user_for_token(t).await,
+        }
+    }
+
+    /// The user of a request if it carries credentials (`Ok(None)` when auth is on and the
+    /// request has no header: a WebSocket may still authenticate with its first frame).
+    pub async fn authenticate_optional(&self, req: &HttpRequest) -> Result<Option<User>, ApiError> {
+        match (self.cfg.mode, bearer(req)) {
+            (AuthMode::None, _) => Ok(Some(User::named(LOCAL_USER))),
+            (_, None) => Ok(None),
+            (_, Some(t)) => self.user_for_token(t).await.map(Some),
+        }
+    }
+}
 
 /// SHA-256 of a token, lowercase hex.
 pub fn hash_token(token: &str) -> String {
@@ -65,13 +175,13 @@ pub fn new_token() -> String {
     format!("pk_{}", hex::encode(bytes))
 }
 
-/// The user a token belongs to.
+/// The user a configured token belongs to (`[auth] mode = "token"`).
 pub fn user_for_token(cfg: &AuthConfig, token: &str) -> Option<User> {
     let h = hash_token(token);
     cfg.tokens
         .iter()
         .find(|t| constant_time_eq(t.sha256.to_ascii_lowercase().as_bytes(), h.as_bytes()))
-        .map(|t| User(t.user.clone()))
+        .map(|t| User::named(t.user.clone()))
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -85,32 +195,6 @@ fn unauthorized() -> ApiError {
     )
 }
 
-/// The user of an HTTP request, or `unauthorized` (what the [`User`] extractor does; handlers
-/// take a `User` rather than call this).
-fn authenticate(cfg: &AuthConfig, req: &HttpRequest) -> Result<User, ApiError> {
-    match cfg.mode {
-        AuthMode::None => Ok(User(LOCAL_USER.to_string())),
-        AuthMode::Token => bearer(req)
-            .and_then(|t| user_for_token(cfg, t))
-            .ok_or_else(unauthorized),
-    }
-}
-
-/// The user of a request if it carries credentials (`Ok(None)` when token auth is on and the
-/// request has no header: a WebSocket may still authenticate with its first frame).
-pub fn authenticate_optional(
-    cfg: &AuthConfig,
-    req: &HttpRequest,
-) -> Result<Option<User>, ApiError> {
-    match cfg.mode {
-        AuthMode::None => Ok(Some(User(LOCAL_USER.to_string()))),
-        AuthMode::Token => match bearer(req) {
-            None => Ok(None),
-            Some(t) => user_for_token(cfg, t).map(Some).ok_or_else(unauthorized),
-        },
-    }
-}
-
 fn bearer(req: &HttpRequest) -> Option<&str> {
     req.headers()
         .get("authorization")
@@ -120,6 +204,7 @@ fn bearer(req: &HttpRequest) -> Option<&str> {
                 .or_else(|| v.strip_prefix("bearer "))
         })
         .map(str::trim)
+        .filter(|t| !t.is_empty())
 }
 
 /// WebSocket `Origin` check: same host, or listed in `allowed_origins`. Requests without an
@@ -153,8 +238,9 @@ mod tests {
             }],
             allowed_origins: vec![],
             metrics: None,
+            jwt: None,
         };
-        assert_eq!(user_for_token(&cfg, &t), Some(User("alice".into())));
+        assert_eq!(user_for_token(&cfg, &t), Some(User::named("alice")));
         assert_eq!(user_for_token(&cfg, "pk_wrong"), None);
         assert_ne!(new_token(), t);
     }
@@ -162,10 +248,14 @@ mod tests {
     /// An app with one route that needs a user, answering with the user's name.
     async fn call(cfg: AuthConfig, header: Option<&str>) -> (u16, String, Option<String>) {
         use actix_web::{test, App, HttpResponse};
-        let app = test::init_service(App::new().app_data(cfg).route(
-            "/me",
-            web::get().to(|u: User| async move { HttpResponse::Ok().body(u.0) }),
-        ))
+        let app = test::init_service(
+            App::new()
+                .app_data(Arc::new(Authenticator::new(&cfg)))
+                .route(
+                    "/me",
+                    web::get().to(|u: User| async move { HttpResponse::Ok().body(u.0) }),
+                ),
+        )
         .await;
         let mut req = test::TestRequest::get().uri("/me");
         if let Some(h) = header {
@@ -190,6 +280,7 @@ mod tests {
             }],
             allowed_origins: vec![],
             metrics: None,
+            jwt: None,
         }
     }
 
