@@ -162,7 +162,7 @@ impl SocketSession {
             .store
             .idempotency_key(&scoped_key(user, WS_ROUTE, key))
             .await
-            .map_err(|e| ApiError::internal(e.to_string()))?;
+            .map_err(ApiError::from)?;
         let Some(rec) = rec else { return Ok(None) };
         if rec.fingerprint != hex(&fp) {
             return Err(reused());
@@ -420,7 +420,7 @@ impl SocketSession {
                 .store
                 .get_conversation(&conversation_id)
                 .await
-                .map_err(|e| ApiError::internal(e.to_string()))?;
+                .map_err(ApiError::from)?;
             if rec.is_none_or(|r| r.owner != owner) {
                 return Err(ApiError::conversation_not_found(&conversation_id));
             }
@@ -508,7 +508,7 @@ impl SocketSession {
                 .store
                 .events_since(conversation, cursor, REPLAY_PAGE)
                 .await
-                .map_err(|e| ApiError::internal(e.to_string()))?;
+                .map_err(ApiError::from)?;
             if page.is_empty() {
                 break;
             }
