@@ -133,6 +133,10 @@ pub struct StorageConfig {
     /// Every PostgreSQL statement is cancelled after this long.
     #[serde(default = "d_statement_timeout")]
     pub statement_timeout_ms: u64,
+    /// At start, how long to keep trying (with backoff) while PostgreSQL cannot be reached
+    /// before failing; 0 tries once.
+    #[serde(default = "d_connect_retry")]
+    pub connect_retry_seconds: u64,
     /// PostgreSQL: keep the tables in this schema (created if missing) instead of the user's
     /// default one; lowercase letters, digits and `_`.
     #[serde(default)]
@@ -160,6 +164,9 @@ fn d_pool_size() -> usize {
 }
 fn d_statement_timeout() -> u64 {
     10_000
+}
+fn d_connect_retry() -> u64 {
+    30
 }
 
 /// The storage backend (CONTRACT §9).

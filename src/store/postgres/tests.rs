@@ -31,7 +31,7 @@ async fn migrations_are_idempotent() {
     let options = fresh_options().await;
     assert_eq!(
         super::migrate(&options).await.unwrap(),
-        super::schema::SCHEMA_VERSION as usize
+        super::schema::MIGRATION_COUNT
     );
     assert_eq!(super::migrate(&options).await.unwrap(), 0);
     let store = PgStore::open(&options).await.unwrap();
@@ -43,8 +43,157 @@ async fn migrations_are_idempotent() {
 async fn a_bad_url_is_an_error_not_a_panic() {
     let mut options = PgOptions::new("postgres://nobody@127.0.0.1:1/none");
     options.statement_timeout = std::time::Duration::from_millis(500);
+    options.connect_retry = std::time::Duration::ZERO;
     assert!(PgStore::open(&options).await.is_err());
     let mut options = fresh_options().await;
     options.schema = Some("Robert'); DROP TABLE x;--".to_owned());
     assert!(PgStore::open(&options).await.is_err());
+}
+
+#[tokio::test]
+async fn an_unreachable_database_is_waited_for_then_a_clear_error() {
+    use std::time::{Duration, Instant};
+    // Nothing listens on port 1: refused, retried with backoff for about a second.
+    let mut options = PgOptions::new("postgres://nobody@127.0.0.1:1/none");
+    options.connect_retry = Duration::from_secs(1);
+    let started = Instant::now();
+    let error = PgStore::open(&options).await.unwrap_err();
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(700),
+        "gave up after {waited:?}"
+    );
+    assert!(waited < Duration::from_secs(20), "took {waited:?}");
+    assert!(error.to_string().contains("connect"), "{error}");
+}
+
+#[tokio::test]
+async fn a_database_that_answers_no_is_not_waited_for() {
+    use std::time::{Duration, Instant};
+    // The server is up but the database does not exist: retrying cannot help.
+    let base = fresh_options().await.url;
+    let (server, _) = base.rsplit_once('/').expect("a URL with a database");
+    let mut options = PgOptions::new(format!("{server}/no_such_database_here"));
+    options.connect_retry = Duration::from_secs(30);
+    let started = Instant::now();
+    let error = PgStore::open(&options).await.unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(10), "{error}");
+    assert!(
+        error.to_string().contains("no_such_database_here"),
+        "{error}"
+    );
+}
+
+/// `parley export` from a snapshot while writes go on: every exported conversation is
+/// internally consistent (its record's `last_seq` equals its events, its messages and its
+/// checkpoint, which each write changes together, in one batch), although the writes run
+/// during the export. Reading the live store instead would mix states (record of one round,
+/// messages of the next).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_from_a_snapshot_is_consistent_while_writes_go_on() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    use crate::store::suite::{append_event, append_message, conv, put};
+    use crate::store::{Store, WriteOp};
+
+    const CONVERSATIONS: usize = 20;
+    let options = fresh_options().await;
+    let store = Arc::new(PgStore::open(&options).await.unwrap());
+    let round = |r: u64| -> Vec<Vec<WriteOp>> {
+        (0..CONVERSATIONS)
+            .map(|i| {
+                let id = format!("c{i:02}");
+                let mut record = conv(&id, "alice", "chat", r as i64);
+                record.last_seq = r;
+                record.message_count = r;
+                vec![
+                    put(&record),
+                    append_event(&id, r),
+                    append_message(&id, r),
+                    WriteOp::PutCheckpoint {
+                        conversation: id,
+                        data: bytes::Bytes::from(r.to_string()),
+                    },
+                ]
+            })
+            .collect()
+    };
+    for batch in round(1) {
+        store.write(batch).await.unwrap();
+    }
+    let rounds = Arc::new(AtomicU64::new(1));
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (store, rounds, stop) = (store.clone(), rounds.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut r = 1;
+            while !stop.load(Ordering::Relaxed) {
+                r += 1;
+                let acks: Vec<_> = round(r).into_iter().map(|b| store.submit(b)).collect();
+                for ack in acks {
+                    ack.await.unwrap();
+                }
+                rounds.store(r, Ordering::Relaxed);
+            }
+        })
+    };
+
+    let mut overlapped = 0;
+    for _ in 0..10 {
+        let before = rounds.load(Ordering::Relaxed);
+        let snapshot = super::PgSnapshot::begin(&options).await.unwrap();
+        let mut file = Vec::new();
+        let counts = crate::store::transfer::export_from(&snapshot, &mut file)
+            .await
+            .unwrap();
+        drop(snapshot);
+        if rounds.load(Ordering::Relaxed) > before {
+            overlapped += 1;
+        }
+        assert_eq!(counts.conversations, CONVERSATIONS as u64);
+        check_consistent(&file);
+    }
+    stop.store(true, Ordering::Relaxed);
+    writer.await.unwrap();
+    assert!(overlapped > 0, "no export ran while a write committed");
+}
+
+/// Per conversation of an export file: record `last_seq` = events = messages = checkpoint.
+fn check_consistent(file: &[u8]) {
+    use std::collections::HashMap;
+    let mut seen: HashMap<String, [u64; 4]> = HashMap::new();
+    for line in std::str::from_utf8(file).unwrap().lines().skip(1) {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        match v["kind"].as_str().unwrap() {
+            "conversation" => {
+                let id = v["record"]["id"].as_str().unwrap().to_owned();
+                seen.entry(id).or_default()[0] = v["record"]["lastSeq"].as_u64().unwrap();
+            }
+            "events" => {
+                let id = v["conversation"].as_str().unwrap().to_owned();
+                let n = v["events"].as_array().unwrap().len() as u64;
+                assert_eq!(v["firstSeq"], seen.get(&id).map_or(0, |s| s[1]) + 1);
+                seen.entry(id).or_default()[1] += n;
+            }
+            "message" => {
+                let id = v["conversation"].as_str().unwrap().to_owned();
+                seen.entry(id).or_default()[2] += 1;
+            }
+            "checkpoint" => {
+                let id = v["conversation"].as_str().unwrap().to_owned();
+                let data = hex::decode(v["data"].as_str().unwrap()).unwrap();
+                let n: u64 = String::from_utf8(data).unwrap().parse().unwrap();
+                seen.entry(id).or_default()[3] = n;
+            }
+            other => panic!("unexpected line kind {other}"),
+        }
+    }
+    for (id, [record, events, messages, checkpoint]) in seen {
+        assert_eq!(
+            (events, messages, checkpoint),
+            (record, record, record),
+            "{id}: a mixed state"
+        );
+    }
 }

@@ -15,10 +15,15 @@
 //!   in op order), so after a connection loss, a server restart, a serialization failure or a
 //!   statement timeout the writer reconnects and applies the same group again, even when the
 //!   outcome of the lost `COMMIT` is unknown. It keeps trying for [`RETRY_FOR`]; then the group
-//!   and every batch queued behind it are answered with the error (a later batch never
-//!   succeeds while an earlier one failed), and the writer goes on with new batches: the store
-//!   recovers by itself when the database comes back.
+//!   and every batch queued behind it are answered with [`StoreError::Unavailable`] (a later
+//!   batch never succeeds while an earlier one failed), and the writer goes on with new batches,
+//!   each tried once (no waiting out the retries again) until one commits or a probe succeeds:
+//!   the store recovers by itself when the database comes back.
+//! - **Probed while idle.** After [`PROBE_EVERY`] without a batch the writer runs `SELECT 1`
+//!   (reconnecting if needed); a failure marks the store unavailable (`/healthz` says
+//!   `degraded`), a success clears it, so an outage shows without any write.
 
+use super::pg_error;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -44,6 +49,10 @@ pub const MAX_GROUP_OPS: usize = 4096;
 /// How long a group is retried while the database is unreachable before its waiters get the
 /// error.
 pub const RETRY_FOR: Duration = Duration::from_secs(5);
+/// While no batch arrives, the writer checks the database this often (`SELECT 1` on its
+/// connection, or a reconnect), so that `/healthz` shows an outage, and the recovery from one,
+/// without waiting for a write.
+pub const PROBE_EVERY: Duration = Duration::from_secs(1);
 
 pub(super) struct Batch {
     pub ops: Vec<Op>,
@@ -208,10 +217,17 @@ pub(super) fn spawn(
                 config,
                 client: None,
                 metrics,
+                failing: false,
             };
             runtime.block_on(async move {
-                while let Some(group) = queue.next_group().await {
-                    writer.commit_group(group, &queue).await;
+                loop {
+                    match tokio::time::timeout(PROBE_EVERY, queue.next_group()).await {
+                        Ok(Some(group)) => writer.commit_group(group, &queue).await,
+                        Ok(None) => break,
+                        // Idle for a while: check the database (health, and the next write
+                        // finds a live connection).
+                        Err(_) => writer.probe().await,
+                    }
                 }
             });
             tracing::debug!("postgres store writer stopped");
@@ -223,6 +239,9 @@ struct Writer {
     config: tokio_postgres::Config,
     client: Option<(Client, Statements)>,
     metrics: Arc<Metrics>,
+    /// The last group failed (its waiters got the error): later groups get one attempt each,
+    /// not [`RETRY_FOR`] of retries, until a commit or a probe succeeds.
+    failing: bool,
 }
 
 /// The writer's prepared statements, per connection.
@@ -238,7 +257,7 @@ impl Statements {
         if let Some(stmt) = self.0.get(sql) {
             return Ok(stmt.clone());
         }
-        let stmt = tx.prepare(sql).await.map_err(StoreError::db)?;
+        let stmt = tx.prepare(sql).await.map_err(pg_error)?;
         self.0.insert(sql, stmt.clone());
         Ok(stmt)
     }
@@ -255,7 +274,13 @@ impl Writer {
             return;
         }
         let started = Instant::now();
-        let deadline = started + RETRY_FOR;
+        // While the database is known to be down, answer at once instead of making every
+        // request wait out the retries; the probe notices when it is back.
+        let deadline = if self.failing {
+            started
+        } else {
+            started + RETRY_FOR
+        };
         let mut pause = Duration::from_millis(20);
         let result = loop {
             let error = match self.try_commit(&ops).await {
@@ -278,6 +303,7 @@ impl Writer {
         let m = &self.metrics;
         match result {
             Ok(()) => {
+                self.failing = false;
                 m.commits.fetch_add(1, Ordering::Relaxed);
                 m.unavailable.store(false, Ordering::Relaxed);
                 m.ops_committed
@@ -296,7 +322,16 @@ impl Writer {
             }
             Err(error) => {
                 m.failed_commits.fetch_add(1, Ordering::Relaxed);
-                m.unavailable.store(true, Ordering::Relaxed);
+                // A database that cannot be reached is "storage unavailable"; anything else
+                // (a constraint, bad data) is this group's own problem and says nothing about
+                // the store's health.
+                let error = if retryable(&error) {
+                    self.failing = true;
+                    m.unavailable.store(true, Ordering::Relaxed);
+                    StoreError::Unavailable(Arc::new(error))
+                } else {
+                    error
+                };
                 tracing::error!(error = %error, "postgres commit failed; its batches and those queued behind them get the error");
                 drop(ops);
                 for batch in group.into_iter().chain(queue.drain()) {
@@ -306,9 +341,35 @@ impl Writer {
         }
     }
 
+    /// Checks the database while idle: sets or clears "unavailable" (what `/healthz` shows)
+    /// and, once it answers again, lets later groups be retried as usual.
+    async fn probe(&mut self) {
+        let result = match self.client().await {
+            Ok((client, _)) => client.simple_query("SELECT 1").await.map_err(pg_error),
+            Err(e) => Err(e),
+        };
+        let m = &self.metrics;
+        match result {
+            Ok(_) => {
+                if self.failing || m.unavailable.load(Ordering::Relaxed) {
+                    tracing::info!("postgres is reachable again; the store writes again");
+                }
+                self.failing = false;
+                m.unavailable.store(false, Ordering::Relaxed);
+            }
+            Err(error) => {
+                if !m.unavailable.load(Ordering::Relaxed) {
+                    tracing::warn!(error = %error, "postgres is not reachable; the store cannot write");
+                }
+                self.client = None;
+                m.unavailable.store(true, Ordering::Relaxed);
+            }
+        }
+    }
+
     async fn client(&mut self) -> Result<&mut (Client, Statements), StoreError> {
         if self.client.is_none() {
-            let (client, connection) = self.config.connect(NoTls).await.map_err(StoreError::db)?;
+            let (client, connection) = self.config.connect(NoTls).await.map_err(pg_error)?;
             tokio::spawn(async move {
                 if let Err(e) = connection.await {
                     tracing::debug!(error = %e, "postgres writer connection ended");
@@ -321,7 +382,7 @@ impl Writer {
 
     async fn try_commit(&mut self, ops: &[&Op]) -> Result<(), StoreError> {
         let (client, stmts) = self.client().await?;
-        let tx = client.transaction().await.map_err(StoreError::db)?;
+        let tx = client.transaction().await.map_err(pg_error)?;
         let mut pending = Pending::default();
         for op in ops {
             match op {
@@ -334,16 +395,14 @@ impl Writer {
                         "DELETE FROM checkpoints WHERE conversation = $1",
                     ] {
                         let stmt = stmts.get(&tx, sql).await?;
-                        tx.execute(&stmt, &[conversation])
-                            .await
-                            .map_err(StoreError::db)?;
+                        tx.execute(&stmt, &[conversation]).await.map_err(pg_error)?;
                     }
                 }
                 other => pending.add(other),
             }
         }
         pending.apply(&tx, stmts).await?;
-        tx.commit().await.map_err(StoreError::db)
+        tx.commit().await.map_err(pg_error)
     }
 }
 
@@ -472,7 +531,7 @@ impl<'a> Pending<'a> {
                 ],
             )
             .await
-            .map_err(StoreError::db)?;
+            .map_err(pg_error)?;
             self.conversations.clear();
         }
         Ok(())
@@ -500,7 +559,7 @@ impl<'a> Pending<'a> {
                 .await?;
             tx.execute(&stmt, &[&cols.0, &cols.1, &cols.2])
                 .await
-                .map_err(StoreError::db)?;
+                .map_err(pg_error)?;
         }
         Ok(())
     }
@@ -527,7 +586,7 @@ impl<'a> Pending<'a> {
                 .await?;
             tx.execute(&stmt, &[&cols.0, &cols.1, &cols.2])
                 .await
-                .map_err(StoreError::db)?;
+                .map_err(pg_error)?;
         }
         Ok(())
     }
@@ -553,7 +612,7 @@ impl<'a> Pending<'a> {
                 .await?;
             tx.execute(&stmt, &[&cols.0, &cols.1])
                 .await
-                .map_err(StoreError::db)?;
+                .map_err(pg_error)?;
         }
         Ok(())
     }
@@ -586,7 +645,7 @@ impl Pending<'_> {
             .await?;
         tx.execute(&stmt, &[&cols.0, &cols.1, &cols.2])
             .await
-            .map_err(StoreError::db)?;
+            .map_err(pg_error)?;
         Ok(())
     }
 }
@@ -598,8 +657,12 @@ pub(super) fn retryable(error: &StoreError) -> bool {
     let StoreError::Db { source } = error else {
         return false;
     };
-    let Some(pg) = source.downcast_ref::<tokio_postgres::Error>() else {
-        return false;
+    let pg = match source.downcast_ref::<super::PgError>() {
+        Some(e) => &e.source,
+        None => match source.downcast_ref::<tokio_postgres::Error>() {
+            Some(e) => e,
+            None => return false,
+        },
     };
     match pg.code() {
         // No SQLSTATE: an I/O error, a closed connection, a failed connect.
