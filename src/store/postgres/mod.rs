@@ -7,7 +7,8 @@
 //!   (`writer.rs`) takes every queued batch, applies the group in ONE transaction and commits
 //!   with `synchronous_commit = on` (set on every connection: the commit record is on disk
 //!   before `COMMIT` returns), then answers the group's [`Ack`]s. FIFO; a batch never spans two
-//!   transactions.
+//!   transactions. A group is one round trip: `BEGIN`, at most one statement per table and
+//!   `COMMIT`, pipelined (`group.rs`).
 //! - **Recovery by itself.** The writer retries a group while the database is unreachable for
 //!   up to [`RETRY_FOR`] (a group is idempotent, so a retry after an unknown commit outcome is
 //!   safe); then that group and everything queued behind it get [`StoreError::Unavailable`]
@@ -27,6 +28,7 @@
 //! for a database that is not reachable yet (`connect_retry`, backing off, logged), and
 //! optionally a schema (its `search_path`; tests give each store its own schema).
 
+mod group;
 mod read;
 pub mod schema;
 mod snapshot;

@@ -197,3 +197,102 @@ fn check_consistent(file: &[u8]) {
         );
     }
 }
+
+/// Not a test: the writer's commit cost, printed (`cargo test --lib pg_commit_micro --
+/// --ignored --nocapture`). One invoke-like batch (record, two messages, events, checkpoint)
+/// per write: first one writer at a time (each write its own group: the latency of one group
+/// commit), then 32 writers at once (group commit).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "timing print, not a test"]
+async fn pg_commit_micro() {
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    use crate::store::suite::{append_event, append_message, conv, put};
+    use crate::store::{Store, WriteOp};
+
+    fn batch(id: &str, n: u64) -> Vec<WriteOp> {
+        let mut record = conv(id, "alice", "chat", n as i64);
+        record.last_seq = 3 * n;
+        vec![
+            put(&record),
+            append_message(id, 2 * n - 1),
+            append_message(id, 2 * n),
+            append_event(id, 3 * n - 2),
+            append_event(id, 3 * n - 1),
+            append_event(id, 3 * n),
+            WriteOp::PutCheckpoint {
+                conversation: id.to_owned(),
+                data: bytes::Bytes::from(vec![7u8; 200]),
+            },
+        ]
+    }
+    let store = Arc::new(fresh().await);
+    let started = Instant::now();
+    for n in 1..=300 {
+        store.write(batch("solo", n)).await.unwrap();
+    }
+    let solo = started.elapsed();
+    println!(
+        "one writer: 300 groups in {solo:?}: {:.0} µs per group commit",
+        solo.as_micros() as f64 / 300.0
+    );
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..32)
+        .map(|t| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let id = format!("c{t}");
+                for n in 1..=100 {
+                    store.write(batch(&id, n)).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let many = started.elapsed();
+    let stats = store.stats();
+    println!(
+        "32 writers: 3200 batches in {many:?}: {:.0} batches/s; {} commits in all, {:.0} µs per commit",
+        3200.0 / many.as_secs_f64(),
+        stats.commits,
+        stats.commit_time.as_micros() as f64 / stats.commits as f64
+    );
+}
+
+/// A group is pipelined (BEGIN, statements, COMMIT in one round trip): when a later statement
+/// fails on the server, the earlier ones that succeeded are rolled back with it (the pipelined
+/// COMMIT only ends the aborted transaction), the batch gets the error, and the store goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_failing_mid_group_commits_nothing_of_it() {
+    use crate::store::suite::{append_event, append_message, conv, put};
+    use crate::store::Store;
+
+    let store = fresh().await;
+    // Conversations are written first, messages after: the NUL in a text column makes the
+    // messages statement fail after the conversations statement succeeded.
+    let error = store
+        .write(vec![
+            put(&conv("kept-out", "alice", "chat", 1)),
+            append_event("kept-out", 1),
+            append_message("bad\0id", 1),
+        ])
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("SQLSTATE"), "{error}");
+    assert!(store.get_conversation("kept-out").await.unwrap().is_none());
+    assert_eq!(store.last_seq("kept-out").await.unwrap(), 0);
+    assert!(store.stats().writable, "a bad row is not an outage");
+    // The next group commits normally (a fresh connection, nothing left over).
+    store
+        .write(vec![
+            put(&conv("after", "alice", "chat", 2)),
+            append_event("after", 1),
+        ])
+        .await
+        .unwrap();
+    assert!(store.get_conversation("after").await.unwrap().is_some());
+    assert!(store.get_conversation("kept-out").await.unwrap().is_none());
+}

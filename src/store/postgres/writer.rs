@@ -9,8 +9,9 @@
 //!   transaction holding all of its ops returned; the connection runs with
 //!   `synchronous_commit = on`, so the commit record was flushed to disk first.
 //! - **FIFO, group commit.** Batches leave the queue in order; a group is every batch already
-//!   queued (up to [`MAX_GROUP_BATCHES`] / [`MAX_GROUP_OPS`]), applied with a few multi-row
-//!   statements (`unnest`), committed once.
+//!   queued (up to [`MAX_GROUP_BATCHES`] / [`MAX_GROUP_OPS`]), applied with at most one
+//!   statement per table (multi-row, `unnest`) and committed once, all in ONE round trip
+//!   (`BEGIN`, statements, `COMMIT` pipelined: `group.rs`).
 //! - **Retried where safe.** Every group is idempotent (upserts of whole rows and deletes, applied
 //!   in op order), so after a connection loss, a server restart, a serialization failure or a
 //!   statement timeout the writer reconnects and applies the same group again, even when the
@@ -23,19 +24,18 @@
 //!   (reconnecting if needed); a failure marks the store unavailable (`/healthz` says
 //!   `degraded`), a success clears it, so an outage shows without any write.
 
-use super::pg_error;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
-use tokio_postgres::{Client, NoTls, Statement, Transaction};
+use tokio_postgres::{Client, NoTls};
 
-use super::Op;
+use super::group::{pipeline, step, Group, Statements};
+use super::{pg_error, Op};
 use crate::store::{AckSender, StoreError};
 
 /// `enqueue`/`write` wait while this many batches are queued.
@@ -244,25 +244,6 @@ struct Writer {
     failing: bool,
 }
 
-/// The writer's prepared statements, per connection.
-#[derive(Default)]
-struct Statements(HashMap<&'static str, Statement>);
-
-impl Statements {
-    async fn get(
-        &mut self,
-        tx: &Transaction<'_>,
-        sql: &'static str,
-    ) -> Result<Statement, StoreError> {
-        if let Some(stmt) = self.0.get(sql) {
-            return Ok(stmt.clone());
-        }
-        let stmt = tx.prepare(sql).await.map_err(pg_error)?;
-        self.0.insert(sql, stmt.clone());
-        Ok(stmt)
-    }
-}
-
 impl Writer {
     async fn commit_group(&mut self, group: Vec<Batch>, queue: &Queue) {
         let ops: Vec<&Op> = group.iter().flat_map(|b| b.ops.iter()).collect();
@@ -287,16 +268,14 @@ impl Writer {
                 Ok(()) => break Ok(()),
                 Err(e) => e,
             };
-            if self.client.as_ref().is_some_and(|(c, _)| c.is_closed()) {
-                self.client = None;
-            }
+            // After any failure the connection may still be inside the group's transaction
+            // (a request that was never sent, so no COMMIT or ROLLBACK followed), or broken
+            // without saying so: drop it (which rolls back) and start over on a fresh one.
+            self.client = None;
             if !retryable(&error) || Instant::now() + pause > deadline {
                 break Err(error);
             }
             tracing::warn!(error = %error, "postgres commit failed; retrying");
-            // A statement that failed inside a transaction leaves nothing behind, but a broken
-            // connection may not say so: start over on a fresh one.
-            self.client = None;
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_millis(500));
         };
@@ -375,278 +354,21 @@ impl Writer {
                     tracing::debug!(error = %e, "postgres writer connection ended");
                 }
             });
-            self.client = Some((client, Statements::default()));
+            let stmts = Statements::prepare(&client).await.map_err(pg_error)?;
+            self.client = Some((client, stmts));
         }
         self.client.as_mut().ok_or_else(|| StoreError::Closed)
     }
 
+    /// One transaction for the whole group, in one round trip: `BEGIN`, at most one statement
+    /// per table (`group.rs`), `COMMIT`, pipelined.
     async fn try_commit(&mut self, ops: &[&Op]) -> Result<(), StoreError> {
         let (client, stmts) = self.client().await?;
-        let tx = client.transaction().await.map_err(pg_error)?;
-        let mut pending = Pending::default();
-        for op in ops {
-            match op {
-                Op::Delete { conversation } => {
-                    pending.apply(&tx, stmts).await?;
-                    for sql in [
-                        "DELETE FROM conversations WHERE id = $1",
-                        "DELETE FROM messages WHERE conversation = $1",
-                        "DELETE FROM events WHERE conversation = $1",
-                        "DELETE FROM checkpoints WHERE conversation = $1",
-                    ] {
-                        let stmt = stmts.get(&tx, sql).await?;
-                        tx.execute(&stmt, &[conversation]).await.map_err(pg_error)?;
-                    }
-                }
-                other => pending.add(other),
-            }
-        }
-        pending.apply(&tx, stmts).await?;
-        tx.commit().await.map_err(pg_error)
-    }
-}
-
-/// The columns of a multi-row upsert of conversations.
-struct ConversationColumns<'a> {
-    id: Vec<&'a str>,
-    owner: Vec<&'a str>,
-    assistant: Vec<&'a str>,
-    updated_at: Vec<i64>,
-    status: Vec<&'a str>,
-    record: Vec<&'a str>,
-}
-
-/// Rows waiting to be written by one multi-row statement per table; the last write of a key
-/// wins, as if the ops had been applied one by one.
-#[derive(Default)]
-struct Pending<'a> {
-    conversations: HashMap<&'a str, &'a Op>,
-    messages: HashMap<(&'a str, i64), &'a str>,
-    events: HashMap<(&'a str, i64), &'a Bytes>,
-    checkpoints: HashMap<&'a str, &'a Bytes>,
-    keys: HashMap<&'a str, (i64, &'a str)>,
-}
-
-impl<'a> Pending<'a> {
-    fn add(&mut self, op: &'a Op) {
-        match op {
-            Op::Conversation { id, .. } => {
-                self.conversations.insert(id, op);
-            }
-            Op::Message {
-                conversation,
-                no,
-                record,
-            } => {
-                self.messages.insert((conversation, *no), record);
-            }
-            Op::Events {
-                conversation,
-                first_seq,
-                events,
-            } => {
-                for (i, json) in events.iter().enumerate() {
-                    self.events
-                        .insert((conversation, first_seq + i as i64), json);
-                }
-            }
-            Op::Checkpoint { conversation, data } => {
-                self.checkpoints.insert(conversation, data);
-            }
-            Op::IdempotencyKey {
-                key,
-                expires_at,
-                record,
-            } => {
-                self.keys.insert(key, (*expires_at, record));
-            }
-            Op::Delete { .. } => {}
-        }
-    }
-
-    async fn apply(
-        &mut self,
-        tx: &Transaction<'_>,
-        stmts: &mut Statements,
-    ) -> Result<(), StoreError> {
-        self.put_conversations(tx, stmts).await?;
-        self.put_messages(tx, stmts).await?;
-        self.put_events(tx, stmts).await?;
-        self.put_checkpoints(tx, stmts).await?;
-        self.put_keys(tx, stmts).await
-    }
-
-    async fn put_conversations(
-        &mut self,
-        tx: &Transaction<'_>,
-        stmts: &mut Statements,
-    ) -> Result<(), StoreError> {
-        if !self.conversations.is_empty() {
-            let n = self.conversations.len();
-            let mut cols = ConversationColumns {
-                id: Vec::with_capacity(n),
-                owner: Vec::with_capacity(n),
-                assistant: Vec::with_capacity(n),
-                updated_at: Vec::with_capacity(n),
-                status: Vec::with_capacity(n),
-                record: Vec::with_capacity(n),
-            };
-            for op in self.conversations.values() {
-                if let Op::Conversation {
-                    id,
-                    owner,
-                    assistant,
-                    updated_at,
-                    status,
-                    record,
-                } = op
-                {
-                    cols.id.push(id);
-                    cols.owner.push(owner);
-                    cols.assistant.push(assistant);
-                    cols.updated_at.push(*updated_at);
-                    cols.status.push(status);
-                    cols.record.push(record);
-                }
-            }
-            let stmt = stmts
-                .get(
-                    tx,
-                    "INSERT INTO conversations (id, owner, assistant, updated_at, status, record)
-                     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int8[], $5::text[], $6::text[])
-                     ON CONFLICT (id) DO UPDATE SET owner = excluded.owner,
-                       assistant = excluded.assistant, updated_at = excluded.updated_at,
-                       status = excluded.status, record = excluded.record",
-                )
-                .await?;
-            tx.execute(
-                &stmt,
-                &[
-                    &cols.id,
-                    &cols.owner,
-                    &cols.assistant,
-                    &cols.updated_at,
-                    &cols.status,
-                    &cols.record,
-                ],
-            )
-            .await
-            .map_err(pg_error)?;
-            self.conversations.clear();
-        }
-        Ok(())
-    }
-
-    async fn put_messages(
-        &mut self,
-        tx: &Transaction<'_>,
-        stmts: &mut Statements,
-    ) -> Result<(), StoreError> {
-        if !self.messages.is_empty() {
-            let mut cols: (Vec<&str>, Vec<i64>, Vec<&str>) = Default::default();
-            for ((conversation, no), record) in self.messages.drain() {
-                cols.0.push(conversation);
-                cols.1.push(no);
-                cols.2.push(record);
-            }
-            let stmt = stmts
-                .get(
-                    tx,
-                    "INSERT INTO messages (conversation, no, record)
-                     SELECT * FROM unnest($1::text[], $2::int8[], $3::text[])
-                     ON CONFLICT (conversation, no) DO UPDATE SET record = excluded.record",
-                )
-                .await?;
-            tx.execute(&stmt, &[&cols.0, &cols.1, &cols.2])
-                .await
-                .map_err(pg_error)?;
-        }
-        Ok(())
-    }
-
-    async fn put_events(
-        &mut self,
-        tx: &Transaction<'_>,
-        stmts: &mut Statements,
-    ) -> Result<(), StoreError> {
-        if !self.events.is_empty() {
-            let mut cols: (Vec<&str>, Vec<i64>, Vec<&[u8]>) = Default::default();
-            for ((conversation, seq), json) in self.events.drain() {
-                cols.0.push(conversation);
-                cols.1.push(seq);
-                cols.2.push(json.as_ref());
-            }
-            let stmt = stmts
-                .get(
-                    tx,
-                    "INSERT INTO events (conversation, seq, json)
-                     SELECT * FROM unnest($1::text[], $2::int8[], $3::bytea[])
-                     ON CONFLICT (conversation, seq) DO UPDATE SET json = excluded.json",
-                )
-                .await?;
-            tx.execute(&stmt, &[&cols.0, &cols.1, &cols.2])
-                .await
-                .map_err(pg_error)?;
-        }
-        Ok(())
-    }
-
-    async fn put_checkpoints(
-        &mut self,
-        tx: &Transaction<'_>,
-        stmts: &mut Statements,
-    ) -> Result<(), StoreError> {
-        if !self.checkpoints.is_empty() {
-            let mut cols: (Vec<&str>, Vec<&[u8]>) = Default::default();
-            for (conversation, data) in self.checkpoints.drain() {
-                cols.0.push(conversation);
-                cols.1.push(data.as_ref());
-            }
-            let stmt = stmts
-                .get(
-                    tx,
-                    "INSERT INTO checkpoints (conversation, data)
-                     SELECT * FROM unnest($1::text[], $2::bytea[])
-                     ON CONFLICT (conversation) DO UPDATE SET data = excluded.data",
-                )
-                .await?;
-            tx.execute(&stmt, &[&cols.0, &cols.1])
-                .await
-                .map_err(pg_error)?;
-        }
-        Ok(())
-    }
-}
-
-impl Pending<'_> {
-    /// Idempotency keys, in the same transaction as what they guard.
-    async fn put_keys(
-        &mut self,
-        tx: &Transaction<'_>,
-        stmts: &mut Statements,
-    ) -> Result<(), StoreError> {
-        if self.keys.is_empty() {
-            return Ok(());
-        }
-        let mut cols: (Vec<&str>, Vec<i64>, Vec<&str>) = Default::default();
-        for (key, (expires_at, record)) in self.keys.drain() {
-            cols.0.push(key);
-            cols.1.push(expires_at);
-            cols.2.push(record);
-        }
-        let stmt = stmts
-            .get(
-                tx,
-                "INSERT INTO idempotency_keys (key, expires_at, record)
-                 SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[])
-                 ON CONFLICT (key) DO UPDATE
-                 SET expires_at = excluded.expires_at, record = excluded.record",
-            )
-            .await?;
-        tx.execute(&stmt, &[&cols.0, &cols.1, &cols.2])
-            .await
-            .map_err(pg_error)?;
-        Ok(())
+        let columns = Group::of(ops).columns();
+        let mut steps = vec![step(client.batch_execute("BEGIN"))];
+        columns.steps(client, stmts, &mut steps);
+        steps.push(step(client.batch_execute("COMMIT")));
+        pipeline(steps).await.map_err(pg_error)
     }
 }
 
