@@ -558,6 +558,7 @@ mod tests {
         assert_eq!(c.storage.backend, StorageBackend::Postgres);
         assert_eq!(c.storage.url.as_deref(), Some("postgres://u@h/db"));
         assert_eq!(c.storage.pool_size, 16);
+        assert_eq!(c.storage.connect_retry_seconds, 30);
         let o = Overrides {
             storage_backend: Some(StorageBackend::Redb),
             ..Default::default()

@@ -20,6 +20,8 @@
 //!   batch never succeeds while an earlier one failed), and the writer goes on with new batches,
 //!   each tried once (no waiting out the retries again) until one commits or a probe succeeds:
 //!   the store recovers by itself when the database comes back.
+//! - **Bounded waits.** A silent database (no answer, no reset) cannot hold the writer: a probe
+//!   gives up after 5 s, an attempt at a group after 60 s (then handled as a lost connection).
 //! - **Probed while idle.** After [`PROBE_EVERY`] without a batch the writer runs `SELECT 1`
 //!   (reconnecting if needed); a failure marks the store unavailable (`/healthz` says
 //!   `degraded`), a success clears it, so an outage shows without any write.
@@ -53,6 +55,13 @@ pub const RETRY_FOR: Duration = Duration::from_secs(5);
 /// connection, or a reconnect), so that `/healthz` shows an outage, and the recovery from one,
 /// without waiting for a write.
 pub const PROBE_EVERY: Duration = Duration::from_secs(1);
+/// A probe that gets no answer in this long counts as a failure.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+/// One attempt at a group (connect, statements, commit) that takes longer than this is
+/// abandoned (its connection dropped, which rolls it back unless COMMIT already ran) and
+/// retried like a lost connection: the database went silent. Generous: statements have their
+/// own `statement_timeout` on the server.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub(super) struct Batch {
     pub ops: Vec<Op>,
@@ -264,7 +273,7 @@ impl Writer {
         };
         let mut pause = Duration::from_millis(20);
         let result = loop {
-            let error = match self.try_commit(&ops).await {
+            let error = match bounded(ATTEMPT_TIMEOUT, self.try_commit(&ops)).await {
                 Ok(()) => break Ok(()),
                 Err(e) => e,
             };
@@ -323,10 +332,11 @@ impl Writer {
     /// Checks the database while idle: sets or clears "unavailable" (what `/healthz` shows)
     /// and, once it answers again, lets later groups be retried as usual.
     async fn probe(&mut self) {
-        let result = match self.client().await {
-            Ok((client, _)) => client.simple_query("SELECT 1").await.map_err(pg_error),
-            Err(e) => Err(e),
+        let check = async {
+            let (client, _) = self.client().await?;
+            client.simple_query("SELECT 1").await.map_err(pg_error)
         };
+        let result = bounded(PROBE_TIMEOUT, check).await;
         let m = &self.metrics;
         match result {
             Ok(_) => {
@@ -372,6 +382,21 @@ impl Writer {
     }
 }
 
+/// `f`, or a retryable time-out error after `limit`: a silent network (no reset, no answer)
+/// must not hold the writer forever.
+async fn bounded<T>(
+    limit: Duration,
+    f: impl std::future::Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    match tokio::time::timeout(limit, f).await {
+        Ok(result) => result,
+        Err(_) => Err(StoreError::db(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("no answer from PostgreSQL within {} s", limit.as_secs()),
+        ))),
+    }
+}
+
 /// Whether an error may go away by itself (connection lost, server restarting or shutting
 /// down, serialization failure, deadlock, statement timeout): safe to retry, since a group is
 /// idempotent.
@@ -383,7 +408,12 @@ pub(super) fn retryable(error: &StoreError) -> bool {
         Some(e) => &e.source,
         None => match source.downcast_ref::<tokio_postgres::Error>() {
             Some(e) => e,
-            None => return false,
+            // `bounded`'s time-out: the outcome is unknown, and a group may be applied again.
+            None => {
+                return source
+                    .downcast_ref::<std::io::Error>()
+                    .is_some_and(|e| e.kind() == std::io::ErrorKind::TimedOut)
+            }
         },
     };
     match pg.code() {
