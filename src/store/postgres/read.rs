@@ -243,6 +243,11 @@ pub(super) async fn conversations_with_status(
         .collect())
 }
 
+/// The retention sweep's page: both conditions are index conditions of `conversations_idle`.
+pub(super) const IDLE_CONVERSATIONS: &str = "SELECT id, record FROM conversations
+     WHERE id > $1 AND updated_at < $2
+     ORDER BY id LIMIT $3";
+
 /// Conversations with `updated_at < updated_before`, in id order after `after`, at most `limit`
 /// (the retention sweep's pages): a range scan of `conversations_idle`.
 pub(super) async fn idle_conversations(
@@ -256,9 +261,7 @@ pub(super) async fn idle_conversations(
     }
     let rows = query(
         pool,
-        "SELECT id, record FROM conversations
-         WHERE id > $1 AND updated_at < $2
-         ORDER BY id LIMIT $3",
+        IDLE_CONVERSATIONS,
         &[&after.unwrap_or(""), &updated_before, &clamp(limit as u64)],
     )
     .await?;
