@@ -583,3 +583,40 @@ async fn startup_waits_for_postgres_then_gives_up_clearly() {
         "{stderr}"
     );
 }
+
+/// `parley export` from PostgreSQL beside a serving node, mid-stream: it neither waits for nor
+/// disturbs the server, and the file is a snapshot: every conversation's events run from seq 1
+/// without a gap, and the stream goes on to finish after the export.
+#[tokio::test]
+async fn export_from_postgres_while_serving_mid_stream() {
+    let s = Server::start_with(pg_options(&fresh_database().await));
+    let mut c = Client::connect(&s).await;
+    let (done, _) = start_conv(&mut c, "chat", "before the export").await;
+    let streaming = c.create("slow", "rivers").await;
+    c.events_until(&streaming, |e| {
+        e["type"] == "TEXT_MESSAGE_CONTENT" && e["delta"] != "rivers"
+    })
+    .await;
+
+    let file = s.data.path().join("live.jsonl");
+    let said = parley(&s.config, &["export", file.to_str().unwrap()]);
+    assert!(said.contains("conversations: 2"), "{said}");
+    let text = std::fs::read_to_string(&file).expect("the export");
+    let mut next_seq: std::collections::HashMap<String, u64> = Default::default();
+    for line in text.lines().skip(1) {
+        let v: Value = serde_json::from_str(line).expect("a JSON line");
+        if v["kind"] == "events" {
+            let conv = v["conversation"].as_str().unwrap().to_owned();
+            let expected = next_seq.get(&conv).copied().unwrap_or(1);
+            assert_eq!(v["firstSeq"].as_u64(), Some(expected), "{conv}: a gap");
+            next_seq.insert(
+                conv,
+                expected + v["events"].as_array().unwrap().len() as u64,
+            );
+        }
+    }
+    assert!(next_seq.contains_key(&done) && next_seq.contains_key(&streaming));
+
+    let rest = c.events_until(&streaming, is_end).await;
+    assert_eq!(rest.last().unwrap()["event"]["type"], "RUN_FINISHED");
+}
