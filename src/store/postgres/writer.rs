@@ -372,6 +372,12 @@ impl Writer {
 
     /// One transaction for the whole group, in one round trip: `BEGIN`, at most one statement
     /// per table (`group.rs`), `COMMIT`, pipelined.
+    ///
+    /// A check whose answer decides in Rust what the group writes (a cluster fence that drops
+    /// the batches of conversations this node lost) must run BEFORE the pipeline is built:
+    /// await `BEGIN` and the check, then pipeline the statements of the batches kept and
+    /// `COMMIT` (skip the pipelined `BEGIN` then). `COMMIT` is never sent before such a
+    /// decision. A check that only fails (raises an SQL error) can simply be one more step.
     async fn try_commit(&mut self, ops: &[&Op]) -> Result<(), StoreError> {
         let (client, stmts) = self.client().await?;
         let columns = Group::of(ops).columns();
