@@ -148,6 +148,10 @@ pub struct StorageConfig {
     /// Every PostgreSQL statement is cancelled after this long.
     #[serde(default = "d_statement_timeout")]
     pub statement_timeout_ms: u64,
+    /// At start, how long to keep trying (with backoff) while PostgreSQL cannot be reached
+    /// before failing; 0 tries once.
+    #[serde(default = "d_connect_retry")]
+    pub connect_retry_seconds: u64,
     /// PostgreSQL: keep the tables in this schema (created if missing) instead of the user's
     /// default one; lowercase letters, digits and `_`.
     #[serde(default)]
@@ -175,6 +179,9 @@ fn d_pool_size() -> usize {
 }
 fn d_statement_timeout() -> u64 {
     10_000
+}
+fn d_connect_retry() -> u64 {
+    30
 }
 
 /// The storage backend (CONTRACT §9).
@@ -639,6 +646,7 @@ mod tests {
         assert_eq!(c.storage.backend, StorageBackend::Postgres);
         assert_eq!(c.storage.url.as_deref(), Some("postgres://u@h/db"));
         assert_eq!(c.storage.pool_size, 16);
+        assert_eq!(c.storage.connect_retry_seconds, 30);
         let o = Overrides {
             storage_backend: Some(StorageBackend::Redb),
             ..Default::default()

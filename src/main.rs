@@ -250,12 +250,20 @@ fn store_command(args: ServeArgs, command: StoreCommand) -> ExitCode {
                 );
             }
             StoreCommand::Export(file) => {
-                let store = parley::server::open_store(&config).await?;
                 let out = std::fs::File::create(&file)
                     .with_context(|| format!("creating {}", file.display()))?;
                 let mut out = std::io::BufWriter::new(out);
-                let counts = parley::store::transfer::export(store.as_ref(), &mut out).await?;
-                store.shutdown();
+                let counts = if config.storage.backend == parley::config::StorageBackend::Postgres {
+                    // One read-only transaction: a consistent snapshot beside serving nodes.
+                    let options = parley::server::postgres_options(&config)?;
+                    let snapshot = parley::store::postgres::PgSnapshot::begin(&options).await?;
+                    parley::store::transfer::export_from(&snapshot, &mut out).await?
+                } else {
+                    let store = parley::server::open_store(&config).await?;
+                    let counts = parley::store::transfer::export(store.as_ref(), &mut out).await?;
+                    store.shutdown();
+                    counts
+                };
                 println!("exported {counts:?} to {}", file.display());
             }
             StoreCommand::Import(file) => {

@@ -53,11 +53,12 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
         }
         StorageBackend::Postgres => {
             let options = postgres_options(config)?;
-            Arc::new(
-                PgStore::open(&options)
-                    .await
-                    .context("opening the PostgreSQL store")?,
-            )
+            Arc::new(PgStore::open(&options).await.with_context(|| {
+                format!(
+                    "opening the PostgreSQL store (tried for up to {} s: [storage] connect_retry_seconds)",
+                    options.connect_retry.as_secs()
+                )
+            })?)
         }
     })
 }
@@ -74,6 +75,7 @@ pub fn postgres_options(config: &Config) -> anyhow::Result<PgOptions> {
     options.schema = storage.schema.clone();
     options.statement_timeout =
         std::time::Duration::from_millis(storage.statement_timeout_ms.max(1));
+    options.connect_retry = std::time::Duration::from_secs(storage.connect_retry_seconds);
     Ok(options)
 }
 

@@ -45,6 +45,7 @@ macro_rules! store_suite {
             submit_order_is_commit_order_even_when_acks_are_awaited_backwards,
             flush_waits_for_everything_queued_before_it,
             shutdown_commits_the_queue_then_refuses_writes,
+            idle_conversations_page_by_id_before_a_time,
         );
     };
     (@tests $new:expr; $($name:ident),* $(,)?) => {
@@ -762,4 +763,59 @@ pub(super) async fn shutdown_commits_the_queue_then_refuses_writes(store: Arc<dy
     assert!(matches!(other.flush().await, Err(StoreError::Closed)));
     other.shutdown(); // idempotent
     assert_eq!(store.last_seq("c").await.unwrap(), 30);
+}
+
+pub(super) async fn idle_conversations_page_by_id_before_a_time(store: Arc<dyn Store>) {
+    // Ids deliberately not in time order; "b" and "e" are recent.
+    let times = [
+        ("a", 100),
+        ("b", 900),
+        ("c", 300),
+        ("d", 100),
+        ("e", 1000),
+        ("f", 499),
+    ];
+    let ops = times
+        .iter()
+        .map(|(id, at)| put(&conv(id, "alice", "chat", *at)))
+        .collect();
+    store.write(ops).await.unwrap();
+    assert_eq!(store.conversation_count().await.unwrap(), 6);
+    let ids = |v: Vec<ConversationRecord>| v.into_iter().map(|c| c.id).collect::<Vec<_>>();
+
+    // Everything before 500, in id order, two at a time.
+    let first = store.idle_conversations(500, None, 2).await.unwrap();
+    assert_eq!(ids(first), ["a", "c"]);
+    let second = store.idle_conversations(500, Some("c"), 2).await.unwrap();
+    assert_eq!(ids(second), ["d", "f"]);
+    let third = store.idle_conversations(500, Some("f"), 2).await.unwrap();
+    assert!(third.is_empty());
+    // The bound is exclusive; a time before everything finds nothing.
+    assert_eq!(
+        ids(store.idle_conversations(499, None, 10).await.unwrap()),
+        ["a", "c", "d"]
+    );
+    assert!(store
+        .idle_conversations(100, None, 10)
+        .await
+        .unwrap()
+        .is_empty());
+
+    // An update makes a conversation not idle; a delete removes it from the scan and the count.
+    let mut a = conv("a", "alice", "chat", 2000);
+    a.status = RunStatus::Completed;
+    store
+        .write(vec![
+            put(&a),
+            WriteOp::DeleteConversation {
+                conversation: "d".to_owned(),
+            },
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        ids(store.idle_conversations(500, None, 10).await.unwrap()),
+        ["c", "f"]
+    );
+    assert_eq!(store.conversation_count().await.unwrap(), 5);
 }

@@ -13,18 +13,73 @@
 //!
 //! # Consistency
 //!
-//! Each conversation is read record first, then its messages, events up to the record's
-//! `last_seq` and its checkpoint. With PostgreSQL the export runs beside a serving node; a
-//! conversation that is written during the export may show a newer checkpoint than its record.
-//! For an exact snapshot of a busy node, stop writes (or stop the node) first; a redb file is
-//! locked by its server, so a redb export needs the server stopped.
+//! An export reads a [`Source`]: a whole store ([`StoreSource`]), or one snapshot of it.
+//! `parley export` from PostgreSQL reads a [`PgSnapshot`](super::postgres::PgSnapshot): one
+//! `REPEATABLE READ, READ ONLY` transaction for the whole export, so the file is the database
+//! at one instant even while nodes keep writing (no record newer than its events, no
+//! checkpoint newer than its record). A redb file is locked by its server, so a redb export
+//! runs with the server stopped and is consistent anyway.
 
 use std::io::{BufRead, Write};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use super::{ConversationRecord, MessageRecord, RunStatus, Store, StoreError, WriteOp};
+use super::{
+    ConversationRecord, MessageRecord, RunStatus, Store, StoreError, StoreFuture, WriteOp,
+};
+
+/// What an export reads: every conversation, and each one's messages, events and checkpoint,
+/// with the same meaning as the [`Store`] methods of the same names.
+pub trait Source: Send + Sync {
+    /// Every conversation, in id order.
+    fn conversations(&self) -> StoreFuture<'_, Vec<ConversationRecord>>;
+    fn messages<'a>(
+        &'a self,
+        conversation: &'a str,
+        before: Option<u64>,
+        limit: usize,
+    ) -> StoreFuture<'a, Vec<MessageRecord>>;
+    fn events_since<'a>(
+        &'a self,
+        conversation: &'a str,
+        since: u64,
+        limit: usize,
+    ) -> StoreFuture<'a, Vec<(u64, Bytes)>>;
+    fn last_seq<'a>(&'a self, conversation: &'a str) -> StoreFuture<'a, u64>;
+    fn checkpoint<'a>(&'a self, conversation: &'a str) -> StoreFuture<'a, Option<Bytes>>;
+}
+
+/// A whole store as an export [`Source`] (each read sees what is committed when it runs).
+pub struct StoreSource<'s>(pub &'s dyn Store);
+
+impl Source for StoreSource<'_> {
+    fn conversations(&self) -> StoreFuture<'_, Vec<ConversationRecord>> {
+        Box::pin(all_conversations(self.0))
+    }
+    fn messages<'a>(
+        &'a self,
+        conversation: &'a str,
+        before: Option<u64>,
+        limit: usize,
+    ) -> StoreFuture<'a, Vec<MessageRecord>> {
+        self.0.messages(conversation, before, limit)
+    }
+    fn events_since<'a>(
+        &'a self,
+        conversation: &'a str,
+        since: u64,
+        limit: usize,
+    ) -> StoreFuture<'a, Vec<(u64, Bytes)>> {
+        self.0.events_since(conversation, since, limit)
+    }
+    fn last_seq<'a>(&'a self, conversation: &'a str) -> StoreFuture<'a, u64> {
+        self.0.last_seq(conversation)
+    }
+    fn checkpoint<'a>(&'a self, conversation: &'a str) -> StoreFuture<'a, Option<Bytes>> {
+        self.0.checkpoint(conversation)
+    }
+}
 
 /// Events per `events` line, and ops per write on import.
 pub const CHUNK: usize = 500;
@@ -114,9 +169,14 @@ fn write_line(out: &mut dyn Write, line: &Line) -> Result<(), TransferError> {
 
 /// Writes every conversation of `store` to `out`.
 pub async fn export(store: &dyn Store, out: &mut dyn Write) -> Result<Counts, TransferError> {
+    export_from(&StoreSource(store), out).await
+}
+
+/// Writes every conversation of `store` (a store, or a snapshot of one) to `out`.
+pub async fn export_from(store: &dyn Source, out: &mut dyn Write) -> Result<Counts, TransferError> {
     let mut counts = Counts::default();
     write_line(out, &Line::Header { version: VERSION })?;
-    for record in all_conversations(store).await? {
+    for record in store.conversations().await? {
         let id = record.id.clone();
         let last_seq = record.last_seq.max(store.last_seq(&id).await?);
         write_line(out, &Line::Conversation { record })?;

@@ -623,7 +623,10 @@ pub fn screenshots_dir() -> PathBuf {
         root.join("target/screenshots")
     };
     if let Err(e) = std::fs::create_dir_all(&dir) {
-        panic!("cannot create the screenshot directory {}: {e}", dir.display());
+        panic!(
+            "cannot create the screenshot directory {}: {e}",
+            dir.display()
+        );
     }
     dir
 }

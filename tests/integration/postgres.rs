@@ -350,6 +350,39 @@ impl Drop for OwnCluster {
     }
 }
 
+/// Polls `/healthz` (always 200) until its `status` is `want`; its body.
+async fn wait_for_health(s: &Server, want: &str) -> Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let r = http()
+            .get(s.http("/healthz"))
+            .send()
+            .await
+            .expect("healthz");
+        assert_eq!(
+            r.status(),
+            200,
+            "healthz is liveness: 200 even when degraded"
+        );
+        let body: Value = r.json().await.expect("json");
+        if body["status"] == want {
+            return body;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "healthz not {want} after 30 s: {body}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+async fn assert_storage_unavailable(r: reqwest::Response) {
+    assert_eq!(r.status(), 503);
+    assert!(r.headers().contains_key("retry-after"), "{:?}", r.headers());
+    let body: Value = r.json().await.expect("json");
+    assert_eq!(body["error"]["code"], "storage_unavailable", "{body}");
+}
+
 #[tokio::test]
 async fn postgres_restart_while_serving_fails_cleanly_and_recovers() {
     let cluster = OwnCluster::start();
@@ -360,27 +393,34 @@ async fn postgres_restart_while_serving_fails_cleanly_and_recovers() {
     let iid = interrupt_id(&paused_events);
 
     cluster.stop();
-    // During the outage: reads and writes fail with an error, in bounded time; the process
-    // stays up.
+    // During the outage: /healthz says so (the idle writer's probe notices, no write needed),
+    // /readyz takes the node out of rotation, and reads and writes fail with
+    // storage_unavailable (503, Retry-After) in bounded time; the process stays up.
     let started = std::time::Instant::now();
+    let health = wait_for_health(&s, "degraded").await;
+    assert_eq!(health["storage"], "unavailable", "{health}");
+    let ready = http().get(s.http("/readyz")).send().await.expect("readyz");
+    assert_eq!(ready.status(), 503);
     let r = http()
         .get(s.http(&format!("/api/conversations/{done}/events?since=0")))
         .send()
         .await
         .expect("an answer, not a dropped connection");
-    assert!(r.status().is_server_error(), "{}", r.status());
+    assert_storage_unavailable(r).await;
+    let r = http()
+        .post(s.http("/api/assistants/chat/invoke"))
+        .json(&json!({"content": "during the outage"}))
+        .send()
+        .await
+        .expect("an answer, not a dropped connection");
+    assert_storage_unavailable(r).await;
     let id = c
         .frame(json!({"type": "send", "assistant": "chat", "content": "during the outage"}))
         .await;
     let reply = c.reply(&id).await;
     assert_eq!(reply["type"], "error", "{reply}");
-    assert!(started.elapsed() < std::time::Duration::from_secs(30));
-    let health = http()
-        .get(s.http("/healthz"))
-        .send()
-        .await
-        .expect("healthz");
-    assert!(health.status().is_success());
+    assert_eq!(reply["code"], "storage_unavailable", "{reply}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(60));
 
     cluster.start_again();
     // Service comes back without restarting Parley; nothing acknowledged is lost.
@@ -398,6 +438,8 @@ async fn postgres_restart_while_serving_fails_cleanly_and_recovers() {
         tokio::time::sleep(std::time::Duration::from_millis(250)).await;
     }
     assert!(back, "reads work again once PostgreSQL is back");
+    let health = wait_for_health(&s, "ok").await;
+    assert_eq!(health["storage"], "ok", "{health}");
     let mut c = Client::connect(&s).await;
     c.ok(json!({"type": "subscribe", "conversationId": done, "since": 0}))
         .await;
@@ -417,4 +459,164 @@ async fn postgres_restart_while_serving_fails_cleanly_and_recovers() {
         Some(paused_events.len() as u64 + 1)
     );
     assert_eq!(resumed.last().unwrap()["event"]["type"], "RUN_FINISHED");
+}
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in /metrics"))
+}
+
+/// Retention on PostgreSQL: with a server retention of ~1.7 s, the sweeper (paging the store's
+/// `idle_conversations`) deletes every finished conversation, and `/metrics` counts them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_sweeps_postgres_conversations() {
+    let url = fresh_database().await;
+    let mut options = pg_options(&url);
+    options
+        .storage_config
+        .push_str("retention_days = 0.00002\nsweep_interval_seconds = 1\nsweep_batch = 2\n");
+    let s = Server::start_with(options);
+    let mut convs = Vec::new();
+    for i in 0..5 {
+        let r = http()
+            .post(s.http("/api/assistants/chat/invoke"))
+            .json(&json!({"content": format!("hi {i}")}))
+            .send()
+            .await
+            .expect("invoke");
+        assert_eq!(r.status(), 200);
+        let v: Value = r.json().await.expect("json");
+        convs.push(v["conversationId"].as_str().expect("id").to_owned());
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(40);
+    loop {
+        let m = metrics_text(&s).await;
+        if metric(&m, "parley_conversations_swept_total") == 5.0
+            && metric(&m, "parley_stored_conversations") == 0.0
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not swept in 40 s: {m}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    for c in &convs {
+        let r = http()
+            .get(s.http(&format!("/api/conversations/{c}")))
+            .send()
+            .await
+            .expect("get");
+        assert_eq!(r.status(), 404, "{c} still readable");
+    }
+    // And gone from the database itself, not only from the API.
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(connection);
+    for table in ["conversations", "messages", "events", "checkpoints"] {
+        let n: i64 = client
+            .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+            .await
+            .expect("count")
+            .get(0);
+        assert_eq!(n, 0, "{table} still has rows");
+    }
+}
+
+/// Start-up while PostgreSQL is down: Parley waits for it (logging that it does), and serves
+/// once it is up; with a short `connect_retry_seconds` and no database it exits with a clear
+/// error instead of waiting forever.
+#[tokio::test]
+async fn startup_waits_for_postgres_then_gives_up_clearly() {
+    let cluster = OwnCluster::start();
+    cluster.stop();
+    let options = pg_options(&cluster.url);
+    let starting = std::thread::spawn(move || Server::start_with(options));
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    cluster.start_again();
+    let s = starting
+        .join()
+        .expect("the server started once PostgreSQL was up");
+    assert!(
+        s.stderr_log
+            .lock()
+            .expect("log")
+            .iter()
+            .any(|l| l.contains("not reachable yet")),
+        "the wait is logged"
+    );
+    let health = wait_for_health(&s, "ok").await;
+    assert_eq!(health["storage"], "ok");
+    let mut c = Client::connect(&s).await;
+    let (_, events) = start_conv(&mut c, "chat", "after the wait").await;
+    assert_eq!(events.last().unwrap()["event"]["type"], "RUN_FINISHED");
+    drop(s);
+
+    cluster.stop();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[storage]\ndata_dir = {:?}\nbackend = \"postgres\"\nurl = {:?}\nconnect_retry_seconds = 1\n[assistants]\ndir = {:?}\n[llm.default]\nprovider = \"builtin\"\n[llm.slow]\nprovider = \"builtin\"\n[llm.broken]\nprovider = \"builtin\"\n",
+            dir.path().join("db"),
+            cluster.url,
+            fixtures()
+        ),
+    )
+    .expect("config");
+    let started = std::time::Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_parley"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run parley");
+    assert!(!out.status.success());
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("opening the PostgreSQL store") && stderr.contains("connect_retry_seconds"),
+        "{stderr}"
+    );
+}
+
+/// `parley export` from PostgreSQL beside a serving node, mid-stream: it neither waits for nor
+/// disturbs the server, and the file is a snapshot: every conversation's events run from seq 1
+/// without a gap, and the stream goes on to finish after the export.
+#[tokio::test]
+async fn export_from_postgres_while_serving_mid_stream() {
+    let s = Server::start_with(pg_options(&fresh_database().await));
+    let mut c = Client::connect(&s).await;
+    let (done, _) = start_conv(&mut c, "chat", "before the export").await;
+    let streaming = c.create("slow", "rivers").await;
+    c.events_until(&streaming, |e| {
+        e["type"] == "TEXT_MESSAGE_CONTENT" && e["delta"] != "rivers"
+    })
+    .await;
+
+    let file = s.data.path().join("live.jsonl");
+    let said = parley(&s.config, &["export", file.to_str().unwrap()]);
+    assert!(said.contains("conversations: 2"), "{said}");
+    let text = std::fs::read_to_string(&file).expect("the export");
+    let mut next_seq: std::collections::HashMap<String, u64> = Default::default();
+    for line in text.lines().skip(1) {
+        let v: Value = serde_json::from_str(line).expect("a JSON line");
+        if v["kind"] == "events" {
+            let conv = v["conversation"].as_str().unwrap().to_owned();
+            let expected = next_seq.get(&conv).copied().unwrap_or(1);
+            assert_eq!(v["firstSeq"].as_u64(), Some(expected), "{conv}: a gap");
+            next_seq.insert(
+                conv,
+                expected + v["events"].as_array().unwrap().len() as u64,
+            );
+        }
+    }
+    assert!(next_seq.contains_key(&done) && next_seq.contains_key(&streaming));
+
+    let rest = c.events_until(&streaming, is_end).await;
+    assert_eq!(rest.last().unwrap()["event"]["type"], "RUN_FINISHED");
 }

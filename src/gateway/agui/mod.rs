@@ -74,7 +74,7 @@ async fn thread_record(
             r.assistant
         ))),
         Ok(r) => Ok(r),
-        Err(e) => Err(ApiError::internal(e.to_string())),
+        Err(e) => Err(ApiError::from(e)),
     }
 }
 
@@ -84,7 +84,7 @@ async fn held(svc: &Services, rec: &ConversationRecord) -> Result<Held, ApiError
         .store
         .recent_messages(&rec.id, HISTORY_LOOKBACK)
         .await
-        .map_err(|e| ApiError::internal(e.to_string()))?;
+        .map_err(ApiError::from)?;
     let user_messages = recent
         .into_iter()
         .filter(|m| m.role == Role::User)

@@ -478,7 +478,7 @@ impl Waiter {
             .store
             .messages(id, None, 1)
             .await
-            .map_err(|e| ApiError::internal(e.to_string()))?
+            .map_err(ApiError::from)?
             .first()
             .map(|m| m.no);
         Ok(Waiter {
@@ -541,7 +541,7 @@ impl Waiter {
             .store
             .messages(&accepted.conversation_id, None, 100)
             .await
-            .map_err(|e| ApiError::internal(e.to_string()))?;
+            .map_err(ApiError::from)?;
         msgs.retain(|m| last.is_none_or(|l| m.no > l));
         msgs.reverse();
         view.messages = msgs.iter().map(MessageView::from).collect();

@@ -131,7 +131,7 @@ where
             Ok(None) => {}
             Err(e) => {
                 gw.idempotency.release(user, &route, key);
-                return Err(ApiError::internal(e.to_string()));
+                return Err(ApiError::from(e));
             }
         }
     }

@@ -82,7 +82,7 @@ async fn owned_record(
     match svc.store.get_conversation(id).await {
         Ok(Some(r)) if r.owner == user => Ok(r),
         Ok(_) => Err(ApiError::conversation_not_found(id)),
-        Err(e) => Err(ApiError::internal(e.to_string())),
+        Err(e) => Err(ApiError::from(e)),
     }
 }
 

@@ -186,7 +186,7 @@ impl SocketSession {
         let rec = self
             .pump(async move { store.idempotency_key(&scoped).await })
             .await
-            .map_err(|e| ApiError::internal(e.to_string()))?;
+            .map_err(ApiError::from)?;
         let Some(rec) = rec else { return Ok(None) };
         if rec.fingerprint != hex(&c.fp) {
             return Err(reused());
@@ -472,7 +472,7 @@ impl SocketSession {
             let rec = self
                 .pump(async move { store.get_conversation(&id).await })
                 .await
-                .map_err(|e| ApiError::internal(e.to_string()))?;
+                .map_err(ApiError::from)?;
             if rec.is_none_or(|r| r.owner != owner) {
                 return Err(ApiError::conversation_not_found(&conversation_id));
             }
@@ -562,7 +562,7 @@ impl SocketSession {
             let page = self
                 .pump(async move { store.events_since(&id, cursor, REPLAY_PAGE).await })
                 .await
-                .map_err(|e| ApiError::internal(e.to_string()))?;
+                .map_err(ApiError::from)?;
             if page.is_empty() {
                 break;
             }

@@ -7,24 +7,31 @@
 //!   (`writer.rs`) takes every queued batch, applies the group in ONE transaction and commits
 //!   with `synchronous_commit = on` (set on every connection: the commit record is on disk
 //!   before `COMMIT` returns), then answers the group's [`Ack`]s. FIFO; a batch never spans two
-//!   transactions.
+//!   transactions. A group is one round trip: `BEGIN`, at most one statement per table and
+//!   `COMMIT`, pipelined (`group.rs`).
 //! - **Recovery by itself.** The writer retries a group while the database is unreachable for
 //!   up to [`RETRY_FOR`] (a group is idempotent, so a retry after an unknown commit outcome is
-//!   safe); then that group and everything queued behind it get the error, and later batches
-//!   are tried afresh. Reads retry once on a fresh pooled connection. Nothing panics.
+//!   safe); then that group and everything queued behind it get [`StoreError::Unavailable`]
+//!   (clients: `storage_unavailable`, 503), later batches are tried once each, and an idle
+//!   writer probes the database every [`PROBE_EVERY`], so `/healthz` shows the outage and its
+//!   end without a write. Reads retry once on a fresh pooled connection. Nothing panics.
 //! - **Reads never block a worker**: every read is an async query through a `deadpool` pool.
 //! - **Encoding before the queue**: records become JSON on the caller's thread (`Op`).
 //!
-//! Tables and indexes: `schema.rs`. Replay is one range scan of `events (conversation, seq)`;
+//! A consistent snapshot for `parley export` (one read-only REPEATABLE READ transaction):
+//! `snapshot.rs`. Tables and indexes: `schema.rs`. Replay is one range scan of `events (conversation, seq)`;
 //! a listing cursor is the `(updated_at, id)` of a page's last item, hex-encoded.
 //!
 //! # Configuration
 //!
-//! [`PgOptions`]: the URL, the pool size, the statement timeout and optionally a schema (its
-//! `search_path`; tests give each store its own schema).
+//! [`PgOptions`]: the URL, the pool size, the statement timeout, how long to wait at start
+//! for a database that is not reachable yet (`connect_retry`, backing off, logged), and
+//! optionally a schema (its `search_path`; tests give each store its own schema).
 
+mod group;
 mod read;
 pub mod schema;
+mod snapshot;
 #[cfg(test)]
 mod tests;
 mod writer;
@@ -39,7 +46,10 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use parking_lot::Mutex;
 use tokio_postgres::NoTls;
 
-pub use writer::{MAX_GROUP_BATCHES, MAX_GROUP_OPS, QUEUE_HARD_CAP, QUEUE_SOFT_CAP, RETRY_FOR};
+pub use snapshot::PgSnapshot;
+pub use writer::{
+    MAX_GROUP_BATCHES, MAX_GROUP_OPS, PROBE_EVERY, QUEUE_HARD_CAP, QUEUE_SOFT_CAP, RETRY_FOR,
+};
 
 use super::{
     Ack, ConversationPage, ConversationRecord, IdempotencyRecord, MessageRecord, RunStatus, Store,
@@ -58,6 +68,9 @@ pub struct PgOptions {
     pub statement_timeout: Duration,
     /// Tables live in this schema (created if missing) instead of the user's default.
     pub schema: Option<String>,
+    /// At start (and `parley migrate`), how long to keep trying while the database cannot be
+    /// reached (refused, starting up, too many connections), with backoff, before giving up.
+    pub connect_retry: Duration,
 }
 
 impl PgOptions {
@@ -67,11 +80,12 @@ impl PgOptions {
             pool_size: 16,
             statement_timeout: Duration::from_secs(10),
             schema: None,
+            connect_retry: Duration::from_secs(30),
         }
     }
 
     fn config(&self) -> Result<tokio_postgres::Config, StoreError> {
-        let mut config = tokio_postgres::Config::from_str(&self.url).map_err(StoreError::db)?;
+        let mut config = tokio_postgres::Config::from_str(&self.url).map_err(pg_error)?;
         let mut options = format!(
             "-c synchronous_commit=on -c statement_timeout={}",
             self.statement_timeout.as_millis().max(1)
@@ -86,6 +100,38 @@ impl PgOptions {
             .application_name("parley");
         Ok(config)
     }
+}
+
+/// A PostgreSQL error that says what the server said: tokio-postgres shows a server error as
+/// just "db error", keeping the message, the detail and the SQLSTATE in its source.
+#[derive(Debug, thiserror::Error)]
+#[error("{text}")]
+pub(crate) struct PgError {
+    text: String,
+    #[source]
+    pub(crate) source: tokio_postgres::Error,
+}
+
+/// `StoreError::Db` of a PostgreSQL error, with the server's own words in its message.
+pub(crate) fn pg_error(source: tokio_postgres::Error) -> StoreError {
+    let text = match source.as_db_error() {
+        Some(db) => match db.detail() {
+            Some(detail) => format!(
+                "{}: {} ({detail}; SQLSTATE {})",
+                db.severity(),
+                db.message(),
+                db.code().code()
+            ),
+            None => format!(
+                "{}: {} (SQLSTATE {})",
+                db.severity(),
+                db.message(),
+                db.code().code()
+            ),
+        },
+        None => source.to_string(),
+    };
+    StoreError::db(PgError { text, source })
 }
 
 fn check_schema_name(schema: &str) -> Result<(), StoreError> {
@@ -220,24 +266,53 @@ impl std::fmt::Debug for PgStore {
     }
 }
 
-/// Connects once (creating the schema if one is named) and applies the migrations.
+/// Connects (creating the schema if one is named) and applies the migrations. While the
+/// database cannot be reached it tries again, backing off from 250 ms to 5 s, for up to
+/// `connect_retry`; any other error (bad credentials, no such database) fails at once.
 pub async fn migrate(options: &PgOptions) -> Result<usize, StoreError> {
+    let deadline = std::time::Instant::now() + options.connect_retry;
+    let mut pause = Duration::from_millis(250);
+    loop {
+        match migrate_once(options).await {
+            Err(e) if writer::retryable(&e) && std::time::Instant::now() + pause < deadline => {
+                tracing::warn!(
+                    error = %e,
+                    retry_in_ms = pause.as_millis() as u64,
+                    "PostgreSQL is not reachable yet; waiting for it"
+                );
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+            Err(e) if writer::retryable(&e) => {
+                tracing::error!(
+                    error = %e,
+                    waited_s = options.connect_retry.as_secs(),
+                    "PostgreSQL still not reachable; giving up"
+                );
+                return Err(e);
+            }
+            other => return other,
+        }
+    }
+}
+
+async fn migrate_once(options: &PgOptions) -> Result<usize, StoreError> {
     let mut config = options.config()?;
     if let Some(schema) = &options.schema {
         // The schema must exist before search_path can name it.
         let mut plain = config.clone();
         plain.options("-c synchronous_commit=on");
-        let (client, connection) = plain.connect(NoTls).await.map_err(StoreError::db)?;
+        let (client, connection) = plain.connect(NoTls).await.map_err(pg_error)?;
         let task = tokio::spawn(connection);
         client
             .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
             .await
-            .map_err(StoreError::db)?;
+            .map_err(pg_error)?;
         drop(client);
         let _ = task.await;
         config = options.config()?;
     }
-    let (mut client, connection) = config.connect(NoTls).await.map_err(StoreError::db)?;
+    let (mut client, connection) = config.connect(NoTls).await.map_err(pg_error)?;
     let task = tokio::spawn(connection);
     let applied = schema::migrate(&mut client).await;
     drop(client);
@@ -325,6 +400,24 @@ impl Store for PgStore {
         // Reopens stay 0 (the writer reconnects); the size is not measured here (the
         // database's own statistics tell).
         self.inner.metrics.stats(self.inner.queue.len() as u64, 0)
+    }
+
+    fn idle_conversations<'a>(
+        &'a self,
+        updated_before: i64,
+        after: Option<&'a str>,
+        limit: usize,
+    ) -> StoreFuture<'a, Vec<ConversationRecord>> {
+        self.read(read::idle_conversations(
+            &self.inner.pool,
+            updated_before,
+            after,
+            limit,
+        ))
+    }
+
+    fn conversation_count(&self) -> StoreFuture<'_, u64> {
+        self.read(read::conversation_count(&self.inner.pool))
     }
 
     fn get_conversation<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<ConversationRecord>> {

@@ -1,6 +1,7 @@
 //! Reads through the connection pool: async all the way (never a blocked worker), each one
 //! statement on an index, retried once on a fresh connection when the connection was lost.
 
+use super::pg_error;
 use bytes::Bytes;
 use deadpool_postgres::Pool;
 use tokio_postgres::types::ToSql;
@@ -20,9 +21,13 @@ pub(super) async fn query(
     let mut attempt = 0;
     loop {
         let result = async {
-            let client = pool.get().await.map_err(StoreError::db)?;
-            let stmt = client.prepare_cached(sql).await.map_err(StoreError::db)?;
-            client.query(&stmt, params).await.map_err(StoreError::db)
+            let client = pool.get().await.map_err(|e| match e {
+                // A failed connect is a PostgreSQL error like any other (and retryable).
+                deadpool_postgres::PoolError::Backend(e) => pg_error(e),
+                other => StoreError::db(other),
+            })?;
+            let stmt = client.prepare_cached(sql).await.map_err(pg_error)?;
+            client.query(&stmt, params).await.map_err(pg_error)
         }
         .await;
         match result {
@@ -236,4 +241,46 @@ pub(super) async fn conversations_with_status(
             }
         })
         .collect())
+}
+
+/// The retention sweep's page: both conditions are index conditions of `conversations_idle`.
+pub(super) const IDLE_CONVERSATIONS: &str = "SELECT id, record FROM conversations
+     WHERE id > $1 AND updated_at < $2
+     ORDER BY id LIMIT $3";
+
+/// Conversations with `updated_at < updated_before`, in id order after `after`, at most `limit`
+/// (the retention sweep's pages): a range scan of `conversations_idle`.
+pub(super) async fn idle_conversations(
+    pool: &Pool,
+    updated_before: i64,
+    after: Option<&str>,
+    limit: usize,
+) -> Result<Vec<ConversationRecord>, StoreError> {
+    if limit == 0 {
+        return Ok(Vec::new());
+    }
+    let rows = query(
+        pool,
+        IDLE_CONVERSATIONS,
+        &[&after.unwrap_or(""), &updated_before, &clamp(limit as u64)],
+    )
+    .await?;
+    Ok(rows
+        .iter()
+        .filter_map(|row| match decode_conversation(row) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                tracing::error!(error = %e, "skipping an undecodable conversation");
+                None
+            }
+        })
+        .collect())
+}
+
+/// Stored conversations (a count of the primary key: for the sweeper, not for request paths).
+pub(super) async fn conversation_count(pool: &Pool) -> Result<u64, StoreError> {
+    let rows = query(pool, "SELECT count(*) FROM conversations", &[]).await?;
+    Ok(rows
+        .first()
+        .map_or(0, |r| u64::try_from(r.get::<_, i64>(0)).unwrap_or(0)))
 }

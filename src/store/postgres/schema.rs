@@ -13,8 +13,11 @@
 //! | `checkpoints` | `conversation` | opaque bytes |
 //!
 //! Replay is one range scan of the `events` primary key; listings are range scans of
-//! `conversations_owner` / `conversations_owner_assistant` (newest `updated_at` first, then id).
+//! `conversations_owner` / `conversations_owner_assistant` (newest `updated_at` first, then id);
+//! the retention sweep's `idle_conversations` is a range scan of `conversations_idle`
+//! (`(id, updated_at)`, v4) that tests `updated_at` on the index entry.
 
+use super::pg_error;
 use tokio_postgres::Client;
 
 use crate::store::StoreError;
@@ -60,7 +63,18 @@ const MIGRATIONS: &[(i32, &str)] = &[
         record text NOT NULL
     );",
     ),
+    // v3 is the cluster's lease table (src/store/postgres/lease.rs), added on another branch.
+    (
+        4,
+        // The retention sweep pages idle conversations by id: a scan of this index starting
+        // after the page's last id, with `updated_at < $before` checked on the index entry, so
+        // rows that are not idle are skipped without reading their records.
+        "CREATE INDEX conversations_idle ON conversations (id, updated_at);",
+    ),
 ];
+
+/// How many migrations this build knows.
+pub const MIGRATION_COUNT: usize = MIGRATIONS.len();
 
 /// The newest schema version this build knows.
 pub const SCHEMA_VERSION: i32 = MIGRATIONS[MIGRATIONS.len() - 1].0;
@@ -75,40 +89,40 @@ pub async fn migrate(client: &mut Client) -> Result<usize, StoreError> {
             )",
         )
         .await
-        .map_err(StoreError::db)?;
+        .map_err(pg_error)?;
     let mut applied = 0;
     for (version, sql) in MIGRATIONS {
-        let tx = client.transaction().await.map_err(StoreError::db)?;
+        let tx = client.transaction().await.map_err(pg_error)?;
         // One migrator at a time (per database): others wait here, then see the row.
         tx.execute("SELECT pg_advisory_xact_lock(7203144)", &[])
             .await
-            .map_err(StoreError::db)?;
+            .map_err(pg_error)?;
         let done = tx
             .query_opt(
                 "SELECT 1 FROM parley_migrations WHERE version = $1",
                 &[version],
             )
             .await
-            .map_err(StoreError::db)?
+            .map_err(pg_error)?
             .is_some();
         if done {
             continue;
         }
-        tx.batch_execute(sql).await.map_err(StoreError::db)?;
+        tx.batch_execute(sql).await.map_err(pg_error)?;
         tx.execute(
             "INSERT INTO parley_migrations (version) VALUES ($1)",
             &[version],
         )
         .await
-        .map_err(StoreError::db)?;
-        tx.commit().await.map_err(StoreError::db)?;
+        .map_err(pg_error)?;
+        tx.commit().await.map_err(pg_error)?;
         tracing::info!(version, "store schema migration applied");
         applied += 1;
     }
     let newest: Option<i32> = client
         .query_one("SELECT max(version) FROM parley_migrations", &[])
         .await
-        .map_err(StoreError::db)?
+        .map_err(pg_error)?
         .get(0);
     if newest.unwrap_or(0) > SCHEMA_VERSION {
         return Err(StoreError::Corrupt {

@@ -31,7 +31,7 @@ async fn migrations_are_idempotent() {
     let options = fresh_options().await;
     assert_eq!(
         super::migrate(&options).await.unwrap(),
-        super::schema::SCHEMA_VERSION as usize
+        super::schema::MIGRATION_COUNT
     );
     assert_eq!(super::migrate(&options).await.unwrap(), 0);
     let store = PgStore::open(&options).await.unwrap();
@@ -43,8 +43,304 @@ async fn migrations_are_idempotent() {
 async fn a_bad_url_is_an_error_not_a_panic() {
     let mut options = PgOptions::new("postgres://nobody@127.0.0.1:1/none");
     options.statement_timeout = std::time::Duration::from_millis(500);
+    options.connect_retry = std::time::Duration::ZERO;
     assert!(PgStore::open(&options).await.is_err());
     let mut options = fresh_options().await;
     options.schema = Some("Robert'); DROP TABLE x;--".to_owned());
     assert!(PgStore::open(&options).await.is_err());
+}
+
+#[tokio::test]
+async fn an_unreachable_database_is_waited_for_then_a_clear_error() {
+    use std::time::{Duration, Instant};
+    // Nothing listens on port 1: refused, retried with backoff for about a second.
+    let mut options = PgOptions::new("postgres://nobody@127.0.0.1:1/none");
+    options.connect_retry = Duration::from_secs(1);
+    let started = Instant::now();
+    let error = PgStore::open(&options).await.unwrap_err();
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(700),
+        "gave up after {waited:?}"
+    );
+    assert!(waited < Duration::from_secs(20), "took {waited:?}");
+    assert!(error.to_string().contains("connect"), "{error}");
+}
+
+#[tokio::test]
+async fn a_database_that_answers_no_is_not_waited_for() {
+    use std::time::{Duration, Instant};
+    // The server is up but the database does not exist: retrying cannot help.
+    let base = fresh_options().await.url;
+    let (server, _) = base.rsplit_once('/').expect("a URL with a database");
+    let mut options = PgOptions::new(format!("{server}/no_such_database_here"));
+    options.connect_retry = Duration::from_secs(30);
+    let started = Instant::now();
+    let error = PgStore::open(&options).await.unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(10), "{error}");
+    assert!(
+        error.to_string().contains("no_such_database_here"),
+        "{error}"
+    );
+}
+
+/// `parley export` from a snapshot while writes go on: every exported conversation is
+/// internally consistent (its record's `last_seq` equals its events, its messages and its
+/// checkpoint, which each write changes together, in one batch), although the writes run
+/// during the export. Reading the live store instead would mix states (record of one round,
+/// messages of the next).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_from_a_snapshot_is_consistent_while_writes_go_on() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    use crate::store::suite::{append_event, append_message, conv, put};
+    use crate::store::{Store, WriteOp};
+
+    const CONVERSATIONS: usize = 20;
+    let options = fresh_options().await;
+    let store = Arc::new(PgStore::open(&options).await.unwrap());
+    let round = |r: u64| -> Vec<Vec<WriteOp>> {
+        (0..CONVERSATIONS)
+            .map(|i| {
+                let id = format!("c{i:02}");
+                let mut record = conv(&id, "alice", "chat", r as i64);
+                record.last_seq = r;
+                record.message_count = r;
+                vec![
+                    put(&record),
+                    append_event(&id, r),
+                    append_message(&id, r),
+                    WriteOp::PutCheckpoint {
+                        conversation: id,
+                        data: bytes::Bytes::from(r.to_string()),
+                    },
+                ]
+            })
+            .collect()
+    };
+    for batch in round(1) {
+        store.write(batch).await.unwrap();
+    }
+    let rounds = Arc::new(AtomicU64::new(1));
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (store, rounds, stop) = (store.clone(), rounds.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut r = 1;
+            while !stop.load(Ordering::Relaxed) {
+                r += 1;
+                let acks: Vec<_> = round(r).into_iter().map(|b| store.submit(b)).collect();
+                for ack in acks {
+                    ack.await.unwrap();
+                }
+                rounds.store(r, Ordering::Relaxed);
+            }
+        })
+    };
+
+    let mut overlapped = 0;
+    for _ in 0..10 {
+        let before = rounds.load(Ordering::Relaxed);
+        let snapshot = super::PgSnapshot::begin(&options).await.unwrap();
+        let mut file = Vec::new();
+        let counts = crate::store::transfer::export_from(&snapshot, &mut file)
+            .await
+            .unwrap();
+        drop(snapshot);
+        if rounds.load(Ordering::Relaxed) > before {
+            overlapped += 1;
+        }
+        assert_eq!(counts.conversations, CONVERSATIONS as u64);
+        check_consistent(&file);
+    }
+    stop.store(true, Ordering::Relaxed);
+    writer.await.unwrap();
+    assert!(overlapped > 0, "no export ran while a write committed");
+}
+
+/// Per conversation of an export file: record `last_seq` = events = messages = checkpoint.
+fn check_consistent(file: &[u8]) {
+    use std::collections::HashMap;
+    let mut seen: HashMap<String, [u64; 4]> = HashMap::new();
+    for line in std::str::from_utf8(file).unwrap().lines().skip(1) {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        match v["kind"].as_str().unwrap() {
+            "conversation" => {
+                let id = v["record"]["id"].as_str().unwrap().to_owned();
+                seen.entry(id).or_default()[0] = v["record"]["lastSeq"].as_u64().unwrap();
+            }
+            "events" => {
+                let id = v["conversation"].as_str().unwrap().to_owned();
+                let n = v["events"].as_array().unwrap().len() as u64;
+                assert_eq!(v["firstSeq"], seen.get(&id).map_or(0, |s| s[1]) + 1);
+                seen.entry(id).or_default()[1] += n;
+            }
+            "message" => {
+                let id = v["conversation"].as_str().unwrap().to_owned();
+                seen.entry(id).or_default()[2] += 1;
+            }
+            "checkpoint" => {
+                let id = v["conversation"].as_str().unwrap().to_owned();
+                let data = hex::decode(v["data"].as_str().unwrap()).unwrap();
+                let n: u64 = String::from_utf8(data).unwrap().parse().unwrap();
+                seen.entry(id).or_default()[3] = n;
+            }
+            other => panic!("unexpected line kind {other}"),
+        }
+    }
+    for (id, [record, events, messages, checkpoint]) in seen {
+        assert_eq!(
+            (events, messages, checkpoint),
+            (record, record, record),
+            "{id}: a mixed state"
+        );
+    }
+}
+
+/// Not a test: the writer's commit cost, printed (`cargo test --lib pg_commit_micro --
+/// --ignored --nocapture`). One invoke-like batch (record, two messages, events, checkpoint)
+/// per write: first one writer at a time (each write its own group: the latency of one group
+/// commit), then 32 writers at once (group commit).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "timing print, not a test"]
+async fn pg_commit_micro() {
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    use crate::store::suite::{append_event, append_message, conv, put};
+    use crate::store::{Store, WriteOp};
+
+    fn batch(id: &str, n: u64) -> Vec<WriteOp> {
+        let mut record = conv(id, "alice", "chat", n as i64);
+        record.last_seq = 3 * n;
+        vec![
+            put(&record),
+            append_message(id, 2 * n - 1),
+            append_message(id, 2 * n),
+            append_event(id, 3 * n - 2),
+            append_event(id, 3 * n - 1),
+            append_event(id, 3 * n),
+            WriteOp::PutCheckpoint {
+                conversation: id.to_owned(),
+                data: bytes::Bytes::from(vec![7u8; 200]),
+            },
+        ]
+    }
+    let store = Arc::new(fresh().await);
+    let started = Instant::now();
+    for n in 1..=300 {
+        store.write(batch("solo", n)).await.unwrap();
+    }
+    let solo = started.elapsed();
+    println!(
+        "one writer: 300 groups in {solo:?}: {:.0} µs per group commit",
+        solo.as_micros() as f64 / 300.0
+    );
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..32)
+        .map(|t| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let id = format!("c{t}");
+                for n in 1..=100 {
+                    store.write(batch(&id, n)).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let many = started.elapsed();
+    let stats = store.stats();
+    println!(
+        "32 writers: 3200 batches in {many:?}: {:.0} batches/s; {} commits in all, {:.0} µs per commit",
+        3200.0 / many.as_secs_f64(),
+        stats.commits,
+        stats.commit_time.as_micros() as f64 / stats.commits as f64
+    );
+}
+
+/// A group is pipelined (BEGIN, statements, COMMIT in one round trip): when a later statement
+/// fails on the server, the earlier ones that succeeded are rolled back with it (the pipelined
+/// COMMIT only ends the aborted transaction), the batch gets the error, and the store goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_failing_mid_group_commits_nothing_of_it() {
+    use crate::store::suite::{append_event, append_message, conv, put};
+    use crate::store::Store;
+
+    let store = fresh().await;
+    // Conversations are written first, messages after: the NUL in a text column makes the
+    // messages statement fail after the conversations statement succeeded.
+    let error = store
+        .write(vec![
+            put(&conv("kept-out", "alice", "chat", 1)),
+            append_event("kept-out", 1),
+            append_message("bad\0id", 1),
+        ])
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("SQLSTATE"), "{error}");
+    assert!(store.get_conversation("kept-out").await.unwrap().is_none());
+    assert_eq!(store.last_seq("kept-out").await.unwrap(), 0);
+    assert!(store.stats().writable, "a bad row is not an outage");
+    // The next group commits normally (a fresh connection, nothing left over).
+    store
+        .write(vec![
+            put(&conv("after", "alice", "chat", 2)),
+            append_event("after", 1),
+        ])
+        .await
+        .unwrap();
+    assert!(store.get_conversation("after").await.unwrap().is_some());
+    assert!(store.get_conversation("kept-out").await.unwrap().is_none());
+}
+
+/// The retention sweep's query is served by a range scan of `conversations_idle` with
+/// `updated_at` tested on the index entry (records that are not idle are never read). The
+/// planner picks by cost (on a large table it picks this scan; on this small one a sort may be
+/// cheaper), so the alternatives are switched off to show the index fits the query.
+#[tokio::test]
+async fn idle_conversations_is_an_index_range_scan() {
+    let options = fresh_options().await;
+    let store = PgStore::open(&options).await.unwrap();
+    let (client, connection) = options
+        .config()
+        .unwrap()
+        .connect(tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+        .batch_execute(
+            "INSERT INTO conversations
+             SELECT 'c' || g, 'o', 'a', (g * 7919) % 100000, 'idle', repeat('x', 300)
+             FROM generate_series(1, 20000) g;
+             ANALYZE conversations;
+             SET enable_seqscan = off; SET enable_bitmapscan = off; SET enable_sort = off;",
+        )
+        .await
+        .unwrap();
+    let sql = super::read::IDLE_CONVERSATIONS
+        .replace("$1", "'c5'")
+        .replace("$2", "1000")
+        .replace("$3", "100");
+    let plan: Vec<String> = client
+        .query(&format!("EXPLAIN {sql}"), &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let plan = plan.join("\n");
+    assert!(
+        plan.contains("Index Scan using conversations_idle"),
+        "{plan}"
+    );
+    assert!(
+        plan.contains("Index Cond: ((id > 'c5'::text) AND (updated_at < 1000))"),
+        "{plan}"
+    );
+    drop(store);
 }

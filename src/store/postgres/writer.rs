@@ -9,28 +9,35 @@
 //!   transaction holding all of its ops returned; the connection runs with
 //!   `synchronous_commit = on`, so the commit record was flushed to disk first.
 //! - **FIFO, group commit.** Batches leave the queue in order; a group is every batch already
-//!   queued (up to [`MAX_GROUP_BATCHES`] / [`MAX_GROUP_OPS`]), applied with a few multi-row
-//!   statements (`unnest`), committed once.
+//!   queued (up to [`MAX_GROUP_BATCHES`] / [`MAX_GROUP_OPS`]), applied with at most one
+//!   statement per table (multi-row, `unnest`) and committed once, all in ONE round trip
+//!   (`BEGIN`, statements, `COMMIT` pipelined: `group.rs`).
 //! - **Retried where safe.** Every group is idempotent (upserts of whole rows and deletes, applied
 //!   in op order), so after a connection loss, a server restart, a serialization failure or a
 //!   statement timeout the writer reconnects and applies the same group again, even when the
 //!   outcome of the lost `COMMIT` is unknown. It keeps trying for [`RETRY_FOR`]; then the group
-//!   and every batch queued behind it are answered with the error (a later batch never
-//!   succeeds while an earlier one failed), and the writer goes on with new batches: the store
-//!   recovers by itself when the database comes back.
+//!   and every batch queued behind it are answered with [`StoreError::Unavailable`] (a later
+//!   batch never succeeds while an earlier one failed), and the writer goes on with new batches,
+//!   each tried once (no waiting out the retries again) until one commits or a probe succeeds:
+//!   the store recovers by itself when the database comes back.
+//! - **Bounded waits.** A silent database (no answer, no reset) cannot hold the writer: a probe
+//!   gives up after 5 s, an attempt at a group after 60 s (then handled as a lost connection).
+//! - **Probed while idle.** After [`PROBE_EVERY`] without a batch the writer runs `SELECT 1`
+//!   (reconnecting if needed); a failure marks the store unavailable (`/healthz` says
+//!   `degraded`), a success clears it, so an outage shows without any write.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
-use tokio_postgres::{Client, NoTls, Statement, Transaction};
+use tokio_postgres::{Client, NoTls};
 
-use super::Op;
+use super::group::{pipeline, step, Group, Statements};
+use super::{pg_error, Op};
 use crate::store::{AckSender, StoreError};
 
 /// `enqueue`/`write` wait while this many batches are queued.
@@ -44,6 +51,17 @@ pub const MAX_GROUP_OPS: usize = 4096;
 /// How long a group is retried while the database is unreachable before its waiters get the
 /// error.
 pub const RETRY_FOR: Duration = Duration::from_secs(5);
+/// While no batch arrives, the writer checks the database this often (`SELECT 1` on its
+/// connection, or a reconnect), so that `/healthz` shows an outage, and the recovery from one,
+/// without waiting for a write.
+pub const PROBE_EVERY: Duration = Duration::from_secs(1);
+/// A probe that gets no answer in this long counts as a failure.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+/// One attempt at a group (connect, statements, commit) that takes longer than this is
+/// abandoned (its connection dropped, which rolls it back unless COMMIT already ran) and
+/// retried like a lost connection: the database went silent. Generous: statements have their
+/// own `statement_timeout` on the server.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub(super) struct Batch {
     pub ops: Vec<Op>,
@@ -208,10 +226,17 @@ pub(super) fn spawn(
                 config,
                 client: None,
                 metrics,
+                failing: false,
             };
             runtime.block_on(async move {
-                while let Some(group) = queue.next_group().await {
-                    writer.commit_group(group, &queue).await;
+                loop {
+                    match tokio::time::timeout(PROBE_EVERY, queue.next_group()).await {
+                        Ok(Some(group)) => writer.commit_group(group, &queue).await,
+                        Ok(None) => break,
+                        // Idle for a while: check the database (health, and the next write
+                        // finds a live connection).
+                        Err(_) => writer.probe().await,
+                    }
                 }
             });
             tracing::debug!("postgres store writer stopped");
@@ -223,25 +248,9 @@ struct Writer {
     config: tokio_postgres::Config,
     client: Option<(Client, Statements)>,
     metrics: Arc<Metrics>,
-}
-
-/// The writer's prepared statements, per connection.
-#[derive(Default)]
-struct Statements(HashMap<&'static str, Statement>);
-
-impl Statements {
-    async fn get(
-        &mut self,
-        tx: &Transaction<'_>,
-        sql: &'static str,
-    ) -> Result<Statement, StoreError> {
-        if let Some(stmt) = self.0.get(sql) {
-            return Ok(stmt.clone());
-        }
-        let stmt = tx.prepare(sql).await.map_err(StoreError::db)?;
-        self.0.insert(sql, stmt.clone());
-        Ok(stmt)
-    }
+    /// The last group failed (its waiters got the error): later groups get one attempt each,
+    /// not [`RETRY_FOR`] of retries, until a commit or a probe succeeds.
+    failing: bool,
 }
 
 impl Writer {
@@ -255,29 +264,34 @@ impl Writer {
             return;
         }
         let started = Instant::now();
-        let deadline = started + RETRY_FOR;
+        // While the database is known to be down, answer at once instead of making every
+        // request wait out the retries; the probe notices when it is back.
+        let deadline = if self.failing {
+            started
+        } else {
+            started + RETRY_FOR
+        };
         let mut pause = Duration::from_millis(20);
         let result = loop {
-            let error = match self.try_commit(&ops).await {
+            let error = match bounded(ATTEMPT_TIMEOUT, self.try_commit(&ops)).await {
                 Ok(()) => break Ok(()),
                 Err(e) => e,
             };
-            if self.client.as_ref().is_some_and(|(c, _)| c.is_closed()) {
-                self.client = None;
-            }
+            // After any failure the connection may still be inside the group's transaction
+            // (a request that was never sent, so no COMMIT or ROLLBACK followed), or broken
+            // without saying so: drop it (which rolls back) and start over on a fresh one.
+            self.client = None;
             if !retryable(&error) || Instant::now() + pause > deadline {
                 break Err(error);
             }
             tracing::warn!(error = %error, "postgres commit failed; retrying");
-            // A statement that failed inside a transaction leaves nothing behind, but a broken
-            // connection may not say so: start over on a fresh one.
-            self.client = None;
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_millis(500));
         };
         let m = &self.metrics;
         match result {
             Ok(()) => {
+                self.failing = false;
                 m.commits.fetch_add(1, Ordering::Relaxed);
                 m.unavailable.store(false, Ordering::Relaxed);
                 m.ops_committed
@@ -296,7 +310,16 @@ impl Writer {
             }
             Err(error) => {
                 m.failed_commits.fetch_add(1, Ordering::Relaxed);
-                m.unavailable.store(true, Ordering::Relaxed);
+                // A database that cannot be reached is "storage unavailable"; anything else
+                // (a constraint, bad data) is this group's own problem and says nothing about
+                // the store's health.
+                let error = if retryable(&error) {
+                    self.failing = true;
+                    m.unavailable.store(true, Ordering::Relaxed);
+                    StoreError::Unavailable(Arc::new(error))
+                } else {
+                    error
+                };
                 tracing::error!(error = %error, "postgres commit failed; its batches and those queued behind them get the error");
                 drop(ops);
                 for batch in group.into_iter().chain(queue.drain()) {
@@ -306,295 +329,77 @@ impl Writer {
         }
     }
 
+    /// Checks the database while idle: sets or clears "unavailable" (what `/healthz` shows)
+    /// and, once it answers again, lets later groups be retried as usual.
+    async fn probe(&mut self) {
+        let check = async {
+            let (client, _) = self.client().await?;
+            client.simple_query("SELECT 1").await.map_err(pg_error)
+        };
+        let result = bounded(PROBE_TIMEOUT, check).await;
+        let m = &self.metrics;
+        match result {
+            Ok(_) => {
+                if self.failing || m.unavailable.load(Ordering::Relaxed) {
+                    tracing::info!("postgres is reachable again; the store writes again");
+                }
+                self.failing = false;
+                m.unavailable.store(false, Ordering::Relaxed);
+            }
+            Err(error) => {
+                if !m.unavailable.load(Ordering::Relaxed) {
+                    tracing::warn!(error = %error, "postgres is not reachable; the store cannot write");
+                }
+                self.client = None;
+                m.unavailable.store(true, Ordering::Relaxed);
+            }
+        }
+    }
+
     async fn client(&mut self) -> Result<&mut (Client, Statements), StoreError> {
         if self.client.is_none() {
-            let (client, connection) = self.config.connect(NoTls).await.map_err(StoreError::db)?;
+            let (client, connection) = self.config.connect(NoTls).await.map_err(pg_error)?;
             tokio::spawn(async move {
                 if let Err(e) = connection.await {
                     tracing::debug!(error = %e, "postgres writer connection ended");
                 }
             });
-            self.client = Some((client, Statements::default()));
+            let stmts = Statements::prepare(&client).await.map_err(pg_error)?;
+            self.client = Some((client, stmts));
         }
         self.client.as_mut().ok_or_else(|| StoreError::Closed)
     }
 
+    /// One transaction for the whole group, in one round trip: `BEGIN`, at most one statement
+    /// per table (`group.rs`), `COMMIT`, pipelined.
+    ///
+    /// A check whose answer decides in Rust what the group writes (a cluster fence that drops
+    /// the batches of conversations this node lost) must run BEFORE the pipeline is built:
+    /// await `BEGIN` and the check, then pipeline the statements of the batches kept and
+    /// `COMMIT` (skip the pipelined `BEGIN` then). `COMMIT` is never sent before such a
+    /// decision. A check that only fails (raises an SQL error) can simply be one more step.
     async fn try_commit(&mut self, ops: &[&Op]) -> Result<(), StoreError> {
         let (client, stmts) = self.client().await?;
-        let tx = client.transaction().await.map_err(StoreError::db)?;
-        let mut pending = Pending::default();
-        for op in ops {
-            match op {
-                Op::Delete { conversation } => {
-                    pending.apply(&tx, stmts).await?;
-                    for sql in [
-                        "DELETE FROM conversations WHERE id = $1",
-                        "DELETE FROM messages WHERE conversation = $1",
-                        "DELETE FROM events WHERE conversation = $1",
-                        "DELETE FROM checkpoints WHERE conversation = $1",
-                    ] {
-                        let stmt = stmts.get(&tx, sql).await?;
-                        tx.execute(&stmt, &[conversation])
-                            .await
-                            .map_err(StoreError::db)?;
-                    }
-                }
-                Op::DeleteExpiredKeys { now_ms } => {
-                    pending.apply(&tx, stmts).await?;
-                    let stmt = stmts
-                        .get(&tx, "DELETE FROM idempotency_keys WHERE expires_at <= $1")
-                        .await?;
-                    tx.execute(&stmt, &[now_ms]).await.map_err(StoreError::db)?;
-                }
-                other => pending.add(other),
-            }
-        }
-        pending.apply(&tx, stmts).await?;
-        tx.commit().await.map_err(StoreError::db)
+        let columns = Group::of(ops).columns();
+        let mut steps = vec![step(client.batch_execute("BEGIN"))];
+        columns.steps(client, stmts, &mut steps);
+        steps.push(step(client.batch_execute("COMMIT")));
+        pipeline(steps).await.map_err(pg_error)
     }
 }
 
-/// The columns of a multi-row upsert of conversations.
-struct ConversationColumns<'a> {
-    id: Vec<&'a str>,
-    owner: Vec<&'a str>,
-    assistant: Vec<&'a str>,
-    updated_at: Vec<i64>,
-    status: Vec<&'a str>,
-    record: Vec<&'a str>,
-}
-
-/// Rows waiting to be written by one multi-row statement per table; the last write of a key
-/// wins, as if the ops had been applied one by one.
-#[derive(Default)]
-struct Pending<'a> {
-    conversations: HashMap<&'a str, &'a Op>,
-    messages: HashMap<(&'a str, i64), &'a str>,
-    events: HashMap<(&'a str, i64), &'a Bytes>,
-    checkpoints: HashMap<&'a str, &'a Bytes>,
-    keys: HashMap<&'a str, (i64, &'a str)>,
-}
-
-impl<'a> Pending<'a> {
-    fn add(&mut self, op: &'a Op) {
-        match op {
-            Op::Conversation { id, .. } => {
-                self.conversations.insert(id, op);
-            }
-            Op::Message {
-                conversation,
-                no,
-                record,
-            } => {
-                self.messages.insert((conversation, *no), record);
-            }
-            Op::Events {
-                conversation,
-                first_seq,
-                events,
-            } => {
-                for (i, json) in events.iter().enumerate() {
-                    self.events
-                        .insert((conversation, first_seq + i as i64), json);
-                }
-            }
-            Op::Checkpoint { conversation, data } => {
-                self.checkpoints.insert(conversation, data);
-            }
-            Op::IdempotencyKey {
-                key,
-                expires_at,
-                record,
-            } => {
-                self.keys.insert(key, (*expires_at, record));
-            }
-            Op::Delete { .. } | Op::DeleteExpiredKeys { .. } => {}
-        }
-    }
-
-    async fn apply(
-        &mut self,
-        tx: &Transaction<'_>,
-        stmts: &mut Statements,
-    ) -> Result<(), StoreError> {
-        self.put_conversations(tx, stmts).await?;
-        self.put_messages(tx, stmts).await?;
-        self.put_events(tx, stmts).await?;
-        self.put_checkpoints(tx, stmts).await?;
-        self.put_keys(tx, stmts).await
-    }
-
-    async fn put_conversations(
-        &mut self,
-        tx: &Transaction<'_>,
-        stmts: &mut Statements,
-    ) -> Result<(), StoreError> {
-        if !self.conversations.is_empty() {
-            let n = self.conversations.len();
-            let mut cols = ConversationColumns {
-                id: Vec::with_capacity(n),
-                owner: Vec::with_capacity(n),
-                assistant: Vec::with_capacity(n),
-                updated_at: Vec::with_capacity(n),
-                status: Vec::with_capacity(n),
-                record: Vec::with_capacity(n),
-            };
-            for op in self.conversations.values() {
-                if let Op::Conversation {
-                    id,
-                    owner,
-                    assistant,
-                    updated_at,
-                    status,
-                    record,
-                } = op
-                {
-                    cols.id.push(id);
-                    cols.owner.push(owner);
-                    cols.assistant.push(assistant);
-                    cols.updated_at.push(*updated_at);
-                    cols.status.push(status);
-                    cols.record.push(record);
-                }
-            }
-            let stmt = stmts
-                .get(
-                    tx,
-                    "INSERT INTO conversations (id, owner, assistant, updated_at, status, record)
-                     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int8[], $5::text[], $6::text[])
-                     ON CONFLICT (id) DO UPDATE SET owner = excluded.owner,
-                       assistant = excluded.assistant, updated_at = excluded.updated_at,
-                       status = excluded.status, record = excluded.record",
-                )
-                .await?;
-            tx.execute(
-                &stmt,
-                &[
-                    &cols.id,
-                    &cols.owner,
-                    &cols.assistant,
-                    &cols.updated_at,
-                    &cols.status,
-                    &cols.record,
-                ],
-            )
-            .await
-            .map_err(StoreError::db)?;
-            self.conversations.clear();
-        }
-        Ok(())
-    }
-
-    async fn put_messages(
-        &mut self,
-        tx: &Transaction<'_>,
-        stmts: &mut Statements,
-    ) -> Result<(), StoreError> {
-        if !self.messages.is_empty() {
-            let mut cols: (Vec<&str>, Vec<i64>, Vec<&str>) = Default::default();
-            for ((conversation, no), record) in self.messages.drain() {
-                cols.0.push(conversation);
-                cols.1.push(no);
-                cols.2.push(record);
-            }
-            let stmt = stmts
-                .get(
-                    tx,
-                    "INSERT INTO messages (conversation, no, record)
-                     SELECT * FROM unnest($1::text[], $2::int8[], $3::text[])
-                     ON CONFLICT (conversation, no) DO UPDATE SET record = excluded.record",
-                )
-                .await?;
-            tx.execute(&stmt, &[&cols.0, &cols.1, &cols.2])
-                .await
-                .map_err(StoreError::db)?;
-        }
-        Ok(())
-    }
-
-    async fn put_events(
-        &mut self,
-        tx: &Transaction<'_>,
-        stmts: &mut Statements,
-    ) -> Result<(), StoreError> {
-        if !self.events.is_empty() {
-            let mut cols: (Vec<&str>, Vec<i64>, Vec<&[u8]>) = Default::default();
-            for ((conversation, seq), json) in self.events.drain() {
-                cols.0.push(conversation);
-                cols.1.push(seq);
-                cols.2.push(json.as_ref());
-            }
-            let stmt = stmts
-                .get(
-                    tx,
-                    "INSERT INTO events (conversation, seq, json)
-                     SELECT * FROM unnest($1::text[], $2::int8[], $3::bytea[])
-                     ON CONFLICT (conversation, seq) DO UPDATE SET json = excluded.json",
-                )
-                .await?;
-            tx.execute(&stmt, &[&cols.0, &cols.1, &cols.2])
-                .await
-                .map_err(StoreError::db)?;
-        }
-        Ok(())
-    }
-
-    async fn put_checkpoints(
-        &mut self,
-        tx: &Transaction<'_>,
-        stmts: &mut Statements,
-    ) -> Result<(), StoreError> {
-        if !self.checkpoints.is_empty() {
-            let mut cols: (Vec<&str>, Vec<&[u8]>) = Default::default();
-            for (conversation, data) in self.checkpoints.drain() {
-                cols.0.push(conversation);
-                cols.1.push(data.as_ref());
-            }
-            let stmt = stmts
-                .get(
-                    tx,
-                    "INSERT INTO checkpoints (conversation, data)
-                     SELECT * FROM unnest($1::text[], $2::bytea[])
-                     ON CONFLICT (conversation) DO UPDATE SET data = excluded.data",
-                )
-                .await?;
-            tx.execute(&stmt, &[&cols.0, &cols.1])
-                .await
-                .map_err(StoreError::db)?;
-        }
-        Ok(())
-    }
-}
-
-impl Pending<'_> {
-    /// Idempotency keys, in the same transaction as what they guard.
-    async fn put_keys(
-        &mut self,
-        tx: &Transaction<'_>,
-        stmts: &mut Statements,
-    ) -> Result<(), StoreError> {
-        if self.keys.is_empty() {
-            return Ok(());
-        }
-        let mut cols: (Vec<&str>, Vec<i64>, Vec<&str>) = Default::default();
-        for (key, (expires_at, record)) in self.keys.drain() {
-            cols.0.push(key);
-            cols.1.push(expires_at);
-            cols.2.push(record);
-        }
-        let stmt = stmts
-            .get(
-                tx,
-                "INSERT INTO idempotency_keys (key, expires_at, record)
-                 SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[])
-                 ON CONFLICT (key) DO UPDATE
-                 SET expires_at = excluded.expires_at, record = excluded.record",
-            )
-            .await?;
-        tx.execute(&stmt, &[&cols.0, &cols.1, &cols.2])
-            .await
-            .map_err(StoreError::db)?;
-        Ok(())
+/// `f`, or a retryable time-out error after `limit`: a silent network (no reset, no answer)
+/// must not hold the writer forever.
+async fn bounded<T>(
+    limit: Duration,
+    f: impl std::future::Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    match tokio::time::timeout(limit, f).await {
+        Ok(result) => result,
+        Err(_) => Err(StoreError::db(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("no answer from PostgreSQL within {} s", limit.as_secs()),
+        ))),
     }
 }
 
@@ -605,8 +410,17 @@ pub(super) fn retryable(error: &StoreError) -> bool {
     let StoreError::Db { source } = error else {
         return false;
     };
-    let Some(pg) = source.downcast_ref::<tokio_postgres::Error>() else {
-        return false;
+    let pg = match source.downcast_ref::<super::PgError>() {
+        Some(e) => &e.source,
+        None => match source.downcast_ref::<tokio_postgres::Error>() {
+            Some(e) => e,
+            // `bounded`'s time-out: the outcome is unknown, and a group may be applied again.
+            None => {
+                return source
+                    .downcast_ref::<std::io::Error>()
+                    .is_some_and(|e| e.kind() == std::io::ErrorKind::TimedOut)
+            }
+        },
     };
     match pg.code() {
         // No SQLSTATE: an I/O error, a closed connection, a failed connect.
