@@ -10,8 +10,9 @@ use std::sync::Arc;
 use tokio::sync::Semaphore;
 
 use crate::assistant::Catalog;
+use crate::cluster::Cluster;
 use crate::config::Config;
-use crate::conversation::{Deps, Registry};
+use crate::conversation::{Deps, Registry, Relays};
 use crate::engine::Engine;
 use crate::metrics::Metrics;
 use crate::store::Store;
@@ -29,6 +30,8 @@ pub struct Services {
     pub invoke_permits: Arc<Semaphore>,
     /// What every conversation actor is given (shares the fields above).
     pub actors: Arc<Deps>,
+    /// Cluster mode: this node (`[cluster]`); `None` on a single node.
+    pub cluster: Option<Arc<Cluster>>,
 }
 
 impl Services {
@@ -37,6 +40,7 @@ impl Services {
         catalog: Catalog,
         engine: Engine,
         store: Arc<dyn Store>,
+        cluster: Option<Arc<Cluster>>,
     ) -> Arc<Self> {
         let runs = config.server.max_concurrent_runs;
         let invokes = config.server.max_concurrent_invokes;
@@ -48,9 +52,13 @@ impl Services {
             metrics: metrics.clone(),
             run_permits: run_permits.clone(),
             live: Arc::default(),
+            cluster: cluster.clone(),
         });
         let catalog = Arc::new(catalog);
-        let registry = Arc::new(Registry::new(catalog.clone(), actors.clone()));
+        let relays = cluster
+            .as_ref()
+            .map(|c| Relays::new(c.clone(), store.clone(), c.reconnects()));
+        let registry = Arc::new(Registry::new(catalog.clone(), actors.clone(), relays));
         Arc::new(Services {
             config,
             catalog,
@@ -61,6 +69,7 @@ impl Services {
             run_permits,
             invoke_permits: Arc::new(Semaphore::new(invokes)),
             actors,
+            cluster,
         })
     }
 

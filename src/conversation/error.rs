@@ -73,6 +73,13 @@ pub enum ConversationError {
     /// The failure of a start that several callers awaited together (the registry's).
     #[error(transparent)]
     Shared(Arc<ConversationError>),
+    /// Cluster mode: the owner node's answer to a forwarded command, as it would have said it.
+    #[error("{}", .0.message)]
+    Remote(Box<ApiError>),
+    /// Cluster mode: no node could take the command (the owner does not answer and its lease
+    /// has not expired in time, or NATS is down).
+    #[error("the conversation's node does not answer; try again shortly ({0})")]
+    Unreachable(String),
 }
 
 impl ConversationError {
@@ -100,6 +107,8 @@ impl ConversationError {
             | E::CorruptCheckpoint { .. }
             | E::Store(_) => ErrorCode::Internal,
             E::Shared(e) => e.code(),
+            E::Remote(e) => e.code,
+            E::Unreachable(_) => ErrorCode::ConversationBusy,
         }
     }
 }

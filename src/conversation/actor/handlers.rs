@@ -379,3 +379,18 @@ impl Handler<msg::Delete> for Conversation {
         )
     }
 }
+
+impl Handler<msg::LeaseLost> for Conversation {
+    type Result = ();
+    fn handle(&mut self, _: msg::LeaseLost, ctx: &mut Self::Context) {
+        tracing::warn!(conversation = %self.id, "lease lost: this node no longer owns the conversation; its actor stops");
+        self.broken = true;
+        if let Some(run) = &self.run {
+            run.cancel.cancel();
+        }
+        self.fanout.clear();
+        self.journal.discard();
+        self.deps.live.remove(&self.id, &ctx.address());
+        ctx.stop();
+    }
+}

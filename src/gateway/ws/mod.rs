@@ -28,7 +28,6 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix::Addr;
 use actix_web::{web, HttpRequest, HttpResponse};
 use actix_ws::{AggregatedMessage, CloseCode, CloseReason, Session};
 use bytestring::ByteString;
@@ -37,7 +36,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::auth::{self, User};
 use super::frame::ServerFrame;
-use crate::conversation::{msg, outbound_queue, Conversation, Outbound, OutboundRx, Subscriber};
+use crate::conversation::{msg, outbound_queue, Handle, Outbound, OutboundRx, Subscriber};
 use crate::error::{ApiError, ErrorCode};
 use crate::services::Services;
 
@@ -104,7 +103,7 @@ fn utf8(b: bytes::Bytes) -> Option<ByteString> {
 }
 
 struct Sub {
-    addr: Addr<Conversation>,
+    addr: Handle,
     last_sent: u64,
 }
 

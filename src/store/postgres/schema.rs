@@ -11,6 +11,7 @@
 //! | `messages` | `(conversation, no)` | the message record's JSON |
 //! | `events` | `(conversation, seq)` | the event JSON, exactly as sent to clients |
 //! | `checkpoints` | `conversation` | opaque bytes |
+//! | `leases` | `conversation` | cluster mode: the owner node, its fencing epoch, `lease_until` (`lease.rs`) |
 //!
 //! Replay is one range scan of the `events` primary key; listings are range scans of
 //! `conversations_owner` / `conversations_owner_assistant` (newest `updated_at` first, then id).
@@ -59,6 +60,16 @@ const MIGRATIONS: &[(i32, &str)] = &[
         expires_at bigint NOT NULL,
         record text NOT NULL
     );",
+    ),
+    (
+        3,
+        "CREATE TABLE leases (
+        conversation text PRIMARY KEY,
+        node text NOT NULL,
+        epoch bigint NOT NULL,
+        lease_until timestamptz NOT NULL
+    );
+    CREATE INDEX leases_node ON leases (node);",
     ),
 ];
 

@@ -195,6 +195,7 @@ pub(super) fn spawn(
     config: tokio_postgres::Config,
     queue: Arc<Queue>,
     metrics: Arc<Metrics>,
+    fences: Arc<super::lease::Fences>,
 ) -> Result<JoinHandle<()>, StoreError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -208,6 +209,7 @@ pub(super) fn spawn(
                 config,
                 client: None,
                 metrics,
+                fences,
             };
             runtime.block_on(async move {
                 while let Some(group) = queue.next_group().await {
@@ -223,6 +225,8 @@ struct Writer {
     config: tokio_postgres::Config,
     client: Option<(Client, Statements)>,
     metrics: Arc<Metrics>,
+    /// Cluster mode's fence (`lease.rs`): batches of conversations this node lost are refused.
+    fences: Arc<super::lease::Fences>,
 }
 
 /// The writer's prepared statements, per connection.
@@ -258,8 +262,8 @@ impl Writer {
         let deadline = started + RETRY_FOR;
         let mut pause = Duration::from_millis(20);
         let result = loop {
-            let error = match self.try_commit(&ops).await {
-                Ok(()) => break Ok(()),
+            let error = match self.try_commit(&group).await {
+                Ok(refused) => break Ok(refused),
                 Err(e) => e,
             };
             if self.client.as_ref().is_some_and(|(c, _)| c.is_closed()) {
@@ -277,7 +281,7 @@ impl Writer {
         };
         let m = &self.metrics;
         match result {
-            Ok(()) => {
+            Ok(mut refused) => {
                 m.commits.fetch_add(1, Ordering::Relaxed);
                 m.unavailable.store(false, Ordering::Relaxed);
                 m.ops_committed
@@ -290,8 +294,12 @@ impl Writer {
                 m.commit_micros
                     .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
                 drop(ops);
-                for batch in group {
-                    batch.answer(Ok(()));
+                for (i, batch) in group.into_iter().enumerate() {
+                    // Cluster fence: a refused batch stored nothing (`lease.rs`).
+                    batch.answer(match refused.remove(&i) {
+                        Some(conversation) => Err(StoreError::Fenced { conversation }),
+                        None => Ok(()),
+                    });
                 }
             }
             Err(error) => {
@@ -319,9 +327,20 @@ impl Writer {
         self.client.as_mut().ok_or_else(|| StoreError::Closed)
     }
 
-    async fn try_commit(&mut self, ops: &[&Op]) -> Result<(), StoreError> {
+    /// Applies the group in one transaction; answers the batches the cluster fence refused.
+    async fn try_commit(&mut self, group: &[Batch]) -> Result<HashMap<usize, String>, StoreError> {
+        let fences = self.fences.clone();
         let (client, stmts) = self.client().await?;
         let tx = client.transaction().await.map_err(StoreError::db)?;
+        // The cluster hook: which batches this node may no longer write (no statement on a
+        // single node).
+        let refused =
+            super::lease::check(&tx, &fences, group.iter().map(|b| b.ops.as_slice())).await?;
+        let ops = group
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !refused.contains_key(i))
+            .flat_map(|(_, b)| b.ops.iter());
         let mut pending = Pending::default();
         for op in ops {
             match op {
@@ -343,7 +362,8 @@ impl Writer {
             }
         }
         pending.apply(&tx, stmts).await?;
-        tx.commit().await.map_err(StoreError::db)
+        tx.commit().await.map_err(StoreError::db)?;
+        Ok(refused)
     }
 }
 
