@@ -141,6 +141,7 @@ impl Handle {
         loop {
             let why = match &target {
                 Target::Local(addr) => match remote::execute(addr, command.clone()).await {
+                    Ok(Reply::NotOwner) => "this node lost the lease".to_owned(),
                     Ok(reply) => return Ok(reply),
                     Err(_) => "the local actor stopped".to_owned(),
                 },

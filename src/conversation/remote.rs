@@ -97,6 +97,8 @@ impl Reply {
     fn from_result<T>(r: Result<T, ConversationError>, ok: impl FnOnce(T) -> Reply) -> Reply {
         match r {
             Ok(v) => ok(v),
+            // Nothing was stored here: the sender asks the new owner.
+            Err(e) if e.is_lease_lost() => Reply::NotOwner,
             Err(e) => Reply::Error(ApiError::from(e)),
         }
     }

@@ -389,6 +389,9 @@ impl Handler<msg::LeaseLost> for Conversation {
             run.cancel.cancel();
         }
         self.fanout.clear();
+        for w in self.journal.take_waiters() {
+            let _ = w.send(Err(ConversationError::LeaseLost));
+        }
         self.journal.discard();
         self.deps.live.remove(&self.id, &ctx.address());
         ctx.stop();

@@ -347,3 +347,7 @@ impl Leases {
         Ok(())
     }
 }
+
+#[cfg(test)]
+#[path = "lease_tests.rs"]
+mod tests;
