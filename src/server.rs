@@ -123,7 +123,11 @@ async fn build_cluster_node(
         .context("joining the cluster")?;
     let services = Services::new(config, catalog, engine, store, Some(node.clone()));
     let registry = services.registry.clone();
-    node.spawn_renewal(move |lost| registry.lost(&lost));
+    let orphans = services.registry.clone();
+    node.spawn_renewal(
+        move |lost| registry.lost(&lost),
+        move |ids| orphans.adopt(ids),
+    );
     crate::conversation::remote::spawn_server(node, (*services.registry).clone());
     Ok(services)
 }

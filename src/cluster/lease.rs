@@ -1,7 +1,8 @@
 //! Claims, releases and the renewal loop (the SQL and the fence are
 //! `store::postgres::lease`).
 //!
-//! Renewal runs every third of `lease_seconds`, one `UPDATE` for every lease the node holds;
+//! Renewal runs every third of `lease_seconds`, one `UPDATE` for every lease the node holds
+//! (and one `SELECT` for runs orphaned by a dead node, which the node then claims);
 //! conversations it no longer holds are handed to `on_lost`, which stops their actors (their
 //! writes are already refused by the fence). A failed renewal (database unreachable) is retried
 //! at the next tick; if the database stays away longer than the lease, the leases may be taken
@@ -64,10 +65,18 @@ impl Cluster {
         self.leases.owner(conversation).await
     }
 
-    /// Renews this node's leases every third of `lease_seconds`, until the process ends.
-    pub fn spawn_renewal(self: &Arc<Self>, on_lost: impl Fn(Vec<String>) + Send + 'static) {
+    /// Renews this node's leases every third of `lease_seconds`, until the process ends (on
+    /// the current actix arbiter: `on_orphans` may start actors); and
+    /// hands `on_orphans` the conversations whose owner died mid-run (their lease expired
+    /// while their run was active), so that some node claims them and ends the run with
+    /// `RUN_ERROR` `interrupted` without waiting for their next request.
+    pub fn spawn_renewal(
+        self: &Arc<Self>,
+        on_lost: impl Fn(Vec<String>) + Send + 'static,
+        on_orphans: impl Fn(Vec<String>) + Send + 'static,
+    ) {
         let me = self.clone();
-        tokio::spawn(async move {
+        actix::spawn(async move {
             let mut tick = tokio::time::interval(me.lease / 3);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
@@ -82,6 +91,11 @@ impl Cluster {
                         }
                     }
                     Err(e) => tracing::warn!(error = %e, "lease renewal failed; retrying"),
+                }
+                match me.leases.orphans(16).await {
+                    Ok(orphans) if !orphans.is_empty() => on_orphans(orphans),
+                    Ok(_) => {}
+                    Err(e) => tracing::debug!(error = %e, "looking for orphaned runs failed"),
                 }
             }
         });

@@ -120,7 +120,7 @@ impl Handle {
             (None, Target::Local(a)) => a.do_send(m),
             _ => {
                 let f = m.route(self.clone());
-                tokio::spawn(async move {
+                actix::spawn(async move {
                     let _ = f.await;
                 });
             }

@@ -148,6 +148,25 @@ impl Registry {
         }
     }
 
+    /// Cluster mode: claim conversations whose owner died mid-run (one of the nodes wins each;
+    /// its start ends the run with `RUN_ERROR` `interrupted` and publishes it).
+    pub fn adopt(&self, ids: Vec<String>) {
+        for id in ids {
+            let me = self.clone();
+            actix::spawn(async move {
+                match me.get(&id).await {
+                    Ok(h) if h.local_addr().is_some() => {
+                        tracing::info!(conversation = %id, "adopted a conversation whose node died mid-run")
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(conversation = %id, error = %e, "could not adopt an orphaned conversation")
+                    }
+                }
+            });
+        }
+    }
+
     /// The owner of a stored conversation: its live actor here, started (restored from the
     /// store) if needed, or in cluster mode the node that holds its lease.
     /// The owner check is the actor's: every message carries the caller.

@@ -213,9 +213,10 @@ pub async fn forward(
     })
 }
 
-/// Answers the commands other nodes forward to this one, until the process ends.
+/// Answers the commands other nodes forward to this one, until the process ends. Runs on the
+/// current actix arbiter (a command may start an actor).
 pub fn spawn_server(cluster: Arc<Cluster>, registry: Registry) {
-    tokio::spawn(async move {
+    actix::spawn(async move {
         let mut requests = match cluster.serve_commands().await {
             Ok(s) => s,
             Err(e) => {
@@ -229,7 +230,7 @@ pub fn spawn_server(cluster: Arc<Cluster>, registry: Registry) {
             };
             let cluster = cluster.clone();
             let registry = registry.clone();
-            tokio::spawn(async move {
+            actix::spawn(async move {
                 let reply = match serde_json::from_slice::<Request>(&m.payload) {
                     Ok(r) => serve(&registry, r).await,
                     Err(e) => Reply::Error(ApiError::bad_request(format!(

@@ -295,6 +295,22 @@ impl Leases {
         Ok(row.map(|r| r.get(0)))
     }
 
+    /// Conversations whose run was active when their owner's lease expired (the owner died
+    /// mid-run): nobody will end the run unless a node claims them.
+    pub async fn orphans(&self, limit: i64) -> Result<Vec<String>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT l.conversation FROM leases l JOIN conversations c ON c.id = l.conversation
+                 WHERE l.lease_until < now() AND c.status = 'running'
+                 ORDER BY l.lease_until LIMIT $1",
+                &[&limit],
+            )
+            .await
+            .map_err(StoreError::db)?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
     /// Extends every lease this node holds; returns the conversations it no longer holds
     /// (marked [`Belief::Lost`]).
     pub async fn renew(&self) -> Result<Vec<String>, StoreError> {
