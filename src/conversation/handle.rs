@@ -158,7 +158,7 @@ impl Handle {
             }
             tracing::debug!(conversation = %self.id, %why, "looking for the conversation's owner again");
             tokio::time::sleep(Duration::from_millis(100)).await;
-            target = match registry.get(&self.id).await {
+            target = match registry.get_uncached(&self.id).await {
                 Ok(h) => h.target,
                 Err(e) => return Err(e),
             };

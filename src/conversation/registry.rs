@@ -98,7 +98,17 @@ pub struct Registry {
     deps: Arc<Deps>,
     /// Cluster mode: this node's subscribers' relays.
     relays: Option<Arc<Relays>>,
+    /// Cluster mode: owners seen recently (node, when), so that a command for another node's
+    /// conversation costs no lease query; a stale entry only costs a retry (the old owner does
+    /// not answer, or answers "not owner", and the handle looks again without the cache).
+    owners: Arc<Mutex<OwnerCache>>,
 }
+
+/// Conversation → (owner node, when it was seen).
+type OwnerCache = HashMap<Arc<str>, (String, std::time::Instant)>;
+
+/// Owners remembered at most this many (the oldest are dropped first when it is reached).
+const OWNERS_CACHED: usize = 16 * 1024;
 
 impl Registry {
     /// `deps.live` must be `live`'s map (actors remove themselves from it).
@@ -108,6 +118,7 @@ impl Registry {
             catalog,
             deps,
             relays,
+            owners: Arc::default(),
         }
     }
 
@@ -171,6 +182,21 @@ impl Registry {
     /// store) if needed, or in cluster mode the node that holds its lease.
     /// The owner check is the actor's: every message carries the caller.
     pub async fn get(&self, id: &str) -> Result<Handle, ConversationError> {
+        if let Some(cluster) = &self.deps.cluster {
+            let cached = self.owners.lock().get(id).cloned();
+            if let Some((node, at)) = cached {
+                if at.elapsed() < cluster.lease() && self.live.local(id).is_none() {
+                    return Ok(Handle::remote(id, node, self.clone()));
+                }
+            }
+        }
+        self.get_uncached(id).await
+    }
+
+    /// [`Registry::get`] without the cache of remote owners (a handle whose owner stopped
+    /// answering looks again).
+    pub(super) async fn get_uncached(&self, id: &str) -> Result<Handle, ConversationError> {
+        self.owners.lock().remove(id);
         let start = {
             let mut live = self.live.map.lock();
             match live.get(id) {
@@ -202,7 +228,18 @@ impl Registry {
         drop(live);
         match result.map_err(ConversationError::Shared)? {
             Started::Here(addr) => Ok(Handle::local(id, addr, self.in_cluster())),
-            Started::Elsewhere(node) => Ok(Handle::remote(id, node, self.clone())),
+            Started::Elsewhere(node) => {
+                let mut owners = self.owners.lock();
+                if owners.len() >= OWNERS_CACHED {
+                    let lease = self.deps.cluster.as_ref().map(|c| c.lease());
+                    owners.retain(|_, (_, at)| lease.is_some_and(|l| at.elapsed() < l));
+                    if owners.len() >= OWNERS_CACHED {
+                        owners.clear();
+                    }
+                }
+                owners.insert(Arc::from(id), (node.clone(), std::time::Instant::now()));
+                Ok(Handle::remote(id, node, self.clone()))
+            }
         }
     }
 
