@@ -635,6 +635,46 @@ mod tests {
     }
 
     #[test]
+    fn cluster_is_off_by_default_and_needs_postgres() {
+        assert!(Config::embedded().cluster.is_none());
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        let cluster = "[cluster]\nnats_url = \"nats://127.0.0.1:4222\"\n";
+        std::fs::write(&f, cluster).unwrap();
+        let e = Config::load(Some(&f), &Overrides::default()).unwrap_err();
+        assert!(e.to_string().contains("postgres"), "{e}");
+        let pg =
+            "[storage]\ndata_dir = \"/x\"\nbackend = \"postgres\"\nurl = \"postgres://u@h/db\"\n";
+        std::fs::write(&f, format!("{pg}{cluster}")).unwrap();
+        let c = Config::load(Some(&f), &Overrides::default()).unwrap();
+        let k = c.cluster.expect("[cluster]");
+        assert_eq!(k.lease_seconds, 10.0);
+        let id = k.node_id();
+        assert!(id.ends_with(&format!("-{}", std::process::id())), "{id}");
+        assert!(!id.contains('.'), "{id}");
+        for bad in ["lease_seconds = 0", "node_id = \"a.b\"", "node_id = \"\""] {
+            std::fs::write(&f, format!("{pg}{cluster}{bad}\n")).unwrap();
+            assert!(
+                Config::load(Some(&f), &Overrides::default()).is_err(),
+                "{bad} is refused"
+            );
+        }
+        std::fs::write(
+            &f,
+            format!("{pg}{cluster}node_id = \"node-a\"\nlease_seconds = 2.5\n"),
+        )
+        .unwrap();
+        let k = Config::load(Some(&f), &Overrides::default())
+            .unwrap()
+            .cluster
+            .unwrap();
+        assert_eq!(
+            (k.node_id().as_str(), k.lease()),
+            ("node-a", std::time::Duration::from_millis(2500))
+        );
+    }
+
+    #[test]
     fn refuses_public_bind_without_auth() {
         let o = Overrides {
             listen: Some("0.0.0.0:8080".into()),
