@@ -121,6 +121,12 @@ async fn build_cluster_node(
     let node = crate::cluster::Cluster::connect(cluster, leases)
         .await
         .context("joining the cluster")?;
+    if node.id_taken().await {
+        anyhow::bail!(
+            "another running node already uses cluster.node_id = {:?}; give each node its own",
+            node.node()
+        );
+    }
     let services = Services::new(config, catalog, engine, store, Some(node.clone()));
     let registry = services.registry.clone();
     let orphans = services.registry.clone();

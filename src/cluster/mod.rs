@@ -213,6 +213,20 @@ impl Cluster {
         }
     }
 
+    /// Whether another live process already answers on this node's command subject (two nodes
+    /// with one `node_id` would answer each other's commands). Unknown (NATS not reachable
+    /// within 2 s) counts as no.
+    pub async fn id_taken(&self) -> bool {
+        let probe = self.nats.request(
+            subjects::commands(&self.node),
+            Bytes::from_static(b"{\"probe\":true}"),
+        );
+        matches!(
+            tokio::time::timeout(Duration::from_secs(2), probe).await,
+            Ok(Ok(_))
+        )
+    }
+
     /// Flushes what was published (graceful shutdown).
     pub async fn flush(&self) {
         let _ = tokio::time::timeout(Duration::from_secs(2), self.nats.flush()).await;

@@ -186,6 +186,24 @@ async fn cluster_every_subscriber_on_every_node_gets_every_event_once_in_order()
 }
 
 #[tokio::test]
+async fn cluster_a_second_node_with_the_same_id_refuses_to_start() {
+    let nats = env("PARLEY_TEST_NATS_URL");
+    let db = fresh_database().await;
+    let name = format!("node-dup-{}", uuid::Uuid::now_v7().simple());
+    let first = node(&db, &nats, &name, LEASE_SECONDS);
+    // The same config (same node_id) again.
+    let config = first.config.clone();
+    let out = Command::new(env!("CARGO_BIN_EXE_parley"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .output()
+        .expect("run parley");
+    assert!(!out.status.success(), "a duplicate node id must not start");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("node_id"), "{err}");
+}
+
+#[tokio::test]
 async fn cluster_a_frame_id_retried_on_another_node_is_recognised() {
     let nats = env("PARLEY_TEST_NATS_URL");
     let nodes = three(&nats, LEASE_SECONDS).await;
