@@ -32,9 +32,13 @@ impl Cluster {
 
     /// The conversation's actor has stopped: forget it, and give its lease up now.
     pub fn release(&self, conversation: &str) {
-        let Some(Belief::Held(epoch)) = self.fences().forget(conversation) else {
-            return;
+        let epoch = match self.fences().get(conversation) {
+            Some(Belief::Held(e)) => Some(e),
+            Some(Belief::New) => None,
+            // Lost: kept, so that nothing of this node is ever written for it again.
+            Some(Belief::Lost) | None => return,
         };
+        self.fences().forget(conversation);
         self.metrics.leases_released.fetch_add(1, Relaxed);
         let leases = self.leases.clone();
         let held = vec![(conversation.to_owned(), epoch)];

@@ -82,14 +82,16 @@ impl Fences {
         self.beliefs.lock().remove(conversation)
     }
 
-    /// Conversations held (with their epochs), for renewal.
-    pub fn held(&self) -> Vec<(String, i64)> {
+    /// Conversations held (with their epochs; `None`: created here, not confirmed yet), for
+    /// renewal and release.
+    pub fn held(&self) -> Vec<(String, Option<i64>)> {
         self.beliefs
             .lock()
             .iter()
             .filter_map(|(c, b)| match b {
-                Belief::Held(e) => Some((c.clone(), *e)),
-                _ => None,
+                Belief::Held(e) => Some((c.clone(), Some(*e))),
+                Belief::New => Some((c.clone(), None)),
+                Belief::Lost => None,
             })
             .collect()
     }
@@ -186,16 +188,13 @@ pub(super) async fn check<'a>(
         current.insert(row.get(0), (row.get(1), row.get(2)));
     }
     let mut refused = HashMap::new();
-    let mut confirmed = Vec::new();
     for (conversation, (belief, batches)) in wanted {
         let ok = match (belief, current.get(&conversation)) {
             (Belief::Held(e), Some((node, epoch))) => *node == fences.node && *epoch == e,
+            // Confirmed (New → Held) by the next renewal, not here: this transaction may
+            // still fail and be retried.
             (Belief::New, Some((node, epoch))) => {
-                let ours = *node == fences.node && won_new.get(&conversation) == Some(epoch);
-                if ours {
-                    confirmed.push((conversation.clone(), *epoch));
-                }
-                ours
+                *node == fences.node && won_new.get(&conversation) == Some(epoch)
             }
             _ => false,
         };
@@ -206,13 +205,7 @@ pub(super) async fn check<'a>(
             }
         }
     }
-    // A new conversation's row is ours from now on (held at epoch 1); a refused new one lost.
     let mut beliefs = fences.beliefs.lock();
-    for (c, epoch) in confirmed {
-        if beliefs.get(&c) == Some(&Belief::New) {
-            beliefs.insert(c, Belief::Held(epoch));
-        }
-    }
     for c in refused.values() {
         if beliefs.contains_key(c) {
             beliefs.insert(c.clone(), Belief::Lost);
@@ -330,12 +323,23 @@ impl Leases {
             .map_err(StoreError::db)?;
         let kept: HashMap<String, i64> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
         let mut lost = Vec::new();
+        let mut beliefs = self.fences.beliefs.lock();
         for (c, epoch) in held {
-            if kept.get(&c) != Some(&epoch) {
-                let mut beliefs = self.fences.beliefs.lock();
-                if beliefs.get(&c) == Some(&Belief::Held(epoch)) {
-                    beliefs.insert(c.clone(), Belief::Lost);
-                    lost.push(c);
+            match (epoch, kept.get(&c)) {
+                (Some(e), Some(k)) if e == *k => {}
+                // A new conversation whose first commit claimed its row: confirmed.
+                (None, Some(k)) => {
+                    if beliefs.get(&c) == Some(&Belief::New) {
+                        beliefs.insert(c, Belief::Held(*k));
+                    }
+                }
+                // Not stored yet: nothing to renew.
+                (None, None) => {}
+                (Some(e), _) => {
+                    if beliefs.get(&c) == Some(&Belief::Held(e)) {
+                        beliefs.insert(c.clone(), Belief::Lost);
+                        lost.push(c);
+                    }
                 }
             }
         }
@@ -344,18 +348,19 @@ impl Leases {
 
     /// Gives conversations up at once (their actors have stopped): their leases expire now,
     /// so another node may claim them without waiting.
-    pub async fn release(&self, conversations: &[(String, i64)]) -> Result<(), StoreError> {
+    /// (`None`: a conversation created here, whatever its epoch.)
+    pub async fn release(&self, conversations: &[(String, Option<i64>)]) -> Result<(), StoreError> {
         if conversations.is_empty() {
             return Ok(());
         }
         let names: Vec<&str> = conversations.iter().map(|(c, _)| c.as_str()).collect();
-        let epochs: Vec<i64> = conversations.iter().map(|(_, e)| *e).collect();
+        let epochs: Vec<Option<i64>> = conversations.iter().map(|(_, e)| *e).collect();
         let client = self.client().await?;
         client
             .execute(
                 "UPDATE leases l SET lease_until = now() - interval '1 millisecond'
                  FROM unnest($2::text[], $3::bigint[]) AS r(c, e)
-                 WHERE l.conversation = r.c AND l.epoch = r.e AND l.node = $1",
+                 WHERE l.conversation = r.c AND (r.e IS NULL OR l.epoch = r.e) AND l.node = $1",
                 &[&self.fences.node, &names, &epochs],
             )
             .await

@@ -62,7 +62,10 @@ async fn a_claim_is_exclusive_until_the_lease_expires_and_each_claim_bumps_the_e
     assert_eq!(a.leases().renew().await.unwrap(), vec!["c".to_owned()]);
     assert_eq!(a.leases().fences().get("c"), Some(Belief::Lost));
     // A released lease is free at once.
-    b.leases().release(&[("c".to_owned(), 2)]).await.unwrap();
+    b.leases()
+        .release(&[("c".to_owned(), Some(2))])
+        .await
+        .unwrap();
     assert_eq!(a.leases().claim("c").await.unwrap(), Claim::Won(3));
 }
 
@@ -102,6 +105,9 @@ async fn a_new_conversation_is_claimed_by_its_first_commit() {
     let (a, b) = (node(&options, "a").await, node(&options, "b").await);
     a.leases().fences().set("n", Belief::New);
     a.write(vec![record("n", "first")]).await.unwrap();
+    // Confirmed by the next renewal (the commit could have been retried).
+    assert_eq!(a.leases().fences().get("n"), Some(Belief::New));
+    assert!(a.leases().renew().await.unwrap().is_empty());
     assert_eq!(a.leases().fences().get("n"), Some(Belief::Held(1)));
     assert_eq!(b.leases().owner("n").await.unwrap().as_deref(), Some("a"));
     // Another node creating the same id at the same time loses.
@@ -111,6 +117,8 @@ async fn a_new_conversation_is_claimed_by_its_first_commit() {
         Err(StoreError::Fenced { .. })
     ));
     assert_eq!(title(&a, "n").await, "first");
-    // Renewal keeps it.
+    // Renewal keeps it; released, it is free at once.
     assert!(a.leases().renew().await.unwrap().is_empty());
+    a.leases().release(&[("n".to_owned(), None)]).await.unwrap();
+    assert_eq!(b.leases().owner("n").await.unwrap(), None);
 }
