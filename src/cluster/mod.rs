@@ -79,6 +79,8 @@ pub struct Cluster {
     lease: Duration,
     /// Bumped on every NATS (re)connect.
     reconnects: tokio::sync::watch::Receiver<u64>,
+    /// Committed batches to publish, in commit order (one publisher task).
+    outbox: tokio::sync::mpsc::Sender<(String, Bytes)>,
     pub metrics: ClusterMetrics,
 }
 
@@ -89,6 +91,9 @@ impl std::fmt::Debug for Cluster {
             .finish_non_exhaustive()
     }
 }
+
+/// Batches waiting to be published (beyond it they are dropped: relays read the store).
+const OUTBOX: usize = 4096;
 
 /// How long a forwarded command may take (acks wait for a commit; a paused owner is a dead
 /// owner after its lease).
@@ -124,7 +129,17 @@ impl Cluster {
                 source,
             })?;
         tracing::info!(%node, url = %config.nats_url, "cluster node joined");
+        let (outbox, mut queued) = tokio::sync::mpsc::channel::<(String, Bytes)>(OUTBOX);
+        let publisher = nats.clone();
+        tokio::spawn(async move {
+            while let Some((subject, payload)) = queued.recv().await {
+                if let Err(e) = publisher.publish(subject, payload).await {
+                    tracing::debug!(error = %e, "event publish failed (relays read the gap from the store)");
+                }
+            }
+        });
         Ok(Arc::new(Cluster {
+            outbox,
             node,
             nats,
             lease: config.lease(),
@@ -156,20 +171,17 @@ impl Cluster {
         self.nats.connection_state() == async_nats::connection::State::Connected
     }
 
-    /// Publishes a committed batch of a conversation's events (after its commit). A lost
-    /// publish is not an error: relays fill gaps from the store.
+    /// Publishes a committed batch of a conversation's events (after its commit), in the
+    /// order of the calls. A lost publish is not an error: relays fill gaps from the store.
     pub fn publish(&self, conversation: &str, events: &[(u64, Bytes)]) {
         if events.is_empty() {
             return;
         }
         let payload = subjects::encode_batch(events);
         let subject = subjects::events(conversation);
-        let nats = self.nats.clone();
-        tokio::spawn(async move {
-            if let Err(e) = nats.publish(subject, payload).await {
-                tracing::debug!(error = %e, "event publish failed (relays read the gap from the store)");
-            }
-        });
+        if self.outbox.try_send((subject, payload)).is_err() {
+            tracing::debug!("event outbox full; relays read the gap from the store");
+        }
     }
 
     /// The live feed of one conversation's published batches.

@@ -15,7 +15,8 @@
 //!   transaction, or the writer's `FOR SHARE` sees the claim's new epoch: one or the other, so a
 //!   node never writes after another claimed.
 //! - A belief is only added by a claim (or by a node creating a new conversation: its first
-//!   commit claims the row in the same transaction, and a row held by another node refuses it). A lost lease
+//!   commit claims the row in the same transaction, and a row held by another node refuses it;
+//!   the next renewal confirms it as held). A lost lease
 //!   leaves a [`Belief::Lost`] behind, which refuses every later write of the conversation on
 //!   this node until the belief is dropped (the actor has stopped).
 //! - Conversations without a belief are not fenced (a single node has none at all, and pays
