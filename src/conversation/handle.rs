@@ -166,6 +166,9 @@ impl Handle {
     }
 }
 
+/// How long a synchronous call waits for another node to give its conversation up.
+const SYNC_WAIT: Duration = Duration::from_secs(2);
+
 /// A message a [`Handle`] can route.
 pub trait Routed: Message + Send + Sized + 'static {
     fn route(self, handle: Handle) -> BoxFuture<'static, Result<Self::Result, MailboxError>>;
@@ -241,15 +244,34 @@ impl Routed for msg::Send {
             };
         };
         if self.report.is_some() {
-            // A synchronous call runs where it arrived.
+            // A synchronous call runs where it arrived: a conversation another node holds is
+            // claimed here once that node gives it up (a synchronous call's actor does so as
+            // soon as its run ends), or refused after `SYNC_WAIT`.
             return match &h.target {
                 Target::Local(a) => direct(a, self),
-                Target::Remote(node) => {
-                    let e = ConversationError::Unreachable(format!(
-                        "a synchronous call runs on the conversation's own node ({node}); use the asynchronous commands"
-                    ));
-                    async move { Ok(Err(e)) }.boxed()
+                Target::Remote(_) => async move {
+                    let deadline = Instant::now() + SYNC_WAIT;
+                    loop {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        match registry.get_uncached(&h.id).await {
+                            Ok(Handle {
+                                target: Target::Local(a),
+                                ..
+                            }) => return a.send(self).await,
+                            Ok(Handle {
+                                target: Target::Remote(node),
+                                ..
+                            }) if Instant::now() >= deadline => {
+                                return Ok(Err(ConversationError::Unreachable(format!(
+                                    "a synchronous call runs on the node that received it, and node {node} holds this conversation; use the asynchronous commands"
+                                ))))
+                            }
+                            Ok(_) => {}
+                            Err(e) => return Ok(Err(e)),
+                        }
+                    }
                 }
+                .boxed(),
             };
         }
         let mut m = self;

@@ -243,6 +243,24 @@ async fn cluster_a_frame_id_retried_on_another_node_is_recognised() {
         .filter(|m| m["role"] == "user")
         .collect();
     assert_eq!(users.len(), 2, "each message stored once: {msgs}");
+
+    // Synchronous calls run where they arrive; a transient actor gives its lease up at once,
+    // so the next call of the same conversation runs on another node.
+    let invoke = |s: &Server, body: Value| {
+        let url = s.http("/api/assistants/chat/invoke");
+        async move {
+            let r = http().post(url).json(&body).send().await.expect("invoke");
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.expect("json"))
+        }
+    };
+    let (st, r) = invoke(&nodes[0], json!({"content": "first"})).await;
+    assert_eq!(st, 200, "{r}");
+    let c2 = r["conversationId"].as_str().expect("id").to_string();
+    let (st, r) = invoke(c, json!({"content": "second", "conversationId": c2})).await;
+    assert_eq!(st, 200, "{r}");
+    let msgs = get_json(b, &format!("/api/conversations/{c2}/messages")).await;
+    assert_eq!(msgs["items"].as_array().expect("items").len(), 4, "{msgs}");
 }
 
 #[tokio::test]
