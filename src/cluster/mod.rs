@@ -95,9 +95,9 @@ impl std::fmt::Debug for Cluster {
 /// Batches waiting to be published (beyond it they are dropped: relays read the store).
 const OUTBOX: usize = 4096;
 
-/// How long a forwarded command may take (acks wait for a commit; a paused owner is a dead
-/// owner after its lease).
-pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a forwarded command may take at least (acks wait for a commit); at most
+/// `lease_seconds` if longer. A command that timed out may have run: it is not retried.
+pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Cluster {
     /// Connects to NATS (retrying in the background if it is not up yet).
@@ -208,7 +208,13 @@ impl Cluster {
     pub async fn request(&self, node: &str, payload: Bytes) -> Result<Bytes, ClusterError> {
         use async_nats::RequestErrorKind as K;
         let started = Instant::now();
-        let answer = self.nats.request(subjects::commands(node), payload).await;
+        let request = async_nats::Request::new()
+            .payload(payload)
+            .timeout(Some(self.lease.max(FORWARD_TIMEOUT)));
+        let answer = self
+            .nats
+            .send_request(subjects::commands(node), request)
+            .await;
         self.metrics.forwarded(started.elapsed());
         match answer {
             Ok(m) => Ok(m.payload),

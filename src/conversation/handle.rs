@@ -149,6 +149,12 @@ impl Handle {
                     match remote::forward(&cluster, node, &self.id, &command).await {
                         Ok(Reply::NotOwner) => format!("node {node} no longer owns it"),
                         Ok(reply) => return Ok(reply),
+                        // It may have run there: not sent again (the client may retry, with
+                        // an idempotency key if it must not run twice).
+                        Err(e @ crate::cluster::ClusterError::TimedOut { .. }) => {
+                            return Err(ConversationError::Unreachable(e.to_string()))
+                        }
+                        // Not delivered (no responders, no connection): safe to look again.
                         Err(e) => e.to_string(),
                     }
                 }
