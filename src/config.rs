@@ -27,6 +27,51 @@ pub struct Config {
     /// Tools shared by every assistant (an assistant's own `tools` win on a name clash).
     #[serde(default)]
     pub tools: BTreeMap<String, ToolSpec>,
+    /// Cluster mode (CONTRACT §9): absent = a single node.
+    #[serde(default)]
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// `[cluster]`: several nodes sharing one PostgreSQL and one NATS (`src/cluster/`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// `nats://127.0.0.1:4222`
+    pub nats_url: String,
+    /// This node's name, unique in the cluster (default: hostname-pid).
+    #[serde(default)]
+    pub node_id: Option<String>,
+    /// How long a node's ownership of a conversation lasts unless renewed (renewed every third
+    /// of it); a dead node's conversations move after this long.
+    #[serde(default = "d_lease_seconds")]
+    pub lease_seconds: f64,
+}
+
+fn d_lease_seconds() -> f64 {
+    10.0
+}
+
+impl ClusterConfig {
+    /// The configured node id, or `hostname-pid`.
+    pub fn node_id(&self) -> String {
+        self.node_id.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| {
+                    h.trim()
+                        .chars()
+                        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+                        .collect::<String>()
+                })
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "node".to_owned());
+            format!("{host}-{}", std::process::id())
+        })
+    }
+
+    pub fn lease(&self) -> std::time::Duration {
+        std::time::Duration::from_secs_f64(self.lease_seconds)
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -527,6 +572,30 @@ impl Config {
                 "storage.backend = \"postgres\" needs storage.url (or PARLEY_POSTGRES_URL)".into(),
             ));
         }
+        if let Some(c) = &self.cluster {
+            if self.storage.backend != StorageBackend::Postgres {
+                return Err(ConfigError::Invalid(
+                    "[cluster] needs storage.backend = \"postgres\" (every node shares one database)"
+                        .into(),
+                ));
+            }
+            if !(c.lease_seconds.is_finite() && (0.5..=3600.0).contains(&c.lease_seconds)) {
+                return Err(ConfigError::Invalid(format!(
+                    "cluster.lease_seconds = {} must be between 0.5 and 3600",
+                    c.lease_seconds
+                )));
+            }
+            let id = c.node_id();
+            if id.is_empty()
+                || !id
+                    .chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_')
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "cluster.node_id {id:?}: use letters, digits, - and _"
+                )));
+            }
+        }
         let addr: SocketAddr = self.server.listen.parse().map_err(|_| {
             ConfigError::Invalid(format!(
                 "server.listen '{}' is not an address like 127.0.0.1:8080",
@@ -659,6 +728,46 @@ mod tests {
         assert!(Config::load(Some(&f), &Overrides::default()).is_err());
         // The embedded default stays redb: `cargo run` needs nothing else.
         assert_eq!(Config::embedded().storage.backend, StorageBackend::Redb);
+    }
+
+    #[test]
+    fn cluster_is_off_by_default_and_needs_postgres() {
+        assert!(Config::embedded().cluster.is_none());
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        let cluster = "[cluster]\nnats_url = \"nats://127.0.0.1:4222\"\n";
+        std::fs::write(&f, cluster).unwrap();
+        let e = Config::load(Some(&f), &Overrides::default()).unwrap_err();
+        assert!(e.to_string().contains("postgres"), "{e}");
+        let pg =
+            "[storage]\ndata_dir = \"/x\"\nbackend = \"postgres\"\nurl = \"postgres://u@h/db\"\n";
+        std::fs::write(&f, format!("{pg}{cluster}")).unwrap();
+        let c = Config::load(Some(&f), &Overrides::default()).unwrap();
+        let k = c.cluster.expect("[cluster]");
+        assert_eq!(k.lease_seconds, 10.0);
+        let id = k.node_id();
+        assert!(id.ends_with(&format!("-{}", std::process::id())), "{id}");
+        assert!(!id.contains('.'), "{id}");
+        for bad in ["lease_seconds = 0", "node_id = \"a.b\"", "node_id = \"\""] {
+            std::fs::write(&f, format!("{pg}{cluster}{bad}\n")).unwrap();
+            assert!(
+                Config::load(Some(&f), &Overrides::default()).is_err(),
+                "{bad} is refused"
+            );
+        }
+        std::fs::write(
+            &f,
+            format!("{pg}{cluster}node_id = \"node-a\"\nlease_seconds = 2.5\n"),
+        )
+        .unwrap();
+        let k = Config::load(Some(&f), &Overrides::default())
+            .unwrap()
+            .cluster
+            .unwrap();
+        assert_eq!(
+            (k.node_id().as_str(), k.lease()),
+            ("node-a", std::time::Duration::from_millis(2500))
+        );
     }
 
     #[test]

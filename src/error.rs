@@ -194,7 +194,7 @@ impl From<crate::conversation::ConversationError> for ApiError {
             return ApiError::new(ErrorCode::StorageUnavailable, STORAGE_UNAVAILABLE_MESSAGE);
         }
         match e {
-            E::InvalidArgs(api) => *api,
+            E::InvalidArgs(api) | E::Remote(api) => *api,
             E::NotFound(id) => ApiError::conversation_not_found(&id),
             E::Shared(shared) => match std::sync::Arc::try_unwrap(shared) {
                 Ok(e) => e.into(),

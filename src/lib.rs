@@ -3,6 +3,7 @@
 //! See `ARCHITECTURE.md` for the code map and the invariants.
 
 pub mod assistant;
+pub mod cluster;
 pub mod config;
 pub mod conversation;
 pub mod engine;

@@ -204,6 +204,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         let server = running.server;
         server.await?;
         let _ = services.store.flush().await;
+        parley::server::leave_cluster(&services).await;
         tracing::info!("stopped cleanly");
         anyhow::Ok(())
     });

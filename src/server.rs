@@ -90,6 +90,9 @@ pub async fn build(config: Config) -> anyhow::Result<Arc<Services>> {
     let llms = LlmRegistry::from_config(&config.llm).context("configuring the LLM providers")?;
     let tools = Arc::new(crate::tools::Tools::new().context("building the HTTP client for tools")?);
     let engine = Engine::new(Arc::new(llms), tools);
+    if let Some(cluster) = config.cluster.clone() {
+        return build_cluster_node(config, &cluster, catalog, engine).await;
+    }
     let store = open_store(&config).await?;
     let ended = crate::conversation::recover_interrupted(store.as_ref())
         .await
@@ -97,7 +100,54 @@ pub async fn build(config: Config) -> anyhow::Result<Arc<Services>> {
     if ended > 0 {
         tracing::warn!("{ended} run(s) were active when the server last stopped; they ended with RUN_ERROR 'interrupted'");
     }
-    Ok(Services::new(config, catalog, engine, store))
+    Ok(Services::new(config, catalog, engine, store, None))
+}
+
+/// A cluster node (`[cluster]`, CONTRACT §9): the PostgreSQL store with this node's fence,
+/// NATS, lease renewal and the server of forwarded commands. Runs that were active on a node
+/// that died are ended when their conversation is next claimed, not at start-up (other nodes
+/// may be running them).
+async fn build_cluster_node(
+    config: Config,
+    cluster: &crate::config::ClusterConfig,
+    catalog: Catalog,
+    engine: Engine,
+) -> anyhow::Result<Arc<Services>> {
+    let node = cluster.node_id();
+    let fences = crate::store::postgres::lease::Fences::new(node.clone(), cluster.lease());
+    let pg = PgStore::open_fenced(&postgres_options(&config)?, fences)
+        .await
+        .context("opening the PostgreSQL store")?;
+    let leases = pg.leases();
+    let store: Arc<dyn Store> = Arc::new(pg);
+    let node = crate::cluster::Cluster::connect(cluster, leases)
+        .await
+        .context("joining the cluster")?;
+    if node.id_taken().await {
+        anyhow::bail!(
+            "another running node already uses cluster.node_id = {:?}; give each node its own",
+            node.node()
+        );
+    }
+    let services = Services::new(config, catalog, engine, store, Some(node.clone()));
+    let registry = services.registry.clone();
+    let orphans = services.registry.clone();
+    node.spawn_renewal(
+        move |lost| registry.lost(&lost),
+        move |ids| orphans.adopt(ids),
+    );
+    crate::conversation::remote::spawn_server(node, (*services.registry).clone());
+    Ok(services)
+}
+
+/// Graceful shutdown of a cluster node, after the store was flushed: its leases are given up
+/// at once, so other nodes take its conversations over without waiting for expiry.
+pub async fn leave_cluster(services: &Services) {
+    if let Some(cluster) = &services.cluster {
+        cluster.release_all().await;
+        cluster.flush().await;
+        tracing::info!(node = %cluster.node(), "left the cluster; leases released");
+    }
 }
 
 /// A server bound to its address, running in the current actix system.
@@ -112,6 +162,7 @@ impl Running {
     pub async fn stop(self) {
         self.server.handle().stop(true).await;
         let _ = self.services.store.flush().await;
+        leave_cluster(&self.services).await;
     }
 }
 

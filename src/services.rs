@@ -10,8 +10,9 @@ use std::sync::Arc;
 use tokio::sync::Semaphore;
 
 use crate::assistant::Catalog;
+use crate::cluster::Cluster;
 use crate::config::Config;
-use crate::conversation::{Deps, Registry};
+use crate::conversation::{Deps, Registry, Relays};
 use crate::engine::Engine;
 use crate::metrics::Metrics;
 use crate::store::Store;
@@ -31,6 +32,8 @@ pub struct Services {
     pub actors: Arc<Deps>,
     /// Who is calling (`[auth]`: tokens, or JWTs with their cached keys).
     pub auth: Arc<crate::gateway::auth::Authenticator>,
+    /// Cluster mode: this node (`[cluster]`); `None` on a single node.
+    pub cluster: Option<Arc<Cluster>>,
 }
 
 impl Services {
@@ -39,6 +42,7 @@ impl Services {
         catalog: Catalog,
         engine: Engine,
         store: Arc<dyn Store>,
+        cluster: Option<Arc<Cluster>>,
     ) -> Arc<Self> {
         let runs = config.server.max_concurrent_runs;
         let invokes = config.server.max_concurrent_invokes;
@@ -50,9 +54,13 @@ impl Services {
             metrics: metrics.clone(),
             run_permits: run_permits.clone(),
             live: Arc::default(),
+            cluster: cluster.clone(),
         });
         let catalog = Arc::new(catalog);
-        let registry = Arc::new(Registry::new(catalog.clone(), actors.clone()));
+        let relays = cluster
+            .as_ref()
+            .map(|c| Relays::new(c.clone(), store.clone(), c.reconnects()));
+        let registry = Arc::new(Registry::new(catalog.clone(), actors.clone(), relays));
         let auth = Arc::new(crate::gateway::auth::Authenticator::new(&config.auth));
         Arc::new(Services {
             auth,
@@ -65,6 +73,7 @@ impl Services {
             run_permits,
             invoke_permits: Arc::new(Semaphore::new(invokes)),
             actors,
+            cluster,
         })
     }
 

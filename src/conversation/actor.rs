@@ -343,6 +343,9 @@ impl Conversation {
 
     fn commit_failed(&mut self, e: StoreError) {
         tracing::error!(conversation = %self.id, "store commit failed: {e}");
+        if let (StoreError::Fenced { .. }, Some(c)) = (&e, &self.deps.cluster) {
+            c.metrics.leases_lost.fetch_add(1, Relaxed);
+        }
         self.broken = true;
         let e = Arc::new(e);
         for w in self.journal.commit_failed() {
@@ -353,9 +356,19 @@ impl Conversation {
         }
     }
 
-    /// Hand every durable event to the subscribers.
+    /// Hand every durable event to the subscribers (in cluster mode: publish the batch for
+    /// every node's relay).
     fn deliver(&mut self) {
         let mut slow = 0;
+        if let Some(cluster) = &self.deps.cluster {
+            let batch: Vec<(u64, Bytes)> = self.journal.deliverable().collect();
+            for (seq, event) in &batch {
+                if !self.fanout.is_empty() {
+                    slow += self.fanout.deliver(&self.id, *seq, event);
+                }
+            }
+            cluster.publish(&self.id, &batch);
+        }
         for (seq, event) in self.journal.deliverable() {
             if !self.fanout.is_empty() {
                 slow += self.fanout.deliver(&self.id, seq, &event);
@@ -641,7 +654,34 @@ impl Actor for Conversation {
         if let Some(run) = &self.run {
             run.cancel.cancel();
         }
+        if let Some(cluster) = &self.deps.cluster {
+            // Give the lease up now (unless a new actor of this id is starting here).
+            self.deps
+                .live
+                .if_absent(&self.id, || cluster.release(&self.id));
+        }
     }
+}
+
+/// The events a batch of ops appends, with their seqs (to publish a write made outside an
+/// actor's journal).
+pub fn appended_events(ops: &[WriteOp]) -> Vec<(u64, Bytes)> {
+    let mut out = Vec::new();
+    for op in ops {
+        match op {
+            WriteOp::AppendEvent { seq, json, .. } => out.push((*seq, json.clone())),
+            WriteOp::AppendEvents {
+                first_seq, events, ..
+            } => out.extend(
+                events
+                    .iter()
+                    .enumerate()
+                    .map(|(i, e)| (first_seq + i as u64, e.clone())),
+            ),
+            _ => {}
+        }
+    }
+    out
 }
 
 /// Ends a run that was active when the process stopped: `RUN_ERROR` with code `interrupted`,

@@ -21,4 +21,6 @@ pub struct Deps {
     pub run_permits: Arc<Semaphore>,
     /// The registry's map of live actors, for an actor to unregister itself before it stops.
     pub live: Arc<LiveMap>,
+    /// Cluster mode: this node (publish committed events, release the lease when stopping).
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }

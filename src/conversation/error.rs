@@ -73,6 +73,17 @@ pub enum ConversationError {
     /// The failure of a start that several callers awaited together (the registry's).
     #[error(transparent)]
     Shared(Arc<ConversationError>),
+    /// Cluster mode: the owner node's answer to a forwarded command, as it would have said it.
+    #[error("{}", .0.message)]
+    Remote(Box<ApiError>),
+    /// Cluster mode: this node lost the conversation's lease before storing the change (nothing
+    /// was stored; the command is retried on the new owner).
+    #[error("the conversation moved to another node before this was stored; try again")]
+    LeaseLost,
+    /// Cluster mode: no node could take the command (the owner does not answer and its lease
+    /// has not expired in time, or NATS is down).
+    #[error("the conversation's node does not answer; try again shortly ({0})")]
+    Unreachable(String),
 }
 
 impl ConversationError {
@@ -100,6 +111,25 @@ impl ConversationError {
             | E::CorruptCheckpoint { .. }
             | E::Store(_) => ErrorCode::Internal,
             E::Shared(e) => e.code(),
+            E::Remote(e) => e.code,
+            E::LeaseLost => ErrorCode::StorageUnavailable,
+            E::Unreachable(_) => ErrorCode::ConversationBusy,
+        }
+    }
+}
+
+impl ConversationError {
+    /// Whether this node lost the conversation's lease before storing anything (the fence
+    /// refused the commit, or the actor was stopped for it): the command may go to the new
+    /// owner.
+    pub fn is_lease_lost(&self) -> bool {
+        use ConversationError as E;
+        match self {
+            E::LeaseLost => true,
+            E::CommitFailed(e) => matches!(**e, StoreError::Fenced { .. }),
+            E::Store(e) | E::DeleteFailed(e) => matches!(e, StoreError::Fenced { .. }),
+            E::Shared(e) => e.is_lease_lost(),
+            _ => false,
         }
     }
 }

@@ -330,6 +330,17 @@ impl Journal {
         failed.waiters
     }
 
+    /// Every waiter, queued or in flight (the actor is stopping: it tells them why).
+    pub fn take_waiters(&mut self) -> Vec<Waiter> {
+        let mut out: Vec<Waiter> = self
+            .in_flight
+            .as_mut()
+            .map(|f| std::mem::take(&mut f.waiters))
+            .unwrap_or_default();
+        out.append(&mut self.waiters);
+        out
+    }
+
     /// The events that are durable and not delivered yet, in seq order (removed as iterated).
     pub fn deliverable(&mut self) -> Drain<'_, (u64, Bytes)> {
         let n = self

@@ -20,7 +20,13 @@
 //! - `outbound.rs`: a socket's bounded queue of [`Outbound`] events.
 //! - `deps.rs`: what an actor uses of the server ([`Deps`]).
 //! - `error.rs`: [`ConversationError`], mapped to the wire's `ApiError` at the gateway.
-//! - `registry.rs`: find-or-start, start-up recovery.
+//! - `registry.rs`: find-or-start, start-up recovery; in cluster mode claim-or-forward.
+//! - `handle.rs`: [`Handle`], what the registry answers: the local actor's address, or (cluster
+//!   mode) the owner node's; `send` routes each message to the actor, the owner or the relay.
+//! - `remote.rs`: cluster mode's forwarded commands: their wire form and the server that
+//!   answers them on the owner.
+//! - `relay.rs`: cluster mode's subscribers: every node relays a conversation's published
+//!   events to its local subscribers in seq order, filling gaps from the store.
 //!
 //! # Dependencies
 //!
@@ -32,9 +38,12 @@ mod actor;
 mod deps;
 mod error;
 mod fanout;
+mod handle;
 pub mod journal;
 mod outbound;
 mod registry;
+mod relay;
+pub mod remote;
 
 use std::sync::Arc;
 
@@ -46,8 +55,10 @@ use tokio_util::sync::CancellationToken;
 pub use actor::Conversation;
 pub use deps::Deps;
 pub use error::ConversationError;
+pub use handle::{Handle, Routed};
 pub use outbound::{queue as outbound_queue, OutboundRx, OutboundTx};
 pub use registry::{recover_interrupted, LiveMap, Registry};
+pub use relay::Relays;
 
 use crate::store::MessageRecord;
 
@@ -90,7 +101,7 @@ pub struct Subscribed {
 }
 
 /// A `send` or `resume` was accepted and durably stored.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Accepted {
     pub conversation_id: String,
     pub run_id: String,
@@ -99,7 +110,7 @@ pub struct Accepted {
 /// An idempotency key that guards a `send`, `resume`, `cancel` or a create without a message
 /// (CONTRACT §6): the actor stores it in the same commit as the message, answer, cancellation
 /// or record it accepts, with the conversation and run ids (and a cancel's answer).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct IdempotencyKey {
     /// The scoped key (user, route and key in one string).
     pub key: String,
@@ -207,6 +218,12 @@ pub mod msg {
     pub struct Delete {
         pub owner: String,
     }
+
+    /// Cluster mode: this node lost the conversation's lease. The actor stops at once, storing
+    /// nothing more (the fence would refuse it anyway).
+    #[derive(Message)]
+    #[rtype(result = "()")]
+    pub struct LeaseLost;
 }
 
 /// Title of a conversation: the first 20 characters of its first message.

@@ -17,6 +17,13 @@
 //!   callers pass only an id. It answers in [`ConversationError`]s.
 //! - An actor that leaves memory removes itself (only if the entry is still its own address)
 //!   before it stops; a caller that raced with that gets a mailbox error and asks again.
+//! - **Cluster mode: claim before start.** A start first claims the conversation's lease
+//!   (`cluster::Cluster::claim`); if another node's lease is live, the answer is a [`Handle`]
+//!   naming that node and nothing is started here. A claimed conversation whose stored status
+//!   is `running` lost its owner mid-run: its run is ended with `RUN_ERROR` `interrupted`
+//!   (written under the new epoch, and published) before the actor starts, exactly as a
+//!   single node does at start-up. A new conversation is believed ours (`Belief::New`) and its
+//!   first commit claims its row.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -26,14 +33,23 @@ use futures_util::future::{BoxFuture, FutureExt, Shared};
 use parking_lot::Mutex;
 
 use super::actor::{Conversation, HISTORY_TAIL};
-use super::{ConversationError, Deps};
+use super::{ConversationError, Deps, Handle, Relays, Subscribed, Subscriber};
 use crate::assistant::Catalog;
+use crate::cluster::Cluster;
 use crate::engine::Checkpoint;
 use crate::error::ErrorCode;
+use crate::store::postgres::lease::Claim;
 use crate::store::{RunStatus, Store, StoreError};
 
+/// What a start found: an actor started here, or (cluster mode) the node that owns it.
+#[derive(Clone)]
+enum Started {
+    Here(Addr<Conversation>),
+    Elsewhere(String),
+}
+
 /// A start in flight: every caller for the id awaits a clone.
-type Start = Shared<BoxFuture<'static, Result<Addr<Conversation>, Arc<ConversationError>>>>;
+type Start = Shared<BoxFuture<'static, Result<Started, Arc<ConversationError>>>>;
 
 enum Entry {
     Live(Addr<Conversation>),
@@ -55,33 +71,138 @@ impl LiveMap {
             live.remove(id);
         }
     }
+
+    /// Runs `f` if no actor of `id` is live or starting, under the map's lock (so no start
+    /// of `id` can begin meanwhile): a stopping actor releases its lease this way.
+    pub fn if_absent(&self, id: &str, f: impl FnOnce()) {
+        let live = self.map.lock();
+        if !live.contains_key(id) {
+            f();
+        }
+    }
+
+    fn local(&self, id: &str) -> Option<Addr<Conversation>> {
+        match self.map.lock().get(id) {
+            Some(Entry::Live(a)) => Some(a.clone()),
+            _ => None,
+        }
+    }
 }
 
 /// Finds or starts actors. Holds what it needs to start one: the assistants, and the
-/// dependencies every actor gets.
+/// dependencies every actor gets. Cheap to clone (handles keep one to look again).
+#[derive(Clone)]
 pub struct Registry {
     live: Arc<LiveMap>,
     catalog: Arc<Catalog>,
     deps: Arc<Deps>,
+    /// Cluster mode: this node's subscribers' relays.
+    relays: Option<Arc<Relays>>,
+    /// Cluster mode: owners seen recently (node, when), so that a command for another node's
+    /// conversation costs no lease query; a stale entry only costs a retry (the old owner does
+    /// not answer, or answers "not owner", and the handle looks again without the cache).
+    owners: Arc<Mutex<OwnerCache>>,
 }
+
+/// Conversation → (owner node, when it was seen).
+type OwnerCache = HashMap<Arc<str>, (String, std::time::Instant)>;
+
+/// Owners remembered at most this many (the oldest are dropped first when it is reached).
+const OWNERS_CACHED: usize = 16 * 1024;
 
 impl Registry {
     /// `deps.live` must be `live`'s map (actors remove themselves from it).
-    pub fn new(catalog: Arc<Catalog>, deps: Arc<Deps>) -> Registry {
+    pub fn new(catalog: Arc<Catalog>, deps: Arc<Deps>, relays: Option<Arc<Relays>>) -> Registry {
         Registry {
             live: deps.live.clone(),
             catalog,
             deps,
+            relays,
+            owners: Arc::default(),
         }
     }
 
-    /// The live actor of a stored conversation, started (restored from the store) if needed.
+    /// Cluster mode: this node.
+    pub fn cluster(&self) -> Option<Arc<Cluster>> {
+        self.deps.cluster.clone()
+    }
+
+    fn in_cluster(&self) -> Option<Registry> {
+        self.deps.cluster.is_some().then(|| self.clone())
+    }
+
+    pub(super) async fn relays_follow(
+        &self,
+        id: &str,
+        subscriber: Subscriber,
+        owner: &str,
+        new_ok: bool,
+    ) -> Result<Subscribed, ConversationError> {
+        match &self.relays {
+            Some(r) => r.follow(id, subscriber, owner, new_ok).await,
+            None => Err(ConversationError::Stopped),
+        }
+    }
+
+    pub(super) fn relays_unfollow(&self, id: &str, subscriber_id: u64) {
+        if let Some(r) = &self.relays {
+            r.unfollow(id, subscriber_id);
+        }
+    }
+
+    /// Cluster mode: stop the actors of conversations whose leases this node lost.
+    pub fn lost(&self, ids: &[String]) {
+        for id in ids {
+            if let Some(addr) = self.live.local(id) {
+                addr.do_send(super::msg::LeaseLost);
+            }
+        }
+    }
+
+    /// Cluster mode: claim conversations whose owner died mid-run (one of the nodes wins each;
+    /// its start ends the run with `RUN_ERROR` `interrupted` and publishes it).
+    pub fn adopt(&self, ids: Vec<String>) {
+        for id in ids {
+            let me = self.clone();
+            actix::spawn(async move {
+                match me.get(&id).await {
+                    Ok(h) if h.local_addr().is_some() => {
+                        tracing::info!(conversation = %id, "adopted a conversation whose node died mid-run")
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(conversation = %id, error = %e, "could not adopt an orphaned conversation")
+                    }
+                }
+            });
+        }
+    }
+
+    /// The owner of a stored conversation: its live actor here, started (restored from the
+    /// store) if needed, or in cluster mode the node that holds its lease.
     /// The owner check is the actor's: every message carries the caller.
-    pub async fn get(&self, id: &str) -> Result<Addr<Conversation>, ConversationError> {
+    pub async fn get(&self, id: &str) -> Result<Handle, ConversationError> {
+        if let Some(cluster) = &self.deps.cluster {
+            let cached = self.owners.lock().get(id).cloned();
+            if let Some((node, at)) = cached {
+                if at.elapsed() < cluster.lease() && self.live.local(id).is_none() {
+                    return Ok(Handle::remote(id, node, self.clone()));
+                }
+            }
+        }
+        self.get_uncached(id).await
+    }
+
+    /// [`Registry::get`] without the cache of remote owners (a handle whose owner stopped
+    /// answering looks again).
+    pub(super) async fn get_uncached(&self, id: &str) -> Result<Handle, ConversationError> {
+        self.owners.lock().remove(id);
         let start = {
             let mut live = self.live.map.lock();
             match live.get(id) {
-                Some(Entry::Live(a)) if a.connected() => return Ok(a.clone()),
+                Some(Entry::Live(a)) if a.connected() => {
+                    return Ok(Handle::local(id, a.clone(), self.in_cluster()))
+                }
                 Some(Entry::Starting(start)) => start.clone(),
                 _ => {
                     let load = load_and_start(self.catalog.clone(), self.deps.clone(), id.into());
@@ -96,26 +217,37 @@ impl Registry {
         let ours = matches!(live.get(id), Some(Entry::Starting(s)) if s.ptr_eq(&start));
         if ours {
             match &result {
-                Ok(addr) => {
+                Ok(Started::Here(addr)) => {
                     live.insert(Arc::from(id), Entry::Live(addr.clone()));
                 }
-                Err(_) => {
+                Ok(Started::Elsewhere(_)) | Err(_) => {
                     live.remove(id);
                 }
             }
         }
-        result.map_err(ConversationError::Shared)
+        drop(live);
+        match result.map_err(ConversationError::Shared)? {
+            Started::Here(addr) => Ok(Handle::local(id, addr, self.in_cluster())),
+            Started::Elsewhere(node) => {
+                let mut owners = self.owners.lock();
+                if owners.len() >= OWNERS_CACHED {
+                    let lease = self.deps.cluster.as_ref().map(|c| c.lease());
+                    owners.retain(|_, (_, at)| lease.is_some_and(|l| at.elapsed() < l));
+                    if owners.len() >= OWNERS_CACHED {
+                        owners.clear();
+                    }
+                }
+                owners.insert(Arc::from(id), (node.clone(), std::time::Instant::now()));
+                Ok(Handle::remote(id, node, self.clone()))
+            }
+        }
     }
 
     /// Like [`Registry::get`] for a caller that names its user: when the conversation cannot be
     /// started because its assistant was uninstalled, its owner is told so (`unknown_assistant`);
     /// anyone else gets `conversation_not_found`, as for an id that does not exist (ownership
     /// is decided before the assistant, so nothing about another user's conversation leaks).
-    pub async fn get_as(
-        &self,
-        id: &str,
-        owner: &str,
-    ) -> Result<Addr<Conversation>, ConversationError> {
+    pub async fn get_as(&self, id: &str, owner: &str) -> Result<Handle, ConversationError> {
         match self.get(id).await {
             Err(e) if e.code() == ErrorCode::ConversationNotFound => {
                 if let Ok(Some(rec)) = self.deps.store.get_conversation(id).await {
@@ -134,7 +266,7 @@ impl Registry {
         &self,
         owner: &str,
         assistant: &str,
-    ) -> Result<(String, Addr<Conversation>), ConversationError> {
+    ) -> Result<(String, Handle), ConversationError> {
         let id = uuid::Uuid::now_v7().to_string();
         let addr = self.create_with_id(owner, assistant, &id)?;
         Ok((id, addr))
@@ -149,21 +281,27 @@ impl Registry {
         owner: &str,
         assistant: &str,
         id: &str,
-    ) -> Result<Addr<Conversation>, ConversationError> {
+    ) -> Result<Handle, ConversationError> {
         let a = self
             .catalog
             .get(assistant)
             .ok_or_else(|| ConversationError::UnknownAssistant(assistant.to_owned()))?;
         let mut live = self.live.map.lock();
         match live.get(id) {
-            Some(Entry::Live(addr)) if addr.connected() => return Ok(addr.clone()),
+            Some(Entry::Live(addr)) if addr.connected() => {
+                return Ok(Handle::local(id, addr.clone(), self.in_cluster()))
+            }
             Some(Entry::Starting(_)) => return Err(ConversationError::Starting(id.to_owned())),
             _ => {}
+        }
+        if let Some(c) = &self.deps.cluster {
+            // Ours from the first commit on (which claims the row, or is refused).
+            c.created(id);
         }
         let actor = Conversation::new_unstored(self.deps.clone(), a, id.to_owned(), owner.into());
         let addr = actor.start();
         live.insert(Arc::from(id), Entry::Live(addr.clone()));
-        Ok(addr)
+        Ok(Handle::local(id, addr, self.in_cluster()))
     }
 
     /// Whether an actor for `id` is live or starting (the retention sweeper leaves those alone).
@@ -195,14 +333,37 @@ impl Registry {
     }
 }
 
-/// Loads a stored conversation (four short reads, off the worker) and starts its actor.
+/// Loads a stored conversation (four short reads, off the worker) and starts its actor; in
+/// cluster mode, claims it first (or answers the node that holds it).
 async fn load_and_start(
     catalog: Arc<Catalog>,
     deps: Arc<Deps>,
     id: String,
+) -> Result<Started, ConversationError> {
+    if let Some(cluster) = &deps.cluster {
+        if let Claim::HeldBy(node) = cluster.claim(&id).await? {
+            return Ok(Started::Elsewhere(node));
+        }
+        let started = load_and_start_here(catalog, deps.clone(), id.clone(), true).await;
+        if started.is_err() {
+            // Nothing started: give the claim back.
+            cluster.release(&id);
+        }
+        return started.map(Started::Here);
+    }
+    load_and_start_here(catalog, deps, id, false)
+        .await
+        .map(Started::Here)
+}
+
+async fn load_and_start_here(
+    catalog: Arc<Catalog>,
+    deps: Arc<Deps>,
+    id: String,
+    claimed: bool,
 ) -> Result<Addr<Conversation>, ConversationError> {
     let store = &deps.store;
-    let rec = store
+    let mut rec = store
         .get_conversation(&id)
         .await?
         .ok_or_else(|| ConversationError::NotFound(id.clone()))?;
@@ -211,7 +372,7 @@ async fn load_and_start(
     let assistant = catalog
         .get(&rec.assistant)
         .ok_or_else(|| ConversationError::NotFound(id.clone()))?;
-    let cp: Checkpoint = match store.checkpoint(&id).await? {
+    let mut cp: Checkpoint = match store.checkpoint(&id).await? {
         Some(bytes) => serde_json::from_slice(&bytes).map_err(|source| {
             ConversationError::CorruptCheckpoint {
                 id: id.clone(),
@@ -220,7 +381,18 @@ async fn load_and_start(
         })?,
         None => Checkpoint::default(),
     };
-    let last_seq = store.last_seq(&id).await?;
+    let mut last_seq = store.last_seq(&id).await?;
+    if claimed && rec.status == RunStatus::Running {
+        // Its owner died mid-run: the single-node crash outcome, under our epoch.
+        let ops = super::actor::interrupted_ops(&mut rec, &mut cp, last_seq);
+        let published = super::actor::appended_events(&ops);
+        store.write(ops).await?;
+        last_seq += published.len() as u64;
+        if let Some(c) = &deps.cluster {
+            c.publish(&id, &published);
+        }
+        tracing::warn!(conversation = %id, "took over a conversation whose run was active on a lost node; it ended with RUN_ERROR 'interrupted'");
+    }
     let recent = store.recent_messages(&id, HISTORY_TAIL).await?;
     let actor = Conversation::restore(deps.clone(), assistant, rec, cp, last_seq, recent);
     Ok(actor.start())

@@ -25,11 +25,10 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use actix::Addr;
 use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
-use crate::conversation::{msg, outbound_queue, Conversation, OutboundRx, Subscriber};
+use crate::conversation::{msg, outbound_queue, Handle, OutboundRx, Subscriber};
 use crate::error::ApiError;
 use crate::services::Services;
 use crate::store::Store;
@@ -53,7 +52,7 @@ pub enum Next {
 /// A subscription to one conversation's events (see the module doc).
 pub struct EventStream {
     conversation: Arc<str>,
-    addr: Addr<Conversation>,
+    addr: Handle,
     subscriber_id: u64,
     slow: CancellationToken,
     rx: OutboundRx,

@@ -51,6 +51,10 @@ pub enum StoreError {
     /// A read was lost before it answered (its task panicked or the runtime is shutting down).
     #[error("a store read did not finish: {0}")]
     ReadLost(#[source] Arc<tokio::task::JoinError>),
+    /// Cluster mode: this node no longer holds the lease (epoch) of the conversation it wrote
+    /// for; another node owns it now. Nothing of the batch was stored.
+    #[error("conversation '{conversation}' is owned by another node now (lease lost); nothing was stored")]
+    Fenced { conversation: String },
     /// A paging cursor that this store did not produce (client input: a bad request).
     #[error("invalid paging cursor")]
     InvalidCursor,
@@ -100,7 +104,8 @@ impl StoreError {
             | StoreError::Io { .. }
             | StoreError::QueueFull { .. }
             | StoreError::Unavailable(_)
-            | StoreError::Closed => true,
+            | StoreError::Closed
+            | StoreError::Fenced { .. } => true,
             StoreError::Encode { .. }
             | StoreError::Corrupt { .. }
             | StoreError::ReadLost(_)

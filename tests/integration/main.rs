@@ -5,6 +5,7 @@ mod agui;
 mod browser;
 mod browser_a11y;
 mod browser_demo;
+mod cluster;
 mod common;
 mod conformance;
 mod examples;

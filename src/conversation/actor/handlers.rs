@@ -414,3 +414,21 @@ impl Handler<msg::Delete> for Conversation {
         )
     }
 }
+
+impl Handler<msg::LeaseLost> for Conversation {
+    type Result = ();
+    fn handle(&mut self, _: msg::LeaseLost, ctx: &mut Self::Context) {
+        tracing::warn!(conversation = %self.id, "lease lost: this node no longer owns the conversation; its actor stops");
+        self.broken = true;
+        if let Some(run) = &self.run {
+            run.cancel.cancel();
+        }
+        self.fanout.clear();
+        for w in self.journal.take_waiters() {
+            let _ = w.send(Err(ConversationError::LeaseLost));
+        }
+        self.journal.discard();
+        self.deps.live.remove(&self.id, &ctx.address());
+        ctx.stop();
+    }
+}

@@ -16,7 +16,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix::Addr;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -27,7 +26,7 @@ use super::connection::client_gone;
 use super::views::MessageView;
 use super::{owned_record, parse_body, unknown_assistant, ApiResult, Svc};
 use crate::assistant::Assistant;
-use crate::conversation::{msg, Accepted, Conversation, RunReport};
+use crate::conversation::{msg, Accepted, Handle, RunReport};
 use crate::error::{ApiError, ErrorCode};
 use crate::gateway::auth::User;
 use crate::gateway::ErrorBody;
@@ -82,7 +81,7 @@ const CANCEL_GRACE: Duration = Duration::from_secs(5);
 
 /// Cancels a synchronous run if its HTTP request goes away before the answer.
 pub(super) struct CancelOnDrop {
-    pub(super) addr: Option<Addr<Conversation>>,
+    pub(super) addr: Option<Handle>,
     pub(super) owner: String,
 }
 
@@ -225,7 +224,7 @@ async fn conversation(
     user: &User,
     a: &Assistant,
     conversation_id: Option<&str>,
-) -> Result<(String, Addr<Conversation>), ApiError> {
+) -> Result<(String, Handle), ApiError> {
     match conversation_id {
         Some(cid) => {
             let rec = owned_record(svc, &user.0, cid).await?;
@@ -248,7 +247,7 @@ async fn conversation(
 /// Wait for the run's report; cancel the run if the client goes away or `timeout` passes.
 async fn wait_for_report(
     req: &HttpRequest,
-    addr: Addr<Conversation>,
+    addr: Handle,
     user: User,
     accepted: Accepted,
     mut rx: oneshot::Receiver<RunReport>,

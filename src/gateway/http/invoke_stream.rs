@@ -10,7 +10,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix::Addr;
 use actix_web::{HttpRequest, HttpResponse};
 use serde_json::Value;
 use tokio::sync::OwnedSemaphorePermit;
@@ -18,7 +17,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use super::invoke::CancelOnDrop;
 use super::sse::sse_message;
 use super::ApiResult;
-use crate::conversation::{msg, Conversation};
+use crate::conversation::{msg, Handle};
 use crate::error::ApiError;
 use crate::gateway::auth::User;
 use crate::gateway::stream::{ends_run, EventStream, Next};
@@ -85,7 +84,7 @@ pub(super) async fn streamed(
     svc: &Arc<Services>,
     user: &User,
     conversation: String,
-    addr: Addr<Conversation>,
+    addr: Handle,
     content: String,
     args: Option<Value>,
     timeout: f64,

@@ -22,6 +22,21 @@ pub struct Health {
     pub status: HealthStatus,
     /// Whether the store can write.
     pub storage: StorageHealth,
+    /// Cluster mode: this node.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterHealth>,
+}
+
+/// Cluster mode's part of `/healthz`.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterHealth {
+    /// This node's id (`[cluster] node_id`).
+    pub node: String,
+    /// Whether the NATS connection is up.
+    pub nats_connected: bool,
+    /// Conversations whose lease this node holds.
+    pub owned_conversations: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
@@ -42,15 +57,22 @@ pub enum StorageHealth {
 }
 
 fn health(svc: &Svc) -> Health {
+    let cluster = svc.cluster.as_ref().map(|c| ClusterHealth {
+        node: c.node().to_owned(),
+        nats_connected: c.connected(),
+        owned_conversations: c.fences().owned(),
+    });
     if svc.store.stats().writable {
         Health {
             status: HealthStatus::Ok,
             storage: StorageHealth::Ok,
+            cluster,
         }
     } else {
         Health {
             status: HealthStatus::Degraded,
             storage: StorageHealth::Unavailable,
+            cluster,
         }
     }
 }
@@ -115,7 +137,11 @@ pub(in crate::gateway) async fn metrics(
         <crate::gateway::auth::User as actix_web::FromRequest>::from_request(&req, &mut payload)
             .await?;
     }
-    let text = svc.metrics.render(&svc.store.stats());
+    let mut text = svc.metrics.render(&svc.store.stats());
+    if let Some(c) = &svc.cluster {
+        c.metrics
+            .render(c.node(), c.fences().owned(), c.connected(), &mut text);
+    }
     Ok(HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(text))

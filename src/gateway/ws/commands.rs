@@ -15,7 +15,6 @@
 
 use std::sync::Arc;
 
-use actix::Addr;
 use serde_json::value::RawValue;
 use serde_json::Value;
 
@@ -23,7 +22,7 @@ use super::client_frame::{decode, ClientFrame, Decoded, FrameId};
 use super::{auth, SocketSession, Sub};
 use crate::assistant::model::OnBusy;
 use crate::conversation::IdempotencyKey;
-use crate::conversation::{msg, Conversation};
+use crate::conversation::{msg, Handle};
 use crate::error::{ApiError, ErrorCode};
 use crate::gateway::dedup::{hex, scoped_key, Claim, Fingerprint};
 use crate::gateway::frame::{Ack, ServerFrame};
@@ -406,7 +405,7 @@ impl SocketSession {
         owner: &str,
         assistant: Option<String>,
         args: &Option<Value>,
-    ) -> Result<(String, Addr<Conversation>), ApiError> {
+    ) -> Result<(String, Handle), ApiError> {
         let name = assistant.ok_or_else(|| {
             ApiError::bad_request("'assistant' is required to start a conversation")
         })?;
@@ -510,7 +509,7 @@ impl SocketSession {
 
     /// The actor of a conversation: the one this socket follows if it is still running, else
     /// the registry's (which checks nothing of ownership: the actor does, per message).
-    async fn conversation(&mut self, id: &str) -> Result<Addr<Conversation>, ApiError> {
+    async fn conversation(&mut self, id: &str) -> Result<Handle, ApiError> {
         if let Some(s) = self.subs.get(id) {
             if s.addr.connected() {
                 return Ok(s.addr.clone());
@@ -522,12 +521,7 @@ impl SocketSession {
     }
 
     /// Follow a conversation (bounded by `max_subscriptions_per_socket`).
-    fn track(
-        &mut self,
-        id: &str,
-        addr: Addr<Conversation>,
-        last_sent: u64,
-    ) -> Result<(), ApiError> {
+    fn track(&mut self, id: &str, addr: Handle, last_sent: u64) -> Result<(), ApiError> {
         if let Some(s) = self.subs.get_mut(id) {
             s.addr = addr;
             return Ok(());

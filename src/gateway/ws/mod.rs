@@ -45,7 +45,6 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix::Addr;
 use actix_web::{web, HttpRequest, HttpResponse};
 use actix_ws::{AggregatedMessage, CloseCode, CloseReason, Session};
 use futures_util::StreamExt;
@@ -53,7 +52,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::auth::{self, User};
 use super::frame::ServerFrame;
-use crate::conversation::{msg, outbound_queue, Conversation, Outbound, OutboundRx, Subscriber};
+use crate::conversation::{msg, outbound_queue, Handle, Outbound, OutboundRx, Subscriber};
 use crate::error::{ApiError, ErrorCode};
 use crate::services::Services;
 
@@ -131,7 +130,7 @@ pub async fn handshake(
 }
 
 struct Sub {
-    addr: Addr<Conversation>,
+    addr: Handle,
     last_sent: u64,
 }
 

@@ -29,6 +29,7 @@
 //! optionally a schema (its `search_path`; tests give each store its own schema).
 
 mod group;
+pub mod lease;
 mod read;
 pub mod schema;
 mod snapshot;
@@ -255,6 +256,8 @@ pub struct PgStore {
 
 struct Inner {
     pool: Pool,
+    /// Cluster mode's fence (empty on a single node: the writer then runs no lease statement).
+    fences: Arc<lease::Fences>,
     queue: Arc<Queue>,
     metrics: Arc<Metrics>,
     writer: Mutex<Option<JoinHandle<()>>>,
@@ -323,6 +326,15 @@ async fn migrate_once(options: &PgOptions) -> Result<usize, StoreError> {
 impl PgStore {
     /// Connects, applies the migrations and starts the writer.
     pub async fn open(options: &PgOptions) -> Result<PgStore, StoreError> {
+        Self::open_fenced(options, lease::Fences::new("", Duration::from_secs(10))).await
+    }
+
+    /// [`PgStore::open`] for a cluster node: its writer refuses writes `fences` says this node
+    /// no longer owns (`lease.rs`).
+    pub async fn open_fenced(
+        options: &PgOptions,
+        fences: Arc<lease::Fences>,
+    ) -> Result<PgStore, StoreError> {
         migrate(options).await?;
         let config = options.config()?;
         let manager = Manager::from_config(
@@ -341,16 +353,22 @@ impl PgStore {
             .map_err(StoreError::db)?;
         let queue = Arc::new(Queue::new());
         let metrics = Arc::new(Metrics::default());
-        let handle = writer::spawn(config, queue.clone(), metrics.clone())?;
+        let handle = writer::spawn(config, queue.clone(), metrics.clone(), fences.clone())?;
         tracing::info!(schema = ?options.schema, "postgres store opened");
         Ok(PgStore {
             inner: Arc::new(Inner {
+                fences,
                 pool,
                 queue,
                 metrics,
                 writer: Mutex::new(Some(handle)),
             }),
         })
+    }
+
+    /// The lease statements of cluster mode (`lease.rs`), on this store's pool and fences.
+    pub fn leases(&self) -> lease::Leases {
+        lease::Leases::new(self.inner.pool.clone(), self.inner.fences.clone())
     }
 
     fn read<'a, T: Send + 'a>(

@@ -11,6 +11,7 @@
 //! | `messages` | `(conversation, no)` | the message record's JSON |
 //! | `events` | `(conversation, seq)` | the event JSON, exactly as sent to clients |
 //! | `checkpoints` | `conversation` | opaque bytes |
+//! | `leases` | `conversation` | cluster mode: the owner node, its fencing epoch, `lease_until` (`lease.rs`) |
 //!
 //! Replay is one range scan of the `events` primary key; listings are range scans of
 //! `conversations_owner` / `conversations_owner_assistant` (newest `updated_at` first, then id);
@@ -63,7 +64,16 @@ const MIGRATIONS: &[(i32, &str)] = &[
         record text NOT NULL
     );",
     ),
-    // v3 is the cluster's lease table (src/store/postgres/lease.rs), added on another branch.
+    (
+        3,
+        "CREATE TABLE leases (
+        conversation text PRIMARY KEY,
+        node text NOT NULL,
+        epoch bigint NOT NULL,
+        lease_until timestamptz NOT NULL
+    );
+    CREATE INDEX leases_node ON leases (node);",
+    ),
     (
         4,
         // The retention sweep pages idle conversations by id: a scan of this index starting

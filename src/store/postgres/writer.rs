@@ -26,7 +26,7 @@
 //!   (reconnecting if needed); a failure marks the store unavailable (`/healthz` says
 //!   `degraded`), a success clears it, so an outage shows without any write.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -213,6 +213,7 @@ pub(super) fn spawn(
     config: tokio_postgres::Config,
     queue: Arc<Queue>,
     metrics: Arc<Metrics>,
+    fences: Arc<super::lease::Fences>,
 ) -> Result<JoinHandle<()>, StoreError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -227,6 +228,7 @@ pub(super) fn spawn(
                 client: None,
                 metrics,
                 failing: false,
+                fences,
             };
             runtime.block_on(async move {
                 loop {
@@ -251,6 +253,8 @@ struct Writer {
     /// The last group failed (its waiters got the error): later groups get one attempt each,
     /// not [`RETRY_FOR`] of retries, until a commit or a probe succeeds.
     failing: bool,
+    /// Cluster mode's fence (`lease.rs`): batches of conversations this node lost are refused.
+    fences: Arc<super::lease::Fences>,
 }
 
 impl Writer {
@@ -273,8 +277,8 @@ impl Writer {
         };
         let mut pause = Duration::from_millis(20);
         let result = loop {
-            let error = match bounded(ATTEMPT_TIMEOUT, self.try_commit(&ops)).await {
-                Ok(()) => break Ok(()),
+            let error = match bounded(ATTEMPT_TIMEOUT, self.try_commit(&group)).await {
+                Ok(refused) => break Ok(refused),
                 Err(e) => e,
             };
             // After any failure the connection may still be inside the group's transaction
@@ -290,7 +294,7 @@ impl Writer {
         };
         let m = &self.metrics;
         match result {
-            Ok(()) => {
+            Ok(mut refused) => {
                 self.failing = false;
                 m.commits.fetch_add(1, Ordering::Relaxed);
                 m.unavailable.store(false, Ordering::Relaxed);
@@ -304,8 +308,12 @@ impl Writer {
                 m.commit_micros
                     .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
                 drop(ops);
-                for batch in group {
-                    batch.answer(Ok(()));
+                for (i, batch) in group.into_iter().enumerate() {
+                    // Cluster fence: a refused batch stored nothing (`lease.rs`).
+                    batch.answer(match refused.remove(&i) {
+                        Some(conversation) => Err(StoreError::Fenced { conversation }),
+                        None => Ok(()),
+                    });
                 }
             }
             Err(error) => {
@@ -371,20 +379,39 @@ impl Writer {
     }
 
     /// One transaction for the whole group, in one round trip: `BEGIN`, at most one statement
-    /// per table (`group.rs`), `COMMIT`, pipelined.
+    /// per table (`group.rs`), `COMMIT`, pipelined. Answers the batches the cluster fence
+    /// refused (they stored nothing).
     ///
-    /// A check whose answer decides in Rust what the group writes (a cluster fence that drops
-    /// the batches of conversations this node lost) must run BEFORE the pipeline is built:
-    /// await `BEGIN` and the check, then pipeline the statements of the batches kept and
-    /// `COMMIT` (skip the pipelined `BEGIN` then). `COMMIT` is never sent before such a
-    /// decision. A check that only fails (raises an SQL error) can simply be one more step.
-    async fn try_commit(&mut self, ops: &[&Op]) -> Result<(), StoreError> {
+    /// In cluster mode the fence's answer decides in Rust what the group writes, so `BEGIN`
+    /// and the fence check (`lease::check`, which locks the lease rows for the transaction)
+    /// are awaited first; the statements of the batches kept and `COMMIT` are pipelined after
+    /// that decision. `COMMIT` is never sent before it. On a single node there is no fence
+    /// and no extra round trip.
+    async fn try_commit(&mut self, group: &[Batch]) -> Result<HashMap<usize, String>, StoreError> {
+        let fences = self.fences.clone();
         let (client, stmts) = self.client().await?;
-        let columns = Group::of(ops).columns();
-        let mut steps = vec![step(client.batch_execute("BEGIN"))];
+        let fenced = !fences.is_empty();
+        let mut refused = HashMap::new();
+        if fenced {
+            client.batch_execute("BEGIN").await.map_err(pg_error)?;
+            refused = super::lease::check(client, &fences, group.iter().map(|b| b.ops.as_slice()))
+                .await?;
+        }
+        let ops: Vec<&Op> = group
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !refused.contains_key(i))
+            .flat_map(|(_, b)| b.ops.iter())
+            .collect();
+        let columns = Group::of(&ops).columns();
+        let mut steps = Vec::new();
+        if !fenced {
+            steps.push(step(client.batch_execute("BEGIN")));
+        }
         columns.steps(client, stmts, &mut steps);
         steps.push(step(client.batch_execute("COMMIT")));
-        pipeline(steps).await.map_err(pg_error)
+        pipeline(steps).await.map_err(pg_error)?;
+        Ok(refused)
     }
 }
 

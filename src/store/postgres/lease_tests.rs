@@ -1,0 +1,124 @@
+//! Leases and the fence against a real PostgreSQL: two "nodes" are two stores on one schema,
+//! each with its own [`Fences`].
+
+use std::time::Duration;
+
+use super::{Belief, Claim, Fences};
+use crate::store::postgres::tests::fresh_options;
+use crate::store::postgres::{PgOptions, PgStore};
+use crate::store::{ConversationRecord, RunStatus, Store, StoreError, WriteOp};
+
+const LEASE: Duration = Duration::from_millis(400);
+
+async fn node(options: &PgOptions, name: &str) -> PgStore {
+    PgStore::open_fenced(options, Fences::new(name, LEASE))
+        .await
+        .expect("open")
+}
+
+fn record(id: &str, title: &str) -> WriteOp {
+    WriteOp::PutConversation(ConversationRecord {
+        id: id.to_owned(),
+        owner: "u".to_owned(),
+        assistant: "chat".to_owned(),
+        title: title.to_owned(),
+        title_set: true,
+        status: RunStatus::Idle,
+        created_at: 1,
+        updated_at: 1,
+        args: serde_json::json!({}),
+        last_seq: 0,
+        message_count: 0,
+        pending_interrupts: Vec::new(),
+    })
+}
+
+async fn title(store: &PgStore, id: &str) -> String {
+    store.get_conversation(id).await.unwrap().unwrap().title
+}
+
+#[tokio::test]
+async fn a_claim_is_exclusive_until_the_lease_expires_and_each_claim_bumps_the_epoch() {
+    let options = fresh_options().await;
+    let (a, b) = (node(&options, "a").await, node(&options, "b").await);
+    assert_eq!(a.leases().claim("c").await.unwrap(), Claim::Won(1));
+    assert_eq!(
+        b.leases().claim("c").await.unwrap(),
+        Claim::HeldBy("a".into())
+    );
+    assert_eq!(b.leases().owner("c").await.unwrap().as_deref(), Some("a"));
+    // Renewed, it stays a's.
+    tokio::time::sleep(LEASE / 2).await;
+    assert!(a.leases().renew().await.unwrap().is_empty());
+    tokio::time::sleep(LEASE / 2).await;
+    assert_eq!(
+        b.leases().claim("c").await.unwrap(),
+        Claim::HeldBy("a".into())
+    );
+    // Not renewed: expired, b takes it at the next epoch, and a learns it at renewal.
+    tokio::time::sleep(LEASE + Duration::from_millis(100)).await;
+    assert_eq!(b.leases().owner("c").await.unwrap(), None);
+    assert_eq!(b.leases().claim("c").await.unwrap(), Claim::Won(2));
+    assert_eq!(a.leases().renew().await.unwrap(), vec!["c".to_owned()]);
+    assert_eq!(a.leases().fences().get("c"), Some(Belief::Lost));
+    // A released lease is free at once.
+    b.leases()
+        .release(&[("c".to_owned(), Some(2))])
+        .await
+        .unwrap();
+    assert_eq!(a.leases().claim("c").await.unwrap(), Claim::Won(3));
+}
+
+#[tokio::test]
+async fn a_node_that_lost_its_lease_cannot_write_and_others_batches_still_commit() {
+    let options = fresh_options().await;
+    let (a, b) = (node(&options, "a").await, node(&options, "b").await);
+    assert_eq!(a.leases().claim("c").await.unwrap(), Claim::Won(1));
+    a.write(vec![record("c", "by a")]).await.unwrap();
+    tokio::time::sleep(LEASE + Duration::from_millis(100)).await;
+    assert_eq!(b.leases().claim("c").await.unwrap(), Claim::Won(2));
+    b.write(vec![record("c", "by b")]).await.unwrap();
+
+    // a still believes it holds epoch 1: its batch is refused; a batch queued with it for
+    // another conversation (no lease) commits in the same group.
+    let stale = a.submit(vec![record("c", "stale"), record("other", "x")]);
+    let fine = a.submit(vec![record("free", "free")]);
+    match stale.await {
+        Err(StoreError::Fenced { conversation }) => assert_eq!(conversation, "c"),
+        other => panic!("expected Fenced, got {other:?}"),
+    }
+    fine.await.unwrap();
+    assert_eq!(title(&b, "c").await, "by b", "nothing of the stale batch");
+    assert!(b.get_conversation("other").await.unwrap().is_none());
+    assert_eq!(title(&b, "free").await, "free");
+    // Refused once, refused for good (until a claims again).
+    assert_eq!(a.leases().fences().get("c"), Some(Belief::Lost));
+    assert!(matches!(
+        a.write(vec![record("c", "again")]).await,
+        Err(StoreError::Fenced { .. })
+    ));
+}
+
+#[tokio::test]
+async fn a_new_conversation_is_claimed_by_its_first_commit() {
+    let options = fresh_options().await;
+    let (a, b) = (node(&options, "a").await, node(&options, "b").await);
+    a.leases().fences().set("n", Belief::New);
+    a.write(vec![record("n", "first")]).await.unwrap();
+    // Confirmed by the next renewal (the commit could have been retried).
+    assert_eq!(a.leases().fences().get("n"), Some(Belief::New));
+    assert!(a.leases().renew().await.unwrap().is_empty());
+    assert_eq!(a.leases().fences().get("n"), Some(Belief::Held(1)));
+    assert_eq!(b.leases().owner("n").await.unwrap().as_deref(), Some("a"));
+    // Another node creating the same id at the same time loses.
+    b.leases().fences().set("n", Belief::New);
+    assert!(matches!(
+        b.write(vec![record("n", "second")]).await,
+        Err(StoreError::Fenced { .. })
+    ));
+    assert_eq!(title(&a, "n").await, "first");
+    // Renewal keeps it; released, it is free at once.
+    assert!(a.leases().renew().await.unwrap().is_empty());
+    a.leases().release(&[("n".to_owned(), None)]).await.unwrap();
+    assert_eq!(b.leases().owner("n").await.unwrap(), None);
+}
