@@ -13,6 +13,7 @@
 mod agui;
 mod baseline;
 mod client;
+mod cluster;
 mod llm_stream;
 mod openai;
 mod scenarios;
@@ -38,6 +39,9 @@ pub enum Scenario {
     OpenAi,
     Soak,
     LlmStream,
+    /// Scenario 12: three nodes on one PostgreSQL and one NATS. Not in `all` (it needs both
+    /// servers); asked for by name.
+    Cluster,
 }
 
 impl Scenario {
@@ -71,9 +75,10 @@ impl Scenario {
                 "9" | "openai" => out.push(Scenario::OpenAi),
                 "10" | "soak" => out.push(Scenario::Soak),
                 "11" | "llm-stream" => out.push(Scenario::LlmStream),
+                "12" | "cluster" => out.push(Scenario::Cluster),
                 other => {
                     return Err(format!(
-                        "unknown scenario '{other}' (all, invoke, hitl, stream, idle, durable, cold, agui, sse, openai, soak, llm-stream or 1-11)"
+                        "unknown scenario '{other}' (all, invoke, hitl, stream, idle, durable, cold, agui, sse, openai, soak, llm-stream, cluster or 1-12)"
                     ))
                 }
             }
@@ -109,6 +114,8 @@ pub struct Options {
     pub llm_streams: usize,
     pub llm_tokens: usize,
     pub llm_rounds: usize,
+    /// Scenario 12: paused conversations owned by the node that is killed.
+    pub cluster_paused: usize,
 }
 
 impl Options {
@@ -133,6 +140,7 @@ impl Options {
             llm_streams: 1_000,
             llm_tokens: 100,
             llm_rounds: 3,
+            cluster_paused: 100,
         }
     }
 
@@ -173,6 +181,7 @@ impl Options {
             llm_streams: 8,
             llm_tokens: 10,
             llm_rounds: 2,
+            cluster_paused: 4,
         }
     }
 
@@ -237,11 +246,16 @@ impl Options {
                 other => return Err(format!("unknown argument '{other}'\n{USAGE}")),
             }
         }
+        if o.scenarios.contains(&Scenario::Cluster) {
+            // The cluster's single-node comparison, and every other scenario of the run, on
+            // PostgreSQL.
+            cluster::ensure_postgres()?;
+        }
         Ok(o)
     }
 }
 
-pub const USAGE: &str = "usage: cargo bench --bench load -- [--quick | --smoke] [--scenario all|invoke,hitl,stream,idle,durable,cold,agui,sse,openai,soak,llm-stream|1-11] [--backend redb|postgres] [--duration SECS] [--invoke-connections N] [--hitl-clients N] [--idle-sockets N] [--cold-conversations N] [--soak-minutes M] [--llm-streams N]";
+pub const USAGE: &str = "usage: cargo bench --bench load -- [--quick | --smoke] [--scenario all|invoke,hitl,stream,idle,durable,cold,agui,sse,openai,soak,llm-stream,cluster|1-12] [--backend redb|postgres] [--duration SECS] [--invoke-connections N] [--hitl-clients N] [--idle-sockets N] [--cold-conversations N] [--soak-minutes M] [--llm-streams N]";
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Unit {
@@ -454,7 +468,11 @@ async fn run_async(o: &Options) -> Report {
     let needs_bare = o.scenarios.iter().any(|s| {
         !matches!(
             s,
-            Scenario::Durable | Scenario::Idle | Scenario::Soak | Scenario::LlmStream
+            Scenario::Durable
+                | Scenario::Idle
+                | Scenario::Soak
+                | Scenario::LlmStream
+                | Scenario::Cluster
         )
     });
     let b = if needs_bare {
@@ -483,6 +501,7 @@ async fn run_async(o: &Options) -> Report {
             Scenario::OpenAi => openai::openai(o, &mut report).await,
             Scenario::Soak => soak::soak(o, &mut report).await,
             Scenario::LlmStream => llm_stream::llm_stream(o, &mut report).await,
+            Scenario::Cluster => cluster::cluster(o, &mut report).await,
         };
         if let Err(e) = r {
             report.problem(format!("scenario {s:?} failed: {e:#}"));

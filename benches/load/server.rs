@@ -72,6 +72,15 @@ impl Home {
         })
     }
 
+    /// Another home (its own directory) on this home's PostgreSQL schema: the nodes of a
+    /// cluster share one database (scenario 12).
+    pub fn sharing_schema(&self) -> anyhow::Result<Home> {
+        Ok(Home {
+            dir: Arc::new(tempfile::tempdir()?),
+            schema: self.schema.clone(),
+        })
+    }
+
     /// The `[storage]` lines of this home's backend.
     fn storage_lines(&self) -> String {
         match POSTGRES.get() {
