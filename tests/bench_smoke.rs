@@ -59,3 +59,17 @@ fn load_generator_smoke() {
         .unwrap_or_default();
     assert_eq!(sends, load::Options::smoke().idle_sockets as f64);
 }
+
+/// Scenario 12 needs PostgreSQL and NATS, so `all` (and this smoke test) leaves it out; it is
+/// asked for by name or number. Its smoke run takes ~13 s in a debug build (see BENCHMARKS.md).
+#[test]
+fn load_generator_cluster_scenario_is_asked_for_by_name() {
+    use load::Scenario;
+    assert_eq!(Scenario::parse("cluster"), Ok(vec![Scenario::Cluster]));
+    assert_eq!(Scenario::parse("12"), Ok(vec![Scenario::Cluster]));
+    assert!(!Scenario::parse("all")
+        .expect("all")
+        .contains(&Scenario::Cluster));
+    let err = Scenario::parse("clusters").expect_err("an unknown name");
+    assert!(err.contains("cluster or 1-12"), "{err}");
+}
