@@ -18,8 +18,10 @@ fn load_generator_smoke() {
         let rows = report.rows_of(scenario);
         assert!(!rows.is_empty(), "scenario {scenario} produced no row");
         for r in rows {
+            // A difference of two latencies ("a − b") may be below zero on a noisy machine.
+            let difference = r.measure.contains('−');
             assert!(
-                r.value.is_finite() && r.value >= 0.0,
+                r.value.is_finite() && (r.value >= 0.0 || difference),
                 "{}: not a measurement: {}",
                 r.measure,
                 r.value
