@@ -92,8 +92,12 @@ fn stop_all(nodes: Vec<Parley>, report: &mut Report) {
             report.problem(format!("12: node {i} died: {exit}"));
             continue;
         }
-        for w in n.warnings() {
-            report.note(format!("12: node {i} logged: {w}"));
+        let warnings = n.warnings();
+        if let Some(first) = warnings.first() {
+            report.note(format!(
+                "12: node {i} logged {} warning(s); the first: {first}",
+                warnings.len()
+            ));
         }
         if let Err(e) = n.stop() {
             report.problem(format!("12: node {i} did not stop cleanly: {e:#}"));
@@ -211,6 +215,9 @@ async fn invoke_rows(o: &Options, nodes: &[Parley], report: &mut Report) -> anyh
 
 // ---- a WebSocket that follows several conversations --------------------------------------------
 
+/// A paused conversation: (conversation, interrupt id, seq of the pause's `RUN_FINISHED`).
+type Paused = (String, String, u64);
+
 /// How a run segment ended, seen on a socket.
 #[derive(Debug, Clone)]
 struct End {
@@ -321,8 +328,8 @@ impl Sock {
         }
     }
 
-    /// Starts a `bench_hitl` conversation and waits for its pause: (conversation, interrupt, seq).
-    async fn paused(&mut self, content: &str) -> anyhow::Result<(String, String, u64)> {
+    /// Starts a `bench_hitl` conversation and waits for its pause.
+    async fn paused(&mut self, content: &str) -> anyhow::Result<Paused> {
         let ack = self
             .request(json!({"type": "send", "assistant": "bench_hitl", "content": content}))
             .await?;
@@ -430,7 +437,7 @@ async fn hitl_rows(o: &Options, nodes: &[Parley], report: &mut Report) -> anyhow
 /// command gave up) is retried with a new frame id.
 async fn resume_all(
     s: &mut Sock,
-    convs: &[(String, String, u64)],
+    convs: &[Paused],
     killed: Instant,
     give_up: Instant,
 ) -> anyhow::Result<(Samples, u64)> {
@@ -458,17 +465,14 @@ async fn resume_all(
     Ok((samples, retries))
 }
 
-/// Paused conversations owned by A; SIGKILL of A; after `delay`, every one is resumed through B
-/// or C. Times are from the kill.
-async fn takeover_rows(o: &Options, delay: Duration, report: &mut Report) -> anyhow::Result<()> {
-    let mut nodes = start_cluster(TAKEOVER_LEASE)?;
-    let n = o.cluster_paused.max(1);
-    let mut sa = Sock::connect(nodes[0].addr).await?;
+/// `n` paused conversations created through `a`, which must report owning them.
+async fn paused_on(a: SocketAddr, n: usize, report: &mut Report) -> anyhow::Result<Vec<Paused>> {
+    let mut sa = Sock::connect(a).await?;
     let mut paused = Vec::new();
     for i in 0..n {
         paused.push(sa.paused(&format!("a lamp #{i}")).await?);
     }
-    let health: Value = reqwest::get(format!("http://{}/healthz", nodes[0].addr))
+    let health: Value = reqwest::get(format!("http://{a}/healthz"))
         .await?
         .json()
         .await?;
@@ -480,14 +484,19 @@ async fn takeover_rows(o: &Options, delay: Duration, report: &mut Report) -> any
             "12 takeover: node A owns {owned} conversations, expected at least {n}: {health}"
         ));
     }
+    sa.ws.close().await;
+    Ok(paused)
+}
+
+/// Paused conversations owned by A; SIGKILL of A; after `delay`, every one is resumed through B
+/// or C. Times are from the kill.
+async fn takeover_rows(o: &Options, delay: Duration, report: &mut Report) -> anyhow::Result<()> {
+    let mut nodes = start_cluster(TAKEOVER_LEASE)?;
+    let n = o.cluster_paused.max(1);
+    let paused = paused_on(nodes[0].addr, n, report).await?;
     // Subscribers on B and C (alternately), before the kill.
-    let (on_b, on_c): (Vec<_>, Vec<_>) = paused
-        .iter()
-        .cloned()
-        .enumerate()
-        .partition(|(i, _)| i % 2 == 0);
-    let on_b: Vec<_> = on_b.into_iter().map(|(_, p)| p).collect();
-    let on_c: Vec<_> = on_c.into_iter().map(|(_, p)| p).collect();
+    let on_b: Vec<Paused> = paused.iter().step_by(2).cloned().collect();
+    let on_c: Vec<Paused> = paused.iter().skip(1).step_by(2).cloned().collect();
     let mut sb = Sock::connect(nodes[1].addr).await?;
     let mut sc = Sock::connect(nodes[2].addr).await?;
     for (s, convs) in [(&mut sb, &on_b), (&mut sc, &on_c)] {
