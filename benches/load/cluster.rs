@@ -43,7 +43,9 @@ const HOW_TO_START: &str = "start them with: source scripts/lib/postgres.sh; pg_
 
 /// Puts the run on PostgreSQL (unless `--backend postgres` already did): the nodes of a cluster
 /// share one database, and the single-node comparison must use the same backend.
+/// Also checks that NATS is named, so a run fails before its first scenario, not at this one.
 pub fn ensure_postgres() -> Result<(), String> {
+    nats_url().map_err(|e| e.to_string())?;
     if server::backend_name() == "postgres" {
         return Ok(());
     }
@@ -107,7 +109,6 @@ fn stop_all(nodes: Vec<Parley>, report: &mut Report) {
 
 pub async fn cluster(o: &Options, report: &mut Report) -> anyhow::Result<()> {
     ensure_postgres().map_err(|e| anyhow!(e))?;
-    nats_url()?;
     let nodes = start_cluster(STEADY_LEASE)?;
     let r = async {
         invoke_rows(o, &nodes, report).await?;
