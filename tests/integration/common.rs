@@ -259,6 +259,15 @@ impl Client {
         }
     }
 
+    /// The next frame, from the backlog first; `None` when the socket ended (or stayed silent
+    /// past the wait limit).
+    pub async fn next_frame(&mut self) -> Option<Value> {
+        if !self.backlog.is_empty() {
+            return Some(self.backlog.remove(0));
+        }
+        self.recv().await
+    }
+
     /// The next frame matching `pred` (others are kept in the backlog).
     pub async fn wait_for(&mut self, pred: impl Fn(&Value) -> bool) -> Value {
         if let Some(i) = self.backlog.iter().position(&pred) {

@@ -322,7 +322,7 @@ async fn a_socket_that_never_reads_is_closed_and_comes_back_with_since() {
     let mut slow = Client::connect(&s).await;
     slow.frame(json!({"type": "subscribe", "conversationId": conv, "since": 0}))
         .await;
-    let all = fast.run_events(&conv).await;
+    let all = whole_run(&s, fast, &conv).await;
     assert_contiguous(&all, 1);
     assert!(all.len() > 5000, "{}", all.len());
     assert_eq!(all.last().unwrap()["event"]["type"], "RUN_FINISHED");
@@ -351,8 +351,48 @@ async fn a_socket_that_never_reads_is_closed_and_comes_back_with_since() {
         .events_until(&conv, |e| e["type"] == "RUN_FINISHED")
         .await;
     assert_eq!(&all[events.len()..], &rest[..]);
+    // At least the slow socket; on a loaded machine the reading one may have been cut off too.
     let m = metrics_text(&s).await;
-    assert!(m.contains("parley_slow_consumers_closed_total 1"), "{m}");
+    let closed = m
+        .lines()
+        .find_map(|l| l.strip_prefix("parley_slow_consumers_closed_total "))
+        .and_then(|n| n.trim().parse::<u64>().ok());
+    assert!(closed.is_some_and(|n| n >= 1), "{m}");
+}
+
+/// Every event of `conv`'s run as read on `c`. The server may close even a reading socket as
+/// too slow when the machine is loaded (this test's buffer is small on purpose); then the
+/// client does what the protocol tells it to: reconnect and subscribe with `since`.
+async fn whole_run(s: &Server, mut c: Client, conv: &str) -> Vec<Value> {
+    let mut all: Vec<Value> = Vec::new();
+    let mut reconnects = 0;
+    loop {
+        match c.next_frame().await {
+            Some(v) if v["type"] == "event" && v["conversationId"] == json!(conv) => {
+                let end = matches!(
+                    v["event"]["type"].as_str(),
+                    Some("RUN_FINISHED" | "RUN_ERROR")
+                );
+                all.push(v);
+                if end {
+                    return all;
+                }
+            }
+            Some(_) => {}
+            None => {
+                reconnects += 1;
+                assert!(
+                    reconnects <= 20,
+                    "the run never ended ({} events)",
+                    all.len()
+                );
+                let since = all.last().and_then(|e| e["seq"].as_u64()).unwrap_or(0);
+                c = Client::connect(s).await;
+                c.ok(json!({"type": "subscribe", "conversationId": conv, "since": since}))
+                    .await;
+            }
+        }
+    }
 }
 
 #[tokio::test]
