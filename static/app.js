@@ -283,6 +283,9 @@
   // ======================================================================== conversations
 
   let listRefreshTimer = null;
+  // Bumped by every list load and by every delete: a load answers only if nothing newer
+  // happened meanwhile (a list fetched before a delete must not bring the deleted one back).
+  let listGeneration = 0;
 
   /** Reload the sidebar soon (coalesces bursts of triggers). */
   function refreshConversationsSoon(delay = 250) {
@@ -294,11 +297,14 @@
     if (!state.assistant) return;
     const q = new URLSearchParams({ limit: "50" });
     if (!state.filterAll) q.set("assistant", state.assistant.id);
+    const generation = ++listGeneration;
     try {
       const data = await api("/api/conversations?" + q);
+      if (generation !== listGeneration) return;
       state.conversations = (data && data.items) || (Array.isArray(data) ? data : []);
       renderConversationList();
     } catch (err) {
+      if (generation !== listGeneration) return;
       state.conversations = [];
       renderConversationList(err.status === 0 ? "Cannot reach the server." : err.message);
     }
@@ -439,6 +445,7 @@
     if (!window.confirm(`Delete “${c.title || "Untitled"}”? Its messages and history are removed for good.`)) return;
     try {
       await api("/api/conversations/" + encodeURIComponent(c.id), { method: "DELETE" });
+      listGeneration++; // a list fetched before the delete is stale
       if (c.id === client.conversationId) startNewConversation();
       state.conversations = state.conversations.filter((x) => x.id !== c.id);
       renderConversationList();
