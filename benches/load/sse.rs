@@ -7,14 +7,90 @@
 use std::sync::Arc;
 
 use anyhow::{anyhow, bail};
-use eventsource_stream::Eventsource;
-use futures_util::StreamExt;
 use serde_json::{json, Value};
 
 use super::scenarios::{join, note_errors, STREAM_TEXT};
 use super::server::{CpuProbe, Home};
 use super::stats::{Tally, Window};
 use super::{Options, Report, Row, Target, Unit};
+
+/// One SSE message as the server writes it (`id: <seq>`, `event: <type>`, `data: <json>`).
+struct Message {
+    seq: u64,
+    event: String,
+    data: String,
+}
+
+/// A lean reader of the server's SSE: splits messages at the blank line and reads their
+/// `id`, `event` and `data` lines, skipping comments (heartbeats). The load generator shares
+/// the server's 2 cores, so it reads frames as cheaply as the WebSocket client does (typed,
+/// no general-purpose parser); the integration tests read the same streams with a real SSE
+/// parser (`eventsource-stream`).
+struct SseReader {
+    resp: reqwest::Response,
+    buf: Vec<u8>,
+    at: usize,
+}
+
+impl SseReader {
+    fn new(resp: reqwest::Response) -> SseReader {
+        SseReader {
+            resp,
+            buf: Vec::new(),
+            at: 0,
+        }
+    }
+
+    async fn next(&mut self) -> anyhow::Result<Message> {
+        loop {
+            if let Some(end) = find(&self.buf[self.at..], b"\n\n") {
+                let block = &self.buf[self.at..self.at + end];
+                self.at += end + 2;
+                if let Some(m) = parse(block)? {
+                    return Ok(m);
+                }
+                continue;
+            }
+            self.buf.drain(..self.at);
+            self.at = 0;
+            let chunk = self
+                .resp
+                .chunk()
+                .await?
+                .ok_or_else(|| anyhow!("the stream ended"))?;
+            self.buf.extend_from_slice(&chunk);
+        }
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// One message block; `None` for a comment-only block.
+fn parse(block: &[u8]) -> anyhow::Result<Option<Message>> {
+    let (mut seq, mut event, mut data) = (None, String::new(), String::new());
+    for line in block.split(|&b| b == b'\n') {
+        let line = std::str::from_utf8(line)?;
+        if let Some(v) = line.strip_prefix("id: ") {
+            seq = Some(v.parse::<u64>()?);
+        } else if let Some(v) = line.strip_prefix("event: ") {
+            event = v.to_owned();
+        } else if let Some(v) = line.strip_prefix("data: ") {
+            // Only an error's data is read (for its message).
+            if event == "RUN_ERROR" {
+                data = v.to_owned();
+            }
+        } else if !line.starts_with(':') && !line.is_empty() {
+            bail!("an unexpected SSE line: {line}");
+        }
+    }
+    match seq {
+        Some(seq) => Ok(Some(Message { seq, event, data })),
+        None if event.is_empty() && data.is_empty() => Ok(None),
+        None => bail!("an SSE message without an id"),
+    }
+}
 
 /// One program: its conversation's last seq seen and seq gaps.
 async fn program(
@@ -39,7 +115,7 @@ async fn program(
     if !resp.status().is_success() {
         bail!("stream: {}", resp.status());
     }
-    let mut events = resp.bytes_stream().eventsource();
+    let mut events = SseReader::new(resp);
     let (mut last, mut gaps) = (0u64, 0u64);
     while !w.over() {
         let r = http
@@ -52,21 +128,16 @@ async fn program(
         }
         let mut n = 0u64;
         loop {
-            let ev = events
-                .next()
-                .await
-                .ok_or_else(|| anyhow!("the stream ended"))??;
-            let seq: u64 = ev.id.parse()?;
-            if seq != last + 1 {
+            let ev = events.next().await?;
+            if ev.seq != last + 1 {
                 gaps += 1;
             }
-            last = seq;
+            last = ev.seq;
             n += 1;
-            if ev.event == "RUN_ERROR" {
-                bail!("the run failed: {}", ev.data);
-            }
-            if ev.event == "RUN_FINISHED" {
-                break;
+            match ev.event.as_str() {
+                "RUN_ERROR" => bail!("the run failed: {}", ev.data),
+                "RUN_FINISHED" => break,
+                _ => {}
             }
         }
         if w.ends_in(std::time::Instant::now()) {

@@ -112,6 +112,17 @@ impl std::fmt::Debug for OutboundTx {
 }
 
 impl OutboundRx {
+    /// The next frame if one is queued now; never waits (a reader draining a burst into one
+    /// write uses it after [`OutboundRx::recv`]).
+    pub fn try_recv(&mut self) -> Option<Outbound> {
+        let mut s = self.shared.state.lock();
+        let out = s.items.pop_front();
+        if out.is_some() && s.items.is_empty() && s.items.capacity() > KEEP {
+            s.items = VecDeque::new();
+        }
+        out
+    }
+
     /// The next frame, waiting for one; `None` once every sender is gone and nothing is left.
     /// Cancel-safe: a frame is only taken out when it is returned.
     pub async fn recv(&mut self) -> Option<Outbound> {

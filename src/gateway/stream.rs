@@ -150,6 +150,26 @@ impl EventStream {
         }
     }
 
+    /// The next event if one can be handed out without waiting: a stored one already read, or
+    /// a live one already queued. `None` says nothing about the stream's end: call
+    /// [`EventStream::next`] for that (and for stored events not read yet, a lag or a close).
+    pub fn try_next(&mut self) -> Option<(u64, Bytes)> {
+        if let Some((seq, json)) = self.page.pop_front() {
+            self.cursor = seq;
+            return Some((seq, json));
+        }
+        if self.cursor < self.high || self.slow.is_cancelled() {
+            return None;
+        }
+        while let Some(out) = self.rx.try_recv() {
+            if out.seq > self.cursor {
+                self.cursor = out.seq;
+                return Some((out.seq, out.event));
+            }
+        }
+        None
+    }
+
     /// The next stored event in `(cursor, high]`, reading a page when needed.
     async fn next_stored(&mut self) -> Result<Option<Next>, ApiError> {
         if self.page.is_empty() && self.cursor < self.high {
@@ -182,8 +202,18 @@ impl Drop for EventStream {
     }
 }
 
-/// The `type` of a stored event, read without parsing the rest.
+/// The `type` of a stored event. Stored events are written by serde with their `type` tag
+/// first (`{"type":"RUN_STARTED",…`), so that prefix is read without parsing the rest (every
+/// streamed event passes here); any other shape is parsed.
 pub fn event_type(event_json: &[u8]) -> Option<String> {
+    const PREFIX: &[u8] = br#"{"type":""#;
+    if let Some(rest) = event_json.strip_prefix(PREFIX) {
+        if let Some(end) = rest.iter().position(|&b| b == b'"' || b == b'\\') {
+            if rest[end] == b'"' {
+                return std::str::from_utf8(&rest[..end]).ok().map(str::to_owned);
+            }
+        }
+    }
     #[derive(serde::Deserialize)]
     struct Typed {
         #[serde(rename = "type")]
@@ -217,6 +247,12 @@ mod tests {
         ));
         assert!(!ends_run(br#"{"type":"RUN_STARTED","runId":"r"}"#));
         assert!(!ends_run(b"not json"));
+        // An escaped tag is parsed, not read off the prefix.
+        assert_eq!(
+            event_type(br#"{"type":"A\u0042","x":1}"#).as_deref(),
+            Some("AB")
+        );
+        assert_eq!(event_type(br#"{"type":"#), None);
         assert_eq!(
             event_type(br#"{"type":"STEP_STARTED","stepName":"a"}"#).as_deref(),
             Some("STEP_STARTED")

@@ -380,3 +380,75 @@ async fn invoke_with_accept_event_stream_streams_the_run() {
     assert_eq!(resp.status(), 409);
     assert_eq!(resp.headers()["x-should-retry"], "false");
 }
+
+/// Reads the raw body of an SSE response until `until`; its text.
+async fn read_raw_until(resp: &mut reqwest::Response, until: tokio::time::Instant) -> String {
+    let mut text = String::new();
+    while let Ok(Ok(Some(chunk))) = tokio::time::timeout_at(until, resp.chunk()).await {
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    text
+}
+
+#[tokio::test]
+async fn an_idle_stream_gets_heartbeats_and_still_delivers_events_after_them() {
+    let s = Server::start_with(crate::common::Options {
+        server_config: "sse_heartbeat_seconds = 1".into(),
+        ..Default::default()
+    });
+    let conv = create(&s, "slow", "rivers").await;
+    let done = Sse::open(&s, &conv, "?until=idle", None)
+        .await
+        .until_end()
+        .await;
+    let last = done.last().expect("the first run's events").seq;
+
+    let mut resp = http()
+        .get(s.http(&format!("/api/conversations/{conv}/stream")))
+        .send()
+        .await
+        .expect("GET stream");
+    assert_eq!(resp.status(), 200);
+    let start = tokio::time::Instant::now();
+    let idle = read_raw_until(&mut resp, start + std::time::Duration::from_millis(2600)).await;
+    let beats = idle.matches(": heartbeat\n\n").count();
+    assert_eq!(
+        idle.matches("\nid: ").count() + usize::from(idle.starts_with("id: ")),
+        last as usize,
+        "the replay, once: {idle}"
+    );
+    assert!(
+        (1..=3).contains(&beats),
+        "one heartbeat a second while idle, {beats} in 2.6 s: {idle}"
+    );
+    assert!(
+        idle.ends_with(": heartbeat\n\n"),
+        "heartbeats come after the replay: {idle}"
+    );
+
+    // After the heartbeats, a new run's events still arrive on the same response.
+    let (st, _, b) = post(
+        &s,
+        &format!("/api/conversations/{conv}/messages"),
+        json!({"content": "lakes"}),
+        None,
+    )
+    .await;
+    assert_eq!(st, 202, "{b}");
+    let mut more = String::new();
+    let deadline = tokio::time::Instant::now() + crate::common::WAIT;
+    while !more.contains("event: RUN_FINISHED") && tokio::time::Instant::now() < deadline {
+        more.push_str(
+            &read_raw_until(
+                &mut resp,
+                deadline.min(tokio::time::Instant::now() + std::time::Duration::from_secs(1)),
+            )
+            .await,
+        );
+    }
+    assert!(
+        more.contains(&format!("id: {}\n", last + 1)),
+        "the next seq follows: {more}"
+    );
+    assert!(more.contains("event: RUN_FINISHED"), "{more}");
+}

@@ -386,7 +386,9 @@ fn run_response(stream: EventStream, t: Translator) -> HttpResponse {
         state,
         move |(mut stream, mut t, mut buf, mut done)| async move {
             loop {
-                if let Some(b) = buf.pop_front() {
+                if !buf.is_empty() {
+                    // Everything translated so far goes out as one chunk.
+                    let b = join_chunks(&mut buf);
                     return Some((Ok::<_, actix_web::Error>(b), (stream, t, buf, done)));
                 }
                 if done {
@@ -397,6 +399,18 @@ fn run_response(stream: EventStream, t: Translator) -> HttpResponse {
                         let out = t.push_json(seq, &json);
                         done = out.iter().any(ends_run);
                         buf.extend(out.iter().map(|tr| sse(Some(tr.seq), &tr.event)));
+                        // The events already waiting join this chunk.
+                        while !done && buf.len() < CHUNK_EVENTS {
+                            let Some((seq, json)) = stream.try_next() else {
+                                break;
+                            };
+                            if seq <= since {
+                                continue;
+                            }
+                            let out = t.push_json(seq, &json);
+                            done = out.iter().any(ends_run);
+                            buf.extend(out.iter().map(|tr| sse(Some(tr.seq), &tr.event)));
+                        }
                     }
                     Ok(Next::Event(..)) => {}
                     Ok(Next::Lagged) | Ok(Next::Closed) | Err(_) => {
@@ -413,6 +427,21 @@ fn run_response(stream: EventStream, t: Translator) -> HttpResponse {
         .content_type("text/event-stream")
         .insert_header(("Cache-Control", "no-cache"))
         .streaming(body)
+}
+
+/// At most about this many messages go into one chunk of a run's response.
+const CHUNK_EVENTS: usize = 256;
+
+/// The buffered messages as one chunk.
+fn join_chunks(buf: &mut VecDeque<Bytes>) -> Bytes {
+    if buf.len() == 1 {
+        return buf.pop_front().unwrap_or_default();
+    }
+    let mut out = Vec::with_capacity(buf.iter().map(Bytes::len).sum());
+    for b in buf.drain(..) {
+        out.extend_from_slice(&b);
+    }
+    Bytes::from(out)
 }
 
 fn ends_run(t: &Translated) -> bool {

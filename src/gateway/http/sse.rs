@@ -15,6 +15,7 @@
 //!   ([`Next::Lagged`]): the response ends and the client resumes with `Last-Event-ID`,
 //!   losing nothing.
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -64,18 +65,35 @@ pub struct SseMessage {
 
 /// One SSE message for an event.
 pub fn sse_message(seq: u64, event_json: &[u8]) -> Bytes {
-    let kind = event_type(event_json).unwrap_or_else(|| "message".into());
-    let mut out = Vec::with_capacity(event_json.len() + kind.len() + 40);
-    out.extend_from_slice(format!("id: {seq}\nevent: {kind}\ndata: ").as_bytes());
-    // Stored events are compact JSON: one line. Guard anyway: a newline would end `data`.
-    out.extend(
-        event_json
-            .iter()
-            .map(|&b| if b == b'\n' { b' ' } else { b }),
-    );
-    out.extend_from_slice(b"\n\n");
+    let mut out = Vec::with_capacity(event_json.len() + 64);
+    push_message(&mut out, seq, event_json);
     Bytes::from(out)
 }
+
+/// Append one SSE message for an event to `out`.
+fn push_message(out: &mut Vec<u8>, seq: u64, event_json: &[u8]) {
+    use std::io::Write as _;
+    let kind = event_type(event_json);
+    let kind = kind.as_deref().unwrap_or("message");
+    // Writing to a Vec cannot fail.
+    let _ = write!(out, "id: {seq}\nevent: {kind}\ndata: ");
+    // Stored events are compact JSON: one line. Guard anyway: a newline would end `data`.
+    if event_json.contains(&b'\n') {
+        out.extend(
+            event_json
+                .iter()
+                .map(|&b| if b == b'\n' { b' ' } else { b }),
+        );
+    } else {
+        out.extend_from_slice(event_json);
+    }
+    out.extend_from_slice(b"\n\n");
+}
+
+/// At most this many bytes of messages go into one chunk of the response: the events already
+/// waiting when one is handed out are written together (one chunk, one write), not one chunk
+/// each.
+const CHUNK_BYTES: usize = 64 * 1024;
 
 /// Where a stream starts: `Last-Event-ID` (wins), else `since`, else 0.
 fn start_after(req: &HttpRequest, since: Option<u64>) -> Result<u64, ApiError> {
@@ -97,42 +115,84 @@ struct Sse {
     events: EventStream,
     until_idle: bool,
     heartbeat: Duration,
+    /// Fires a heartbeat `heartbeat` after the last chunk. Armed once and moved only when it
+    /// fires (to `heartbeat` after the last chunk, if one went out since), not once per event.
+    beat: Pin<Box<tokio::time::Sleep>>,
+    last_sent: tokio::time::Instant,
     done: bool,
 }
 
 impl Sse {
-    /// The next chunk of the response, or `None` when it ends.
+    fn new(events: EventStream, until_idle: bool, heartbeat: Duration) -> Sse {
+        let now = tokio::time::Instant::now();
+        Sse {
+            events,
+            until_idle,
+            heartbeat,
+            beat: Box::pin(tokio::time::sleep_until(now + heartbeat)),
+            last_sent: now,
+            done: false,
+        }
+    }
+
+    /// Whether the stream ends before the next event (`?until=idle` with no run at opening:
+    /// the end of the replay).
+    fn idle_end(&self) -> bool {
+        self.until_idle && !self.events.running_at_open() && self.events.replayed()
+    }
+
+    /// The next chunk of the response (one or more messages, or a heartbeat), or `None` when it
+    /// ends.
     async fn chunk(&mut self) -> Option<Bytes> {
-        if self.done {
+        if self.done || self.idle_end() {
             return None;
         }
-        if self.until_idle && !self.events.running_at_open() && self.events.replayed() {
-            return None;
-        }
-        let next = tokio::select! {
-            n = self.events.next() => n,
-            _ = tokio::time::sleep(self.heartbeat) => {
-                return Some(Bytes::from_static(b": heartbeat\n\n"));
+        let next = loop {
+            tokio::select! {
+                n = self.events.next() => break n,
+                _ = &mut self.beat => {
+                    let due = self.last_sent + self.heartbeat;
+                    if tokio::time::Instant::now() >= due {
+                        self.last_sent = tokio::time::Instant::now();
+                        let again = self.last_sent + self.heartbeat;
+                        self.beat.as_mut().reset(again);
+                        return Some(Bytes::from_static(b": heartbeat\n\n"));
+                    }
+                    self.beat.as_mut().reset(due);
+                }
             }
         };
+        let mut out = Vec::new();
         match next {
-            Ok(Next::Event(seq, json)) => {
-                let live = seq > self.events.high_at_open();
-                if self.until_idle && self.events.running_at_open() && live && ends_run(&json) {
-                    self.done = true;
-                }
-                Some(sse_message(seq, &json))
-            }
+            Ok(Next::Event(seq, json)) => self.push(&mut out, seq, &json),
             Ok(Next::Lagged) => {
                 tracing::debug!("an SSE reader fell behind; its response ends");
-                None
+                return None;
             }
-            Ok(Next::Closed) => None,
+            Ok(Next::Closed) => return None,
             Err(e) => {
                 tracing::warn!(error = %e, "an SSE stream could not read the store");
-                None
+                return None;
             }
         }
+        // The events already waiting go out in the same chunk.
+        while !self.done && !self.idle_end() && out.len() < CHUNK_BYTES {
+            let Some((seq, json)) = self.events.try_next() else {
+                break;
+            };
+            self.push(&mut out, seq, &json);
+        }
+        self.last_sent = tokio::time::Instant::now();
+        Some(Bytes::from(out))
+    }
+
+    /// Append one event's message; notes the end of an `?until=idle` stream.
+    fn push(&mut self, out: &mut Vec<u8>, seq: u64, json: &[u8]) {
+        let live = seq > self.events.high_at_open();
+        if self.until_idle && self.events.running_at_open() && live && ends_run(json) {
+            self.done = true;
+        }
+        push_message(out, seq, json);
     }
 }
 
@@ -166,12 +226,11 @@ pub(in crate::gateway) async fn stream(
     owned_record(&svc, &user.0, &id).await?;
     let svc: Arc<_> = svc.into_inner().as_ref().clone();
     let events = EventStream::open(&svc, &user.0, &id, since).await?;
-    let state = Sse {
+    let state = Sse::new(
         events,
-        until_idle: q.until == Some(Until::Idle),
-        heartbeat: Duration::from_secs(svc.config.server.sse_heartbeat_seconds.max(1)),
-        done: false,
-    };
+        q.until == Some(Until::Idle),
+        Duration::from_secs(svc.config.server.sse_heartbeat_seconds.max(1)),
+    );
     let body = futures_util::stream::unfold(state, |mut s| async move {
         let chunk = s.chunk().await?;
         Some((Ok::<_, actix_web::Error>(chunk), s))
