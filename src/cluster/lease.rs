@@ -64,6 +64,14 @@ impl Cluster {
         }
     }
 
+    /// Who holds `conversation`'s lease, and for how long still (zero: expired).
+    pub async fn lease_of(
+        &self,
+        conversation: &str,
+    ) -> Result<Option<(String, std::time::Duration)>, StoreError> {
+        self.leases.lease_of(conversation).await
+    }
+
     /// The node whose lease on `conversation` is live.
     pub async fn owner(&self, conversation: &str) -> Result<Option<String>, StoreError> {
         self.leases.owner(conversation).await

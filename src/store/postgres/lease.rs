@@ -233,8 +233,9 @@ pub struct Leases {
 pub enum Claim {
     /// This node holds it now, at this epoch.
     Won(i64),
-    /// Another node's lease is live.
-    HeldBy(String),
+    /// Another node's lease is live, for `left` more (by the database's clock; zero when the
+    /// holder could not be read, e.g. a row another claim inserted at the same moment).
+    HeldBy { node: String, left: Duration },
 }
 
 impl Leases {
@@ -251,35 +252,54 @@ impl Leases {
     }
 
     /// Claims `conversation` unless another node's lease is live; on success the belief is
-    /// recorded (before the first write can happen).
+    /// recorded (before the first write can happen). One round trip: the claim, and who holds
+    /// the row (as it was before the claim) for the answer when it fails.
     pub async fn claim(&self, conversation: &str) -> Result<Claim, StoreError> {
         let client = self.client().await?;
         let f = &self.fences;
         let row = client
-            .query_opt(
-                "INSERT INTO leases AS l (conversation, node, epoch, lease_until)
-                 VALUES ($1, $2, 1, now() + $3 * interval '1 millisecond')
-                 ON CONFLICT (conversation) DO UPDATE
-                   SET node = EXCLUDED.node, epoch = l.epoch + 1, lease_until = EXCLUDED.lease_until
-                   WHERE l.lease_until < now() OR l.node = EXCLUDED.node
-                 RETURNING epoch",
+            .query_one(
+                "WITH won AS (
+                   INSERT INTO leases AS l (conversation, node, epoch, lease_until)
+                   VALUES ($1, $2, 1, now() + $3 * interval '1 millisecond')
+                   ON CONFLICT (conversation) DO UPDATE
+                     SET node = EXCLUDED.node, epoch = l.epoch + 1, lease_until = EXCLUDED.lease_until
+                     WHERE l.lease_until < now() OR l.node = EXCLUDED.node
+                   RETURNING epoch)
+                 SELECT (SELECT epoch FROM won),
+                        (SELECT node FROM leases WHERE conversation = $1),
+                        (SELECT GREATEST(EXTRACT(EPOCH FROM lease_until - now()) * 1000, 0)::float8
+                           FROM leases WHERE conversation = $1)",
                 &[&conversation, &f.node, &f.lease_ms()],
             )
             .await
             .map_err(StoreError::db)?;
-        if let Some(row) = row {
-            let epoch: i64 = row.get(0);
+        if let Some(epoch) = row.get::<_, Option<i64>>(0) {
             f.set(conversation, Belief::Held(epoch));
             return Ok(Claim::Won(epoch));
         }
-        let holder = client
+        Ok(Claim::HeldBy {
+            node: row.get::<_, Option<String>>(1).unwrap_or_default(),
+            left: millis(row.get::<_, Option<f64>>(2)),
+        })
+    }
+
+    /// Who holds `conversation`'s lease and for how long still (zero: expired), if it has a
+    /// row. Read without claiming (a forward that waits for its answer watches this).
+    pub async fn lease_of(
+        &self,
+        conversation: &str,
+    ) -> Result<Option<(String, Duration)>, StoreError> {
+        let client = self.client().await?;
+        let row = client
             .query_opt(
-                "SELECT node FROM leases WHERE conversation = $1",
+                "SELECT node, GREATEST(EXTRACT(EPOCH FROM lease_until - now()) * 1000, 0)::float8
+                 FROM leases WHERE conversation = $1",
                 &[&conversation],
             )
             .await
             .map_err(StoreError::db)?;
-        Ok(Claim::HeldBy(holder.map(|r| r.get(0)).unwrap_or_default()))
+        Ok(row.map(|r| (r.get(0), millis(r.get(1)))))
     }
 
     /// The node whose lease on `conversation` is live, if any.
@@ -373,6 +393,14 @@ impl Leases {
             .await
             .map_err(StoreError::db)?;
         Ok(())
+    }
+}
+
+/// Milliseconds from the database as a duration (absent, negative or not a number: zero).
+fn millis(ms: Option<f64>) -> Duration {
+    match ms {
+        Some(ms) if ms.is_finite() && ms > 0.0 => Duration::from_secs_f64(ms / 1000.0),
+        _ => Duration::ZERO,
     }
 }
 

@@ -33,6 +33,17 @@ fn record(id: &str, title: &str) -> WriteOp {
     })
 }
 
+/// A failed claim names the holder and how long its lease still runs.
+fn held_by_a(claim: Claim) {
+    match claim {
+        Claim::HeldBy { node, left } => {
+            assert_eq!(node, "a");
+            assert!(left > Duration::ZERO && left <= LEASE, "{left:?}");
+        }
+        other => panic!("expected HeldBy a, got {other:?}"),
+    }
+}
+
 async fn title(store: &PgStore, id: &str) -> String {
     store.get_conversation(id).await.unwrap().unwrap().title
 }
@@ -42,22 +53,24 @@ async fn a_claim_is_exclusive_until_the_lease_expires_and_each_claim_bumps_the_e
     let options = fresh_options().await;
     let (a, b) = (node(&options, "a").await, node(&options, "b").await);
     assert_eq!(a.leases().claim("c").await.unwrap(), Claim::Won(1));
-    assert_eq!(
-        b.leases().claim("c").await.unwrap(),
-        Claim::HeldBy("a".into())
-    );
+    held_by_a(b.leases().claim("c").await.unwrap());
     assert_eq!(b.leases().owner("c").await.unwrap().as_deref(), Some("a"));
+    let (holder, left) = b.leases().lease_of("c").await.unwrap().expect("a row");
+    assert_eq!(holder, "a");
+    assert!(left > Duration::ZERO && left <= LEASE, "{left:?}");
     // Renewed, it stays a's.
     tokio::time::sleep(LEASE / 2).await;
     assert!(a.leases().renew().await.unwrap().is_empty());
     tokio::time::sleep(LEASE / 2).await;
-    assert_eq!(
-        b.leases().claim("c").await.unwrap(),
-        Claim::HeldBy("a".into())
-    );
+    held_by_a(b.leases().claim("c").await.unwrap());
     // Not renewed: expired, b takes it at the next epoch, and a learns it at renewal.
     tokio::time::sleep(LEASE + Duration::from_millis(100)).await;
     assert_eq!(b.leases().owner("c").await.unwrap(), None);
+    assert_eq!(
+        b.leases().lease_of("c").await.unwrap(),
+        Some(("a".to_owned(), Duration::ZERO))
+    );
+    assert_eq!(b.leases().lease_of("none").await.unwrap(), None);
     assert_eq!(b.leases().claim("c").await.unwrap(), Claim::Won(2));
     assert_eq!(a.leases().renew().await.unwrap(), vec!["c".to_owned()]);
     assert_eq!(a.leases().fences().get("c"), Some(Belief::Lost));
