@@ -36,7 +36,10 @@ use crate::error::{ApiError, ErrorCode};
 enum Target {
     Local(Addr<Conversation>),
     /// Another node, and when its lease expires unless it renews it (as last seen).
-    Remote { node: String, until: Instant },
+    Remote {
+        node: String,
+        until: Instant,
+    },
 }
 
 /// A conversation's owner, as the registry found it.

@@ -245,7 +245,11 @@ impl Registry {
                 }
                 let gets = ids.iter().map(|id| me.get_uncached(id));
                 let mut later: Option<Instant> = None;
-                for h in futures_util::future::join_all(gets).await.into_iter().flatten() {
+                for h in futures_util::future::join_all(gets)
+                    .await
+                    .into_iter()
+                    .flatten()
+                {
                     if h.local_addr().is_some() {
                         taken += 1;
                     } else if let Some((n, t)) = h.remote_lease() {

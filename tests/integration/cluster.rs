@@ -370,7 +370,10 @@ async fn resume_all(c: &mut Client, convs: &[(String, String)], killed: Instant)
     let mut took = Vec::new();
     for (id, (conv, _)) in ids.iter().zip(convs) {
         let r = c.reply(id).await;
-        assert_eq!(r["type"], "ack", "resume of {conv} after the owner died: {r}");
+        assert_eq!(
+            r["type"], "ack",
+            "resume of {conv} after the owner died: {r}"
+        );
         took.push(killed.elapsed());
     }
     took
@@ -717,6 +720,9 @@ async fn cluster_retention_never_deletes_a_conversation_another_node_holds() {
         .ok(json!({"type": "send", "conversationId": held, "content": "still here"}))
         .await;
     assert_eq!(ack["conversationId"], json!(held));
-    assert_eq!(ca.run_events(&held).await.last().unwrap()["event"]["type"], "RUN_FINISHED");
+    assert_eq!(
+        ca.run_events(&held).await.last().unwrap()["event"]["type"],
+        "RUN_FINISHED"
+    );
     assert!(metric(&b, "parley_conversations_swept_total").await >= 1.0);
 }
