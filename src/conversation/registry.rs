@@ -243,21 +243,14 @@ impl Registry {
                 if ids.is_empty() {
                     break;
                 }
-                let gets = ids.iter().map(|id| me.get_uncached(id));
-                let mut later: Option<Instant> = None;
-                for h in futures_util::future::join_all(gets)
+                let (won, later) = me.claim_silent(&node, &ids).await;
+                let starts = won.iter().map(|id| me.find_or_start(id, true));
+                taken += futures_util::future::join_all(starts)
                     .await
                     .into_iter()
                     .flatten()
-                {
-                    if h.local_addr().is_some() {
-                        taken += 1;
-                    } else if let Some((n, t)) = h.remote_lease() {
-                        if n == node {
-                            later = Some(later.map_or(t, |l| l.max(t)));
-                        }
-                    }
-                }
+                    .filter(|h| h.local_addr().is_some())
+                    .count();
                 tracing::debug!(%node, round, asked = ids.len(), taken, "taking over a silent node's conversations");
                 match later {
                     Some(t) => wake = t,
@@ -269,6 +262,61 @@ impl Registry {
             }
             me.silent.lock().remove(&node);
         });
+    }
+
+    /// One round of [`Registry::owner_silent`]: claims `ids` in one statement. Answers those won
+    /// and, if `node` still holds some, when its lease on them expires; the holders of the
+    /// others are remembered. A failed statement falls back to one claim per conversation.
+    async fn claim_silent(&self, node: &str, ids: &[Arc<str>]) -> (Vec<Arc<str>>, Option<Instant>) {
+        let Some(cluster) = &self.deps.cluster else {
+            return (Vec::new(), None);
+        };
+        let mut later: Option<Instant> = None;
+        let mut wait_for = |until: Instant| later = Some(later.map_or(until, |l| l.max(until)));
+        let names: Vec<&str> = ids.iter().map(|id| &**id).collect();
+        let claims = match cluster.claim_many(&names).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(error = %e, "claiming a silent node's conversations together failed; one by one");
+                let gets = ids.iter().map(|id| self.get_uncached(id));
+                for h in futures_util::future::join_all(gets)
+                    .await
+                    .into_iter()
+                    .flatten()
+                {
+                    if let Some((_, until)) = h.remote_lease().filter(|(n, _)| *n == node) {
+                        wait_for(until);
+                    }
+                }
+                return (Vec::new(), later);
+            }
+        };
+        let now = Instant::now();
+        let mut won = Vec::new();
+        let mut owners = self.owners.lock();
+        for (id, claim) in claims {
+            let id: Arc<str> = Arc::from(id.as_str());
+            match claim {
+                Claim::Won(_) => {
+                    owners.remove(&id);
+                    won.push(id);
+                }
+                Claim::HeldBy { node: holder, left } => {
+                    let until = now + left;
+                    if holder == node {
+                        wait_for(until);
+                    }
+                    let seen = Seen {
+                        node: holder,
+                        at: now,
+                        until,
+                    };
+                    owners.insert(id, seen);
+                }
+            }
+        }
+        drop(owners);
+        (won, later)
     }
 
     /// The owner of a stored conversation: its live actor here, started (restored from the
@@ -290,6 +338,12 @@ impl Registry {
     /// answering looks again).
     pub(super) async fn get_uncached(&self, id: &str) -> Result<Handle, ConversationError> {
         self.owners.lock().remove(id);
+        self.find_or_start(id, false).await
+    }
+
+    /// The live actor, the start in flight, or a new start (`claimed`: this node has just
+    /// claimed the conversation's lease, so the start does not claim it again).
+    async fn find_or_start(&self, id: &str, claimed: bool) -> Result<Handle, ConversationError> {
         let start = {
             let mut live = self.live.map.lock();
             match live.get(id) {
@@ -298,7 +352,12 @@ impl Registry {
                 }
                 Some(Entry::Starting(start)) => start.clone(),
                 _ => {
-                    let load = load_and_start(self.catalog.clone(), self.deps.clone(), id.into());
+                    let (catalog, deps) = (self.catalog.clone(), self.deps.clone());
+                    let load = if claimed {
+                        load_claimed(catalog, deps, id.into()).boxed()
+                    } else {
+                        load_and_start(catalog, deps, id.into()).boxed()
+                    };
                     let start = async move { load.await.map_err(Arc::new) }.boxed().shared();
                     live.insert(Arc::from(id), Entry::Starting(start.clone()));
                     start
@@ -482,6 +541,22 @@ async fn load_and_start(
     load_and_start_here(catalog, deps, id, false)
         .await
         .map(Started::Here)
+}
+
+/// Restores a conversation this node has just claimed (a takeover's batch claim); gives the
+/// claim back if that fails.
+async fn load_claimed(
+    catalog: Arc<Catalog>,
+    deps: Arc<Deps>,
+    id: String,
+) -> Result<Started, ConversationError> {
+    let started = load_and_start_here(catalog, deps.clone(), id.clone(), true).await;
+    if started.is_err() {
+        if let Some(cluster) = &deps.cluster {
+            cluster.release(&id);
+        }
+    }
+    started.map(Started::Here)
 }
 
 async fn load_and_start_here(

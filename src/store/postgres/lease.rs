@@ -284,6 +284,58 @@ impl Leases {
         })
     }
 
+    /// [`Leases::claim`] for many conversations in one statement (the takeover of a silent
+    /// node's conversations): every one whose lease has expired (or is this node's) is won;
+    /// the others answer who holds them and for how long still. Conversations without a lease
+    /// row are left out. Rows are locked in id order, so two nodes claiming overlapping sets
+    /// wait for each other instead of deadlocking.
+    pub async fn claim_many(
+        &self,
+        conversations: &[&str],
+    ) -> Result<Vec<(String, Claim)>, StoreError> {
+        if conversations.is_empty() {
+            return Ok(Vec::new());
+        }
+        let client = self.client().await?;
+        let f = &self.fences;
+        let rows = client
+            .query(
+                "WITH free AS (
+                   SELECT conversation FROM leases
+                   WHERE conversation = ANY($1) AND (lease_until < now() OR node = $2)
+                   ORDER BY conversation FOR UPDATE),
+                 won AS (
+                   UPDATE leases l
+                   SET node = $2, epoch = l.epoch + 1,
+                       lease_until = now() + $3 * interval '1 millisecond'
+                   FROM free WHERE l.conversation = free.conversation
+                   RETURNING l.conversation, l.epoch)
+                 SELECT l.conversation, w.epoch, l.node,
+                        GREATEST(EXTRACT(EPOCH FROM l.lease_until - now()) * 1000, 0)::float8
+                 FROM leases l LEFT JOIN won w ON w.conversation = l.conversation
+                 WHERE l.conversation = ANY($1)",
+                &[&conversations, &f.node, &f.lease_ms()],
+            )
+            .await
+            .map_err(StoreError::db)?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let conversation: String = row.get(0);
+            let claim = match row.get::<_, Option<i64>>(1) {
+                Some(epoch) => {
+                    f.set(&conversation, Belief::Held(epoch));
+                    Claim::Won(epoch)
+                }
+                None => Claim::HeldBy {
+                    node: row.get(2),
+                    left: millis(row.get(3)),
+                },
+            };
+            out.push((conversation, claim));
+        }
+        Ok(out)
+    }
+
     /// Who holds `conversation`'s lease and for how long still (zero: expired), if it has a
     /// row. Read without claiming (a forward that waits for its answer watches this).
     pub async fn lease_of(
