@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use futures_util::future::{BoxFuture, FutureExt, Shared};
+use futures_util::StreamExt;
 use parking_lot::Mutex;
 
 use super::actor::{Conversation, HISTORY_TAIL};
@@ -127,6 +128,8 @@ pub(super) const PAST_EXPIRY: Duration = Duration::from_millis(20);
 /// Rounds of a takeover of a silent node's conversations (a lease renewed just before the
 /// node died expires a little later than the others).
 const TAKEOVER_ROUNDS: usize = 3;
+/// Restores a takeover runs at once (each is four reads; the pool is shared with requests).
+const RESTORES_AT_ONCE: usize = 64;
 
 /// Owners remembered at most this many (the oldest are dropped first when it is reached).
 const OWNERS_CACHED: usize = 16 * 1024;
@@ -245,8 +248,11 @@ impl Registry {
                 }
                 let (won, later) = me.claim_silent(&node, &ids).await;
                 let starts = won.iter().map(|id| me.find_or_start(id, true));
-                taken += futures_util::future::join_all(starts)
-                    .await
+                let handles: Vec<_> = futures_util::stream::iter(starts)
+                    .buffer_unordered(RESTORES_AT_ONCE)
+                    .collect()
+                    .await;
+                taken += handles
                     .into_iter()
                     .flatten()
                     .filter(|h| h.local_addr().is_some())
