@@ -167,18 +167,8 @@ impl Handle {
                     target = Target::Local(a);
                 }
             }
-            if abandoned.is_some() {
-                if let Target::Remote { node, .. } = &target {
-                    if abandoned.as_deref() == Some(node.as_str()) {
-                        return Err(ConversationError::Unreachable(format!(
-                            "node {node} did not answer in time and still holds the conversation"
-                        )));
-                    }
-                }
-                // Another node holds the lease now, so the old owner can no longer commit
-                // (fencing): the store says for good whether the command ran there.
-                if let Some(reply) = stored_answer(registry, &command).await? {
-                    tracing::info!(conversation = %self.id, "a command abandoned with its silent owner had run there; answered from its stored idempotency key");
+            if let Some(old) = &abandoned {
+                if let Some(reply) = self.after_abandon(registry, old, &target, &command).await? {
                     return Ok(reply);
                 }
             }
@@ -240,6 +230,33 @@ impl Handle {
             tokio::time::sleep_until(wake.min(deadline).into()).await;
             target = registry.get_uncached(&self.id).await?.target;
         }
+    }
+}
+
+impl Handle {
+    /// A forward to `old` was abandoned (its lease expired while it did not answer), and
+    /// `target` holds the conversation now: the command's stored answer if it ran on `old`.
+    async fn after_abandon(
+        &self,
+        registry: &Registry,
+        old: &str,
+        target: &Target,
+        command: &Command,
+    ) -> Result<Option<Reply>, ConversationError> {
+        if let Target::Remote { node, .. } = target {
+            if node == old {
+                return Err(ConversationError::Unreachable(format!(
+                    "node {node} did not answer in time and still holds the conversation"
+                )));
+            }
+        }
+        // Another node holds the lease now, so the old owner can no longer commit (fencing):
+        // the store says for good whether the command ran there.
+        let stored = stored_answer(registry, command).await?;
+        if stored.is_some() {
+            tracing::info!(conversation = %self.id, "a command abandoned with its silent owner had run there; answered from its stored idempotency key");
+        }
+        Ok(stored)
     }
 }
 
