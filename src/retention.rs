@@ -8,7 +8,9 @@
 //!   finished (`idle`, `completed`, `failed`, `cancelled`; `paused` only with
 //!   `retention_sweeps_paused`), never `running`, and no actor holds it (a live or starting
 //!   actor is its owner: ARCHITECTURE invariant 1). Its record is read again right before the
-//!   delete batch is built, so activity since the scan keeps it.
+//!   delete batch is built, so activity since the scan keeps it. In cluster mode the sweeping
+//!   node first claims the conversation's lease (`Registry::claim_for_sweep`): one another
+//!   node holds is skipped, and the delete passes the fence only while the claim holds.
 //! - **Small batches.** At most `sweep_batch` deletions per commit, so a sweep never holds the
 //!   writer for long; freed pages are reused by redb, so the file stops growing once retention
 //!   balances new traffic.
@@ -121,20 +123,25 @@ pub async fn sweep(svc: &Arc<Services>) -> Result<u64, StoreError> {
             break;
         };
         after = Some(last.id.clone());
-        let mut ops = Vec::new();
+        let mut claimed = Vec::new();
         for rec in &page {
-            if !expired(rec, retention_of(svc, &rec.assistant), now, sweeps_paused)
-                || svc.registry.holds(&rec.id)
+            if expired(rec, retention_of(svc, &rec.assistant), now, sweeps_paused)
+                && svc.registry.claim_for_sweep(&rec.id).await?
             {
-                continue;
+                claimed.push(rec.id.clone());
             }
-            ops.push(WriteOp::DeleteConversation {
-                conversation: rec.id.clone(),
-            });
         }
+        let ops: Vec<WriteOp> = claimed
+            .iter()
+            .map(|id| WriteOp::DeleteConversation {
+                conversation: id.clone(),
+            })
+            .collect();
         if !ops.is_empty() {
             let n = ops.len() as u64;
-            store.write(ops).await?;
+            let written = store.write(ops).await;
+            svc.registry.swept(&claimed);
+            written?;
             deleted += n;
             svc.metrics.conversations_swept.fetch_add(n, Relaxed);
         }

@@ -116,6 +116,8 @@ pub struct Options {
     pub llm_rounds: usize,
     /// Scenario 12: paused conversations owned by the node that is killed.
     pub cluster_paused: usize,
+    /// Scenario 12: only the takeover rows (`--takeover-only`).
+    pub takeover_only: bool,
 }
 
 impl Options {
@@ -141,6 +143,7 @@ impl Options {
             llm_tokens: 100,
             llm_rounds: 3,
             cluster_paused: 100,
+            takeover_only: false,
         }
     }
 
@@ -182,6 +185,7 @@ impl Options {
             llm_tokens: 10,
             llm_rounds: 2,
             cluster_paused: 4,
+            takeover_only: false,
         }
     }
 
@@ -242,6 +246,10 @@ impl Options {
                 "--cold-conversations" => {
                     o.cold_conversations = num(value("--cold-conversations")?)? as usize
                 }
+                "--cluster-paused" => {
+                    o.cluster_paused = num(value("--cluster-paused")?)?.max(1) as usize
+                }
+                "--takeover-only" => o.takeover_only = true,
                 "-h" | "--help" => return Err(USAGE.to_string()),
                 other => return Err(format!("unknown argument '{other}'\n{USAGE}")),
             }
@@ -255,7 +263,7 @@ impl Options {
     }
 }
 
-pub const USAGE: &str = "usage: cargo bench --bench load -- [--quick | --smoke] [--scenario all|invoke,hitl,stream,idle,durable,cold,agui,sse,openai,soak,llm-stream,cluster|1-12] [--backend redb|postgres] [--duration SECS] [--invoke-connections N] [--hitl-clients N] [--idle-sockets N] [--cold-conversations N] [--soak-minutes M] [--llm-streams N]";
+pub const USAGE: &str = "usage: cargo bench --bench load -- [--quick | --smoke] [--scenario all|invoke,hitl,stream,idle,durable,cold,agui,sse,openai,soak,llm-stream,cluster|1-12] [--backend redb|postgres] [--duration SECS] [--invoke-connections N] [--hitl-clients N] [--idle-sockets N] [--cold-conversations N] [--soak-minutes M] [--llm-streams N] [--cluster-paused N] [--takeover-only]";
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Unit {

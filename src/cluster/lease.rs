@@ -25,6 +25,20 @@ impl Cluster {
         Ok(claim)
     }
 
+    /// Claims many conversations in one statement (see `Leases::claim_many`).
+    pub async fn claim_many(
+        &self,
+        conversations: &[&str],
+    ) -> Result<Vec<(String, Claim)>, StoreError> {
+        let claims = self.leases.claim_many(conversations).await?;
+        let won = claims
+            .iter()
+            .filter(|(_, c)| matches!(c, Claim::Won(_)))
+            .count();
+        self.metrics.claims.fetch_add(won as u64, Relaxed);
+        Ok(claims)
+    }
+
     /// A conversation created on this node: its first commit claims its row.
     pub fn created(&self, conversation: &str) {
         self.fences().set(conversation, Belief::New);
@@ -62,6 +76,14 @@ impl Cluster {
         if let Err(e) = self.leases.release(&held).await {
             tracing::warn!(error = %e, "releasing leases at shutdown failed (they expire by themselves)");
         }
+    }
+
+    /// Who holds `conversation`'s lease, and for how long still (zero: expired).
+    pub async fn lease_of(
+        &self,
+        conversation: &str,
+    ) -> Result<Option<(String, std::time::Duration)>, StoreError> {
+        self.leases.lease_of(conversation).await
     }
 
     /// The node whose lease on `conversation` is live.

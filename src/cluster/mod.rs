@@ -18,7 +18,10 @@
 //!   (`parley.node.<id>.cmd`), which answers with the same result or `ApiError` a local actor
 //!   gives (`conversation::remote`). No owner alive: the receiving node claims the conversation
 //!   and restores its actor from the checkpoint (a run that was active ends with `RUN_ERROR`
-//!   `interrupted`, as after a single-node crash).
+//!   `interrupted`, as after a single-node crash). A forward is never sent twice unless it
+//!   provably was not delivered (NATS "no responders") or it carries an idempotency key and
+//!   another node holds the lease since (the fence then makes the stored key the final word);
+//!   see `conversation::handle` for the timing of a takeover.
 //! - **Events: the log is the truth, NATS the doorbell.** The owner publishes each committed
 //!   batch after its commit on `parley.conv.<id>.events`; every node with local subscribers
 //!   relays them in seq order (`conversation::relay`), reading any gap (a lost message, a NATS

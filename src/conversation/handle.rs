@@ -10,6 +10,14 @@
 //!   (`remote.rs`). When the owner does not answer (dead, or it gave the conversation up), the
 //!   handle asks the registry again, which claims the conversation once its lease has expired,
 //!   for up to `lease_seconds` + 2 s; then the caller gets `conversation_busy`.
+//! - **Takeover timing.** "No responders" (nobody listens on the owner's subject) proves the
+//!   command was not delivered: the handle sleeps until the owner's lease expires (the failed
+//!   claim said when), then claims, and the registry takes over everything else this node saw
+//!   the silent node hold (`Registry::owner_silent`). A forward that was delivered but is not
+//!   answered (the owner died just after, or is stalled) is abandoned when the owner's lease
+//!   expires. A command with an idempotency key is then sent on, after its key was looked up
+//!   in the store — with another node holding the lease the old owner can no longer commit, so
+//!   the store's answer is final; one without a key may have run and is never sent twice.
 //! - a synchronous call (a `send` with a report channel) runs only on a local actor.
 
 use std::sync::Arc;
@@ -21,12 +29,17 @@ use futures_util::FutureExt;
 
 use super::remote::{self, Command, Reply};
 use super::{msg, Accepted, Conversation, ConversationError, Registry, Subscribed};
+use crate::cluster::{Cluster, ClusterError};
+use crate::error::{ApiError, ErrorCode};
 
 #[derive(Clone)]
 enum Target {
     Local(Addr<Conversation>),
-    /// Another node's id.
-    Remote(String),
+    /// Another node, and when its lease expires unless it renews it (as last seen).
+    Remote {
+        node: String,
+        until: Instant,
+    },
 }
 
 /// A conversation's owner, as the registry found it.
@@ -42,7 +55,7 @@ impl std::fmt::Debug for Handle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let target = match &self.target {
             Target::Local(_) => "local".to_owned(),
-            Target::Remote(n) => format!("node {n}"),
+            Target::Remote { node, .. } => format!("node {node}"),
         };
         f.debug_struct("Handle")
             .field("id", &self.id)
@@ -56,7 +69,7 @@ impl PartialEq for Handle {
         self.id == other.id
             && match (&self.target, &other.target) {
                 (Target::Local(a), Target::Local(b)) => a == b,
-                (Target::Remote(a), Target::Remote(b)) => a == b,
+                (Target::Remote { node: a, .. }, Target::Remote { node: b, .. }) => a == b,
                 _ => false,
             }
     }
@@ -71,10 +84,10 @@ impl Handle {
         }
     }
 
-    pub(super) fn remote(id: &str, node: String, registry: Registry) -> Handle {
+    pub(super) fn remote(id: &str, node: String, until: Instant, registry: Registry) -> Handle {
         Handle {
             id: Arc::from(id),
-            target: Target::Remote(node),
+            target: Target::Remote { node, until },
             registry: Some(registry),
         }
     }
@@ -83,15 +96,20 @@ impl Handle {
     pub fn local_addr(&self) -> Option<&Addr<Conversation>> {
         match &self.target {
             Target::Local(a) => Some(a),
-            Target::Remote(_) => None,
+            Target::Remote { .. } => None,
         }
     }
 
     /// The owner node's id, if another node owns the conversation.
     pub fn remote_node(&self) -> Option<&str> {
+        self.remote_lease().map(|(n, _)| n)
+    }
+
+    /// The owner node's id and when its lease expires unless renewed (as last seen).
+    pub(super) fn remote_lease(&self) -> Option<(&str, Instant)> {
         match &self.target {
             Target::Local(_) => None,
-            Target::Remote(n) => Some(n),
+            Target::Remote { node, until } => Some((node, *until)),
         }
     }
 
@@ -100,7 +118,7 @@ impl Handle {
     pub fn connected(&self) -> bool {
         match &self.target {
             Target::Local(a) => a.connected(),
-            Target::Remote(_) => true,
+            Target::Remote { .. } => true,
         }
     }
 
@@ -128,7 +146,7 @@ impl Handle {
     }
 
     /// Cluster mode: runs `command` on the owner, looking for a new owner while the current one
-    /// does not answer.
+    /// does not answer (see [`Takeover`]).
     async fn command(&self, command: Command) -> Result<Reply, ConversationError> {
         let Some(registry) = &self.registry else {
             return Err(ConversationError::Stopped);
@@ -136,40 +154,189 @@ impl Handle {
         let Some(cluster) = registry.cluster() else {
             return Err(ConversationError::Stopped);
         };
-        let deadline = Instant::now() + cluster.lease() + Duration::from_secs(2);
+        let began = Instant::now();
+        let deadline = began + cluster.lease() + Duration::from_secs(2);
         let mut target = self.target.clone();
+        // The node a forward was abandoned to (its lease expired while it did not answer): the
+        // command may have run there.
+        let mut abandoned: Option<String> = None;
         loop {
-            let why = match &target {
+            if matches!(target, Target::Remote { .. }) {
+                // Taken over here meanwhile (`Registry::owner_silent`): no need to ask.
+                if let Some(a) = registry.local(&self.id) {
+                    target = Target::Local(a);
+                }
+            }
+            if let Some(old) = &abandoned {
+                if let Some(reply) = self.after_abandon(registry, old, &target, &command).await? {
+                    return Ok(reply);
+                }
+            }
+            let (why, wake) = match &target {
                 Target::Local(addr) => match remote::execute(addr, command.clone()).await {
-                    Ok(Reply::NotOwner) => "this node lost the lease".to_owned(),
-                    Ok(reply) => return Ok(reply),
-                    Err(_) => "the local actor stopped".to_owned(),
+                    Ok(Reply::NotOwner) => ("this node lost the lease".to_owned(), None),
+                    Ok(reply) => {
+                        trace_took(&self.id, began, "local");
+                        return Ok(reply);
+                    }
+                    Err(_) => ("the local actor stopped".to_owned(), None),
                 },
-                Target::Remote(node) => {
-                    match remote::forward(&cluster, node, &self.id, &command).await {
-                        Ok(Reply::NotOwner) => format!("node {node} no longer owns it"),
-                        Ok(reply) => return Ok(reply),
-                        // It may have run there: not sent again (the client may retry, with
-                        // an idempotency key if it must not run twice).
-                        Err(e @ crate::cluster::ClusterError::TimedOut { .. }) => {
+                Target::Remote { node, until } => {
+                    match forward_watched(&cluster, node, &self.id, &command).await {
+                        Ok(Reply::NotOwner) => (format!("node {node} no longer owns it"), None),
+                        Ok(reply) => {
+                            trace_took(&self.id, began, "forwarded");
+                            return Ok(reply);
+                        }
+                        Err(Takeover::OwnerGone) if command.idempotency().is_some() => {
+                            registry.owner_silent(node, Instant::now());
+                            abandoned = Some(node.clone());
+                            (format!("node {node} did not answer and its lease expired"), None)
+                        }
+                        // It may have run there, and nothing can tell: not sent again.
+                        Err(Takeover::OwnerGone) => {
+                            return Err(ConversationError::Unreachable(format!(
+                                "node {node} did not answer and its lease expired; the command may have run there (send it with an idempotency key to have it retried safely)"
+                            )))
+                        }
+                        // The owner is alive but slow: it may still run it; not sent again
+                        // (the client may retry, with an idempotency key if it must not run
+                        // twice).
+                        Err(Takeover::Failed(e @ ClusterError::TimedOut { .. })) => {
                             return Err(ConversationError::Unreachable(e.to_string()))
                         }
-                        // Not delivered (no responders, no connection): safe to look again.
-                        Err(e) => e.to_string(),
+                        // Not delivered: nobody listens on the node's subject (it is gone, or
+                        // cut off from NATS). Its lease cannot be claimed before it expires.
+                        Err(Takeover::Failed(e @ ClusterError::NoResponders(_))) => {
+                            registry.owner_silent(node, *until);
+                            (e.to_string(), Some(*until))
+                        }
+                        // Not delivered (no connection): safe to look again.
+                        Err(Takeover::Failed(e)) => (e.to_string(), None),
                     }
                 }
             };
-            if Instant::now() >= deadline {
+            let now = Instant::now();
+            if now >= deadline {
                 return Err(ConversationError::Unreachable(why));
             }
-            tracing::debug!(conversation = %self.id, %why, "looking for the conversation's owner again");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            target = match registry.get_uncached(&self.id).await {
-                Ok(h) => h.target,
-                Err(e) => return Err(e),
+            let wake = match wake {
+                // Sleep until the silent owner's lease expires, then claim (once).
+                Some(t) if t > now => t + super::registry::PAST_EXPIRY,
+                Some(_) => now + Duration::from_millis(10),
+                None => now + Duration::from_millis(100),
             };
+            tracing::debug!(conversation = %self.id, %why, after_ms = began.elapsed().as_millis() as u64, wait_ms = (wake - now).as_millis() as u64, "looking for the conversation's owner again");
+            tokio::time::sleep_until(wake.min(deadline).into()).await;
+            target = registry.get_uncached(&self.id).await?.target;
         }
     }
+}
+
+impl Handle {
+    /// A forward to `old` was abandoned (its lease expired while it did not answer), and
+    /// `target` holds the conversation now: the command's stored answer if it ran on `old`.
+    async fn after_abandon(
+        &self,
+        registry: &Registry,
+        old: &str,
+        target: &Target,
+        command: &Command,
+    ) -> Result<Option<Reply>, ConversationError> {
+        if let Target::Remote { node, .. } = target {
+            if node == old {
+                return Err(ConversationError::Unreachable(format!(
+                    "node {node} did not answer in time and still holds the conversation"
+                )));
+            }
+        }
+        // Another node holds the lease now, so the old owner can no longer commit (fencing):
+        // the store says for good whether the command ran there.
+        let stored = stored_answer(registry, command).await?;
+        if stored.is_some() {
+            tracing::info!(conversation = %self.id, "a command abandoned with its silent owner had run there; answered from its stored idempotency key");
+        }
+        Ok(stored)
+    }
+}
+
+fn trace_took(id: &str, began: Instant, how: &'static str) {
+    let ms = began.elapsed().as_millis() as u64;
+    if ms >= 250 {
+        tracing::debug!(conversation = %id, took_ms = ms, how, "a command waited for its owner");
+    }
+}
+
+/// Why a forward gave up.
+enum Takeover {
+    /// The request failed (see [`ClusterError`]).
+    Failed(ClusterError),
+    /// The owner's lease expired (or another node claimed it) while it did not answer.
+    OwnerGone,
+}
+
+/// How long a forward waits for its answer before it starts watching the owner's lease.
+const WATCH_AFTER: Duration = Duration::from_millis(250);
+
+/// Forwards `command` to `node`; gives up early when `node`'s lease on the conversation expires
+/// while it has not answered (a request NATS delivered to a node that had just died is lost
+/// and would otherwise wait out the whole forward timeout).
+async fn forward_watched(
+    cluster: &Cluster,
+    node: &str,
+    id: &str,
+    command: &Command,
+) -> Result<Reply, Takeover> {
+    tokio::select! {
+        r = remote::forward(cluster, node, id, command) => r.map_err(Takeover::Failed),
+        () = owner_gone(cluster, node, id) => Err(Takeover::OwnerGone),
+    }
+}
+
+/// Returns once `node` no longer holds a live lease on `id` (checked after [`WATCH_AFTER`],
+/// then once at each expiry the lease row announces).
+async fn owner_gone(cluster: &Cluster, node: &str, id: &str) {
+    tokio::time::sleep(WATCH_AFTER).await;
+    loop {
+        let wait = match cluster.lease_of(id).await {
+            Ok(Some((holder, left))) if holder == node => {
+                if left.is_zero() {
+                    return;
+                }
+                left + super::registry::PAST_EXPIRY
+            }
+            // Another node claimed it: `node` can no longer commit anything for it.
+            Ok(Some(_)) => return,
+            // No row (deleted meanwhile): the forward's own timeout decides.
+            Ok(None) => cluster.lease(),
+            Err(e) => {
+                tracing::debug!(conversation = %id, error = %e, "reading the owner's lease failed");
+                cluster.lease() / 3
+            }
+        };
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// A keyed command that may have run on a node that is gone: its stored idempotency key (the
+/// same commit as what it guards) says whether it did, and with what answer.
+async fn stored_answer(
+    registry: &Registry,
+    command: &Command,
+) -> Result<Option<Reply>, ConversationError> {
+    let Some(key) = command.idempotency() else {
+        return Ok(None);
+    };
+    let Some(rec) = registry.store().idempotency_key(&key.key).await? else {
+        return Ok(None);
+    };
+    if rec.fingerprint != key.fingerprint {
+        return Ok(Some(Reply::Error(ApiError::new(
+            ErrorCode::IdempotencyKeyReused,
+            "this idempotency key was used before for a different request",
+        ))));
+    }
+    Ok(Some(command.answer_from(&rec)))
 }
 
 /// How long a synchronous call waits for another node to give its conversation up.
@@ -255,7 +422,7 @@ impl Routed for msg::Send {
         let Some(registry) = h.registry.clone() else {
             return match &h.target {
                 Target::Local(a) => direct(a, self),
-                Target::Remote(_) => async { Err(MailboxError::Closed) }.boxed(),
+                Target::Remote { .. } => async { Err(MailboxError::Closed) }.boxed(),
             };
         };
         if self.report.is_some() {
@@ -264,7 +431,7 @@ impl Routed for msg::Send {
             // soon as its run ends), or refused after `SYNC_WAIT`.
             return match &h.target {
                 Target::Local(a) => direct(a, self),
-                Target::Remote(_) => async move {
+                Target::Remote { .. } => async move {
                     let deadline = Instant::now() + SYNC_WAIT;
                     loop {
                         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -274,7 +441,7 @@ impl Routed for msg::Send {
                                 ..
                             }) => return a.send(self).await,
                             Ok(Handle {
-                                target: Target::Remote(node),
+                                target: Target::Remote { node, .. },
                                 ..
                             }) if Instant::now() >= deadline => {
                                 return Ok(Err(ConversationError::Unreachable(format!(
@@ -325,7 +492,7 @@ impl Routed for msg::Subscribe {
     fn route(self, h: Handle) -> BoxFuture<'static, Result<Self::Result, MailboxError>> {
         match (&h.registry, &h.target) {
             (None, Target::Local(a)) => direct(a, self),
-            (None, Target::Remote(_)) => async { Err(MailboxError::Closed) }.boxed(),
+            (None, Target::Remote { .. }) => async { Err(MailboxError::Closed) }.boxed(),
             (Some(r), _) => {
                 let r = r.clone();
                 async move {
@@ -348,7 +515,7 @@ impl Routed for msg::Unsubscribe {
                 r.relays_unfollow(&h.id, self.subscriber_id);
                 async { Ok(()) }.boxed()
             }
-            (None, Target::Remote(_)) => async { Ok(()) }.boxed(),
+            (None, Target::Remote { .. }) => async { Ok(()) }.boxed(),
         }
     }
 }

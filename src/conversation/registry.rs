@@ -27,9 +27,11 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use futures_util::future::{BoxFuture, FutureExt, Shared};
+use futures_util::StreamExt;
 use parking_lot::Mutex;
 
 use super::actor::{Conversation, HISTORY_TAIL};
@@ -41,11 +43,12 @@ use crate::error::ErrorCode;
 use crate::store::postgres::lease::Claim;
 use crate::store::{RunStatus, Store, StoreError};
 
-/// What a start found: an actor started here, or (cluster mode) the node that owns it.
+/// What a start found: an actor started here, or (cluster mode) the node that owns it and
+/// when its lease expires unless renewed.
 #[derive(Clone)]
 enum Started {
     Here(Addr<Conversation>),
-    Elsewhere(String),
+    Elsewhere { node: String, until: Instant },
 }
 
 /// A start in flight: every caller for the id awaits a clone.
@@ -102,10 +105,31 @@ pub struct Registry {
     /// conversation costs no lease query; a stale entry only costs a retry (the old owner does
     /// not answer, or answers "not owner", and the handle looks again without the cache).
     owners: Arc<Mutex<OwnerCache>>,
+    /// Cluster mode: nodes found silent (no responders) whose conversations this node is
+    /// taking over, with when that began ([`Registry::owner_silent`]).
+    silent: Arc<Mutex<HashMap<String, Instant>>>,
 }
 
-/// Conversation → (owner node, when it was seen).
-type OwnerCache = HashMap<Arc<str>, (String, std::time::Instant)>;
+/// An owner seen by a claim that failed.
+#[derive(Clone)]
+struct Seen {
+    node: String,
+    at: Instant,
+    /// When its lease expires unless it renews it.
+    until: Instant,
+}
+
+/// Conversation → its owner as last seen.
+type OwnerCache = HashMap<Arc<str>, Seen>;
+
+/// How far past a lease's expiry (as the database said it) a node waits before claiming, so
+/// that the claim does not arrive a moment too early.
+pub(super) const PAST_EXPIRY: Duration = Duration::from_millis(20);
+/// Rounds of a takeover of a silent node's conversations (a lease renewed just before the
+/// node died expires a little later than the others).
+const TAKEOVER_ROUNDS: usize = 3;
+/// Restores a takeover runs at once (each is four reads; the pool is shared with requests).
+const RESTORES_AT_ONCE: usize = 64;
 
 /// Owners remembered at most this many (the oldest are dropped first when it is reached).
 const OWNERS_CACHED: usize = 16 * 1024;
@@ -119,7 +143,18 @@ impl Registry {
             deps,
             relays,
             owners: Arc::default(),
+            silent: Arc::default(),
         }
+    }
+
+    /// The store (a command that may have run on a dead node looks its idempotency key up).
+    pub(super) fn store(&self) -> &Arc<dyn Store> {
+        &self.deps.store
+    }
+
+    /// This node's live actor of `id`, if it has one.
+    pub(super) fn local(&self, id: &str) -> Option<Addr<Conversation>> {
+        self.live.local(id).filter(|a| a.connected())
     }
 
     /// Cluster mode: this node.
@@ -165,7 +200,7 @@ impl Registry {
         for id in ids {
             let me = self.clone();
             actix::spawn(async move {
-                match me.get(&id).await {
+                match me.get_uncached(&id).await {
                     Ok(h) if h.local_addr().is_some() => {
                         tracing::info!(conversation = %id, "adopted a conversation whose node died mid-run")
                     }
@@ -178,15 +213,127 @@ impl Registry {
         }
     }
 
+    /// Cluster mode: `node` did not answer a forwarded command (no responders: it is gone, or
+    /// cut off from NATS). Once its lease expires (`until`), this node claims and restores, all
+    /// at once, every conversation it last saw `node` hold, so that the commands that follow
+    /// (one socket's frames come one after another) find their actors here already. Several
+    /// nodes may do this at once: each conversation's claim has one winner, the others learn
+    /// the new owner. A node that is alive but cut off from NATS keeps renewing its leases:
+    /// then nothing is claimed. One takeover per node at a time.
+    pub(super) fn owner_silent(&self, node: &str, until: Instant) {
+        {
+            let mut silent = self.silent.lock();
+            if silent.contains_key(node) {
+                return;
+            }
+            silent.insert(node.to_owned(), Instant::now());
+        }
+        let me = self.clone();
+        let node = node.to_owned();
+        actix::spawn(async move {
+            let began = Instant::now();
+            let mut wake = until;
+            let mut taken = 0usize;
+            for round in 1..=TAKEOVER_ROUNDS {
+                tokio::time::sleep_until((wake.max(Instant::now()) + PAST_EXPIRY).into()).await;
+                let ids: Vec<Arc<str>> = me
+                    .owners
+                    .lock()
+                    .iter()
+                    .filter(|(_, s)| s.node == node)
+                    .map(|(id, _)| id.clone())
+                    .collect();
+                if ids.is_empty() {
+                    break;
+                }
+                let (won, later) = me.claim_silent(&node, &ids).await;
+                let starts = won.iter().map(|id| me.find_or_start(id, true));
+                let handles: Vec<_> = futures_util::stream::iter(starts)
+                    .buffer_unordered(RESTORES_AT_ONCE)
+                    .collect()
+                    .await;
+                taken += handles
+                    .into_iter()
+                    .flatten()
+                    .filter(|h| h.local_addr().is_some())
+                    .count();
+                tracing::debug!(%node, round, asked = ids.len(), taken, "taking over a silent node's conversations");
+                match later {
+                    Some(t) => wake = t,
+                    None => break,
+                }
+            }
+            if taken > 0 {
+                tracing::info!(%node, conversations = taken, took_ms = began.elapsed().as_millis() as u64, "took over the conversations of a node that stopped answering");
+            }
+            me.silent.lock().remove(&node);
+        });
+    }
+
+    /// One round of [`Registry::owner_silent`]: claims `ids` in one statement. Answers those won
+    /// and, if `node` still holds some, when its lease on them expires; the holders of the
+    /// others are remembered. A failed statement falls back to one claim per conversation.
+    async fn claim_silent(&self, node: &str, ids: &[Arc<str>]) -> (Vec<Arc<str>>, Option<Instant>) {
+        let Some(cluster) = &self.deps.cluster else {
+            return (Vec::new(), None);
+        };
+        let mut later: Option<Instant> = None;
+        let mut wait_for = |until: Instant| later = Some(later.map_or(until, |l| l.max(until)));
+        let names: Vec<&str> = ids.iter().map(|id| &**id).collect();
+        let claims = match cluster.claim_many(&names).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(error = %e, "claiming a silent node's conversations together failed; one by one");
+                let gets = ids.iter().map(|id| self.get_uncached(id));
+                for h in futures_util::future::join_all(gets)
+                    .await
+                    .into_iter()
+                    .flatten()
+                {
+                    if let Some((_, until)) = h.remote_lease().filter(|(n, _)| *n == node) {
+                        wait_for(until);
+                    }
+                }
+                return (Vec::new(), later);
+            }
+        };
+        let now = Instant::now();
+        let mut won = Vec::new();
+        let mut owners = self.owners.lock();
+        for (id, claim) in claims {
+            let id: Arc<str> = Arc::from(id.as_str());
+            match claim {
+                Claim::Won(_) => {
+                    owners.remove(&id);
+                    won.push(id);
+                }
+                Claim::HeldBy { node: holder, left } => {
+                    let until = now + left;
+                    if holder == node {
+                        wait_for(until);
+                    }
+                    let seen = Seen {
+                        node: holder,
+                        at: now,
+                        until,
+                    };
+                    owners.insert(id, seen);
+                }
+            }
+        }
+        drop(owners);
+        (won, later)
+    }
+
     /// The owner of a stored conversation: its live actor here, started (restored from the
     /// store) if needed, or in cluster mode the node that holds its lease.
     /// The owner check is the actor's: every message carries the caller.
     pub async fn get(&self, id: &str) -> Result<Handle, ConversationError> {
         if let Some(cluster) = &self.deps.cluster {
             let cached = self.owners.lock().get(id).cloned();
-            if let Some((node, at)) = cached {
-                if at.elapsed() < cluster.lease() && self.live.local(id).is_none() {
-                    return Ok(Handle::remote(id, node, self.clone()));
+            if let Some(seen) = cached {
+                if seen.at.elapsed() < cluster.lease() && self.live.local(id).is_none() {
+                    return Ok(Handle::remote(id, seen.node, seen.until, self.clone()));
                 }
             }
         }
@@ -197,6 +344,12 @@ impl Registry {
     /// answering looks again).
     pub(super) async fn get_uncached(&self, id: &str) -> Result<Handle, ConversationError> {
         self.owners.lock().remove(id);
+        self.find_or_start(id, false).await
+    }
+
+    /// The live actor, the start in flight, or a new start (`claimed`: this node has just
+    /// claimed the conversation's lease, so the start does not claim it again).
+    async fn find_or_start(&self, id: &str, claimed: bool) -> Result<Handle, ConversationError> {
         let start = {
             let mut live = self.live.map.lock();
             match live.get(id) {
@@ -205,7 +358,12 @@ impl Registry {
                 }
                 Some(Entry::Starting(start)) => start.clone(),
                 _ => {
-                    let load = load_and_start(self.catalog.clone(), self.deps.clone(), id.into());
+                    let (catalog, deps) = (self.catalog.clone(), self.deps.clone());
+                    let load = if claimed {
+                        load_claimed(catalog, deps, id.into()).boxed()
+                    } else {
+                        load_and_start(catalog, deps, id.into()).boxed()
+                    };
                     let start = async move { load.await.map_err(Arc::new) }.boxed().shared();
                     live.insert(Arc::from(id), Entry::Starting(start.clone()));
                     start
@@ -220,7 +378,7 @@ impl Registry {
                 Ok(Started::Here(addr)) => {
                     live.insert(Arc::from(id), Entry::Live(addr.clone()));
                 }
-                Ok(Started::Elsewhere(_)) | Err(_) => {
+                Ok(Started::Elsewhere { .. }) | Err(_) => {
                     live.remove(id);
                 }
             }
@@ -228,17 +386,22 @@ impl Registry {
         drop(live);
         match result.map_err(ConversationError::Shared)? {
             Started::Here(addr) => Ok(Handle::local(id, addr, self.in_cluster())),
-            Started::Elsewhere(node) => {
+            Started::Elsewhere { node, until } => {
                 let mut owners = self.owners.lock();
                 if owners.len() >= OWNERS_CACHED {
                     let lease = self.deps.cluster.as_ref().map(|c| c.lease());
-                    owners.retain(|_, (_, at)| lease.is_some_and(|l| at.elapsed() < l));
+                    owners.retain(|_, s| lease.is_some_and(|l| s.at.elapsed() < l));
                     if owners.len() >= OWNERS_CACHED {
                         owners.clear();
                     }
                 }
-                owners.insert(Arc::from(id), (node.clone(), std::time::Instant::now()));
-                Ok(Handle::remote(id, node, self.clone()))
+                let seen = Seen {
+                    node: node.clone(),
+                    at: Instant::now(),
+                    until,
+                };
+                owners.insert(Arc::from(id), seen);
+                Ok(Handle::remote(id, node, until, self.clone()))
             }
         }
     }
@@ -309,6 +472,32 @@ impl Registry {
         self.live.map.lock().contains_key(id)
     }
 
+    /// Whether the retention sweeper may delete `id` now: no actor holds it here and, in
+    /// cluster mode, no other node holds a live lease on it. In cluster mode this node claims
+    /// the lease first, so that its delete passes the fence only while it holds it and no other
+    /// node starts the conversation meanwhile; [`Registry::swept`] gives it up afterwards.
+    pub async fn claim_for_sweep(&self, id: &str) -> Result<bool, StoreError> {
+        if self.holds(id) {
+            return Ok(false);
+        }
+        let Some(cluster) = &self.deps.cluster else {
+            return Ok(true);
+        };
+        Ok(match cluster.claim(id).await? {
+            Claim::Won(_) => true,
+            Claim::HeldBy { .. } => false,
+        })
+    }
+
+    /// The sweeper is done with conversations it claimed ([`Registry::claim_for_sweep`]).
+    pub fn swept(&self, ids: &[String]) {
+        if let Some(cluster) = &self.deps.cluster {
+            for id in ids {
+                self.live.if_absent(id, || cluster.release(id));
+            }
+        }
+    }
+
     /// Live actors (starts in flight are not counted).
     pub fn live_count(&self) -> usize {
         self.live
@@ -341,19 +530,39 @@ async fn load_and_start(
     id: String,
 ) -> Result<Started, ConversationError> {
     if let Some(cluster) = &deps.cluster {
-        if let Claim::HeldBy(node) = cluster.claim(&id).await? {
-            return Ok(Started::Elsewhere(node));
+        let began = Instant::now();
+        if let Claim::HeldBy { node, left } = cluster.claim(&id).await? {
+            let until = Instant::now() + left;
+            return Ok(Started::Elsewhere { node, until });
         }
+        let claimed = began.elapsed();
         let started = load_and_start_here(catalog, deps.clone(), id.clone(), true).await;
         if started.is_err() {
             // Nothing started: give the claim back.
             cluster.release(&id);
         }
+        tracing::debug!(conversation = %id, claim_ms = claimed.as_millis() as u64, restore_ms = (began.elapsed() - claimed).as_millis() as u64, "claimed and restored");
         return started.map(Started::Here);
     }
     load_and_start_here(catalog, deps, id, false)
         .await
         .map(Started::Here)
+}
+
+/// Restores a conversation this node has just claimed (a takeover's batch claim); gives the
+/// claim back if that fails.
+async fn load_claimed(
+    catalog: Arc<Catalog>,
+    deps: Arc<Deps>,
+    id: String,
+) -> Result<Started, ConversationError> {
+    let started = load_and_start_here(catalog, deps.clone(), id.clone(), true).await;
+    if started.is_err() {
+        if let Some(cluster) = &deps.cluster {
+            cluster.release(&id);
+        }
+    }
+    started.map(Started::Here)
 }
 
 async fn load_and_start_here(
@@ -363,16 +572,20 @@ async fn load_and_start_here(
     claimed: bool,
 ) -> Result<Addr<Conversation>, ConversationError> {
     let store = &deps.store;
-    let mut rec = store
-        .get_conversation(&id)
-        .await?
-        .ok_or_else(|| ConversationError::NotFound(id.clone()))?;
+    // Four independent reads, at once (a takeover restores many conversations together).
+    let (rec, cp, last_seq, recent) = futures_util::try_join!(
+        store.get_conversation(&id),
+        store.checkpoint(&id),
+        store.last_seq(&id),
+        store.recent_messages(&id, HISTORY_TAIL),
+    )?;
+    let mut rec = rec.ok_or_else(|| ConversationError::NotFound(id.clone()))?;
     // Whose conversation this is, is not known here: a missing assistant answers as a missing
     // conversation, so that another user learns nothing (`get_as` tells the owner the truth).
     let assistant = catalog
         .get(&rec.assistant)
         .ok_or_else(|| ConversationError::NotFound(id.clone()))?;
-    let mut cp: Checkpoint = match store.checkpoint(&id).await? {
+    let mut cp: Checkpoint = match cp {
         Some(bytes) => serde_json::from_slice(&bytes).map_err(|source| {
             ConversationError::CorruptCheckpoint {
                 id: id.clone(),
@@ -381,7 +594,8 @@ async fn load_and_start_here(
         })?,
         None => Checkpoint::default(),
     };
-    let mut last_seq = store.last_seq(&id).await?;
+    let mut last_seq = last_seq;
+    let mut recent = recent;
     if claimed && rec.status == RunStatus::Running {
         // Its owner died mid-run: the single-node crash outcome, under our epoch.
         let ops = super::actor::interrupted_ops(&mut rec, &mut cp, last_seq);
@@ -392,8 +606,8 @@ async fn load_and_start_here(
             c.publish(&id, &published);
         }
         tracing::warn!(conversation = %id, "took over a conversation whose run was active on a lost node; it ended with RUN_ERROR 'interrupted'");
+        recent = store.recent_messages(&id, HISTORY_TAIL).await?;
     }
-    let recent = store.recent_messages(&id, HISTORY_TAIL).await?;
     let actor = Conversation::restore(deps.clone(), assistant, rec, cp, last_seq, recent);
     Ok(actor.start())
 }

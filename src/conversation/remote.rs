@@ -23,6 +23,7 @@ use super::{msg, Accepted, Conversation, ConversationError, IdempotencyKey, Regi
 use crate::assistant::model::OnBusy;
 use crate::cluster::Cluster;
 use crate::error::ApiError;
+use crate::store::IdempotencyRecord;
 
 /// A conversation command in wire form.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -75,6 +76,33 @@ impl Command {
             | Command::Store { owner, .. }
             | Command::Rename { owner, .. }
             | Command::Delete { owner } => owner,
+        }
+    }
+}
+
+impl Command {
+    /// The idempotency key stored with what the command changes, if it has one.
+    pub fn idempotency(&self) -> Option<&IdempotencyKey> {
+        match self {
+            Command::Send { idempotency, .. }
+            | Command::Resume { idempotency, .. }
+            | Command::Store { idempotency, .. } => idempotency.as_ref(),
+            Command::KeyedCancel { idempotency, .. } => Some(idempotency),
+            Command::Cancel { .. } | Command::Rename { .. } | Command::Delete { .. } => None,
+        }
+    }
+
+    /// The answer the command got when it was applied, rebuilt from its stored key.
+    pub fn answer_from(&self, rec: &IdempotencyRecord) -> Reply {
+        match self {
+            Command::Send { .. } | Command::Resume { .. } => Reply::Accepted(Accepted {
+                conversation_id: rec.conversation_id.clone(),
+                run_id: rec.run_id.clone(),
+            }),
+            Command::KeyedCancel { .. } | Command::Cancel { .. } => Reply::Cancelled {
+                active: rec.cancelled.unwrap_or(false),
+            },
+            Command::Store { .. } | Command::Rename { .. } | Command::Delete { .. } => Reply::Done,
         }
     }
 }

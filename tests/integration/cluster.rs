@@ -354,6 +354,139 @@ async fn cluster_sigkill_of_the_owner_paused_and_streaming() {
     }
 }
 
+/// Conversations resumed at once in the takeover test (each socket sends its frames together).
+const TAKEOVER_CONVERSATIONS: usize = 20;
+
+/// Sends every resume of `convs` (conversation, interrupt) at once on `c`; the time from
+/// `killed` to each ack, in the order they came. Any other answer fails the test.
+async fn resume_all(c: &mut Client, convs: &[(String, String)], killed: Instant) -> Vec<Duration> {
+    let mut ids = Vec::new();
+    for (conv, iid) in convs {
+        ids.push(
+            c.frame(json!({"type": "resume", "conversationId": conv, "interruptId": iid, "action": "reject"}))
+                .await,
+        );
+    }
+    let mut took = Vec::new();
+    for (id, (conv, _)) in ids.iter().zip(convs) {
+        let r = c.reply(id).await;
+        assert_eq!(
+            r["type"], "ack",
+            "resume of {conv} after the owner died: {r}"
+        );
+        took.push(killed.elapsed());
+    }
+    took
+}
+
+#[tokio::test]
+async fn cluster_sigkill_of_an_owner_of_many_paused_conversations_all_resumed_at_once() {
+    let nats = env("PARLEY_TEST_NATS_URL");
+    let mut nodes = three(&nats, LEASE_SECONDS).await;
+    let mut ca = Client::connect(&nodes[0]).await;
+    let mut convs = Vec::new();
+    for i in 0..TAKEOVER_CONVERSATIONS {
+        let conv = ca.create("approval", &format!("lamp {i}")).await;
+        let events = ca.run_events(&conv).await;
+        convs.push((conv, interrupt_id(&events), events.len() as u64));
+    }
+    // Half of them followed on B, half on C (so each node knows A holds them).
+    let (mut cb, mut cc) = (
+        Client::connect(&nodes[1]).await,
+        Client::connect(&nodes[2]).await,
+    );
+    let mut halves: [Vec<(String, String)>; 2] = [Vec::new(), Vec::new()];
+    for (i, (conv, iid, n)) in convs.iter().enumerate() {
+        let c = if i % 2 == 0 { &mut cb } else { &mut cc };
+        subscribe(c, conv).await;
+        assert_eq!(c.run_events(conv).await.len() as u64, *n);
+        halves[i % 2].push((conv.clone(), iid.clone()));
+    }
+
+    let _ = nodes[0].child.kill();
+    let killed = Instant::now();
+    let _ = nodes[0].child.wait();
+    let (on_b, on_c) = tokio::join!(
+        resume_all(&mut cb, &halves[0], killed),
+        resume_all(&mut cc, &halves[1], killed)
+    );
+    let slowest = on_b.iter().chain(&on_c).max().copied().unwrap_or_default();
+    // CONTRACT §9 / issue 17: every one within lease_seconds + 1 s of the kill.
+    assert!(
+        slowest <= Duration::from_secs_f64(LEASE_SECONDS + 1.0),
+        "the slowest of {TAKEOVER_CONVERSATIONS} resumes after the owner died took {slowest:?} (B: {on_b:?}, C: {on_c:?})"
+    );
+    // Every resumed run goes on where it paused and ends as on a single node.
+    for (i, (conv, _, n)) in convs.iter().enumerate() {
+        let c = if i % 2 == 0 { &mut cb } else { &mut cc };
+        let after = c.run_events(conv).await;
+        assert_eq!(after[0]["seq"].as_u64(), Some(n + 1), "{conv}: {after:?}");
+        assert_eq!(assistant_text(&after), "Rejected.", "{conv}");
+    }
+    let taken = metric(&nodes[1], "parley_cluster_claims_total").await
+        + metric(&nodes[2], "parley_cluster_claims_total").await;
+    assert!(
+        taken >= TAKEOVER_CONVERSATIONS as f64,
+        "B and C claimed them all: {taken}"
+    );
+}
+
+#[tokio::test]
+async fn cluster_a_keyed_resume_delivered_to_a_stopped_owner_is_applied_once_after_its_lease() {
+    let nats = env("PARLEY_TEST_NATS_URL");
+    let nodes = three(&nats, LEASE_SECONDS).await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let mut ca = Client::connect(a).await;
+    let conv = ca.create("approval", "a desk").await;
+    let first = ca.run_events(&conv).await;
+    let iid = interrupt_id(&first);
+    let mut cb = Client::connect(b).await;
+    subscribe(&mut cb, &conv).await;
+    assert_eq!(cb.run_events(&conv).await, first);
+
+    // A stopped process keeps its NATS connection: the forward is delivered and never
+    // answered. The frame id makes it safe to apply elsewhere once A's lease has expired.
+    signal(a, "STOP");
+    let stopped = Instant::now();
+    let ack = cb
+        .ok(json!({"type": "resume", "conversationId": conv, "interruptId": iid, "action": "approve"}))
+        .await;
+    let took = stopped.elapsed();
+    assert_eq!(ack["conversationId"], json!(conv));
+    assert!(
+        took <= Duration::from_secs_f64(LEASE_SECONDS + 1.0),
+        "the resume waited {took:?} (the forward timeout is 5 s)"
+    );
+    let second = cb.run_events(&conv).await;
+    assert_eq!(second.last().unwrap()["event"]["type"], "RUN_FINISHED");
+
+    // A wakes up and finds the forwarded resume in its socket: its actor's commit is refused
+    // (fenced), so the resume was applied once, on B.
+    signal(a, "CONT");
+    let lost = async {
+        loop {
+            if metric(a, "parley_cluster_leases_lost_total").await >= 1.0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    tokio::time::timeout(WAIT, lost)
+        .await
+        .expect("the old owner noticed it lost the lease");
+    // Time for A to answer what waited in its socket (its answer goes nowhere).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut all = first.clone();
+    all.extend(second);
+    assert_contiguous(&all, 1);
+    assert_eq!(as_pairs(&all), stored(b, &conv).await, "applied once");
+    let starts = all
+        .iter()
+        .filter(|f| f["event"]["type"] == "RUN_STARTED")
+        .count();
+    assert_eq!(starts, 2, "the first run and one resumed run: {all:?}");
+}
+
 #[tokio::test]
 async fn cluster_a_paused_owner_past_its_lease_is_fenced_and_its_actor_stops() {
     let nats = env("PARLEY_TEST_NATS_URL");
@@ -532,4 +665,64 @@ async fn cluster_graceful_shutdown_hands_conversations_over_at_once() {
     all.extend(cb.run_events(&conv).await);
     assert_contiguous(&all, 1);
     assert_eq!(all.last().unwrap()["event"]["type"], "RUN_FINISHED");
+}
+
+#[tokio::test]
+async fn cluster_retention_never_deletes_a_conversation_another_node_holds() {
+    let nats = env("PARLEY_TEST_NATS_URL");
+    let db = fresh_database().await;
+    let run = uuid::Uuid::now_v7().simple().to_string();
+    let a = node(&db, &nats, &format!("ret-a-{run}"), STEADY_LEASE);
+    let mut c = node(&db, &nats, &format!("ret-c-{run}"), STEADY_LEASE);
+    // A conversation held by A (its actor is live there), and one C gives up when it stops.
+    let mut ca = Client::connect(&a).await;
+    let held = ca.create("chat", "keep me").await;
+    ca.run_events(&held).await;
+    let mut cc = Client::connect(&c).await;
+    let free = cc.create("chat", "sweep me").await;
+    cc.run_events(&free).await;
+    cc.close().await;
+    signal(&c, "TERM");
+    assert!(c.child.wait().expect("wait").success());
+
+    // B sweeps every second whatever finished more than about a second ago.
+    let b = Server::start_with(Options {
+        storage_config: format!(
+            "backend = \"postgres\"\nurl = {db:?}\nretention_days = 0.00001\nsweep_interval_seconds = 1\n"
+        ),
+        extra_config: format!(
+            "\n[cluster]\nnats_url = {nats:?}\nnode_id = \"ret-b-{run}\"\nlease_seconds = {STEADY_LEASE}\n"
+        ),
+        ..Default::default()
+    });
+    let gone = async {
+        loop {
+            let r = http()
+                .get(b.http(&format!("/api/conversations/{free}")))
+                .send()
+                .await
+                .expect("get");
+            if r.status() == 404 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    tokio::time::timeout(WAIT, gone)
+        .await
+        .expect("the conversation nobody holds is swept");
+    // Swept in the same (or a later) sweep as `free`, had it not been A's.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let kept = get_json(&b, &format!("/api/conversations/{held}")).await;
+    assert_eq!(kept["id"], json!(held), "{kept}");
+    // And A goes on with it.
+    let ack = ca
+        .ok(json!({"type": "send", "conversationId": held, "content": "still here"}))
+        .await;
+    assert_eq!(ack["conversationId"], json!(held));
+    assert_eq!(
+        ca.run_events(&held).await.last().unwrap()["event"]["type"],
+        "RUN_FINISHED"
+    );
+    assert!(metric(&b, "parley_conversations_swept_total").await >= 1.0);
 }

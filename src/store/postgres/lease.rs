@@ -233,8 +233,9 @@ pub struct Leases {
 pub enum Claim {
     /// This node holds it now, at this epoch.
     Won(i64),
-    /// Another node's lease is live.
-    HeldBy(String),
+    /// Another node's lease is live, for `left` more (by the database's clock; zero when the
+    /// holder could not be read, e.g. a row another claim inserted at the same moment).
+    HeldBy { node: String, left: Duration },
 }
 
 impl Leases {
@@ -251,35 +252,106 @@ impl Leases {
     }
 
     /// Claims `conversation` unless another node's lease is live; on success the belief is
-    /// recorded (before the first write can happen).
+    /// recorded (before the first write can happen). One round trip: the claim, and who holds
+    /// the row (as it was before the claim) for the answer when it fails.
     pub async fn claim(&self, conversation: &str) -> Result<Claim, StoreError> {
         let client = self.client().await?;
         let f = &self.fences;
         let row = client
-            .query_opt(
-                "INSERT INTO leases AS l (conversation, node, epoch, lease_until)
-                 VALUES ($1, $2, 1, now() + $3 * interval '1 millisecond')
-                 ON CONFLICT (conversation) DO UPDATE
-                   SET node = EXCLUDED.node, epoch = l.epoch + 1, lease_until = EXCLUDED.lease_until
-                   WHERE l.lease_until < now() OR l.node = EXCLUDED.node
-                 RETURNING epoch",
+            .query_one(
+                "WITH won AS (
+                   INSERT INTO leases AS l (conversation, node, epoch, lease_until)
+                   VALUES ($1, $2, 1, now() + $3 * interval '1 millisecond')
+                   ON CONFLICT (conversation) DO UPDATE
+                     SET node = EXCLUDED.node, epoch = l.epoch + 1, lease_until = EXCLUDED.lease_until
+                     WHERE l.lease_until < now() OR l.node = EXCLUDED.node
+                   RETURNING epoch)
+                 SELECT (SELECT epoch FROM won),
+                        (SELECT node FROM leases WHERE conversation = $1),
+                        (SELECT GREATEST(EXTRACT(EPOCH FROM lease_until - now()) * 1000, 0)::float8
+                           FROM leases WHERE conversation = $1)",
                 &[&conversation, &f.node, &f.lease_ms()],
             )
             .await
             .map_err(StoreError::db)?;
-        if let Some(row) = row {
-            let epoch: i64 = row.get(0);
+        if let Some(epoch) = row.get::<_, Option<i64>>(0) {
             f.set(conversation, Belief::Held(epoch));
             return Ok(Claim::Won(epoch));
         }
-        let holder = client
+        Ok(Claim::HeldBy {
+            node: row.get::<_, Option<String>>(1).unwrap_or_default(),
+            left: millis(row.get::<_, Option<f64>>(2)),
+        })
+    }
+
+    /// [`Leases::claim`] for many conversations in one statement (the takeover of a silent
+    /// node's conversations): every one whose lease has expired (or is this node's) is won;
+    /// the others answer who holds them and for how long still. Conversations without a lease
+    /// row are left out. Rows are locked in id order, so two nodes claiming overlapping sets
+    /// wait for each other instead of deadlocking.
+    pub async fn claim_many(
+        &self,
+        conversations: &[&str],
+    ) -> Result<Vec<(String, Claim)>, StoreError> {
+        if conversations.is_empty() {
+            return Ok(Vec::new());
+        }
+        let client = self.client().await?;
+        let f = &self.fences;
+        let rows = client
+            .query(
+                "WITH free AS (
+                   SELECT conversation FROM leases
+                   WHERE conversation = ANY($1) AND (lease_until < now() OR node = $2)
+                   ORDER BY conversation FOR UPDATE),
+                 won AS (
+                   UPDATE leases l
+                   SET node = $2, epoch = l.epoch + 1,
+                       lease_until = now() + $3 * interval '1 millisecond'
+                   FROM free WHERE l.conversation = free.conversation
+                   RETURNING l.conversation, l.epoch)
+                 SELECT l.conversation, w.epoch, l.node,
+                        GREATEST(EXTRACT(EPOCH FROM l.lease_until - now()) * 1000, 0)::float8
+                 FROM leases l LEFT JOIN won w ON w.conversation = l.conversation
+                 WHERE l.conversation = ANY($1)",
+                &[&conversations, &f.node, &f.lease_ms()],
+            )
+            .await
+            .map_err(StoreError::db)?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let conversation: String = row.get(0);
+            let claim = match row.get::<_, Option<i64>>(1) {
+                Some(epoch) => {
+                    f.set(&conversation, Belief::Held(epoch));
+                    Claim::Won(epoch)
+                }
+                None => Claim::HeldBy {
+                    node: row.get(2),
+                    left: millis(row.get(3)),
+                },
+            };
+            out.push((conversation, claim));
+        }
+        Ok(out)
+    }
+
+    /// Who holds `conversation`'s lease and for how long still (zero: expired), if it has a
+    /// row. Read without claiming (a forward that waits for its answer watches this).
+    pub async fn lease_of(
+        &self,
+        conversation: &str,
+    ) -> Result<Option<(String, Duration)>, StoreError> {
+        let client = self.client().await?;
+        let row = client
             .query_opt(
-                "SELECT node FROM leases WHERE conversation = $1",
+                "SELECT node, GREATEST(EXTRACT(EPOCH FROM lease_until - now()) * 1000, 0)::float8
+                 FROM leases WHERE conversation = $1",
                 &[&conversation],
             )
             .await
             .map_err(StoreError::db)?;
-        Ok(Claim::HeldBy(holder.map(|r| r.get(0)).unwrap_or_default()))
+        Ok(row.map(|r| (r.get(0), millis(r.get(1)))))
     }
 
     /// The node whose lease on `conversation` is live, if any.
@@ -373,6 +445,14 @@ impl Leases {
             .await
             .map_err(StoreError::db)?;
         Ok(())
+    }
+}
+
+/// Milliseconds from the database as a duration (absent, negative or not a number: zero).
+fn millis(ms: Option<f64>) -> Duration {
+    match ms {
+        Some(ms) if ms.is_finite() && ms > 0.0 => Duration::from_secs_f64(ms / 1000.0),
+        _ => Duration::ZERO,
     }
 }
 

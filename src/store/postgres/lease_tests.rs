@@ -33,6 +33,17 @@ fn record(id: &str, title: &str) -> WriteOp {
     })
 }
 
+/// A failed claim names the holder and how long its lease still runs.
+fn held_by_a(claim: Claim) {
+    match claim {
+        Claim::HeldBy { node, left } => {
+            assert_eq!(node, "a");
+            assert!(left > Duration::ZERO && left <= LEASE, "{left:?}");
+        }
+        other => panic!("expected HeldBy a, got {other:?}"),
+    }
+}
+
 async fn title(store: &PgStore, id: &str) -> String {
     store.get_conversation(id).await.unwrap().unwrap().title
 }
@@ -42,22 +53,24 @@ async fn a_claim_is_exclusive_until_the_lease_expires_and_each_claim_bumps_the_e
     let options = fresh_options().await;
     let (a, b) = (node(&options, "a").await, node(&options, "b").await);
     assert_eq!(a.leases().claim("c").await.unwrap(), Claim::Won(1));
-    assert_eq!(
-        b.leases().claim("c").await.unwrap(),
-        Claim::HeldBy("a".into())
-    );
+    held_by_a(b.leases().claim("c").await.unwrap());
     assert_eq!(b.leases().owner("c").await.unwrap().as_deref(), Some("a"));
+    let (holder, left) = b.leases().lease_of("c").await.unwrap().expect("a row");
+    assert_eq!(holder, "a");
+    assert!(left > Duration::ZERO && left <= LEASE, "{left:?}");
     // Renewed, it stays a's.
     tokio::time::sleep(LEASE / 2).await;
     assert!(a.leases().renew().await.unwrap().is_empty());
     tokio::time::sleep(LEASE / 2).await;
-    assert_eq!(
-        b.leases().claim("c").await.unwrap(),
-        Claim::HeldBy("a".into())
-    );
+    held_by_a(b.leases().claim("c").await.unwrap());
     // Not renewed: expired, b takes it at the next epoch, and a learns it at renewal.
     tokio::time::sleep(LEASE + Duration::from_millis(100)).await;
     assert_eq!(b.leases().owner("c").await.unwrap(), None);
+    assert_eq!(
+        b.leases().lease_of("c").await.unwrap(),
+        Some(("a".to_owned(), Duration::ZERO))
+    );
+    assert_eq!(b.leases().lease_of("none").await.unwrap(), None);
     assert_eq!(b.leases().claim("c").await.unwrap(), Claim::Won(2));
     assert_eq!(a.leases().renew().await.unwrap(), vec!["c".to_owned()]);
     assert_eq!(a.leases().fences().get("c"), Some(Belief::Lost));
@@ -121,4 +134,40 @@ async fn a_new_conversation_is_claimed_by_its_first_commit() {
     assert!(a.leases().renew().await.unwrap().is_empty());
     a.leases().release(&[("n".to_owned(), None)]).await.unwrap();
     assert_eq!(b.leases().owner("n").await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn many_claims_in_one_statement_win_only_expired_leases() {
+    let options = fresh_options().await;
+    let (a, b) = (node(&options, "a").await, node(&options, "b").await);
+    for c in ["x", "y", "z"] {
+        assert_eq!(a.leases().claim(c).await.unwrap(), Claim::Won(1));
+    }
+    // Live: nothing is won, and each answer says how long a's lease still runs.
+    let claims = b.leases().claim_many(&["x", "y", "none"]).await.unwrap();
+    assert_eq!(claims.len(), 2, "no row, no answer: {claims:?}");
+    for (_, claim) in claims {
+        held_by_a(claim);
+    }
+    assert_eq!(b.leases().fences().get("x"), None);
+    // z is renewed, x and y are not: after the lease, b wins exactly x and y.
+    tokio::time::sleep(LEASE / 2).await;
+    a.leases()
+        .release(&[("z".to_owned(), Some(1))])
+        .await
+        .unwrap();
+    assert_eq!(a.leases().claim("z").await.unwrap(), Claim::Won(2));
+    tokio::time::sleep(LEASE / 2 + Duration::from_millis(100)).await;
+    let mut claims = b.leases().claim_many(&["x", "y", "z"]).await.unwrap();
+    claims.sort_by(|l, r| l.0.cmp(&r.0));
+    assert_eq!(claims[0], ("x".to_owned(), Claim::Won(2)));
+    assert_eq!(claims[1], ("y".to_owned(), Claim::Won(2)));
+    assert_eq!(claims[2].0, "z");
+    held_by_a(claims[2].1.clone());
+    assert_eq!(b.leases().fences().get("x"), Some(Belief::Held(2)));
+    assert_eq!(b.leases().fences().get("z"), None);
+    // a learns it lost x and y at its renewal.
+    let mut lost = a.leases().renew().await.unwrap();
+    lost.sort();
+    assert_eq!(lost, vec!["x".to_owned(), "y".to_owned()]);
 }
