@@ -28,10 +28,15 @@
 //! for a database that is not reachable yet (`connect_retry`, backing off, logged), and
 //! optionally a schema (its `search_path`; tests give each store its own schema).
 
+mod conn;
 mod group;
 pub mod lease;
+mod overlap;
+#[cfg(test)]
+mod overlap_tests;
 mod read;
 pub mod schema;
+mod size;
 mod snapshot;
 #[cfg(test)]
 mod tests;
@@ -49,7 +54,8 @@ use tokio_postgres::NoTls;
 
 pub use snapshot::PgSnapshot;
 pub use writer::{
-    MAX_GROUP_BATCHES, MAX_GROUP_OPS, PROBE_EVERY, QUEUE_HARD_CAP, QUEUE_SOFT_CAP, RETRY_FOR,
+    DEFAULT_WRITER_CONNECTIONS, MAX_GROUP_BATCHES, MAX_GROUP_OPS, PROBE_EVERY, QUEUE_HARD_CAP,
+    QUEUE_SOFT_CAP, RETRY_FOR,
 };
 
 use super::{
@@ -63,7 +69,7 @@ use writer::{Batch, Metrics, Queue};
 pub struct PgOptions {
     /// `postgres://user@host:port/db`
     pub url: String,
-    /// Connections for reads (the writer has one more of its own).
+    /// Connections for reads (the writer has `writer_connections` more of its own).
     pub pool_size: usize,
     /// Every statement is cancelled after this long.
     pub statement_timeout: Duration,
@@ -72,6 +78,9 @@ pub struct PgOptions {
     /// At start (and `parley migrate`), how long to keep trying while the database cannot be
     /// reached (refused, starting up, too many connections), with backoff, before giving up.
     pub connect_retry: Duration,
+    /// Groups the writer commits at once, each on its own connection (`writer.rs`): while one
+    /// waits for its WAL flush, the next one's statements run. At least 1.
+    pub writer_connections: usize,
 }
 
 impl PgOptions {
@@ -82,6 +91,7 @@ impl PgOptions {
             statement_timeout: Duration::from_secs(10),
             schema: None,
             connect_retry: Duration::from_secs(30),
+            writer_connections: DEFAULT_WRITER_CONNECTIONS,
         }
     }
 
@@ -260,6 +270,8 @@ struct Inner {
     fences: Arc<lease::Fences>,
     queue: Arc<Queue>,
     metrics: Arc<Metrics>,
+    /// Bytes of Parley's tables, measured now and then (`size.rs`).
+    size: Arc<size::StatsSize>,
     writer: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -351,9 +363,22 @@ impl PgStore {
             .create_timeout(Some(Duration::from_secs(5)))
             .build()
             .map_err(StoreError::db)?;
+        let size = Arc::new(size::StatsSize::default());
+        match size::measure(&pool).await {
+            Ok(bytes) => size.set(bytes),
+            Err(error) => {
+                tracing::warn!(error = %error, "cannot measure the postgres store's size")
+            }
+        }
         let queue = Arc::new(Queue::new());
         let metrics = Arc::new(Metrics::default());
-        let handle = writer::spawn(config, queue.clone(), metrics.clone(), fences.clone())?;
+        let handle = writer::spawn(
+            config,
+            options.writer_connections,
+            queue.clone(),
+            metrics.clone(),
+            fences.clone(),
+        )?;
         tracing::info!(schema = ?options.schema, "postgres store opened");
         Ok(PgStore {
             inner: Arc::new(Inner {
@@ -361,6 +386,7 @@ impl PgStore {
                 pool,
                 queue,
                 metrics,
+                size,
                 writer: Mutex::new(Some(handle)),
             }),
         })
@@ -415,9 +441,14 @@ impl Store for PgStore {
     }
 
     fn stats(&self) -> StoreStats {
-        // Reopens stay 0 (the writer reconnects); the size is not measured here (the
-        // database's own statistics tell).
-        self.inner.metrics.stats(self.inner.queue.len() as u64, 0)
+        // Reopens stay 0 (the writer reconnects); the size is the last measurement (`size.rs`).
+        self.inner
+            .metrics
+            .stats(self.inner.queue.len() as u64, self.size_bytes())
+    }
+
+    fn size_bytes(&self) -> u64 {
+        self.inner.size.get(&self.inner.pool)
     }
 
     fn idle_conversations<'a>(
