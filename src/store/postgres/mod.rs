@@ -3,12 +3,14 @@
 //!
 //! # Invariants
 //!
-//! - **One writer per store, group commit.** A dedicated thread with its own connection
-//!   (`writer.rs`) takes every queued batch, applies the group in ONE transaction and commits
-//!   with `synchronous_commit = on` (set on every connection: the commit record is on disk
-//!   before `COMMIT` returns), then answers the group's [`Ack`]s. FIFO; a batch never spans two
-//!   transactions. A group is one round trip: `BEGIN`, at most one statement per table and
-//!   `COMMIT`, pipelined (`group.rs`).
+//! - **One writer per store, group commit.** A dedicated thread (`writer.rs`) takes the queued
+//!   batches, applies each group in ONE transaction and commits with `synchronous_commit = on`
+//!   (set on every connection: the commit record is on disk before `COMMIT` returns), then
+//!   answers the group's [`Ack`]s. FIFO; a batch never spans two transactions. A group is one
+//!   round trip: `BEGIN`, at most one statement per table and `COMMIT`, pipelined (`group.rs`).
+//!   Up to `writer_connections` groups are in flight at once, each on its own connection
+//!   (`conn.rs`), never two touching the same conversation or key (`overlap.rs`), and they are
+//!   answered in queue order. `size_bytes`: `size.rs`.
 //! - **Recovery by itself.** The writer retries a group while the database is unreachable for
 //!   up to [`RETRY_FOR`] (a group is idempotent, so a retry after an unknown commit outcome is
 //!   safe); then that group and everything queued behind it get [`StoreError::Unavailable`]

@@ -187,3 +187,65 @@ async fn a_group_failing_in_the_middle_fails_one_run_of_batches_around_it() {
     assert!(store.stats().failed_commits >= 1);
     assert!(store.stats().writable, "a bad row is not an outage");
 }
+
+/// Writer connections killed in the middle of their transactions (`pg_terminate_backend` of
+/// every backend holding a lock on this store's `events`), again and again while groups are in
+/// flight: each lost group is retried on a fresh connection (a group is idempotent), every ack
+/// is `Ok`, still in queue order, and each conversation's events and record are exactly as if
+/// nothing had happened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_killed_mid_transaction_lose_and_reorder_nothing() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    let mut options = fresh_options().await;
+    options.writer_connections = 4;
+    let store = PgStore::open(&options).await.unwrap();
+    let (client, connection) = options
+        .config()
+        .unwrap()
+        .connect(tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let schema = options.schema.clone().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let kills = Arc::new(AtomicUsize::new(0));
+    let killer = {
+        let (stop, kills) = (stop.clone(), kills.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let killed = client
+                    .query(
+                        "SELECT pg_terminate_backend(l.pid) FROM pg_locks l
+                         JOIN pg_class c ON c.oid = l.relation
+                         JOIN pg_namespace n ON n.oid = c.relnamespace
+                         WHERE n.nspname = $1 AND c.relname = 'events'
+                           AND l.pid <> pg_backend_pid()",
+                        &[&schema],
+                    )
+                    .await
+                    .unwrap();
+                kills.fetch_add(killed.len(), Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(40)).await;
+            }
+        })
+    };
+    let watch = run(&store, None).await;
+    stop.store(true, Ordering::Relaxed);
+    killer.await.unwrap();
+    assert!(
+        kills.load(Ordering::Relaxed) > 0,
+        "no connection was killed"
+    );
+    assert_eq!(watch.violations, Vec::<String>::new());
+    for (c, _, result) in &watch.acks {
+        assert!(matches!(result, Some(Ok(()))), "{c}: {result:?}");
+    }
+    for c in 0..CONVERSATIONS {
+        let id = format!("c{c}");
+        let (seqs, updated) = stored(&store, &id).await;
+        assert_eq!(seqs, (1..=ROUNDS).collect::<Vec<_>>(), "{id}");
+        assert_eq!(updated, ROUNDS as i64, "{id}");
+    }
+}
