@@ -22,11 +22,14 @@ fn batch(c: &str, n: u64) -> Vec<WriteOp> {
     vec![put(&record), append_event(c, n)]
 }
 
+type Watched = (String, Option<Ack>, Option<Result<(), StoreError>>);
+
 /// Acks in submission order, watched for the FIFO promise: sweeping from the newest to the
 /// oldest, an ack seen pending after a LATER one was seen resolved is a violation (no race can
 /// make this check fail wrongly: the later one was resolved before the earlier one was polled).
 struct Watch {
-    acks: Vec<(String, Option<Ack>, Option<Result<(), StoreError>>)>,
+    /// (conversation, the ack while pending, its result once resolved), in submission order.
+    acks: Vec<Watched>,
     violations: Vec<String>,
 }
 

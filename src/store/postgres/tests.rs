@@ -370,7 +370,7 @@ async fn size_bytes_is_measured_and_grows_with_the_data() {
         events: (0..3000u32)
             .map(|i| {
                 let noise: String = (0..200)
-                    .map(|j| format!("{:x}", (i.wrapping_mul(2654435761) ^ j * 40503) % 65536))
+                    .map(|j| format!("{:x}", (i.wrapping_mul(2654435761) ^ (j * 40503)) % 65536))
                     .collect();
                 bytes::Bytes::from(format!(r#"{{"type":"CUSTOM","i":{i},"noise":"{noise}"}}"#))
             })
