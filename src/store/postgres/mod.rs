@@ -195,6 +195,9 @@ pub(crate) enum Op {
         key: String,
         expires_at: i64,
         record: String,
+        /// The conversation the key's request went to: the key's batch is ordered with that
+        /// conversation's batches (`overlap.rs`).
+        conversation: String,
     },
     DeleteExpiredKeys {
         now_ms: i64,
@@ -250,6 +253,7 @@ fn encode(ops: Vec<WriteOp>) -> Result<Vec<Op>, StoreError> {
                     record: serde_json::to_string(&record)
                         .map_err(|e| StoreError::encode(format!("idempotency key {key:?}"), e))?,
                     expires_at: record.expires_at_ms,
+                    conversation: record.conversation_id,
                     key,
                 },
                 WriteOp::DeleteExpiredIdempotencyKeys { now_ms } => {

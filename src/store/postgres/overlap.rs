@@ -5,8 +5,8 @@
 //! # Invariants
 //!
 //! - **Disjoint groups only.** Two groups in flight at the same time never touch the same
-//!   conversation (its record, messages, events, checkpoint, deletion) or the same idempotency
-//!   key. A conversation's batches therefore commit one group after the other, in queue order,
+//!   conversation (its record, messages, events, checkpoint, deletion, the idempotency keys of
+//!   its requests) or the same idempotency key. A conversation's batches therefore commit one group after the other, in queue order,
 //!   as with one connection; concurrent transactions never wait on each other's row locks.
 //! - **The sweep of expired keys is exclusive.** A batch with `DeleteExpiredKeys` touches every
 //!   key: it is only sent while no other group is in flight, and nothing is sent while it is.
@@ -55,9 +55,14 @@ impl Touches {
                         self.conversations.insert(c.clone());
                     }
                 }
-                Op::IdempotencyKey { key, .. } => {
+                Op::IdempotencyKey {
+                    key, conversation, ..
+                } => {
                     if !self.keys.contains(key) {
                         self.keys.insert(key.clone());
+                    }
+                    if !self.conversations.contains(conversation) {
+                        self.conversations.insert(conversation.clone());
                     }
                 }
                 Op::DeleteExpiredKeys { .. } => self.exclusive = true,
@@ -89,7 +94,9 @@ impl Touches {
                 conversation: c, ..
             }
             | Op::Delete { conversation: c } => !self.conversations.contains(c),
-            Op::IdempotencyKey { key, .. } => !self.keys.contains(key),
+            Op::IdempotencyKey {
+                key, conversation, ..
+            } => !self.keys.contains(key) && !self.conversations.contains(conversation),
             Op::DeleteExpiredKeys { .. } => false,
         })
     }
@@ -107,24 +114,29 @@ mod tests {
         }
     }
 
-    fn key(k: &str) -> Op {
+    /// Key `k` of a request to conversation `c`.
+    fn key(k: &str, c: &str) -> Op {
         Op::IdempotencyKey {
             key: k.to_owned(),
             expires_at: 0,
             record: String::new(),
+            conversation: c.to_owned(),
         }
     }
 
     #[test]
     fn a_conversation_or_key_in_flight_blocks_only_itself() {
-        let busy = Touches::of(&[events("a"), key("k1")]);
+        let busy = Touches::of(&[events("a"), key("k1", "a")]);
         assert!(!busy.allows(&[events("a")]));
-        assert!(!busy.allows(&[events("b"), key("k1")]));
+        assert!(!busy.allows(&[events("b"), key("k1", "b")]));
         assert!(!busy.allows(&[Op::Delete {
             conversation: "a".into()
         }]));
-        assert!(busy.allows(&[events("b"), key("k2")]));
+        assert!(busy.allows(&[events("b"), key("k2", "b")]));
         assert!(busy.allows(&[]));
+        // A key is ordered with its conversation's batches, both ways.
+        assert!(!busy.allows(&[key("k3", "a")]));
+        assert!(!Touches::of(&[key("k4", "c")]).allows(&[events("c")]));
     }
 
     #[test]
