@@ -190,6 +190,10 @@ pub struct StorageConfig {
     /// PostgreSQL connections for reads (the writer has one more of its own).
     #[serde(default = "d_pool_size")]
     pub pool_size: usize,
+    /// PostgreSQL: groups the writer commits at once, each on its own connection (one
+    /// group's statements run while another waits for its WAL flush; docs/postgres.md).
+    #[serde(default = "d_writer_connections")]
+    pub writer_connections: usize,
     /// Every PostgreSQL statement is cancelled after this long.
     #[serde(default = "d_statement_timeout")]
     pub statement_timeout_ms: u64,
@@ -221,6 +225,9 @@ pub struct StorageConfig {
 
 fn d_pool_size() -> usize {
     16
+}
+fn d_writer_connections() -> usize {
+    2
 }
 fn d_statement_timeout() -> u64 {
     10_000

@@ -72,6 +72,7 @@ pub fn postgres_options(config: &Config) -> anyhow::Result<PgOptions> {
         .context("storage.url (or PARLEY_POSTGRES_URL) is not set")?;
     let mut options = PgOptions::new(url);
     options.pool_size = storage.pool_size.max(1);
+    options.writer_connections = storage.writer_connections.max(1);
     options.schema = storage.schema.clone();
     options.statement_timeout =
         std::time::Duration::from_millis(storage.statement_timeout_ms.max(1));

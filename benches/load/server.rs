@@ -84,10 +84,19 @@ impl Home {
     /// The `[storage]` lines of this home's backend.
     fn storage_lines(&self) -> String {
         match POSTGRES.get() {
-            Some(url) => format!(
-                "backend = \"postgres\"\nurl = {url:?}\nschema = {:?}\npool_size = 32\n",
-                self.schema
-            ),
+            Some(url) => {
+                let mut lines = format!(
+                    "backend = \"postgres\"\nurl = {url:?}\nschema = {:?}\npool_size = 32\n",
+                    self.schema
+                );
+                // Before/after comparisons of the writer's overlap (docs/postgres.md).
+                if let Ok(n) = std::env::var("PARLEY_BENCH_WRITER_CONNECTIONS") {
+                    if let Ok(n) = n.parse::<usize>() {
+                        lines.push_str(&format!("writer_connections = {n}\n"));
+                    }
+                }
+                lines
+            }
             None => String::new(),
         }
     }

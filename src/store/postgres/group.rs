@@ -166,6 +166,7 @@ impl<'a> Group<'a> {
                     key,
                     expires_at,
                     record,
+                    ..
                 } => {
                     group.keys.insert(key, (*expires_at, record));
                 }

@@ -3,12 +3,14 @@
 //!
 //! # Invariants
 //!
-//! - **One writer per store, group commit.** A dedicated thread with its own connection
-//!   (`writer.rs`) takes every queued batch, applies the group in ONE transaction and commits
-//!   with `synchronous_commit = on` (set on every connection: the commit record is on disk
-//!   before `COMMIT` returns), then answers the group's [`Ack`]s. FIFO; a batch never spans two
-//!   transactions. A group is one round trip: `BEGIN`, at most one statement per table and
-//!   `COMMIT`, pipelined (`group.rs`).
+//! - **One writer per store, group commit.** A dedicated thread (`writer.rs`) takes the queued
+//!   batches, applies each group in ONE transaction and commits with `synchronous_commit = on`
+//!   (set on every connection: the commit record is on disk before `COMMIT` returns), then
+//!   answers the group's [`Ack`]s. FIFO; a batch never spans two transactions. A group is one
+//!   round trip: `BEGIN`, at most one statement per table and `COMMIT`, pipelined (`group.rs`).
+//!   Up to `writer_connections` groups are in flight at once, each on its own connection
+//!   (`conn.rs`), never two touching the same conversation or key (`overlap.rs`), and they are
+//!   answered in queue order. `size_bytes`: `size.rs`.
 //! - **Recovery by itself.** The writer retries a group while the database is unreachable for
 //!   up to [`RETRY_FOR`] (a group is idempotent, so a retry after an unknown commit outcome is
 //!   safe); then that group and everything queued behind it get [`StoreError::Unavailable`]
@@ -28,10 +30,15 @@
 //! for a database that is not reachable yet (`connect_retry`, backing off, logged), and
 //! optionally a schema (its `search_path`; tests give each store its own schema).
 
+mod conn;
 mod group;
 pub mod lease;
+mod overlap;
+#[cfg(test)]
+mod overlap_tests;
 mod read;
 pub mod schema;
+mod size;
 mod snapshot;
 #[cfg(test)]
 mod tests;
@@ -49,7 +56,8 @@ use tokio_postgres::NoTls;
 
 pub use snapshot::PgSnapshot;
 pub use writer::{
-    MAX_GROUP_BATCHES, MAX_GROUP_OPS, PROBE_EVERY, QUEUE_HARD_CAP, QUEUE_SOFT_CAP, RETRY_FOR,
+    DEFAULT_WRITER_CONNECTIONS, MAX_GROUP_BATCHES, MAX_GROUP_OPS, PROBE_EVERY, QUEUE_HARD_CAP,
+    QUEUE_SOFT_CAP, RETRY_FOR,
 };
 
 use super::{
@@ -63,7 +71,7 @@ use writer::{Batch, Metrics, Queue};
 pub struct PgOptions {
     /// `postgres://user@host:port/db`
     pub url: String,
-    /// Connections for reads (the writer has one more of its own).
+    /// Connections for reads (the writer has `writer_connections` more of its own).
     pub pool_size: usize,
     /// Every statement is cancelled after this long.
     pub statement_timeout: Duration,
@@ -72,6 +80,9 @@ pub struct PgOptions {
     /// At start (and `parley migrate`), how long to keep trying while the database cannot be
     /// reached (refused, starting up, too many connections), with backoff, before giving up.
     pub connect_retry: Duration,
+    /// Groups the writer commits at once, each on its own connection (`writer.rs`): while one
+    /// waits for its WAL flush, the next one's statements run. At least 1.
+    pub writer_connections: usize,
 }
 
 impl PgOptions {
@@ -82,6 +93,7 @@ impl PgOptions {
             statement_timeout: Duration::from_secs(10),
             schema: None,
             connect_retry: Duration::from_secs(30),
+            writer_connections: DEFAULT_WRITER_CONNECTIONS,
         }
     }
 
@@ -183,6 +195,9 @@ pub(crate) enum Op {
         key: String,
         expires_at: i64,
         record: String,
+        /// The conversation the key's request went to: the key's batch is ordered with that
+        /// conversation's batches (`overlap.rs`).
+        conversation: String,
     },
     DeleteExpiredKeys {
         now_ms: i64,
@@ -238,6 +253,7 @@ fn encode(ops: Vec<WriteOp>) -> Result<Vec<Op>, StoreError> {
                     record: serde_json::to_string(&record)
                         .map_err(|e| StoreError::encode(format!("idempotency key {key:?}"), e))?,
                     expires_at: record.expires_at_ms,
+                    conversation: record.conversation_id,
                     key,
                 },
                 WriteOp::DeleteExpiredIdempotencyKeys { now_ms } => {
@@ -260,6 +276,8 @@ struct Inner {
     fences: Arc<lease::Fences>,
     queue: Arc<Queue>,
     metrics: Arc<Metrics>,
+    /// Bytes of Parley's tables, measured now and then (`size.rs`).
+    size: Arc<size::StatsSize>,
     writer: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -351,9 +369,22 @@ impl PgStore {
             .create_timeout(Some(Duration::from_secs(5)))
             .build()
             .map_err(StoreError::db)?;
+        let size = Arc::new(size::StatsSize::default());
+        match size::measure(&pool).await {
+            Ok(bytes) => size.set(bytes),
+            Err(error) => {
+                tracing::warn!(error = %error, "cannot measure the postgres store's size")
+            }
+        }
         let queue = Arc::new(Queue::new());
         let metrics = Arc::new(Metrics::default());
-        let handle = writer::spawn(config, queue.clone(), metrics.clone(), fences.clone())?;
+        let handle = writer::spawn(
+            config,
+            options.writer_connections,
+            queue.clone(),
+            metrics.clone(),
+            fences.clone(),
+        )?;
         tracing::info!(schema = ?options.schema, "postgres store opened");
         Ok(PgStore {
             inner: Arc::new(Inner {
@@ -361,6 +392,7 @@ impl PgStore {
                 pool,
                 queue,
                 metrics,
+                size,
                 writer: Mutex::new(Some(handle)),
             }),
         })
@@ -415,9 +447,14 @@ impl Store for PgStore {
     }
 
     fn stats(&self) -> StoreStats {
-        // Reopens stay 0 (the writer reconnects); the size is not measured here (the
-        // database's own statistics tell).
-        self.inner.metrics.stats(self.inner.queue.len() as u64, 0)
+        // Reopens stay 0 (the writer reconnects); the size is the last measurement (`size.rs`).
+        self.inner
+            .metrics
+            .stats(self.inner.queue.len() as u64, self.size_bytes())
+    }
+
+    fn size_bytes(&self) -> u64 {
+        self.inner.size.get(&self.inner.pool)
     }
 
     fn idle_conversations<'a>(

@@ -201,7 +201,8 @@ fn check_consistent(file: &[u8]) {
 /// Not a test: the writer's commit cost, printed (`cargo test --lib pg_commit_micro --
 /// --ignored --nocapture`). One invoke-like batch (record, two messages, events, checkpoint)
 /// per write: first one writer at a time (each write its own group: the latency of one group
-/// commit), then 32 writers at once (group commit).
+/// commit), then 32 writers at once (group commit); for 1, 2 and 4 writer connections
+/// (groups in flight at once).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "timing print, not a test"]
 async fn pg_commit_micro() {
@@ -227,39 +228,43 @@ async fn pg_commit_micro() {
             },
         ]
     }
-    let store = Arc::new(fresh().await);
-    let started = Instant::now();
-    for n in 1..=300 {
-        store.write(batch("solo", n)).await.unwrap();
-    }
-    let solo = started.elapsed();
-    println!(
-        "one writer: 300 groups in {solo:?}: {:.0} µs per group commit",
-        solo.as_micros() as f64 / 300.0
-    );
-    let started = Instant::now();
-    let tasks: Vec<_> = (0..32)
-        .map(|t| {
-            let store = store.clone();
-            tokio::spawn(async move {
-                let id = format!("c{t}");
-                for n in 1..=100 {
-                    store.write(batch(&id, n)).await.unwrap();
-                }
+    for connections in [1, 2, 4] {
+        let mut options = fresh_options().await;
+        options.writer_connections = connections;
+        let store = Arc::new(PgStore::open(&options).await.unwrap());
+        let started = Instant::now();
+        for n in 1..=300 {
+            store.write(batch("solo", n)).await.unwrap();
+        }
+        let solo = started.elapsed();
+        println!(
+            "writer_connections={connections}: one writer: 300 groups in {solo:?}: {:.0} µs per group commit",
+            solo.as_micros() as f64 / 300.0
+        );
+        let started = Instant::now();
+        let tasks: Vec<_> = (0..32)
+            .map(|t| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    let id = format!("c{t}");
+                    for n in 1..=100 {
+                        store.write(batch(&id, n)).await.unwrap();
+                    }
+                })
             })
-        })
-        .collect();
-    for t in tasks {
-        t.await.unwrap();
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let many = started.elapsed();
+        let stats = store.stats();
+        println!(
+            "writer_connections={connections}: 32 writers: 3200 batches in {many:?}: {:.0} batches/s; {} commits in all, {:.0} µs per commit",
+            3200.0 / many.as_secs_f64(),
+            stats.commits,
+            stats.commit_time.as_micros() as f64 / stats.commits as f64
+        );
     }
-    let many = started.elapsed();
-    let stats = store.stats();
-    println!(
-        "32 writers: 3200 batches in {many:?}: {:.0} batches/s; {} commits in all, {:.0} µs per commit",
-        3200.0 / many.as_secs_f64(),
-        stats.commits,
-        stats.commit_time.as_micros() as f64 / stats.commits as f64
-    );
 }
 
 /// A group is pipelined (BEGIN, statements, COMMIT in one round trip): when a later statement
@@ -343,4 +348,45 @@ async fn idle_conversations_is_an_index_range_scan() {
         "{plan}"
     );
     drop(store);
+}
+
+/// `/metrics`' `parley_store_size_bytes`: the store measures its tables when it opens (a real
+/// figure at the first scrape, not 0), and a stale figure is refreshed in the background by a
+/// later read (`size.rs`), so it grows as data is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn size_bytes_is_measured_and_grows_with_the_data() {
+    use crate::store::suite::conv;
+    use crate::store::{Store, WriteOp};
+
+    let store = fresh().await;
+    let at_open = store.stats().size_bytes;
+    // Empty tables still have their index pages (8 KiB each at least).
+    assert!(at_open >= 8192, "{at_open}");
+    let mut ops = vec![WriteOp::PutConversation(conv("big", "alice", "chat", 1))];
+    ops.push(WriteOp::AppendEvents {
+        conversation: "big".to_owned(),
+        first_seq: 1,
+        // 3,000 events of ~800 bytes (under TOAST's threshold: stored as they are).
+        events: (0..3000u32)
+            .map(|i| {
+                let noise: String = (0..200)
+                    .map(|j| format!("{:x}", (i.wrapping_mul(2654435761) ^ (j * 40503)) % 65536))
+                    .collect();
+                bytes::Bytes::from(format!(r#"{{"type":"CUSTOM","i":{i},"noise":"{noise}"}}"#))
+            })
+            .collect(),
+    });
+    store.write(ops).await.unwrap();
+    let deadline = std::time::Instant::now() + super::size::MAX_AGE * 6;
+    loop {
+        let now = store.stats().size_bytes;
+        if now >= at_open + 1_000_000 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "size_bytes still {now} (at open {at_open}) after 2.4 MB written"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
 }

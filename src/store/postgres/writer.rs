@@ -1,32 +1,42 @@
 //! The write path: a bounded FIFO queue and one writer thread that commits groups of batches,
 //! each group in ONE PostgreSQL transaction (`synchronous_commit = on`), then answers them.
+//! Up to `writer_connections` groups are in flight at once, each on its own connection
+//! (`conn.rs`), so one group's statements run while another waits for its WAL flush.
 //!
 //! Invariants:
 //! - **One writer per store.** A dedicated thread (`parley-store-writer`, as for redb, with its own
-//!   single-threaded tokio runtime) owns one connection and opens every write transaction, so
-//!   writes never wait for the actix workers and `shutdown` can join it like the redb writer.
+//!   single-threaded tokio runtime) owns the write connections and opens every write
+//!   transaction, so writes never wait for the actix workers and `shutdown` can join it like
+//!   the redb writer.
 //! - **Ack after durable commit.** A batch is answered `Ok` only after `COMMIT` of the
-//!   transaction holding all of its ops returned; the connection runs with
+//!   transaction holding all of its ops returned; the connections run with
 //!   `synchronous_commit = on`, so the commit record was flushed to disk first.
-//! - **FIFO, group commit.** Batches leave the queue in order; a group is every batch already
-//!   queued (up to [`MAX_GROUP_BATCHES`] / [`MAX_GROUP_OPS`]), applied with at most one
-//!   statement per table (multi-row, `unnest`) and committed once, all in ONE round trip
-//!   (`BEGIN`, statements, `COMMIT` pipelined: `group.rs`).
-//! - **Retried where safe.** Every group is idempotent (upserts of whole rows and deletes, applied
-//!   in op order), so after a connection loss, a server restart, a serialization failure or a
-//!   statement timeout the writer reconnects and applies the same group again, even when the
-//!   outcome of the lost `COMMIT` is unknown. It keeps trying for [`RETRY_FOR`]; then the group
-//!   and every batch queued behind it are answered with [`StoreError::Unavailable`] (a later
-//!   batch never succeeds while an earlier one failed), and the writer goes on with new batches,
-//!   each tried once (no waiting out the retries again) until one commits or a probe succeeds:
-//!   the store recovers by itself when the database comes back.
-//! - **Bounded waits.** A silent database (no answer, no reset) cannot hold the writer: a probe
-//!   gives up after 5 s, an attempt at a group after 60 s (then handled as a lost connection).
-//! - **Probed while idle.** After [`PROBE_EVERY`] without a batch the writer runs `SELECT 1`
-//!   (reconnecting if needed); a failure marks the store unavailable (`/healthz` says
-//!   `degraded`), a success clears it, so an outage shows without any write.
+//! - **FIFO, group commit.** Batches leave the queue in order; a group is a prefix of the queue
+//!   (up to [`MAX_GROUP_BATCHES`] / [`MAX_GROUP_OPS`]), applied with at most one statement per
+//!   table (multi-row, `unnest`) and committed once, all in ONE round trip (`BEGIN`,
+//!   statements, `COMMIT` pipelined: `group.rs`).
+//! - **Overlapped groups, disjoint and answered in order.** Groups in flight together never
+//!   touch the same conversation or idempotency key (`overlap.rs`): a group ends before the
+//!   first batch that conflicts with one in flight, and that batch waits for it. So a
+//!   conversation's batches still commit one after the other, in queue order. Whatever order the
+//!   commits finish in, groups are ANSWERED in queue order: a group's acks are released only
+//!   after every earlier group was answered, so a successful ack still implies that every batch
+//!   queued before it is resolved.
+//! - **Failures.** A connection retries its group for [`RETRY_FOR`] (`conn.rs`: every group is
+//!   idempotent, so a retry after an unknown commit outcome is safe); then the group, every
+//!   group in flight after it (even one that committed: its ack says "not known to be durable",
+//!   which stays true) and every batch queued behind it are answered with the error (a later
+//!   batch never succeeds while an earlier one failed; [`StoreError::Unavailable`] when the
+//!   database is unreachable), and the writer goes on with new batches, each tried once (no
+//!   waiting out the retries again) until one commits or a probe succeeds: the store recovers
+//!   by itself when the database comes back.
+//! - **Probed while idle.** After [`PROBE_EVERY`] without a batch the writer runs `SELECT 1` on a
+//!   connection (reconnecting if needed); a failure marks the store unavailable (`/healthz`
+//!   says `degraded`), a success clears it, so an outage shows without any write.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -34,10 +44,11 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use tokio::sync::Notify;
-use tokio_postgres::{Client, NoTls};
 
-use super::group::{pipeline, step, Group, Statements};
-use super::{pg_error, Op};
+use super::conn::{Conn, Refused};
+use super::lease::Fences;
+use super::overlap::Touches;
+use super::Op;
 use crate::store::{AckSender, StoreError};
 
 /// `enqueue`/`write` wait while this many batches are queued.
@@ -55,13 +66,11 @@ pub const RETRY_FOR: Duration = Duration::from_secs(5);
 /// connection, or a reconnect), so that `/healthz` shows an outage, and the recovery from one,
 /// without waiting for a write.
 pub const PROBE_EVERY: Duration = Duration::from_secs(1);
-/// A probe that gets no answer in this long counts as a failure.
-const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
-/// One attempt at a group (connect, statements, commit) that takes longer than this is
-/// abandoned (its connection dropped, which rolls it back unless COMMIT already ran) and
-/// retried like a lost connection: the database went silent. Generous: statements have their
-/// own `statement_timeout` on the server.
-const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(60);
+/// Groups in flight at once when the configuration does not say (`[storage]
+/// writer_connections`).
+pub const DEFAULT_WRITER_CONNECTIONS: usize = 2;
+
+pub(super) use super::conn::retryable;
 
 pub(super) struct Batch {
     pub ops: Vec<Op>,
@@ -77,6 +86,17 @@ impl Batch {
 }
 
 pub(super) use crate::store::WriterMetrics as Metrics;
+
+/// What [`Queue::take_group`] found.
+enum Take {
+    Group(Vec<Batch>),
+    /// Nothing queued.
+    Empty,
+    /// The first batch conflicts with a group in flight.
+    Blocked,
+    /// Closed and empty: the writer stops.
+    Closed,
+}
 
 struct QueueState {
     batches: VecDeque<Batch>,
@@ -146,35 +166,37 @@ impl Queue {
         self.room.notify_waiters();
     }
 
-    /// Waits for the first batch, then takes every batch already queued up to the group caps.
-    /// `None` once closed and empty.
-    async fn next_group(&self) -> Option<Vec<Batch>> {
-        loop {
-            let arrived = self.arrived.notified();
-            {
-                let mut state = self.state.lock();
-                if let Some(first) = state.batches.pop_front() {
-                    let mut ops = first.ops.len();
-                    let mut group = vec![first];
-                    while group.len() < MAX_GROUP_BATCHES {
-                        match state.batches.front() {
-                            Some(next) if ops + next.ops.len() <= MAX_GROUP_OPS => {
-                                ops += next.ops.len();
-                                group.extend(state.batches.pop_front());
-                            }
-                            _ => break,
-                        }
-                    }
-                    drop(state);
-                    self.room.notify_waiters();
-                    return Some(group);
-                }
-                if state.closed {
-                    return None;
-                }
-            }
-            arrived.await;
+    /// Takes the longest prefix of the queue (up to the group caps) whose batches `allowed`
+    /// says may be committed now (none conflicts with a group in flight), without waiting.
+    fn take_group(&self, allowed: impl Fn(&[Op]) -> bool) -> Take {
+        let mut state = self.state.lock();
+        let Some(first) = state.batches.front() else {
+            return if state.closed {
+                Take::Closed
+            } else {
+                Take::Empty
+            };
+        };
+        if !allowed(&first.ops) {
+            return Take::Blocked;
         }
+        let mut ops = 0;
+        let mut group = Vec::new();
+        while group.len() < MAX_GROUP_BATCHES {
+            match state.batches.front() {
+                Some(next)
+                    if (group.is_empty() || ops + next.ops.len() <= MAX_GROUP_OPS)
+                        && allowed(&next.ops) =>
+                {
+                    ops += next.ops.len();
+                    group.extend(state.batches.pop_front());
+                }
+                _ => break,
+            }
+        }
+        drop(state);
+        self.room.notify_waiters();
+        Take::Group(group)
     }
 
     /// Every batch queued right now (answered with a failure of the batches before them).
@@ -208,12 +230,14 @@ impl Drop for ExitGuard {
     }
 }
 
-/// Starts the writer thread; it connects on its own (and reconnects after any loss).
+/// Starts the writer thread with `connections` write connections (at least one); they
+/// connect on their own (and reconnect after any loss).
 pub(super) fn spawn(
     config: tokio_postgres::Config,
+    connections: usize,
     queue: Arc<Queue>,
     metrics: Arc<Metrics>,
-    fences: Arc<super::lease::Fences>,
+    fences: Arc<Fences>,
 ) -> Result<JoinHandle<()>, StoreError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -223,91 +247,192 @@ pub(super) fn spawn(
         .name("parley-store-writer".to_owned())
         .spawn(move || {
             let _exit = ExitGuard(queue.clone());
-            let mut writer = Writer {
+            let free = (0..connections.max(1))
+                .map(|_| Conn::new(config.clone(), fences.clone()))
+                .collect();
+            let writer = Writer {
                 config,
-                client: None,
-                metrics,
-                failing: false,
                 fences,
+                queue,
+                metrics,
+                free,
+                in_flight: VecDeque::new(),
+                failing: false,
             };
-            runtime.block_on(async move {
-                loop {
-                    match tokio::time::timeout(PROBE_EVERY, queue.next_group()).await {
-                        Ok(Some(group)) => writer.commit_group(group, &queue).await,
-                        Ok(None) => break,
-                        // Idle for a while: check the database (health, and the next write
-                        // finds a live connection).
-                        Err(_) => writer.probe().await,
-                    }
-                }
-            });
+            runtime.block_on(writer.run());
             tracing::debug!("postgres store writer stopped");
         })
         .map_err(|e| StoreError::io("cannot start the postgres writer thread", e))
 }
 
+/// Why the writer stopped sending groups.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    /// Every connection is busy.
+    Full,
+    /// Nothing queued (a new batch could be sent at once).
+    Empty,
+    /// The first batch queued conflicts with a group in flight.
+    Blocked,
+    /// Closed and empty.
+    Closed,
+}
+
+/// What a commit hands back: its connection (none for a markers-only group, or if the task
+/// died), the group, and the outcome.
+type Done = (Option<Conn>, Vec<Batch>, Result<Refused, StoreError>);
+
+/// A group sent to a connection, not answered yet.
+struct InFlight {
+    commit: Pin<Box<dyn Future<Output = Done> + Send>>,
+    touches: Touches,
+    started: Instant,
+    /// Whether the group took a connection (to be given back).
+    has_conn: bool,
+}
+
 struct Writer {
     config: tokio_postgres::Config,
-    client: Option<(Client, Statements)>,
+    fences: Arc<Fences>,
+    queue: Arc<Queue>,
     metrics: Arc<Metrics>,
+    /// Connections not committing a group right now.
+    free: Vec<Conn>,
+    /// Groups sent, oldest first: answered strictly in this order.
+    in_flight: VecDeque<InFlight>,
     /// The last group failed (its waiters got the error): later groups get one attempt each,
     /// not [`RETRY_FOR`] of retries, until a commit or a probe succeeds.
     failing: bool,
-    /// Cluster mode's fence (`lease.rs`): batches of conversations this node lost are refused.
-    fences: Arc<super::lease::Fences>,
 }
 
 impl Writer {
-    async fn commit_group(&mut self, group: Vec<Batch>, queue: &Queue) {
-        let ops: Vec<&Op> = group.iter().flat_map(|b| b.ops.iter()).collect();
-        if ops.is_empty() {
-            // Only flush markers: everything queued before them is already resolved (FIFO).
-            for batch in group {
-                batch.answer(Ok(()));
+    async fn run(mut self) {
+        loop {
+            // Fill the free connections with groups that conflict with none in flight.
+            let stop = loop {
+                if self.free.is_empty() {
+                    break Stop::Full;
+                }
+                let in_flight = &self.in_flight;
+                match self
+                    .queue
+                    .take_group(|ops| in_flight.iter().all(|f| f.touches.allows(ops)))
+                {
+                    Take::Group(group) => self.send(group),
+                    Take::Empty => break Stop::Empty,
+                    Take::Blocked => break Stop::Blocked,
+                    Take::Closed => break Stop::Closed,
+                }
+            };
+            let queue = self.queue.clone();
+            let arrived = queue.arrived.notified();
+            let can_send = stop == Stop::Empty;
+            let Some(front) = self.in_flight.front_mut() else {
+                if stop == Stop::Closed {
+                    break;
+                }
+                // Idle for a while: check the database (health, and the next write finds a
+                // live connection).
+                if tokio::time::timeout(PROBE_EVERY, arrived).await.is_err() {
+                    self.probe().await;
+                }
+                continue;
+            };
+            // While a connection is free and the queue was empty, a new batch is sent at once,
+            // next to the groups in flight; otherwise the oldest group is awaited.
+            let done = if can_send {
+                tokio::select! {
+                    done = &mut front.commit => Some(done),
+                    _ = arrived => None,
+                }
+            } else {
+                Some((&mut front.commit).await)
+            };
+            if let Some(done) = done {
+                if let Some(front) = self.in_flight.pop_front() {
+                    self.answer(done, front.started, front.has_conn).await;
+                }
             }
-            return;
+        }
+    }
+
+    /// Sends `group` to a free connection (the caller checked there is one).
+    fn send(&mut self, group: Vec<Batch>) {
+        let mut touches = Touches::default();
+        for batch in &group {
+            touches.add(&batch.ops);
         }
         let started = Instant::now();
-        // While the database is known to be down, answer at once instead of making every
-        // request wait out the retries; the probe notices when it is back.
-        let deadline = if self.failing {
-            started
-        } else {
-            started + RETRY_FOR
-        };
-        let mut pause = Duration::from_millis(20);
-        let result = loop {
-            let error = match bounded(ATTEMPT_TIMEOUT, self.try_commit(&group)).await {
-                Ok(refused) => break Ok(refused),
-                Err(e) => e,
+        let has_conn = group.iter().any(|b| !b.ops.is_empty()) && !self.free.is_empty();
+        let commit: Pin<Box<dyn Future<Output = Done> + Send>> =
+            if group.iter().all(|b| b.ops.is_empty()) {
+                // Only flush markers: resolved once every group before them is (FIFO).
+                Box::pin(std::future::ready((None, group, Ok(Refused::new()))))
+            } else if let Some(mut conn) = self.free.pop() {
+                // While the database is known to be down, answer at once instead of making
+                // every request wait out the retries; the probe notices when it is back.
+                let deadline = if self.failing {
+                    started
+                } else {
+                    started + RETRY_FOR
+                };
+                let task = tokio::spawn(async move {
+                    let result = conn.commit(&group, deadline).await;
+                    (conn, group, result)
+                });
+                Box::pin(async move {
+                    match task.await {
+                        Ok((conn, group, result)) => (Some(conn), group, result),
+                        // A commit does not panic; if it did, its waiters' senders went with
+                        // the task (they see the writer as gone) and a new connection replaces
+                        // it (`answer`).
+                        Err(e) => (
+                            None,
+                            Vec::new(),
+                            Err(StoreError::io(
+                                "a postgres commit task died",
+                                std::io::Error::other(e.to_string()),
+                            )),
+                        ),
+                    }
+                })
+            } else {
+                Box::pin(std::future::ready((None, group, Err(StoreError::Closed))))
             };
-            // After any failure the connection may still be inside the group's transaction
-            // (a request that was never sent, so no COMMIT or ROLLBACK followed), or broken
-            // without saying so: drop it (which rolls back) and start over on a fresh one.
-            self.client = None;
-            if !retryable(&error) || Instant::now() + pause > deadline {
-                break Err(error);
-            }
-            tracing::warn!(error = %error, "postgres commit failed; retrying");
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_millis(500));
-        };
+        self.in_flight.push_back(InFlight {
+            commit,
+            touches,
+            started,
+            has_conn,
+        });
+    }
+
+    /// Answers the oldest group in flight (already popped) with its outcome; after a failure,
+    /// every later group in flight and everything queued get the error too.
+    async fn answer(&mut self, (conn, group, result): Done, started: Instant, has_conn: bool) {
+        self.give_back(conn, has_conn);
+        let markers_only = group.iter().all(|b| b.ops.is_empty());
         let m = &self.metrics;
         match result {
+            Ok(refused) if markers_only => {
+                drop(refused);
+                for batch in group {
+                    batch.answer(Ok(()));
+                }
+            }
             Ok(mut refused) => {
+                let ops: u64 = group.iter().map(|b| b.ops.len() as u64).sum();
                 self.failing = false;
                 m.commits.fetch_add(1, Ordering::Relaxed);
                 m.unavailable.store(false, Ordering::Relaxed);
-                m.ops_committed
-                    .fetch_add(ops.len() as u64, Ordering::Relaxed);
+                m.ops_committed.fetch_add(ops, Ordering::Relaxed);
                 m.batches_committed
                     .fetch_add(group.len() as u64, Ordering::Relaxed);
-                m.last_group_ops.store(ops.len() as u64, Ordering::Relaxed);
+                m.last_group_ops.store(ops, Ordering::Relaxed);
                 m.last_group_batches
                     .store(group.len() as u64, Ordering::Relaxed);
                 m.commit_micros
                     .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
-                drop(ops);
                 for (i, batch) in group.into_iter().enumerate() {
                     // Cluster fence: a refused batch stored nothing (`lease.rs`).
                     batch.answer(match refused.remove(&i) {
@@ -329,25 +454,45 @@ impl Writer {
                     error
                 };
                 tracing::error!(error = %error, "postgres commit failed; its batches and those queued behind them get the error");
-                drop(ops);
-                for batch in group.into_iter().chain(queue.drain()) {
+                for batch in group {
+                    batch.answer(Err(error.clone()));
+                }
+                // The later groups in flight: waited for (their connections come back), then
+                // answered with the same error, whatever their outcome.
+                while let Some(later) = self.in_flight.pop_front() {
+                    let (conn, group, _) = later.commit.await;
+                    self.give_back(conn, later.has_conn);
+                    for batch in group {
+                        batch.answer(Err(error.clone()));
+                    }
+                }
+                for batch in self.queue.drain() {
                     batch.answer(Err(error.clone()));
                 }
             }
         }
     }
 
+    /// Returns a group's connection to the free ones; one lost with a dead task is replaced.
+    fn give_back(&mut self, conn: Option<Conn>, has_conn: bool) {
+        match conn {
+            Some(conn) => self.free.push(conn),
+            None if has_conn => self
+                .free
+                .push(Conn::new(self.config.clone(), self.fences.clone())),
+            None => {}
+        }
+    }
+
     /// Checks the database while idle: sets or clears "unavailable" (what `/healthz` shows)
     /// and, once it answers again, lets later groups be retried as usual.
     async fn probe(&mut self) {
-        let check = async {
-            let (client, _) = self.client().await?;
-            client.simple_query("SELECT 1").await.map_err(pg_error)
+        let Some(conn) = self.free.first_mut() else {
+            return;
         };
-        let result = bounded(PROBE_TIMEOUT, check).await;
         let m = &self.metrics;
-        match result {
-            Ok(_) => {
+        match conn.probe().await {
+            Ok(()) => {
                 if self.failing || m.unavailable.load(Ordering::Relaxed) {
                     tracing::info!("postgres is reachable again; the store writes again");
                 }
@@ -358,107 +503,8 @@ impl Writer {
                 if !m.unavailable.load(Ordering::Relaxed) {
                     tracing::warn!(error = %error, "postgres is not reachable; the store cannot write");
                 }
-                self.client = None;
                 m.unavailable.store(true, Ordering::Relaxed);
             }
-        }
-    }
-
-    async fn client(&mut self) -> Result<&mut (Client, Statements), StoreError> {
-        if self.client.is_none() {
-            let (client, connection) = self.config.connect(NoTls).await.map_err(pg_error)?;
-            tokio::spawn(async move {
-                if let Err(e) = connection.await {
-                    tracing::debug!(error = %e, "postgres writer connection ended");
-                }
-            });
-            let stmts = Statements::prepare(&client).await.map_err(pg_error)?;
-            self.client = Some((client, stmts));
-        }
-        self.client.as_mut().ok_or_else(|| StoreError::Closed)
-    }
-
-    /// One transaction for the whole group, in one round trip: `BEGIN`, at most one statement
-    /// per table (`group.rs`), `COMMIT`, pipelined. Answers the batches the cluster fence
-    /// refused (they stored nothing).
-    ///
-    /// In cluster mode the fence's answer decides in Rust what the group writes, so `BEGIN`
-    /// and the fence check (`lease::check`, which locks the lease rows for the transaction)
-    /// are awaited first; the statements of the batches kept and `COMMIT` are pipelined after
-    /// that decision. `COMMIT` is never sent before it. On a single node there is no fence
-    /// and no extra round trip.
-    async fn try_commit(&mut self, group: &[Batch]) -> Result<HashMap<usize, String>, StoreError> {
-        let fences = self.fences.clone();
-        let (client, stmts) = self.client().await?;
-        let fenced = !fences.is_empty();
-        let mut refused = HashMap::new();
-        if fenced {
-            client.batch_execute("BEGIN").await.map_err(pg_error)?;
-            refused = super::lease::check(client, &fences, group.iter().map(|b| b.ops.as_slice()))
-                .await?;
-        }
-        let ops: Vec<&Op> = group
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| !refused.contains_key(i))
-            .flat_map(|(_, b)| b.ops.iter())
-            .collect();
-        let columns = Group::of(&ops).columns();
-        let mut steps = Vec::new();
-        if !fenced {
-            steps.push(step(client.batch_execute("BEGIN")));
-        }
-        columns.steps(client, stmts, &mut steps);
-        steps.push(step(client.batch_execute("COMMIT")));
-        pipeline(steps).await.map_err(pg_error)?;
-        Ok(refused)
-    }
-}
-
-/// `f`, or a retryable time-out error after `limit`: a silent network (no reset, no answer)
-/// must not hold the writer forever.
-async fn bounded<T>(
-    limit: Duration,
-    f: impl std::future::Future<Output = Result<T, StoreError>>,
-) -> Result<T, StoreError> {
-    match tokio::time::timeout(limit, f).await {
-        Ok(result) => result,
-        Err(_) => Err(StoreError::db(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            format!("no answer from PostgreSQL within {} s", limit.as_secs()),
-        ))),
-    }
-}
-
-/// Whether an error may go away by itself (connection lost, server restarting or shutting
-/// down, serialization failure, deadlock, statement timeout): safe to retry, since a group is
-/// idempotent.
-pub(super) fn retryable(error: &StoreError) -> bool {
-    let StoreError::Db { source } = error else {
-        return false;
-    };
-    let pg = match source.downcast_ref::<super::PgError>() {
-        Some(e) => &e.source,
-        None => match source.downcast_ref::<tokio_postgres::Error>() {
-            Some(e) => e,
-            // `bounded`'s time-out: the outcome is unknown, and a group may be applied again.
-            None => {
-                return source
-                    .downcast_ref::<std::io::Error>()
-                    .is_some_and(|e| e.kind() == std::io::ErrorKind::TimedOut)
-            }
-        },
-    };
-    match pg.code() {
-        // No SQLSTATE: an I/O error, a closed connection, a failed connect.
-        None => true,
-        Some(code) => {
-            let c = code.code();
-            c.starts_with("08") // connection exception
-                || c.starts_with("57") // operator intervention: shutdown, cannot connect now, canceled
-                || c.starts_with("53") // insufficient resources (too many connections)
-                || c == "40001" // serialization failure
-                || c == "40P01" // deadlock detected
         }
     }
 }
