@@ -227,7 +227,7 @@ fn d_pool_size() -> usize {
     16
 }
 fn d_writer_connections() -> usize {
-    2
+    1
 }
 fn d_statement_timeout() -> u64 {
     10_000

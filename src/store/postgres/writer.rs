@@ -68,7 +68,7 @@ pub const RETRY_FOR: Duration = Duration::from_secs(5);
 pub const PROBE_EVERY: Duration = Duration::from_secs(1);
 /// Groups in flight at once when the configuration does not say (`[storage]
 /// writer_connections`).
-pub const DEFAULT_WRITER_CONNECTIONS: usize = 2;
+pub const DEFAULT_WRITER_CONNECTIONS: usize = 1;
 
 pub(super) use super::conn::retryable;
 
