@@ -202,6 +202,19 @@ impl Drop for EventStream {
     }
 }
 
+/// Messages queued for a streamed response, as one chunk (a front drains the events already
+/// waiting with [`EventStream::try_next`] and writes them together: one chunk, one write).
+pub fn concat(queue: &mut VecDeque<Bytes>) -> Bytes {
+    if queue.len() == 1 {
+        return queue.pop_front().unwrap_or_default();
+    }
+    let mut out = Vec::with_capacity(queue.iter().map(Bytes::len).sum());
+    for b in queue.drain(..) {
+        out.extend_from_slice(&b);
+    }
+    Bytes::from(out)
+}
+
 /// The `type` of a stored event. Stored events are written by serde with their `type` tag
 /// first (`{"type":"RUN_STARTED",…`), so that prefix is read without parsing the rest (every
 /// streamed event passes here); any other shape is parsed.

@@ -388,7 +388,7 @@ fn run_response(stream: EventStream, t: Translator) -> HttpResponse {
             loop {
                 if !buf.is_empty() {
                     // Everything translated so far goes out as one chunk.
-                    let b = join_chunks(&mut buf);
+                    let b = crate::gateway::stream::concat(&mut buf);
                     return Some((Ok::<_, actix_web::Error>(b), (stream, t, buf, done)));
                 }
                 if done {
@@ -431,18 +431,6 @@ fn run_response(stream: EventStream, t: Translator) -> HttpResponse {
 
 /// At most about this many messages go into one chunk of a run's response.
 const CHUNK_EVENTS: usize = 256;
-
-/// The buffered messages as one chunk.
-fn join_chunks(buf: &mut VecDeque<Bytes>) -> Bytes {
-    if buf.len() == 1 {
-        return buf.pop_front().unwrap_or_default();
-    }
-    let mut out = Vec::with_capacity(buf.iter().map(Bytes::len).sum());
-    for b in buf.drain(..) {
-        out.extend_from_slice(&b);
-    }
-    Bytes::from(out)
-}
 
 fn ends_run(t: &Translated) -> bool {
     matches!(

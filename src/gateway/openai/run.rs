@@ -210,6 +210,28 @@ impl Started {
         Vec::new()
     }
 
+    /// The outputs of the events already waiting, without waiting for more (at most
+    /// [`READY_EVENTS`] events): they join the chunk of the response being written.
+    fn ready(&mut self, tr: &mut Translator) -> Vec<Output> {
+        let mut out = Vec::new();
+        for _ in 0..READY_EVENTS {
+            if tr.is_done() {
+                break;
+            }
+            let Some((seq, json)) = self.stream.try_next() else {
+                break;
+            };
+            if seq <= self.mark {
+                continue;
+            }
+            match serde_json::from_slice::<Event>(&json) {
+                Ok(ev) => out.extend(tr.push(&ev)),
+                Err(e) => tracing::warn!(seq, error = %e, "skipping an unreadable stored event"),
+            }
+        }
+        out
+    }
+
     /// Wait for the whole run (non-streamed answers); cancel it after `timeout`.
     pub async fn finish(
         mut self,
@@ -256,13 +278,18 @@ impl Started {
         let state = (self, tr, VecDeque::<Bytes>::new(), false);
         futures_util::stream::unfold(state, |(mut s, mut tr, mut queue, mut ended)| async move {
             loop {
-                if let Some(b) = queue.pop_front() {
+                if !queue.is_empty() {
+                    // Everything ready goes out as one chunk of the response.
+                    let b = crate::gateway::stream::concat(&mut queue);
                     return Some((Ok(b), (s, tr, queue, ended)));
                 }
                 if ended {
                     return None;
                 }
                 for out in s.next(&mut tr).await {
+                    queue.push_back(sse(&out));
+                }
+                for out in s.ready(&mut tr) {
                     queue.push_back(sse(&out));
                 }
                 if tr.is_done() {
@@ -273,6 +300,9 @@ impl Started {
         })
     }
 }
+
+/// At most this many waiting events are added to one chunk of a streamed answer.
+const READY_EVENTS: usize = 256;
 
 fn tr_error(tr: &mut Translator, e: ApiError) -> Vec<Output> {
     tr.push(&Event::RunError {
