@@ -6,8 +6,9 @@
 //!
 //! - **Disjoint groups only.** Two groups in flight at the same time never touch the same
 //!   conversation (its record, messages, events, checkpoint, deletion, the idempotency keys of
-//!   its requests) or the same idempotency key. A conversation's batches therefore commit one group after the other, in queue order,
-//!   as with one connection; concurrent transactions never wait on each other's row locks.
+//!   its requests) or the same idempotency key. A conversation's batches therefore commit one
+//!   group after the other, in queue order, as with one connection; concurrent transactions
+//!   never wait on each other's row locks.
 //! - **The sweep of expired keys is exclusive.** A batch with `DeleteExpiredKeys` touches every
 //!   key: it is only sent while no other group is in flight, and nothing is sent while it is.
 //! - **A queue prefix.** A group is taken from the FRONT of the queue and stops at the first
@@ -39,33 +40,16 @@ impl Touches {
     /// Adds what `ops` write.
     pub(super) fn add(&mut self, ops: &[Op]) {
         for op in ops {
-            match op {
-                Op::Conversation { id: c, .. }
-                | Op::Message {
-                    conversation: c, ..
-                }
-                | Op::Events {
-                    conversation: c, ..
-                }
-                | Op::Checkpoint {
-                    conversation: c, ..
-                }
-                | Op::Delete { conversation: c } => {
-                    if !self.conversations.contains(c) {
-                        self.conversations.insert(c.clone());
-                    }
-                }
-                Op::IdempotencyKey {
-                    key, conversation, ..
-                } => {
-                    if !self.keys.contains(key) {
-                        self.keys.insert(key.clone());
-                    }
+            match touched(op) {
+                Touched::Exclusive => self.exclusive = true,
+                Touched::Rows { conversation, key } => {
                     if !self.conversations.contains(conversation) {
-                        self.conversations.insert(conversation.clone());
+                        self.conversations.insert(conversation.to_owned());
+                    }
+                    if let Some(key) = key.filter(|k| !self.keys.contains(*k)) {
+                        self.keys.insert(key.to_owned());
                     }
                 }
-                Op::DeleteExpiredKeys { .. } => self.exclusive = true,
             }
         }
     }
@@ -82,23 +66,50 @@ impl Touches {
         if self.exclusive {
             return false;
         }
-        ops.iter().all(|op| match op {
-            Op::Conversation { id: c, .. }
-            | Op::Message {
-                conversation: c, ..
+        ops.iter().all(|op| match touched(op) {
+            Touched::Exclusive => false,
+            Touched::Rows { conversation, key } => {
+                !self.conversations.contains(conversation)
+                    && key.is_none_or(|k| !self.keys.contains(k))
             }
-            | Op::Events {
-                conversation: c, ..
-            }
-            | Op::Checkpoint {
-                conversation: c, ..
-            }
-            | Op::Delete { conversation: c } => !self.conversations.contains(c),
-            Op::IdempotencyKey {
-                key, conversation, ..
-            } => !self.keys.contains(key) && !self.conversations.contains(conversation),
-            Op::DeleteExpiredKeys { .. } => false,
         })
+    }
+}
+
+/// What one op writes, for the conflict rules.
+enum Touched<'a> {
+    /// Rows of one conversation, and an idempotency key (a key counts as its conversation's).
+    Rows {
+        conversation: &'a str,
+        key: Option<&'a str>,
+    },
+    /// Every key (the sweep of expired keys).
+    Exclusive,
+}
+
+fn touched(op: &Op) -> Touched<'_> {
+    match op {
+        Op::Conversation { id: c, .. }
+        | Op::Message {
+            conversation: c, ..
+        }
+        | Op::Events {
+            conversation: c, ..
+        }
+        | Op::Checkpoint {
+            conversation: c, ..
+        }
+        | Op::Delete { conversation: c } => Touched::Rows {
+            conversation: c,
+            key: None,
+        },
+        Op::IdempotencyKey {
+            key, conversation, ..
+        } => Touched::Rows {
+            conversation,
+            key: Some(key),
+        },
+        Op::DeleteExpiredKeys { .. } => Touched::Exclusive,
     }
 }
 
