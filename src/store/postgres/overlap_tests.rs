@@ -113,6 +113,22 @@ async fn run(store: &PgStore, poison: Option<usize>) -> Watch {
 }
 
 /// The seqs stored for `c`, ascending, and its record's updated_at (0 when none).
+/// No ordering violation, every batch acknowledged, and every conversation's events stored
+/// 1..=ROUNDS with the record of its last batch (each batch rewrote it: the last in queue order
+/// won).
+async fn all_acked_and_in_order(store: &PgStore, watch: &Watch) {
+    assert_eq!(watch.violations, Vec::<String>::new());
+    for (c, _, result) in &watch.acks {
+        assert!(matches!(result, Some(Ok(()))), "{c}: {result:?}");
+    }
+    for c in 0..CONVERSATIONS {
+        let id = format!("c{c}");
+        let (seqs, updated) = stored(store, &id).await;
+        assert_eq!(seqs, (1..=ROUNDS).collect::<Vec<_>>(), "{id}");
+        assert_eq!(updated, ROUNDS as i64, "{id}");
+    }
+}
+
 async fn stored(store: &PgStore, c: &str) -> (Vec<u64>, i64) {
     let seqs = store
         .events_since(c, 0, 1000)
@@ -135,17 +151,7 @@ async fn overlapped_groups_keep_each_conversation_in_order_and_answer_in_queue_o
     options.writer_connections = 4;
     let store = PgStore::open(&options).await.unwrap();
     let watch = run(&store, None).await;
-    assert_eq!(watch.violations, Vec::<String>::new());
-    for (c, _, result) in &watch.acks {
-        assert!(matches!(result, Some(Ok(()))), "{c}: {result:?}");
-    }
-    for c in 0..CONVERSATIONS {
-        let id = format!("c{c}");
-        let (seqs, updated) = stored(&store, &id).await;
-        assert_eq!(seqs, (1..=ROUNDS).collect::<Vec<_>>(), "{id}");
-        // Every batch rewrote the record: the last one in queue order won.
-        assert_eq!(updated, ROUNDS as i64, "{id}");
-    }
+    all_acked_and_in_order(&store, &watch).await;
     let stats = store.stats();
     assert_eq!(stats.batches_committed, CONVERSATIONS * ROUNDS);
     assert!(stats.commits > 1, "{stats:?}");
@@ -241,14 +247,5 @@ async fn connections_killed_mid_transaction_lose_and_reorder_nothing() {
         kills.load(Ordering::Relaxed) > 0,
         "no connection was killed"
     );
-    assert_eq!(watch.violations, Vec::<String>::new());
-    for (c, _, result) in &watch.acks {
-        assert!(matches!(result, Some(Ok(()))), "{c}: {result:?}");
-    }
-    for c in 0..CONVERSATIONS {
-        let id = format!("c{c}");
-        let (seqs, updated) = stored(&store, &id).await;
-        assert_eq!(seqs, (1..=ROUNDS).collect::<Vec<_>>(), "{id}");
-        assert_eq!(updated, ROUNDS as i64, "{id}");
-    }
+    all_acked_and_in_order(&store, &watch).await;
 }
