@@ -46,21 +46,40 @@ impl Cluster {
 
     /// The conversation's actor has stopped: forget it, and give its lease up now.
     pub fn release(&self, conversation: &str) {
+        if let Some(release) = self.release_soon(conversation) {
+            tokio::spawn(release);
+        }
+    }
+
+    /// [`Cluster::release`], answered once the database has the lease released (a hand-over:
+    /// the node that asked claims right after the answer).
+    pub async fn release_now(&self, conversation: &str) {
+        if let Some(release) = self.release_soon(conversation) {
+            release.await;
+        }
+    }
+
+    /// Forgets `conversation` now (nothing of it is fenced any more) and returns the statement
+    /// that releases its lease; `None` if this node does not hold it.
+    fn release_soon(
+        &self,
+        conversation: &str,
+    ) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
         let epoch = match self.fences().get(conversation) {
             Some(Belief::Held(e)) => Some(e),
             Some(Belief::New) => None,
             // Lost: kept, so that nothing of this node is ever written for it again.
-            Some(Belief::Lost) | None => return,
+            Some(Belief::Lost) | None => return None,
         };
         self.fences().forget(conversation);
         self.metrics.leases_released.fetch_add(1, Relaxed);
         let leases = self.leases.clone();
         let held = vec![(conversation.to_owned(), epoch)];
-        tokio::spawn(async move {
+        Some(async move {
             if let Err(e) = leases.release(&held).await {
                 tracing::warn!(error = %e, "lease release failed (it expires by itself)");
             }
-        });
+        })
     }
 
     /// Gives up every lease (graceful shutdown, after the store was flushed). Every belief

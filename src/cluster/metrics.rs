@@ -16,6 +16,8 @@ pub struct ClusterMetrics {
     pub served: AtomicU64,
     /// Events a relay read from the store to fill a gap.
     pub gap_events: AtomicU64,
+    /// Conversations this node gave up for another node's synchronous call.
+    pub handed_over: AtomicU64,
 }
 
 impl ClusterMetrics {
@@ -59,6 +61,11 @@ impl ClusterMetrics {
                 "parley_cluster_served_commands_total",
                 "Forwarded commands this node answered as owner",
                 &self.served,
+            ),
+            (
+                "parley_cluster_handed_over_total",
+                "Conversations given up to another node for its synchronous call (invoke)",
+                &self.handed_over,
             ),
             (
                 "parley_cluster_gap_events_total",

@@ -30,6 +30,7 @@
 //! after `sessionTimeout` (a transient one, made for one synchronous call, at once), keeping of
 //! an ended run's checkpoint only the run id (invariant 8).
 
+mod hand_over;
 mod handlers;
 mod sink;
 
@@ -96,6 +97,9 @@ pub struct Conversation {
     texts: HashMap<String, (Role, String)>,
     journal: Journal,
     broken: bool,
+    /// Cluster mode: handing the conversation over to another node (`actor/hand_over.rs`);
+    /// every message is refused as if the lease were lost, so that nothing more is written.
+    handing_over: bool,
     last_active: Instant,
     timeout_handle: Option<SpawnHandle>,
     /// Started for one synchronous call: leaves memory as soon as it is idle.
@@ -160,6 +164,7 @@ impl Conversation {
             history,
             texts: HashMap::new(),
             broken: false,
+            handing_over: false,
             last_active: Instant::now(),
             timeout_handle: None,
             transient: false,
@@ -167,11 +172,15 @@ impl Conversation {
         }
     }
 
+    /// Every handler's first check: the caller's conversation, still held here.
     fn check_owner(&self, owner: &str) -> Result<(), ConversationError> {
-        if self.rec.owner == owner {
-            Ok(())
-        } else {
+        if self.rec.owner != owner {
             Err(ConversationError::NotFound(self.id.to_string()))
+        } else if self.handing_over {
+            // Nothing stored; the caller asks the registry again and reaches the next owner.
+            Err(ConversationError::LeaseLost)
+        } else {
+            Ok(())
         }
     }
 

@@ -18,7 +18,8 @@
 //!   expires. A command with an idempotency key is then sent on, after its key was looked up
 //!   in the store — with another node holding the lease the old owner can no longer commit, so
 //!   the store's answer is final; one without a key may have run and is never sent twice.
-//! - a synchronous call (a `send` with a report channel) runs only on a local actor.
+//! - a synchronous call (a `send` with a report channel) runs only on a local actor: a
+//!   conversation another node holds is handed over to this node first (`run_here`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -173,6 +174,10 @@ impl Handle {
                 }
             }
             let (why, wake) = match &target {
+                // Held here already (claimed meanwhile): nothing to hand over.
+                Target::Local(_) if matches!(command, Command::HandOver { .. }) => {
+                    return Ok(Reply::HandedOver { done: true })
+                }
                 Target::Local(addr) => match remote::execute(addr, command.clone()).await {
                     Ok(Reply::NotOwner) => ("this node lost the lease".to_owned(), None),
                     Ok(reply) => {
@@ -339,8 +344,51 @@ async fn stored_answer(
     Ok(Some(command.answer_from(&rec)))
 }
 
-/// How long a synchronous call waits for another node to give its conversation up.
-const SYNC_WAIT: Duration = Duration::from_secs(2);
+/// How often a synchronous call asks again for a conversation whose run is still active on
+/// another node (`onBusy: enqueue` or `interrupt`).
+const HAND_OVER_POLL: Duration = Duration::from_millis(20);
+
+impl Handle {
+    /// A synchronous call (a `send` with a report channel, which cannot cross a process) to a
+    /// conversation another node holds: that node hands it over (`actor/hand_over.rs`), this
+    /// node claims it and runs the call on its own actor. Bounded by the caller's timeout.
+    async fn run_here(
+        &self,
+        m: msg::Send,
+        registry: &Registry,
+    ) -> Result<Result<Accepted, ConversationError>, MailboxError> {
+        let mut target = self.target.clone();
+        loop {
+            if let Some(a) = registry.local(&self.id) {
+                target = Target::Local(a);
+            }
+            let node = match &target {
+                Target::Local(a) => return a.send(m).await,
+                Target::Remote { node, .. } => node.clone(),
+            };
+            let owner = Handle {
+                target,
+                ..self.clone()
+            };
+            let command = Command::HandOver {
+                owner: m.owner.clone(),
+                on_busy: m.on_busy,
+            };
+            match owner.command(command).await.and_then(Reply::handed_over) {
+                Ok(true) => {
+                    tracing::debug!(conversation = %self.id, %node, "handed over for a synchronous call")
+                }
+                // A run is active there: ask again once it may have ended.
+                Ok(false) => tokio::time::sleep(HAND_OVER_POLL).await,
+                Err(e) => return Ok(Err(e)),
+            }
+            target = match registry.get_uncached(&self.id).await {
+                Ok(h) => h.target,
+                Err(e) => return Ok(Err(e)),
+            };
+        }
+    }
+}
 
 /// A message a [`Handle`] can route.
 pub trait Routed: Message + Send + Sized + 'static {
@@ -426,34 +474,9 @@ impl Routed for msg::Send {
             };
         };
         if self.report.is_some() {
-            // A synchronous call runs where it arrived: a conversation another node holds is
-            // claimed here once that node gives it up (a synchronous call's actor does so as
-            // soon as its run ends), or refused after `SYNC_WAIT`.
             return match &h.target {
                 Target::Local(a) => direct(a, self),
-                Target::Remote { .. } => async move {
-                    let deadline = Instant::now() + SYNC_WAIT;
-                    loop {
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        match registry.get_uncached(&h.id).await {
-                            Ok(Handle {
-                                target: Target::Local(a),
-                                ..
-                            }) => return a.send(self).await,
-                            Ok(Handle {
-                                target: Target::Remote { node, .. },
-                                ..
-                            }) if Instant::now() >= deadline => {
-                                return Ok(Err(ConversationError::Unreachable(format!(
-                                    "a synchronous call runs on the node that received it, and node {node} holds this conversation; use the asynchronous commands"
-                                ))))
-                            }
-                            Ok(_) => {}
-                            Err(e) => return Ok(Err(e)),
-                        }
-                    }
-                }
-                .boxed(),
+                Target::Remote { .. } => async move { h.run_here(self, &registry).await }.boxed(),
             };
         }
         let mut m = self;

@@ -219,6 +219,18 @@ pub mod msg {
         pub owner: String,
     }
 
+    /// Cluster mode: give the conversation up so that a synchronous call another node received
+    /// can run it there (`actor/hand_over.rs`). `Ok(true)`: handed over (everything durable,
+    /// the actor stopped, the lease released); `Ok(false)`: a run is active and `on_busy` says
+    /// to wait for it (with `interrupt` it was cancelled); `Busy` when it says `reject`.
+    #[derive(Message)]
+    #[rtype(result = "Result<bool, ConversationError>")]
+    pub struct HandOver {
+        pub owner: String,
+        /// What to do while a run is active; `None`: the assistant's `onBusy`.
+        pub on_busy: Option<crate::assistant::model::OnBusy>,
+    }
+
     /// Cluster mode: this node lost the conversation's lease. The actor stops at once, storing
     /// nothing more (the fence would refuse it anyway).
     #[derive(Message)]

@@ -1,10 +1,10 @@
 //! Cluster mode: commands forwarded to a conversation's owner node, and the server that
 //! answers them there (`parley.node.<id>.cmd`, NATS request/reply).
 //!
-//! A [`Command`] is a conversation message in wire form (JSON): everything a `send`, `resume`,
-//! `cancel`, `store`, `rename` or `delete` carries, except what cannot cross a process (a
-//! subscriber, which the receiving node's relay keeps, and a synchronous call's report
-//! channel: synchronous calls run where they arrive). The owner runs it against its actor
+//! A [`Command`] is a conversation message in wire form (JSON): everything a `send`,
+//! `resume`, `cancel`, `store`, `rename`, `delete` or `hand_over` carries, except what cannot
+//! cross a process (a subscriber, which the receiving node's relay keeps, and a synchronous
+//! call's report channel: synchronous calls run where they arrive, after a `hand_over`). The owner runs it against its actor
 //! exactly as a local caller would and answers a [`Reply`]: the result, or the error as the
 //! wire's `ApiError`, so the receiving node answers its client with the same ack or error.
 //! An owner that no longer holds the conversation answers [`Reply::NotOwner`]; the sender then
@@ -64,6 +64,11 @@ pub enum Command {
     Delete {
         owner: String,
     },
+    /// Give the conversation up to the asking node (`msg::HandOver`).
+    HandOver {
+        owner: String,
+        on_busy: Option<OnBusy>,
+    },
 }
 
 impl Command {
@@ -75,7 +80,8 @@ impl Command {
             | Command::KeyedCancel { owner, .. }
             | Command::Store { owner, .. }
             | Command::Rename { owner, .. }
-            | Command::Delete { owner } => owner,
+            | Command::Delete { owner }
+            | Command::HandOver { owner, .. } => owner,
         }
     }
 }
@@ -88,7 +94,10 @@ impl Command {
             | Command::Resume { idempotency, .. }
             | Command::Store { idempotency, .. } => idempotency.as_ref(),
             Command::KeyedCancel { idempotency, .. } => Some(idempotency),
-            Command::Cancel { .. } | Command::Rename { .. } | Command::Delete { .. } => None,
+            Command::Cancel { .. }
+            | Command::Rename { .. }
+            | Command::Delete { .. }
+            | Command::HandOver { .. } => None,
         }
     }
 
@@ -103,6 +112,7 @@ impl Command {
                 active: rec.cancelled.unwrap_or(false),
             },
             Command::Store { .. } | Command::Rename { .. } | Command::Delete { .. } => Reply::Done,
+            Command::HandOver { .. } => Reply::HandedOver { done: false },
         }
     }
 }
@@ -124,6 +134,10 @@ pub enum Reply {
         active: bool,
     },
     Done,
+    /// `hand_over`: whether the conversation was given up (else a run is still active).
+    HandedOver {
+        done: bool,
+    },
     Error(ApiError),
     /// This node does not hold the conversation (any more): ask again.
     NotOwner,
@@ -156,6 +170,13 @@ impl Reply {
     pub fn cancelled(self) -> Result<bool, ConversationError> {
         match self {
             Reply::Cancelled { active } => Ok(active),
+            other => Err(other.unexpected()),
+        }
+    }
+
+    pub fn handed_over(self) -> Result<bool, ConversationError> {
+        match self {
+            Reply::HandedOver { done } => Ok(done),
             other => Err(other.unexpected()),
         }
     }
@@ -233,6 +254,10 @@ pub async fn execute(addr: &Addr<Conversation>, command: Command) -> Result<Repl
         }
         Command::Delete { owner } => {
             Reply::from_result(addr.send(msg::Delete { owner }).await?, |()| Reply::Done)
+        }
+        Command::HandOver { owner, on_busy } => {
+            let m = msg::HandOver { owner, on_busy };
+            Reply::from_result(addr.send(m).await?, |done| Reply::HandedOver { done })
         }
     })
 }

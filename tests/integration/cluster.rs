@@ -726,3 +726,140 @@ async fn cluster_retention_never_deletes_a_conversation_another_node_holds() {
     );
     assert!(metric(&b, "parley_conversations_swept_total").await >= 1.0);
 }
+
+/// `invoke` through `s`: its status and body.
+async fn invoke(s: &Server, assistant: &str, body: Value) -> (u16, Value) {
+    let url = s.http(&format!("/api/assistants/{assistant}/invoke"));
+    let r = http().post(url).json(&body).send().await.expect("invoke");
+    let status = r.status().as_u16();
+    (status, r.json::<Value>().await.expect("json"))
+}
+
+#[tokio::test]
+async fn cluster_an_invoke_continuing_a_conversation_another_node_holds_is_handed_over() {
+    let nats = env("PARLEY_TEST_NATS_URL");
+    let nodes = three(&nats, STEADY_LEASE).await;
+    let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
+    // Created through A's socket: A's actor holds it (idle, for its session timeout).
+    let mut ca = Client::connect(a).await;
+    let conv = ca.create("chat", "first").await;
+    let mut seen = ca.run_events(&conv).await;
+    let mut cb = Client::connect(b).await;
+    subscribe(&mut cb, &conv).await;
+    assert_eq!(cb.run_events(&conv).await, seen, "B replays what A saw");
+
+    // A synchronous call through C: A hands the conversation over, C runs it.
+    let began = Instant::now();
+    let (st, r) = invoke(
+        c,
+        "chat",
+        json!({"content": "second", "conversationId": conv}),
+    )
+    .await;
+    assert_eq!(st, 200, "{r}");
+    assert_eq!(r["conversationId"], json!(conv), "{r}");
+    assert!(!r["output"].is_null(), "{r}");
+    assert!(
+        began.elapsed() < Duration::from_secs(5),
+        "handed over, not waited out: {:?}",
+        began.elapsed()
+    );
+    assert_eq!(metric(a, "parley_cluster_handed_over_total").await, 1.0);
+    let second = cb.run_events(&conv).await;
+    assert_eq!(second.last().unwrap()["event"]["type"], "RUN_FINISHED");
+    assert_eq!(
+        ca.run_events(&conv).await,
+        second,
+        "A's socket still follows it"
+    );
+    seen.extend(second);
+
+    // A's socket still reaches the conversation (now forwarded to C), and B sees that too.
+    let ack = ca
+        .ok(json!({"type": "send", "conversationId": conv, "content": "third"}))
+        .await;
+    assert_eq!(ack["conversationId"], json!(conv));
+    let third = cb.run_events(&conv).await;
+    assert_eq!(
+        ca.run_events(&conv).await,
+        third,
+        "A and B saw the same run"
+    );
+    seen.extend(third);
+    assert_contiguous(&seen, 1);
+    assert_eq!(as_pairs(&seen), stored(a, &conv).await, "live = replay");
+    let msgs = get_json(b, &format!("/api/conversations/{conv}/messages?limit=100")).await;
+    let users: Vec<&str> = msgs["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter(|m| m["role"] == "user")
+        .filter_map(|m| m["content"].as_str())
+        .collect();
+    // Newest first.
+    assert_eq!(
+        users,
+        ["third", "second", "first"],
+        "each stored once: {msgs}"
+    );
+}
+
+#[tokio::test]
+async fn cluster_an_invoke_meeting_a_run_active_on_another_node_follows_on_busy() {
+    let nats = env("PARLEY_TEST_NATS_URL");
+    let nodes = three(&nats, STEADY_LEASE).await;
+    let (a, c) = (&nodes[0], &nodes[2]);
+    let mut ca = Client::connect(a).await;
+
+    // `onBusy: reject` (the default): refused at once, A's run goes on untouched.
+    let slow = ca.create("slow", "a long story").await;
+    let began = Instant::now();
+    let (st, r) = invoke(c, "slow", json!({"content": "now", "conversationId": slow})).await;
+    assert_eq!(st, 409, "{r}");
+    assert_eq!(r["error"]["code"], "conversation_busy", "{r}");
+    assert!(
+        began.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        began.elapsed()
+    );
+    let run = ca.run_events(&slow).await;
+    assert_eq!(run.last().unwrap()["event"]["type"], "RUN_FINISHED");
+    assert_eq!(metric(a, "parley_cluster_handed_over_total").await, 0.0);
+
+    // `onBusy: enqueue`: the call waits for A's run to end, then runs on C.
+    let queued = ca.create("queue", "one").await;
+    let (st, r) = invoke(
+        c,
+        "queue",
+        json!({"content": "two", "conversationId": queued}),
+    )
+    .await;
+    assert_eq!(st, 200, "{r}");
+    let events = stored(c, &queued).await;
+    let kinds: Vec<&str> = events
+        .iter()
+        .filter_map(|(_, e)| e["type"].as_str())
+        .filter(|t| t.starts_with("RUN_"))
+        .collect();
+    assert_eq!(
+        kinds,
+        ["RUN_STARTED", "RUN_FINISHED", "RUN_STARTED", "RUN_FINISHED"],
+        "the call's run after A's: {events:?}"
+    );
+    assert_eq!(metric(a, "parley_cluster_handed_over_total").await, 1.0);
+
+    // A timeout shorter than the active run: `run_timeout`, and nothing of the call stored.
+    let third = ca.create("queue", "three").await;
+    let (st, r) = invoke(
+        c,
+        "queue",
+        json!({"content": "never", "conversationId": third, "timeoutSeconds": 0.05}),
+    )
+    .await;
+    assert_eq!(st, 504, "{r}");
+    assert_eq!(r["error"]["code"], "run_timeout", "{r}");
+    let run = ca.run_events(&third).await;
+    assert_eq!(run.last().unwrap()["event"]["type"], "RUN_FINISHED");
+    let msgs = get_json(a, &format!("/api/conversations/{third}/messages?limit=100")).await;
+    assert!(!msgs.to_string().contains("never"), "{msgs}");
+}

@@ -166,9 +166,16 @@ pub(in crate::gateway) async fn invoke(
         on_busy: None,
         idempotency: None,
     };
-    let accepted = addr
-        .send(m)
+    // In cluster mode the send may first wait for another node to hand the conversation over
+    // (its active run to end, with `onBusy: enqueue`): bounded by the call's timeout.
+    let accepted = tokio::time::timeout(Duration::from_secs_f64(timeout), addr.send(m))
         .await
+        .map_err(|_| {
+            ApiError::new(
+                ErrorCode::RunTimeout,
+                format!("the conversation's active run did not end within {timeout} s; nothing was sent"),
+            )
+        })?
         .map_err(|_| ApiError::internal("the conversation stopped; try again"))??;
     let report = wait_for_report(&req, addr, user, accepted, rx, timeout).await?;
     let output = report.result?;
