@@ -9,7 +9,8 @@
 //! - Rows: (1) invoke throughput with connection `i` on node `i % 3`, next to one single node on
 //!   PostgreSQL with the same connections; (2) HITL round trip with the conversation owned by
 //!   node A and the socket that answers on node B (the resume is forwarded to A over NATS, the
-//!   events relayed back); (3) takeover: paused conversations owned by A, A gets SIGKILL, each
+//!   events relayed back); (1b) `invoke` continuing a conversation, every call through the node
+//!   that holds it or each through the next node (a hand-over per call); (3) takeover: paused conversations owned by A, A gets SIGKILL, each
 //!   is resumed through B or C; time from the kill to each resume's ack.
 //! - Rows 1 and 2 run on nodes with a 10 s lease (a loaded machine must not turn them into
 //!   failovers); row 3 on three fresh nodes with a 2 s lease.
@@ -113,6 +114,7 @@ pub async fn cluster(o: &Options, report: &mut Report) -> anyhow::Result<()> {
         let nodes = start_cluster(STEADY_LEASE)?;
         let r = async {
             invoke_rows(o, &nodes, report).await?;
+            continue_rows(o, &nodes, report).await?;
             hitl_rows(o, &nodes, report).await
         }
         .await;
@@ -212,6 +214,111 @@ async fn invoke_rows(o: &Options, nodes: &[Parley], report: &mut Report) -> anyh
     report.note(format!(
         "12: invoke runs completed per node (a, b, c): {}; each node runs the calls it receives",
         served.join(", ")
+    ));
+    Ok(())
+}
+
+// ---- 1b. invoke continuing a conversation, through the same node or the next one ------------
+
+/// Clients that each continue one conversation with `invoke`, one call after another.
+const CONTINUING_CLIENTS: usize = 8;
+
+/// One `invoke` through `addr` (continuing `conv` if given); the conversation's id.
+async fn invoke_once(
+    http: &reqwest::Client,
+    addr: SocketAddr,
+    conv: Option<&str>,
+) -> anyhow::Result<String> {
+    let mut body = json!({"content": "again"});
+    if let Some(c) = conv {
+        body["conversationId"] = json!(c);
+    }
+    let r = http
+        .post(format!("http://{addr}{INVOKE_PATH}"))
+        .json(&body)
+        .send()
+        .await?;
+    let status = r.status();
+    let v: Value = r.json().await?;
+    if !status.is_success() {
+        bail!("invoke answered {status}: {v}");
+    }
+    v["conversationId"]
+        .as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| anyhow!("no conversationId in {v}"))
+}
+
+/// Each client continues its own conversation for the window: every call through node A
+/// (`hop = false`), or each call through the next node (`hop = true`: the node holding the
+/// conversation hands it over, docs/cluster.md). Latency samples and errors.
+async fn continuing(addrs: &[SocketAddr], hop: bool, w: Window) -> (Samples, Vec<String>) {
+    let clients = (0..CONTINUING_CLIENTS).map(|i| async move {
+        let http = reqwest::Client::new();
+        let mut samples = Samples::default();
+        let conv = invoke_once(&http, addrs[0], None).await?;
+        let mut k = i;
+        while !w.over() {
+            k += 1;
+            let addr = if hop {
+                addrs[k % addrs.len()]
+            } else {
+                addrs[0]
+            };
+            let began = Instant::now();
+            invoke_once(&http, addr, Some(&conv)).await?;
+            if w.counts(began, Instant::now()) {
+                samples.push(began.elapsed());
+            }
+        }
+        anyhow::Ok(samples)
+    });
+    let mut all = Samples::default();
+    let mut errors = Vec::new();
+    for r in futures_util::future::join_all(clients).await {
+        match r {
+            Ok(s) => all.merge(s),
+            Err(e) => errors.push(format!("{e:#}")),
+        }
+    }
+    (all, errors)
+}
+
+async fn continue_rows(o: &Options, nodes: &[Parley], report: &mut Report) -> anyhow::Result<()> {
+    let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.addr).collect();
+    for (hop, what) in [
+        (false, "every call through the node that holds it"),
+        (
+            true,
+            "each call through the next node (handed over every call)",
+        ),
+    ] {
+        let w = Window::after(o.warmup, o.duration);
+        let (mut s, errors) = continuing(&addrs, hop, w).await;
+        for e in errors {
+            report.problem(format!("12 invoke continuing ({what}): {e}"));
+        }
+        report.row(
+            Row::new(
+                "12",
+                format!("3 nodes, invoke continuing a conversation, {CONTINUING_CLIENTS} clients, {what}: p50 / p99 latency"),
+                s.percentile_ms(99.0),
+                Unit::Ms,
+            )
+            .with_p50(s.percentile_ms(50.0)),
+        );
+    }
+    let handed: f64 = futures_util::future::join_all(
+        addrs
+            .iter()
+            .map(|a| cluster_metric(*a, "parley_cluster_handed_over_total")),
+    )
+    .await
+    .into_iter()
+    .filter_map(Result::ok)
+    .sum();
+    report.note(format!(
+        "12: conversations handed over between nodes for a synchronous call: {handed:.0}"
     ));
     Ok(())
 }

@@ -104,6 +104,8 @@ pub struct Conversation {
     timeout_handle: Option<SpawnHandle>,
     /// Started for one synchronous call: leaves memory as soon as it is idle.
     transient: bool,
+    /// The run the user message being queued starts (`user_message`).
+    message_run: Option<String>,
     /// The last message stored if it is the user's (a run's report starts with the user message
     /// that started it); taken by the run it starts.
     last_user_message: Option<Box<MessageRecord>>,
@@ -168,6 +170,7 @@ impl Conversation {
             last_active: Instant::now(),
             timeout_handle: None,
             transient: false,
+            message_run: None,
             last_user_message: None,
         }
     }
@@ -245,9 +248,9 @@ impl Conversation {
             role,
             content,
             run_id: self
-                .run
-                .as_ref()
-                .map(|r| r.run_id.clone())
+                .message_run
+                .clone()
+                .or_else(|| self.run.as_ref().map(|r| r.run_id.clone()))
                 .or_else(|| self.cp.run_id.clone()),
             created_at: now,
             data: None,
@@ -407,7 +410,10 @@ impl Conversation {
     // ---- runs ----------------------------------------------------------------------------------
 
     /// Queue the user's message as its three events; the caller kicks (`durable_waiter`).
-    fn user_message(&mut self, content: &str) {
+    /// Queue a user's message as its three events. `starts`: the id of the run it starts (its
+    /// record's `runId`); `None`: the active or paused run's.
+    fn user_message(&mut self, content: &str, starts: Option<&str>) {
+        self.message_run = starts.map(str::to_owned);
         let message_id = uuid::Uuid::now_v7().to_string();
         self.emit(&Event::TextMessageStart {
             message_id: message_id.clone(),
@@ -418,6 +424,7 @@ impl Conversation {
             delta: content.to_string(),
         });
         self.emit(&Event::TextMessageEnd { message_id });
+        self.message_run = None;
     }
 
     fn start_run(

@@ -585,3 +585,43 @@ async fn a_model_that_streams_slowly_is_not_waited_for() {
         "the ack came at {acked:?}, the end at {ended:?}"
     );
 }
+
+#[tokio::test]
+async fn a_stored_message_names_the_run_it_belongs_to() {
+    let s = Server::start();
+    let mut c = Client::connect(&s).await;
+    let first = c
+        .ok(json!({"type": "send", "assistant": "chat", "content": "one"}))
+        .await;
+    let conv = first["conversationId"].as_str().expect("id").to_string();
+    c.run_events(&conv).await;
+    let second = c
+        .ok(json!({"type": "send", "conversationId": conv, "content": "two"}))
+        .await;
+    c.run_events(&conv).await;
+    let msgs = get_json(&s, &format!("/api/conversations/{conv}/messages")).await;
+    let runs: Vec<(String, String)> = msgs["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|m| {
+            let role = m["role"].as_str().unwrap_or_default().to_string();
+            (role, m["runId"].as_str().unwrap_or("none").to_string())
+        })
+        .collect();
+    let (r1, r2) = (
+        first["runId"].as_str().unwrap(),
+        second["runId"].as_str().unwrap(),
+    );
+    // Newest first: each user message belongs to the run it started, like its answer.
+    let want: Vec<(String, String)> = [
+        ("assistant", r2),
+        ("user", r2),
+        ("assistant", r1),
+        ("user", r1),
+    ]
+    .iter()
+    .map(|(a, b)| (a.to_string(), b.to_string()))
+    .collect();
+    assert_eq!(runs, want, "{msgs}");
+}

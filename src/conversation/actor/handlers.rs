@@ -115,7 +115,7 @@ impl Conversation {
             OnBusy::Enqueue | OnBusy::Interrupt => {}
         }
         self.follow(subscriber);
-        self.user_message(&content);
+        self.user_message(&content, None);
         if on_busy == OnBusy::Interrupt {
             if let Some(run) = &self.run {
                 run.cancel.cancel();
@@ -160,7 +160,7 @@ impl Conversation {
         let history = self.history_snapshot();
         if let Some((text, subscriber)) = user_text {
             self.follow(subscriber);
-            self.user_message(&text);
+            self.user_message(&text, None);
         }
         // The interrupt leaves the stored record in the same commit as the answer's message.
         let run_id = self.start_run(input, history, None, permit, ctx);
@@ -219,8 +219,8 @@ impl Conversation {
         self.rec.args = Value::Object(args.clone());
         let history = self.history_snapshot();
         self.follow(m.subscriber);
-        self.user_message(&m.content);
         let run_id = uuid::Uuid::now_v7().to_string();
+        self.user_message(&m.content, Some(&run_id));
         // The ack waits for the commit holding the user's message (queued above). A
         // synchronous call nobody follows is answered only by its report, which waits for the
         // commit ending the run (it holds the message too), so it needs no commit of its own.
