@@ -863,3 +863,48 @@ async fn cluster_an_invoke_meeting_a_run_active_on_another_node_follows_on_busy(
     let msgs = get_json(a, &format!("/api/conversations/{third}/messages?limit=100")).await;
     assert!(!msgs.to_string().contains("never"), "{msgs}");
 }
+
+#[tokio::test]
+async fn cluster_invokes_continuing_conversations_through_every_node_in_turn_all_succeed() {
+    let nats = env("PARLEY_TEST_NATS_URL");
+    let nodes = three(&nats, STEADY_LEASE).await;
+    // Eight programs, each continuing its own conversation, each call through the next node
+    // (a load balancer's round robin): the conversation is handed over on every call.
+    let clients = (0..8).map(|i| {
+        let nodes = &nodes;
+        async move {
+            let (st, r) = invoke(&nodes[0], "chat", json!({"content": "call 0"})).await;
+            assert_eq!(st, 200, "{r}");
+            let conv = r["conversationId"].as_str().expect("id").to_string();
+            for k in 1..=20 {
+                let node = &nodes[(i + k) % 3];
+                let body = json!({"content": format!("call {k}"), "conversationId": conv});
+                let (st, r) = invoke(node, "chat", body).await;
+                assert_eq!(st, 200, "client {i}, call {k}: {r}");
+            }
+            conv
+        }
+    });
+    let convs = futures_util::future::join_all(clients).await;
+    for conv in convs {
+        let url = format!("/api/conversations/{conv}/events?since=0&limit=10000");
+        let page = get_json(&nodes[1], &url).await;
+        let events: Vec<(u64, Value)> = page["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .map(|e| (e["seq"].as_u64().expect("seq"), e["event"].clone()))
+            .collect();
+        let seqs: Vec<u64> = events.iter().map(|(s, _)| *s).collect();
+        assert_eq!(
+            seqs,
+            (1..=seqs.len() as u64).collect::<Vec<_>>(),
+            "contiguous"
+        );
+        let runs = events
+            .iter()
+            .filter(|(_, e)| e["type"] == "RUN_FINISHED")
+            .count();
+        assert_eq!(runs, 21, "every call ran once");
+    }
+}

@@ -112,11 +112,12 @@ impl Conn {
         let fences = self.fences.clone();
         let (client, stmts) = self.client().await?;
         let fenced = !fences.is_empty();
-        let mut refused = HashMap::new();
+        let mut checked = lease::Checked::default();
         if fenced {
             client.batch_execute("BEGIN").await.map_err(pg_error)?;
-            refused = lease::check(client, &fences, group.iter().map(|b| b.ops.as_slice())).await?;
+            checked = lease::check(client, &fences, group.iter().map(|b| b.ops.as_slice())).await?;
         }
+        let refused = checked.refused;
         let ops: Vec<&Op> = group
             .iter()
             .enumerate()
@@ -131,6 +132,7 @@ impl Conn {
         columns.steps(client, stmts, &mut steps);
         steps.push(step(client.batch_execute("COMMIT")));
         pipeline(steps).await.map_err(pg_error)?;
+        fences.confirm(&checked.won);
         Ok(refused)
     }
 }

@@ -80,6 +80,18 @@ impl Fences {
         self.beliefs.lock().insert(conversation.to_owned(), belief);
     }
 
+    /// The transaction that claimed these new conversations' rows has committed: they are held
+    /// at these epochs (unless forgotten or lost meanwhile). From now on a release names the
+    /// epoch, so a late release cannot give up a lease this node claimed again since.
+    pub fn confirm(&self, won: &HashMap<String, i64>) {
+        let mut beliefs = self.beliefs.lock();
+        for (c, epoch) in won {
+            if let Some(b @ Belief::New) = beliefs.get_mut(c) {
+                *b = Belief::Held(*epoch);
+            }
+        }
+    }
+
     pub fn get(&self, conversation: &str) -> Option<Belief> {
         self.beliefs.lock().get(conversation).copied()
     }
@@ -129,18 +141,28 @@ fn conversation_of(op: &Op) -> Option<&str> {
     }
 }
 
-/// Inside the writer's transaction: which batches (by index) must be refused, and for which
-/// conversation. Runs no statement when no batch touches a fenced conversation.
+/// What [`check`] found: the batches (by index) to refuse, with their conversation; and the
+/// new conversations whose first commit claimed their row, with its epoch (to
+/// [`Fences::confirm`] once the transaction has committed).
+#[derive(Debug, Default)]
+pub(super) struct Checked {
+    pub refused: HashMap<usize, String>,
+    pub won: HashMap<String, i64>,
+}
+
+/// Inside the writer's transaction: which batches must be refused, and which new
+/// conversations this transaction claims. Runs no statement when no batch touches a fenced
+/// conversation.
 pub(super) async fn check<'a>(
     tx: &Client,
     fences: &Fences,
     batches: impl Iterator<Item = &'a [Op]>,
-) -> Result<HashMap<usize, String>, StoreError> {
+) -> Result<Checked, StoreError> {
     let mut wanted: HashMap<String, (Belief, Vec<usize>)> = HashMap::new();
     {
         let beliefs = fences.beliefs.lock();
         if beliefs.is_empty() {
-            return Ok(HashMap::new());
+            return Ok(Checked::default());
         }
         for (i, ops) in batches.enumerate() {
             let mut seen = HashSet::new();
@@ -158,7 +180,7 @@ pub(super) async fn check<'a>(
         }
     }
     if wanted.is_empty() {
-        return Ok(HashMap::new());
+        return Ok(Checked::default());
     }
     let new: Vec<&str> = wanted
         .iter()
@@ -218,7 +240,11 @@ pub(super) async fn check<'a>(
             beliefs.insert(c.clone(), Belief::Lost);
         }
     }
-    Ok(refused)
+    won_new.retain(|c, _| !refused.values().any(|r| r == c));
+    Ok(Checked {
+        refused,
+        won: won_new,
+    })
 }
 
 /// The lease statements, through the store's read pool.

@@ -118,8 +118,8 @@ async fn a_new_conversation_is_claimed_by_its_first_commit() {
     let (a, b) = (node(&options, "a").await, node(&options, "b").await);
     a.leases().fences().set("n", Belief::New);
     a.write(vec![record("n", "first")]).await.unwrap();
-    // Confirmed by the next renewal (the commit could have been retried).
-    assert_eq!(a.leases().fences().get("n"), Some(Belief::New));
+    // Confirmed once the transaction committed: a release names epoch 1 from now on.
+    assert_eq!(a.leases().fences().get("n"), Some(Belief::Held(1)));
     assert!(a.leases().renew().await.unwrap().is_empty());
     assert_eq!(a.leases().fences().get("n"), Some(Belief::Held(1)));
     assert_eq!(b.leases().owner("n").await.unwrap().as_deref(), Some("a"));
@@ -170,4 +170,31 @@ async fn many_claims_in_one_statement_win_only_expired_leases() {
     let mut lost = a.leases().renew().await.unwrap();
     lost.sort();
     assert_eq!(lost, vec!["x".to_owned(), "y".to_owned()]);
+}
+
+#[tokio::test]
+async fn a_late_release_of_a_new_conversation_cannot_give_up_its_next_claim() {
+    let options = fresh_options().await;
+    let (a, b) = (node(&options, "a").await, node(&options, "b").await);
+    a.leases().fences().set("n", Belief::New);
+    a.write(vec![record("n", "first")]).await.unwrap();
+    // The actor stops: what its release names is taken now, the statement runs later...
+    // (as `Cluster::release` does: a new, unconfirmed conversation names no epoch).
+    let epoch = match a.leases().fences().forget("n") {
+        Some(Belief::Held(e)) => Some(e),
+        _ => None,
+    };
+    // ...after this node claimed the conversation again for its next request.
+    assert_eq!(a.leases().claim("n").await.unwrap(), Claim::Won(2));
+    a.leases()
+        .release(&[("n".to_owned(), epoch)])
+        .await
+        .unwrap();
+    // The new claim holds: another node cannot take it, and this node's writes go on.
+    assert!(matches!(
+        b.leases().claim("n").await.unwrap(),
+        Claim::HeldBy { .. }
+    ));
+    a.write(vec![record("n", "second")]).await.unwrap();
+    assert_eq!(title(&a, "n").await, "second");
 }
