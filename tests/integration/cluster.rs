@@ -908,3 +908,40 @@ async fn cluster_invokes_continuing_conversations_through_every_node_in_turn_all
         assert_eq!(runs, 21, "every call ran once");
     }
 }
+
+#[tokio::test]
+async fn cluster_two_invokes_of_one_conversation_at_once_on_two_nodes_run_one_at_a_time() {
+    let nats = env("PARLEY_TEST_NATS_URL");
+    let nodes = three(&nats, STEADY_LEASE).await;
+    let (st, r) = invoke(&nodes[2], "chat", json!({"content": "start"})).await;
+    assert_eq!(st, 200, "{r}");
+    let conv = r["conversationId"].as_str().expect("id").to_string();
+    let mut ran = 1;
+    for round in 0..10 {
+        let body = json!({"content": format!("round {round}"), "conversationId": conv});
+        let calls = [&nodes[0], &nodes[1]].map(|n| invoke(n, "chat", body.clone()));
+        let answers = futures_util::future::join_all(calls).await;
+        for (st, r) in &answers {
+            // As on one node: the call that finds the other one running is told so.
+            assert!(
+                *st == 200 || (*st == 409 && r["error"]["code"] == "conversation_busy"),
+                "round {round}: {st} {r}"
+            );
+        }
+        let ok = answers.iter().filter(|(st, _)| *st == 200).count();
+        assert!(ok >= 1, "round {round}: one of the two runs: {answers:?}");
+        ran += ok;
+    }
+    let url = format!("/api/conversations/{conv}/events?since=0&limit=10000");
+    let page = get_json(&nodes[2], &url).await;
+    let finished = page["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter(|e| e["event"]["type"] == "RUN_FINISHED")
+        .count();
+    assert_eq!(
+        finished, ran,
+        "every call answered 200 ran once, no other did"
+    );
+}

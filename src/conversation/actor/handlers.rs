@@ -187,6 +187,11 @@ impl Handler<msg::Send> for Conversation {
 
 impl Conversation {
     fn on_send(&mut self, m: msg::Send, ctx: &mut Context<Self>) -> AckFuture {
+        if self.handing_over && m.report.is_some() && self.rec.owner == m.owner {
+            // A synchronous call cannot be sent on (its report stays here): while another
+            // node's call takes the conversation over, this one meets a busy conversation.
+            return refuse(ConversationError::Busy);
+        }
         if let Err(e) = self.check_owner(&m.owner).and_then(|_| self.check_usable()) {
             return refuse(e);
         }
