@@ -431,15 +431,23 @@ pub async fn llm_stream(o: &Options, report: &mut Report) -> anyhow::Result<()> 
         ));
         return Ok(());
     }
-    report.row(
-        Row::new(
-            "11",
-            "time to first token added by Parley: p50 / p99 (through − direct)".into(),
-            p.percentile_ms(99.0) - d.percentile_ms(99.0),
-            Unit::Ms,
-        )
-        .with_p50(p.percentile_ms(50.0) - d.percentile_ms(50.0))
-        .target(Target::AtMost(1.0)),
-    );
+    let added = p.percentile_ms(99.0) - d.percentile_ms(99.0);
+    let row = Row::new(
+        "11",
+        "time to first token added by Parley: p50 / p99 (through − direct)".into(),
+        added,
+        Unit::Ms,
+    )
+    .with_p50(p.percentile_ms(50.0) - d.percentile_ms(50.0));
+    if added >= 0.0 {
+        report.row(row.target(Target::AtMost(1.0)));
+    } else {
+        // The two percentiles come from separate runs: a direct p99 above Parley's says the
+        // machine was too noisy to tell, not that Parley took time away.
+        report.row(row);
+        report.note(
+            "11: the direct p99 was above the p99 through Parley: too noisy a machine for a verdict on the added time; run again on a quiet one".into(),
+        );
+    }
     Ok(())
 }
