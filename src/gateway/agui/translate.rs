@@ -464,6 +464,56 @@ mod tests {
         }
     }
 
+    /// Stored events (and `reopen` points) whose translation is pinned in `golden/translated.sse`.
+    const CORPUS: &str = include_str!("golden/corpus.jsonl");
+    /// The SSE the translator wrote for [`CORPUS`] (regenerate with `PARLEY_WRITE_GOLDEN=1`
+    /// only when the wire form changes on purpose).
+    const GOLDEN: &str = include_str!("golden/translated.sse");
+
+    fn sse_of(tr: &Translated) -> String {
+        format!("id: {}\ndata: {}\n\n", tr.seq, tr.event)
+    }
+
+    /// The corpus through the translator, as the SSE a client reads.
+    fn golden_run() -> String {
+        let mut t = Translator::new("thread-\"1\"");
+        let mut out = String::new();
+        for line in CORPUS.lines() {
+            let v: Value = serde_json::from_str(line).expect("a corpus line is JSON");
+            if let Some(seq) = v.get("reopen").and_then(Value::as_u64) {
+                t.reopen(seq).iter().for_each(|tr| out += &sse_of(tr));
+                continue;
+            }
+            let seq = v["seq"].as_u64().expect("a corpus line has a seq");
+            let json = match v.get("raw").and_then(Value::as_str) {
+                Some(raw) => raw.to_owned(),
+                None => v["event"].to_string(),
+            };
+            t.push_json(seq, json.as_bytes())
+                .iter()
+                .for_each(|tr| out += &sse_of(tr));
+        }
+        out
+    }
+
+    #[test]
+    fn the_corpus_translates_to_the_golden_sse() {
+        let out = golden_run();
+        if std::env::var_os("PARLEY_WRITE_GOLDEN").is_some() {
+            let path = concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/src/gateway/agui/golden/translated.sse"
+            );
+            std::fs::write(path, &out).expect("writing the golden file");
+            return;
+        }
+        assert!(!GOLDEN.is_empty(), "the golden file is empty");
+        for (i, (a, b)) in out.lines().zip(GOLDEN.lines()).enumerate() {
+            assert_eq!(a, b, "line {} differs", i + 1);
+        }
+        assert_eq!(out, GOLDEN);
+    }
+
     fn types(out: &[Translated]) -> Vec<String> {
         out.iter()
             .map(|t| t.event["type"].as_str().unwrap_or("?").to_owned())
