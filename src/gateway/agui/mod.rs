@@ -192,17 +192,23 @@ pub(in crate::gateway) async fn run(
         gw.limits.new_conversation(&user.0)?;
     }
     gw.limits.message(&user.0)?;
-    let since = rec.as_ref().map_or(0, |r| r.last_seq);
-    if rec.is_none() {
-        svc.registry.create_with_id(&user.0, &assistant, &thread)?;
-    }
-    let stream = EventStream::open(&svc, &user.0, &thread, since).await?;
-    let addr = svc.registry.get(&thread).await?;
+    let (stream, subscriber, addr) = match &rec {
+        // A new thread: the subscriber goes with the first message (nothing to replay).
+        None => {
+            let addr = svc.registry.create_with_id(&user.0, &assistant, &thread)?;
+            let (stream, subscriber) = EventStream::for_new(&svc, addr.clone(), &thread);
+            (stream, Some(subscriber), addr)
+        }
+        Some(r) => {
+            let stream = EventStream::open(&svc, &user.0, &thread, r.last_seq).await?;
+            (stream, None, svc.registry.get(&thread).await?)
+        }
+    };
     addr.send(msg::Send {
         owner: user.0.clone(),
         content,
         args,
-        subscriber: None,
+        subscriber,
         report: None,
         on_busy: None,
         idempotency: None,
