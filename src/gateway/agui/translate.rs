@@ -27,6 +27,7 @@
 //! [`Event::from_stored`] (the frequent kinds without serde's buffering of tagged enums).
 //! [`Translator::push`] gives the same events as `Value`s (tests, tools).
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 
 use serde_json::Value;
@@ -69,6 +70,19 @@ pub fn page_tool_call_id(i: &Interrupt) -> &str {
     i.tool_call_id.as_deref().unwrap_or(&i.id)
 }
 
+/// How serde stores a `TEXT_MESSAGE_CONTENT` (the tag first).
+const TEXT_DELTA_PREFIX: &[u8] = br#"{"type":"TEXT_MESSAGE_CONTENT","#;
+
+/// A stored `TEXT_MESSAGE_CONTENT`, borrowing its strings (owned only when they hold escapes).
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct TextDelta<'a> {
+    #[serde(borrow)]
+    message_id: Cow<'a, str>,
+    #[serde(borrow)]
+    delta: Cow<'a, str>,
+}
+
 /// A stored event that could not be read: skipped, with a warning.
 fn unreadable(seq: u64, e: serde_json::Error) {
     tracing::warn!(seq, error = %e, "agui: a stored event could not be read");
@@ -90,9 +104,44 @@ impl Translator {
     /// Translate one stored event (its JSON as stored) into SSE messages on `out`.
     /// Unreadable events are skipped.
     pub fn write_json(&mut self, seq: u64, json: &[u8], out: &mut SseWriter) {
+        let mut emit = |a: AgEvent<'_>| out.event(Some(seq), &a);
+        if json.starts_with(TEXT_DELTA_PREFIX) {
+            // Most of a run's events: read without copying their strings.
+            match serde_json::from_slice::<TextDelta<'_>>(json) {
+                Ok(d) => self.text_delta(&d.message_id, &d.delta, &mut emit),
+                Err(e) => unreadable(seq, e),
+            }
+            return;
+        }
         match Event::from_stored(json) {
-            Ok(e) => self.push_with(&e, &mut |a| out.event(Some(seq), &a)),
+            Ok(e) => self.push_with(&e, &mut emit),
             Err(e) => unreadable(seq, e),
+        }
+    }
+
+    /// A `TEXT_MESSAGE_CONTENT`: what [`Translator::push_with`] does with one, without the
+    /// `Event`.
+    fn text_delta(&mut self, message_id: &str, delta: &str, emit: &mut impl FnMut(AgEvent<'_>)) {
+        if self.user_messages.contains(message_id) {
+            return; // the user's echo
+        }
+        self.close_reasoning(emit);
+        if self.run.is_none() {
+            self.open_run("run", emit);
+        }
+        self.text_content(message_id, delta, emit);
+    }
+
+    fn text_content(&mut self, message_id: &str, delta: &str, emit: &mut impl FnMut(AgEvent<'_>)) {
+        if !self.open_text.iter().any(|m| m == message_id) {
+            self.open_text.push(message_id.to_owned());
+            emit(AgEvent::TextMessageStart {
+                message_id,
+                role: "assistant",
+            });
+        }
+        if !delta.is_empty() {
+            emit(AgEvent::TextMessageContent { message_id, delta });
         }
     }
 
@@ -227,16 +276,7 @@ impl Translator {
                 emit(AgEvent::TextMessageStart { message_id, role });
             }
             Event::TextMessageContent { message_id, delta } => {
-                if !self.open_text.contains(message_id) {
-                    self.open_text.push(message_id.clone());
-                    emit(AgEvent::TextMessageStart {
-                        message_id,
-                        role: "assistant",
-                    });
-                }
-                if !delta.is_empty() {
-                    emit(AgEvent::TextMessageContent { message_id, delta });
-                }
+                self.text_content(message_id, delta, emit)
             }
             Event::TextMessageEnd { message_id } => {
                 if let Some(pos) = self.open_text.iter().position(|m| m == message_id) {
