@@ -76,8 +76,20 @@ fn invoke_body(_: u64) -> Bytes {
     Bytes::from_static(br#"{"content":"hi"}"#)
 }
 
+/// `LOAD_AGUI_IDS=v7`: time-ordered thread ids (UUID v7, like the ids the server picks for
+/// invoke) instead of `bench-<pid>-<n>` (32 insertion points): an experiment on what a
+/// client-chosen id's position in the tables costs the store's commits.
+fn time_ordered_ids() -> bool {
+    static V7: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *V7.get_or_init(|| std::env::var("LOAD_AGUI_IDS").as_deref() == Ok("v7"))
+}
+
 fn agui_body(n: u64) -> Bytes {
-    let thread = format!("bench-{}-{n}", std::process::id());
+    let thread = if time_ordered_ids() {
+        uuid::Uuid::now_v7().to_string()
+    } else {
+        format!("bench-{}-{n}", std::process::id())
+    };
     Bytes::from(
         json!({"threadId": thread, "runId": format!("r{n}"), "state": {},
                "messages": [{"id": format!("m{n}"), "role": "user", "content": "hi"}],
@@ -86,31 +98,72 @@ fn agui_body(n: u64) -> Bytes {
     )
 }
 
+/// The order of the two halves: the measure is `invoke` first, then AG-UI on the same server.
+/// `LOAD_AGUI_ORDER=agui-first` swaps them and `fresh` gives AG-UI a server of its own (an
+/// empty database like invoke's): experiments on what the database's growth during the first
+/// half costs the second (BENCHMARKS.md, session 6).
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Order {
+    InvokeFirst,
+    AguiFirst,
+    Fresh,
+}
+
+fn order() -> Order {
+    match std::env::var("LOAD_AGUI_ORDER").as_deref() {
+        Ok("agui-first") => Order::AguiFirst,
+        Ok("fresh") => Order::Fresh,
+        _ => Order::InvokeFirst,
+    }
+}
+
 pub async fn agui(o: &Options, report: &mut Report) -> anyhow::Result<()> {
     let home = Home::new()?;
-    let server = home.start()?;
+    let mut server = home.start()?;
     let n = o.invoke_connections;
-    let w = Window::after(o.warmup, o.duration);
     let path = "/api/assistants/bench_auto/invoke";
-    let inv = load(
-        server.addr,
-        path,
-        invoke_body,
-        n,
-        w,
-        br#""status":"completed""#,
-    )
-    .await;
-    let w2 = Window::after(o.warmup, o.duration);
-    let mut ag = load(
-        server.addr,
-        "/agui/bench_auto",
-        agui_body,
-        n,
-        w2,
-        b"\"RUN_FINISHED\"",
-    )
-    .await;
+    let invoke_expect: &'static [u8] = br#""status":"completed""#;
+    let order = order();
+    if order != Order::InvokeFirst {
+        eprintln!("scenario 7: LOAD_AGUI_ORDER={order:?} (an experiment, not the measure)");
+    }
+    let run_agui = |addr| {
+        let w = Window::after(o.warmup, o.duration);
+        async move {
+            let t = load(
+                addr,
+                "/agui/bench_auto",
+                agui_body,
+                n,
+                w,
+                b"\"RUN_FINISHED\"",
+            )
+            .await;
+            (t, w)
+        }
+    };
+    let run_invoke = |addr| {
+        let w = Window::after(o.warmup, o.duration);
+        async move { (load(addr, path, invoke_body, n, w, invoke_expect).await, w) }
+    };
+    let _fresh_home;
+    let ((inv, w), (mut ag, w2)) = match order {
+        Order::InvokeFirst => {
+            let i = run_invoke(server.addr).await;
+            (i, run_agui(server.addr).await)
+        }
+        Order::AguiFirst => {
+            let a = run_agui(server.addr).await;
+            (run_invoke(server.addr).await, a)
+        }
+        Order::Fresh => {
+            let i = run_invoke(server.addr).await;
+            server.stop()?;
+            _fresh_home = Home::new()?;
+            server = _fresh_home.start()?;
+            (i, run_agui(server.addr).await)
+        }
+    };
     for (what, t) in [("7 invoke", &inv), ("7 agui", &ag)] {
         if t.errors > 0 {
             report.problem(format!(

@@ -101,6 +101,90 @@ impl Event {
     }
 }
 
+impl Event {
+    /// An event from its stored JSON (what subscribers receive). The same as
+    /// `serde_json::from_slice::<Event>`, faster for the kinds every run has many of: serde
+    /// writes the `type` tag first, so when it is there the fields are read as a plain struct
+    /// (an internally tagged enum is first buffered whole, every string copied twice); any
+    /// other shape or kind is read as a whole.
+    pub fn from_stored(json: &[u8]) -> Result<Event, serde_json::Error> {
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Message {
+            message_id: String,
+        }
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Delta {
+            message_id: String,
+            delta: String,
+        }
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Start {
+            message_id: String,
+            role: Role,
+        }
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Step {
+            step_name: String,
+            node_type: String,
+            #[serde(default)]
+            output: Value,
+        }
+        match stored_tag(json) {
+            Some("TEXT_MESSAGE_CONTENT") => {
+                let d: Delta = serde_json::from_slice(json)?;
+                Ok(Event::TextMessageContent {
+                    message_id: d.message_id,
+                    delta: d.delta,
+                })
+            }
+            Some("TEXT_MESSAGE_START") => {
+                let s: Start = serde_json::from_slice(json)?;
+                Ok(Event::TextMessageStart {
+                    message_id: s.message_id,
+                    role: s.role,
+                })
+            }
+            Some("TEXT_MESSAGE_END") => {
+                let m: Message = serde_json::from_slice(json)?;
+                Ok(Event::TextMessageEnd {
+                    message_id: m.message_id,
+                })
+            }
+            Some("STEP_STARTED") => {
+                let s: Step = serde_json::from_slice(json)?;
+                Ok(Event::StepStarted {
+                    step_name: s.step_name,
+                    node_type: s.node_type,
+                })
+            }
+            Some("STEP_FINISHED") => {
+                let s: Step = serde_json::from_slice(json)?;
+                Ok(Event::StepFinished {
+                    step_name: s.step_name,
+                    node_type: s.node_type,
+                    output: s.output,
+                })
+            }
+            _ => serde_json::from_slice(json),
+        }
+    }
+}
+
+/// The `type` of a stored event when it is the first field and has no escapes (as serde
+/// writes it), else `None`.
+fn stored_tag(json: &[u8]) -> Option<&str> {
+    let rest = json.strip_prefix(br#"{"type":""#)?;
+    let end = rest.iter().position(|&b| b == b'"' || b == b'\\')?;
+    if rest[end] != b'"' {
+        return None;
+    }
+    std::str::from_utf8(&rest[..end]).ok()
+}
+
 /// How a run segment ended (inside `RUN_FINISHED`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
@@ -250,6 +334,69 @@ mod tests {
             json!({"type": "TEXT_MESSAGE_START", "messageId": "m1", "role": "assistant"})
         );
         assert_eq!(serde_json::from_value::<Event>(v).unwrap(), e);
+    }
+
+    #[test]
+    fn stored_events_read_fast_are_the_events_read_whole() {
+        let events = [
+            Event::TextMessageContent {
+                message_id: "m\"1".into(),
+                delta: "a\\b\u{2603}\n".into(),
+            },
+            Event::TextMessageStart {
+                message_id: "u".into(),
+                role: Role::User,
+            },
+            Event::TextMessageEnd {
+                message_id: "u".into(),
+            },
+            Event::StepStarted {
+                step_name: "s".into(),
+                node_type: "llm".into(),
+            },
+            Event::StepFinished {
+                step_name: "s".into(),
+                node_type: "llm".into(),
+                output: json!({"text": "x", "n": [1, 2.5]}),
+            },
+            Event::StepFinished {
+                step_name: "s".into(),
+                node_type: "llm".into(),
+                output: Value::Null,
+            },
+            Event::RunStarted { run_id: "r".into() },
+        ];
+        for e in events {
+            let json = serde_json::to_vec(&e).unwrap();
+            assert_eq!(Event::from_stored(&json).unwrap(), e);
+            assert_eq!(serde_json::from_slice::<Event>(&json).unwrap(), e);
+        }
+        // Another field order, an escaped tag, a missing field, a missing output.
+        let other = br#"{"messageId":"m","type":"TEXT_MESSAGE_CONTENT","delta":"d"}"#;
+        assert!(matches!(
+            Event::from_stored(other),
+            Ok(Event::TextMessageContent { .. })
+        ));
+        let escaped = br#"{"type":"TEXT_MESSAGE_EN\u0044","messageId":"m"}"#;
+        assert_eq!(
+            Event::from_stored(escaped).unwrap(),
+            Event::TextMessageEnd {
+                message_id: "m".into()
+            }
+        );
+        assert!(Event::from_stored(br#"{"type":"TEXT_MESSAGE_CONTENT","messageId":"m"}"#).is_err());
+        assert!(
+            Event::from_stored(br#"{"type":"STEP_FINISHED","stepName":"s","nodeType":"t"}"#)
+                .is_ok_and(|e| matches!(
+                    e,
+                    Event::StepFinished {
+                        output: Value::Null,
+                        ..
+                    }
+                ))
+        );
+        assert!(Event::from_stored(br#"{"type":"NOPE"}"#).is_err());
+        assert!(Event::from_stored(b"not json").is_err());
     }
 
     #[test]

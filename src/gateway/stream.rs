@@ -104,6 +104,39 @@ impl EventStream {
         })
     }
 
+    /// A stream of a conversation just created, with nothing stored yet: no `msg::Subscribe`
+    /// round trip, the returned [`Subscriber`] goes with the conversation's first `msg::Send`
+    /// (`subscriber`), which registers it before the actor emits anything. The mark is 0, so
+    /// every event is live. (The same hand-over as [`EventStream::open`]: everything after
+    /// the mark, once each.)
+    pub fn for_new(
+        svc: &Arc<Services>,
+        addr: Handle,
+        conversation: &str,
+    ) -> (EventStream, Subscriber) {
+        let capacity = svc.config.server.socket_outbound_buffer.max(16);
+        let (tx, rx) = outbound_queue(capacity);
+        let slow = CancellationToken::new();
+        let subscriber = Subscriber {
+            id: Subscriber::next_id(),
+            tx,
+            slow: slow.clone(),
+        };
+        let stream = EventStream {
+            conversation: Arc::from(conversation),
+            addr,
+            subscriber_id: subscriber.id,
+            slow,
+            rx,
+            store: svc.store.clone(),
+            high: 0,
+            cursor: 0,
+            page: VecDeque::new(),
+            running: false,
+        };
+        (stream, subscriber)
+    }
+
     /// Whether a run was active when the stream opened.
     pub fn running_at_open(&self) -> bool {
         self.running

@@ -6,9 +6,11 @@
 //!
 //! | file | what it is |
 //! |---|---|
-//! | `mod.rs` | the two handlers, the SSE writing |
+//! | `mod.rs` | the two handlers and their response streams |
 //! | `input.rs` | `RunAgentInput`, the `threadId` rule, [`input::plan`]: what a request asks (pure) |
 //! | `translate.rs` | [`translate::Translator`]: stored Parley events → AG-UI events (pure) |
+//! | `wire.rs` | [`wire::AgEvent`]: the AG-UI events as types borrowing their strings |
+//! | `sse.rs` | [`sse::SseWriter`]: events serialised straight into one chunk |
 //!
 //! # Ordering
 //!
@@ -25,9 +27,10 @@
 //! a run starts with that run's `RUN_STARTED` and the starts of whatever is still open.
 
 pub mod input;
+pub mod sse;
 pub mod translate;
+pub mod wire;
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -45,7 +48,8 @@ use crate::llm::Role;
 use crate::services::Services;
 use crate::store::ConversationRecord;
 use input::{check_thread_id, plan, Held, Plan, RunAgentInput};
-use translate::{Translated, Translator};
+use sse::SseWriter;
+use translate::Translator;
 
 type Svc = web::Data<Arc<Services>>;
 
@@ -159,14 +163,17 @@ pub(in crate::gateway) async fn run(
     let content = match the_plan {
         Plan::Refuse(m) => return Ok(refuse(m)),
         Plan::Nothing => {
-            let evs = vec![
-                json!({"type": "RUN_STARTED", "threadId": thread, "runId": input.run_id}),
-                json!({"type": "RUN_FINISHED", "threadId": thread, "runId": input.run_id,
+            let mut w = SseWriter::default();
+            w.message(
+                None,
+                &json!({"type": "RUN_STARTED", "threadId": thread, "runId": input.run_id}),
+            );
+            w.message(
+                None,
+                &json!({"type": "RUN_FINISHED", "threadId": thread, "runId": input.run_id,
                     "outcome": {"type": "success"}}),
-            ];
-            return Ok(sse_response(
-                evs.into_iter().map(|e| sse(None, &e)).collect(),
-            ));
+            );
+            return Ok(sse_response(w.take()));
         }
         Plan::Send(c) => Some(c),
         other => {
@@ -185,17 +192,23 @@ pub(in crate::gateway) async fn run(
         gw.limits.new_conversation(&user.0)?;
     }
     gw.limits.message(&user.0)?;
-    let since = rec.as_ref().map_or(0, |r| r.last_seq);
-    if rec.is_none() {
-        svc.registry.create_with_id(&user.0, &assistant, &thread)?;
-    }
-    let stream = EventStream::open(&svc, &user.0, &thread, since).await?;
-    let addr = svc.registry.get(&thread).await?;
+    let (stream, subscriber, addr) = match &rec {
+        // A new thread: the subscriber goes with the first message (nothing to replay).
+        None => {
+            let addr = svc.registry.create_with_id(&user.0, &assistant, &thread)?;
+            let (stream, subscriber) = EventStream::for_new(&svc, addr.clone(), &thread);
+            (stream, Some(subscriber), addr)
+        }
+        Some(r) => {
+            let stream = EventStream::open(&svc, &user.0, &thread, r.last_seq).await?;
+            (stream, None, svc.registry.get(&thread).await?)
+        }
+    };
     addr.send(msg::Send {
         owner: user.0.clone(),
         content,
         args,
-        subscriber: None,
+        subscriber,
         report: None,
         on_busy: None,
         idempotency: None,
@@ -316,13 +329,13 @@ pub(in crate::gateway) async fn events(
         since,
         until_idle,
         started: false,
-        buf: VecDeque::new(),
+        out: SseWriter::default(),
         done: false,
     };
     let body = futures_util::stream::unfold(state, |mut s| async move {
         loop {
-            if let Some(b) = s.buf.pop_front() {
-                return Some((Ok::<_, actix_web::Error>(b), s));
+            if !s.out.is_empty() {
+                return Some((Ok::<_, actix_web::Error>(s.out.take()), s));
             }
             if s.done {
                 return None;
@@ -346,7 +359,8 @@ struct Rejoin {
     since: u64,
     until_idle: bool,
     started: bool,
-    buf: VecDeque<Bytes>,
+    /// What was translated and not yet handed to the response (emptied before each step).
+    out: SseWriter,
     done: bool,
 }
 
@@ -355,21 +369,18 @@ impl Rejoin {
         match self.stream.next().await {
             Ok(Next::Event(seq, json)) => {
                 if seq <= self.since {
-                    self.t.push_json(seq, &json);
+                    self.t.skip_json(seq, &json);
                     return;
                 }
                 if !self.started {
                     self.started = true;
-                    for tr in self.t.reopen(self.since) {
-                        self.buf.push_back(sse(Some(tr.seq), &tr.event));
-                    }
+                    let (since, out) = (self.since, &mut self.out);
+                    self.t.reopen_with(&mut |a| out.event(Some(since), &a));
+                    // A rejoin's opening is not the end of a run.
+                    let _ = out.take_ended();
                 }
-                let out = self.t.push_json(seq, &json);
-                let ended = out.iter().any(ends_run);
-                for tr in out {
-                    self.buf.push_back(sse(Some(tr.seq), &tr.event));
-                }
-                if ended && self.until_idle && self.stream.replayed() {
+                self.t.write_json(seq, &json, &mut self.out);
+                if self.out.take_ended() && self.until_idle && self.stream.replayed() {
                     self.done = true;
                 }
             }
@@ -381,42 +392,39 @@ impl Rejoin {
 /// The response of a run: its translated events until `RUN_FINISHED` or `RUN_ERROR`.
 fn run_response(stream: EventStream, t: Translator) -> HttpResponse {
     let since = stream.high_at_open();
-    let state = (stream, t, VecDeque::<Bytes>::new(), false);
+    let state = (stream, t, SseWriter::default(), false);
     let body = futures_util::stream::unfold(
         state,
-        move |(mut stream, mut t, mut buf, mut done)| async move {
+        move |(mut stream, mut t, mut out, mut done)| async move {
             loop {
-                if !buf.is_empty() {
+                if !out.is_empty() {
                     // Everything translated so far goes out as one chunk.
-                    let b = crate::gateway::stream::concat(&mut buf);
-                    return Some((Ok::<_, actix_web::Error>(b), (stream, t, buf, done)));
+                    let b = out.take();
+                    return Some((Ok::<_, actix_web::Error>(b), (stream, t, out, done)));
                 }
                 if done {
                     return None;
                 }
                 match stream.next().await {
                     Ok(Next::Event(seq, json)) if seq > since => {
-                        let out = t.push_json(seq, &json);
-                        done = out.iter().any(ends_run);
-                        buf.extend(out.iter().map(|tr| sse(Some(tr.seq), &tr.event)));
+                        t.write_json(seq, &json, &mut out);
                         // The events already waiting join this chunk.
-                        while !done && buf.len() < CHUNK_EVENTS {
+                        let mut events = 1;
+                        while !out.ended() && events < CHUNK_EVENTS {
                             let Some((seq, json)) = stream.try_next() else {
                                 break;
                             };
-                            if seq <= since {
-                                continue;
+                            if seq > since {
+                                t.write_json(seq, &json, &mut out);
+                                events += 1;
                             }
-                            let out = t.push_json(seq, &json);
-                            done = out.iter().any(ends_run);
-                            buf.extend(out.iter().map(|tr| sse(Some(tr.seq), &tr.event)));
                         }
+                        done = out.take_ended();
                     }
                     Ok(Next::Event(..)) => {}
                     Ok(Next::Lagged) | Ok(Next::Closed) | Err(_) => {
-                        let e = json!({"type": "RUN_ERROR", "code": "stream_lost", "message":
-                            "the stream fell behind or the conversation stopped; rejoin through GET /agui/{assistant}/threads/{threadId}/events"});
-                        buf.push_back(sse(None, &e));
+                        out.message(None, &json!({"type": "RUN_ERROR", "code": "stream_lost", "message":
+                            "the stream fell behind or the conversation stopped; rejoin through GET /agui/{assistant}/threads/{threadId}/events"}));
                         done = true;
                     }
                 }
@@ -429,40 +437,28 @@ fn run_response(stream: EventStream, t: Translator) -> HttpResponse {
         .streaming(body)
 }
 
-/// At most about this many messages go into one chunk of a run's response.
+/// At most about this many stored events go into one chunk of a run's response.
 const CHUNK_EVENTS: usize = 256;
 
-fn ends_run(t: &Translated) -> bool {
-    matches!(
-        t.event.get("type").and_then(Value::as_str),
-        Some("RUN_FINISHED" | "RUN_ERROR")
-    )
-}
-
 /// `RUN_STARTED` then `RUN_ERROR` (a request refused after the stream's start, in AG-UI terms).
-fn refusal(thread: &str, run_id: &str, code: ErrorCode, message: &str) -> Vec<Bytes> {
-    [
-        json!({"type": "RUN_STARTED", "threadId": thread, "runId": run_id}),
-        json!({"type": "RUN_ERROR", "code": code.as_str(), "message": message}),
-    ]
-    .iter()
-    .map(|e| sse(None, e))
-    .collect()
+fn refusal(thread: &str, run_id: &str, code: ErrorCode, message: &str) -> Bytes {
+    let mut w = SseWriter::default();
+    w.message(
+        None,
+        &json!({"type": "RUN_STARTED", "threadId": thread, "runId": run_id}),
+    );
+    w.message(
+        None,
+        &json!({"type": "RUN_ERROR", "code": code.as_str(), "message": message}),
+    );
+    w.take()
 }
 
-fn sse_response(chunks: Vec<Bytes>) -> HttpResponse {
-    let body = futures_util::stream::iter(chunks.into_iter().map(Ok::<_, actix_web::Error>));
+/// A response known whole before it starts, streamed as one chunk (like a run's).
+fn sse_response(chunk: Bytes) -> HttpResponse {
+    let body = futures_util::stream::once(std::future::ready(Ok::<_, actix_web::Error>(chunk)));
     HttpResponse::Ok()
         .content_type("text/event-stream")
         .insert_header(("Cache-Control", "no-cache"))
         .streaming(body)
-}
-
-/// One SSE message: `id: <seq>` when the event came from a stored one, then `data:`.
-fn sse(seq: Option<u64>, event: &Value) -> Bytes {
-    let data = event.to_string();
-    match seq {
-        Some(s) => Bytes::from(format!("id: {s}\ndata: {data}\n\n")),
-        None => Bytes::from(format!("data: {data}\n\n")),
-    }
 }

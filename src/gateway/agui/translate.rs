@@ -18,11 +18,24 @@
 //!   `outcome.pendingToolCallIds`. Cancelled runs end with `outcome: {"type": "cancelled"}`.
 //! - Reasoning deltas are wrapped in `REASONING_START` / `REASONING_MESSAGE_START` …
 //!   `REASONING_MESSAGE_END` / `REASONING_END` (never the deprecated `THINKING_*`).
+//!
+//! # Cost
+//!
+//! Every event of every run passes here, so the output is typed ([`AgEvent`], borrowing the
+//! stored event's strings) and goes straight into the response's buffer
+//! ([`Translator::write_json`] into an [`SseWriter`]); stored events are read with
+//! [`Event::from_stored`] (the frequent kinds without serde's buffering of tagged enums).
+//! [`Translator::push`] gives the same events as `Value`s (tests, tools).
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 
-use serde_json::{json, Map, Value};
+use serde_json::Value;
 
+use super::sse::SseWriter;
+use super::wire::{
+    agui_interrupt, AgEvent, MessageMeta, Rejoined, RunOutcome, StepMeta, ToolMeta, ToolNameMeta,
+};
 use crate::engine::{Event, Interrupt, InterruptReason, Outcome};
 use crate::error::ErrorCode;
 use crate::llm::Role;
@@ -57,6 +70,24 @@ pub fn page_tool_call_id(i: &Interrupt) -> &str {
     i.tool_call_id.as_deref().unwrap_or(&i.id)
 }
 
+/// How serde stores a `TEXT_MESSAGE_CONTENT` (the tag first).
+const TEXT_DELTA_PREFIX: &[u8] = br#"{"type":"TEXT_MESSAGE_CONTENT","#;
+
+/// A stored `TEXT_MESSAGE_CONTENT`, borrowing its strings (owned only when they hold escapes).
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct TextDelta<'a> {
+    #[serde(borrow)]
+    message_id: Cow<'a, str>,
+    #[serde(borrow)]
+    delta: Cow<'a, str>,
+}
+
+/// A stored event that could not be read: skipped, with a warning.
+fn unreadable(seq: u64, e: serde_json::Error) {
+    tracing::warn!(seq, error = %e, "agui: a stored event could not be read");
+}
+
 impl Translator {
     pub fn new(thread_id: &str) -> Self {
         Translator {
@@ -70,21 +101,79 @@ impl Translator {
         self.run.is_some()
     }
 
+    /// Translate one stored event (its JSON as stored) into SSE messages on `out`.
+    /// Unreadable events are skipped.
+    pub fn write_json(&mut self, seq: u64, json: &[u8], out: &mut SseWriter) {
+        let mut emit = |a: AgEvent<'_>| out.event(Some(seq), &a);
+        if json.starts_with(TEXT_DELTA_PREFIX) {
+            // Most of a run's events: read without copying their strings.
+            match serde_json::from_slice::<TextDelta<'_>>(json) {
+                Ok(d) => self.text_delta(&d.message_id, &d.delta, &mut emit),
+                Err(e) => unreadable(seq, e),
+            }
+            return;
+        }
+        match Event::from_stored(json) {
+            Ok(e) => self.push_with(&e, &mut emit),
+            Err(e) => unreadable(seq, e),
+        }
+    }
+
+    /// A `TEXT_MESSAGE_CONTENT`: what [`Translator::push_with`] does with one, without the
+    /// `Event`.
+    fn text_delta(&mut self, message_id: &str, delta: &str, emit: &mut impl FnMut(AgEvent<'_>)) {
+        if self.user_messages.contains(message_id) {
+            return; // the user's echo
+        }
+        self.close_reasoning(emit);
+        if self.run.is_none() {
+            self.open_run("run", emit);
+        }
+        self.text_content(message_id, delta, emit);
+    }
+
+    fn text_content(&mut self, message_id: &str, delta: &str, emit: &mut impl FnMut(AgEvent<'_>)) {
+        if !self.open_text.iter().any(|m| m == message_id) {
+            self.open_text.push(message_id.to_owned());
+            emit(AgEvent::TextMessageStart {
+                message_id,
+                role: "assistant",
+            });
+        }
+        if !delta.is_empty() {
+            emit(AgEvent::TextMessageContent { message_id, delta });
+        }
+    }
+
+    /// Take one stored event into the translation's state without writing anything (the
+    /// events a rejoining client already has).
+    pub fn skip_json(&mut self, seq: u64, json: &[u8]) {
+        match Event::from_stored(json) {
+            Ok(e) => self.push_with(&e, &mut |_| {}),
+            Err(e) => unreadable(seq, e),
+        }
+    }
+
     /// Translate one stored event (its JSON as stored). Unreadable events are skipped.
     pub fn push_json(&mut self, seq: u64, json: &[u8]) -> Vec<Translated> {
-        match serde_json::from_slice::<Event>(json) {
+        match Event::from_stored(json) {
             Ok(e) => self.push(seq, &e),
             Err(e) => {
-                tracing::warn!(seq, error = %e, "agui: a stored event could not be read");
+                unreadable(seq, e);
                 Vec::new()
             }
         }
     }
 
-    /// Translate one stored event.
+    /// Translate one stored event into `Value`s.
     pub fn push(&mut self, seq: u64, e: &Event) -> Vec<Translated> {
         let mut out = Vec::new();
-        let mut emit = |v: Value| out.push(Translated { seq, event: v });
+        self.push_with(e, &mut |a| out.push(translated(seq, &a)));
+        out
+    }
+
+    /// Translate one stored event: every AG-UI event it gives goes to `emit`.
+    pub fn push_with(&mut self, e: &Event, emit: &mut impl FnMut(AgEvent<'_>)) {
         // The user's echo never opens a run.
         if let Some(id) = user_echo(e, &self.user_messages) {
             if matches!(e, Event::TextMessageStart { .. }) {
@@ -92,42 +181,49 @@ impl Translator {
             } else if matches!(e, Event::TextMessageEnd { .. }) {
                 self.user_messages.remove(id);
             }
-            return out;
+            return;
         }
         if !matches!(e, Event::ReasoningMessageContent { .. }) {
-            self.close_reasoning(&mut emit);
+            self.close_reasoning(emit);
         }
         match e {
             Event::RunStarted { run_id } => {
-                if self.run.is_some() {
+                if let Some(open) = self.run.take() {
                     // A run that never ended (cannot happen in a well-formed log): close it.
-                    self.close_all(&mut emit);
-                    emit(json!({"type": "RUN_FINISHED", "threadId": self.thread_id,
-                        "runId": self.run.take().unwrap_or_default()}));
+                    self.close_all(emit);
+                    emit(AgEvent::RunFinished {
+                        thread_id: &self.thread_id,
+                        run_id: &open,
+                        result: None,
+                        outcome: None,
+                        metadata: None,
+                    });
                 }
-                self.open_run(run_id, &mut emit);
+                self.open_run(run_id, emit);
             }
             other => {
                 if self.run.is_none() {
-                    let run_id = run_id_of(other).unwrap_or("run").to_owned();
-                    self.open_run(&run_id, &mut emit);
+                    self.open_run(run_id_of(other).unwrap_or("run"), emit);
                 }
-                self.push_in_run(other, &mut emit);
+                self.push_in_run(other, emit);
             }
         }
-        out
     }
 
-    fn open_run(&mut self, run_id: &str, emit: &mut impl FnMut(Value)) {
+    fn open_run(&mut self, run_id: &str, emit: &mut impl FnMut(AgEvent<'_>)) {
         self.run = Some(run_id.to_owned());
         self.starts.clear();
         self.open_steps.clear();
         self.open_text.clear();
         self.open_tools.clear();
-        emit(json!({"type": "RUN_STARTED", "threadId": self.thread_id, "runId": run_id}));
+        emit(AgEvent::RunStarted {
+            thread_id: &self.thread_id,
+            run_id,
+            metadata: None,
+        });
     }
 
-    fn push_in_run(&mut self, e: &Event, emit: &mut impl FnMut(Value)) {
+    fn push_in_run(&mut self, e: &Event, emit: &mut impl FnMut(AgEvent<'_>)) {
         match e {
             Event::RunStarted { .. } => {}
             Event::StepStarted {
@@ -141,8 +237,15 @@ impl Translator {
                 } else {
                     format!("{step_name}#{n}")
                 };
-                emit(json!({"type": "STEP_STARTED", "stepName": name,
-                    "metadata": {"nodeId": step_name, "nodeType": node_type}}));
+                emit(AgEvent::StepStarted {
+                    step_name: &name,
+                    metadata: StepMeta {
+                        node_id: step_name,
+                        node_type: Some(node_type),
+                        output: None,
+                        paused: None,
+                    },
+                });
                 self.open_steps.push((name, step_name.clone()));
             }
             Event::StepFinished {
@@ -154,13 +257,15 @@ impl Translator {
                     return;
                 };
                 let (name, _) = self.open_steps.remove(pos);
-                let mut meta = Map::new();
-                meta.insert("nodeId".into(), json!(step_name));
-                meta.insert("nodeType".into(), json!(node_type));
-                if !output.is_null() {
-                    meta.insert("output".into(), output.clone());
-                }
-                emit(json!({"type": "STEP_FINISHED", "stepName": name, "metadata": meta}));
+                emit(AgEvent::StepFinished {
+                    step_name: &name,
+                    metadata: StepMeta {
+                        node_id: step_name,
+                        node_type: Some(node_type),
+                        output: (!output.is_null()).then_some(output),
+                        paused: None,
+                    },
+                });
             }
             Event::TextMessageStart { message_id, role } => {
                 let role = match role {
@@ -168,44 +273,29 @@ impl Translator {
                     _ => "assistant",
                 };
                 self.open_text.push(message_id.clone());
-                emit(json!({"type": "TEXT_MESSAGE_START", "messageId": message_id, "role": role}));
+                emit(AgEvent::TextMessageStart { message_id, role });
             }
             Event::TextMessageContent { message_id, delta } => {
-                if !self.open_text.contains(message_id) {
-                    self.open_text.push(message_id.clone());
-                    emit(
-                        json!({"type": "TEXT_MESSAGE_START", "messageId": message_id,
-                        "role": "assistant"}),
-                    );
-                }
-                if !delta.is_empty() {
-                    emit(
-                        json!({"type": "TEXT_MESSAGE_CONTENT", "messageId": message_id,
-                        "delta": delta}),
-                    );
-                }
+                self.text_content(message_id, delta, emit)
             }
             Event::TextMessageEnd { message_id } => {
                 if let Some(pos) = self.open_text.iter().position(|m| m == message_id) {
                     self.open_text.remove(pos);
-                    emit(json!({"type": "TEXT_MESSAGE_END", "messageId": message_id}));
+                    emit(AgEvent::TextMessageEnd { message_id });
                 }
             }
             Event::ReasoningMessageContent { message_id, delta } => {
                 if self.reasoning.as_deref() != Some(message_id.as_str()) {
                     self.close_reasoning(emit);
                     self.reasoning = Some(message_id.clone());
-                    emit(json!({"type": "REASONING_START", "messageId": message_id}));
-                    emit(
-                        json!({"type": "REASONING_MESSAGE_START", "messageId": message_id,
-                        "role": "reasoning"}),
-                    );
+                    emit(AgEvent::ReasoningStart { message_id });
+                    emit(AgEvent::ReasoningMessageStart {
+                        message_id,
+                        role: "reasoning",
+                    });
                 }
                 if !delta.is_empty() {
-                    emit(
-                        json!({"type": "REASONING_MESSAGE_CONTENT", "messageId": message_id,
-                        "delta": delta}),
-                    );
+                    emit(AgEvent::ReasoningMessageContent { message_id, delta });
                 }
             }
             Event::ToolCallStart {
@@ -214,59 +304,64 @@ impl Translator {
             } => {
                 self.open_tools.push(tool_call_id.clone());
                 self.seen_tools.insert(tool_call_id.clone());
-                emit(
-                    json!({"type": "TOOL_CALL_START", "toolCallId": tool_call_id,
-                    "toolCallName": tool_call_name}),
-                );
+                emit(AgEvent::ToolCallStart {
+                    tool_call_id,
+                    tool_call_name,
+                    metadata: None,
+                });
             }
             Event::ToolCallArgs {
                 tool_call_id,
                 delta,
             } => {
                 if self.open_tools.contains(tool_call_id) {
-                    emit(json!({"type": "TOOL_CALL_ARGS", "toolCallId": tool_call_id,
-                        "delta": delta}));
+                    emit(AgEvent::ToolCallArgs {
+                        tool_call_id,
+                        delta,
+                    });
                 }
             }
             Event::ToolCallEnd { tool_call_id } => {
                 if let Some(pos) = self.open_tools.iter().position(|t| t == tool_call_id) {
                     self.open_tools.remove(pos);
-                    emit(json!({"type": "TOOL_CALL_END", "toolCallId": tool_call_id}));
+                    emit(AgEvent::ToolCallEnd { tool_call_id });
                 }
             }
             Event::ToolCallResult {
                 tool_call_id,
                 tool_call_name,
                 content,
-            } => {
-                emit(
-                    json!({"type": "TOOL_CALL_RESULT", "messageId": format!("{tool_call_id}:result"),
-                    "toolCallId": tool_call_id, "content": content, "role": "tool",
-                    "metadata": {"toolCallName": tool_call_name}}),
-                );
-            }
-            Event::Custom { name, value } => {
-                emit(json!({"type": "CUSTOM", "name": name, "value": value}));
-            }
+            } => emit(AgEvent::ToolCallResult {
+                message_id: format!("{tool_call_id}:result"),
+                tool_call_id,
+                content,
+                role: "tool",
+                metadata: ToolNameMeta { tool_call_name },
+            }),
+            Event::Custom { name, value } => emit(AgEvent::Custom { name, value }),
             Event::RunFinished {
                 run_id, outcome, ..
             } => {
                 self.close_all(emit);
-                let mut fin = json!({"type": "RUN_FINISHED", "threadId": self.thread_id,
-                    "runId": run_id});
-                match outcome {
-                    Outcome::Success { result } => {
-                        if !result.is_null() {
-                            fin["result"] = result.clone();
-                        }
-                        fin["outcome"] = json!({"type": "success"});
-                    }
+                let (result, outcome) = match outcome {
+                    Outcome::Success { result } => (
+                        (!result.is_null()).then_some(result),
+                        RunOutcome::Success {
+                            pending_tool_call_ids: None,
+                        },
+                    ),
                     Outcome::Interrupt { interrupts } => {
-                        fin["outcome"] = self.interrupt_outcome(interrupts, emit);
+                        (None, self.interrupt_outcome(interrupts, emit))
                     }
-                }
+                };
                 self.run = None;
-                emit(fin);
+                emit(AgEvent::RunFinished {
+                    thread_id: &self.thread_id,
+                    run_id,
+                    result,
+                    outcome: Some(outcome),
+                    metadata: None,
+                });
             }
             Event::RunError {
                 run_id,
@@ -275,11 +370,18 @@ impl Translator {
             } => {
                 if *code == ErrorCode::Cancelled {
                     self.close_all(emit);
-                    emit(json!({"type": "RUN_FINISHED", "threadId": self.thread_id,
-                        "runId": run_id, "outcome": {"type": "cancelled"},
-                        "metadata": {"message": message}}));
+                    emit(AgEvent::RunFinished {
+                        thread_id: &self.thread_id,
+                        run_id,
+                        result: None,
+                        outcome: Some(RunOutcome::Cancelled),
+                        metadata: Some(MessageMeta { message }),
+                    });
                 } else {
-                    emit(json!({"type": "RUN_ERROR", "message": message, "code": code.as_str()}));
+                    emit(AgEvent::RunError {
+                        message,
+                        code: code.as_str(),
+                    });
                 }
                 self.run = None;
             }
@@ -290,99 +392,133 @@ impl Translator {
     fn interrupt_outcome(
         &mut self,
         interrupts: &[Interrupt],
-        emit: &mut impl FnMut(Value),
-    ) -> Value {
+        emit: &mut impl FnMut(AgEvent<'_>),
+    ) -> RunOutcome {
         let mut asked = Vec::new();
         let mut pending_tools = Vec::new();
         for i in interrupts {
             if i.reason == InterruptReason::PageAction {
-                let id = page_tool_call_id(i).to_owned();
-                if !self.seen_tools.contains(&id) {
-                    let name = i.action.clone().unwrap_or_else(|| i.node_id.clone());
-                    let args = i.params.clone().unwrap_or_else(|| i.payload.clone());
-                    let args = if args.is_null() { json!({}) } else { args };
-                    emit(json!({"type": "TOOL_CALL_START", "toolCallId": id,
-                        "toolCallName": name, "metadata": {"nodeId": i.node_id,
-                        "message": i.message}}));
-                    emit(json!({"type": "TOOL_CALL_ARGS", "toolCallId": id,
-                        "delta": args.to_string()}));
-                    emit(json!({"type": "TOOL_CALL_END", "toolCallId": id}));
-                    self.seen_tools.insert(id.clone());
+                let id = page_tool_call_id(i);
+                if !self.seen_tools.contains(id) {
+                    let name = i.action.as_deref().unwrap_or(&i.node_id);
+                    let args = match i.params.as_ref().unwrap_or(&i.payload) {
+                        Value::Null => "{}".to_owned(),
+                        args => args.to_string(),
+                    };
+                    emit(AgEvent::ToolCallStart {
+                        tool_call_id: id,
+                        tool_call_name: name,
+                        metadata: Some(ToolMeta {
+                            node_id: Some(&i.node_id),
+                            message: Some(&i.message),
+                            rejoined: None,
+                        }),
+                    });
+                    emit(AgEvent::ToolCallArgs {
+                        tool_call_id: id,
+                        delta: &args,
+                    });
+                    emit(AgEvent::ToolCallEnd { tool_call_id: id });
+                    self.seen_tools.insert(id.to_owned());
                 }
-                pending_tools.push(id);
+                pending_tools.push(id.to_owned());
             } else {
                 asked.push(agui_interrupt(i));
             }
         }
         if asked.is_empty() {
-            json!({"type": "success", "pendingToolCallIds": pending_tools})
+            RunOutcome::Success {
+                pending_tool_call_ids: Some(pending_tools),
+            }
         } else {
-            json!({"type": "interrupt", "interrupts": asked})
+            RunOutcome::Interrupt { interrupts: asked }
         }
     }
 
-    fn close_reasoning(&mut self, emit: &mut impl FnMut(Value)) {
+    fn close_reasoning(&mut self, emit: &mut impl FnMut(AgEvent<'_>)) {
         if let Some(id) = self.reasoning.take() {
-            emit(json!({"type": "REASONING_MESSAGE_END", "messageId": id}));
-            emit(json!({"type": "REASONING_END", "messageId": id}));
+            emit(AgEvent::ReasoningMessageEnd { message_id: &id });
+            emit(AgEvent::ReasoningEnd { message_id: &id });
         }
     }
 
     /// Close every open tool call, text message and step (newest first).
-    fn close_all(&mut self, emit: &mut impl FnMut(Value)) {
+    fn close_all(&mut self, emit: &mut impl FnMut(AgEvent<'_>)) {
         self.close_reasoning(emit);
         for id in self.open_tools.drain(..).rev() {
-            emit(json!({"type": "TOOL_CALL_END", "toolCallId": id}));
+            emit(AgEvent::ToolCallEnd { tool_call_id: &id });
         }
         for id in self.open_text.drain(..).rev() {
-            emit(json!({"type": "TEXT_MESSAGE_END", "messageId": id}));
+            emit(AgEvent::TextMessageEnd { message_id: &id });
         }
         for (name, node) in self.open_steps.drain(..).rev() {
-            emit(json!({"type": "STEP_FINISHED", "stepName": name,
-                "metadata": {"nodeId": node, "paused": true}}));
+            emit(AgEvent::StepFinished {
+                step_name: &name,
+                metadata: StepMeta {
+                    node_id: &node,
+                    node_type: None,
+                    output: None,
+                    paused: Some(true),
+                },
+            });
         }
+    }
+
+    /// For a client that rejoins mid-run: `RUN_STARTED` of the open run and the starts of its
+    /// open steps, text messages and tool calls, so what follows is a valid run on its own.
+    pub fn reopen_with(&self, emit: &mut impl FnMut(AgEvent<'_>)) {
+        let Some(run) = &self.run else {
+            return;
+        };
+        emit(AgEvent::RunStarted {
+            thread_id: &self.thread_id,
+            run_id: run,
+            metadata: Some(Rejoined { rejoined: true }),
+        });
+        for (name, node) in &self.open_steps {
+            emit(AgEvent::StepStarted {
+                step_name: name,
+                metadata: StepMeta {
+                    node_id: node,
+                    node_type: None,
+                    output: None,
+                    paused: None,
+                },
+            });
+        }
+        for id in &self.open_text {
+            emit(AgEvent::TextMessageStart {
+                message_id: id,
+                role: "assistant",
+            });
+        }
+        for id in &self.open_tools {
+            emit(AgEvent::ToolCallStart {
+                tool_call_id: id,
+                tool_call_name: "",
+                metadata: Some(ToolMeta {
+                    rejoined: Some(true),
+                    ..ToolMeta::default()
+                }),
+            });
+        }
+    }
+
+    /// [`Translator::reopen_with`] as `Value`s, each with `seq`.
+    pub fn reopen(&self, seq: u64) -> Vec<Translated> {
+        let mut out = Vec::new();
+        self.reopen_with(&mut |a| out.push(translated(seq, &a)));
+        out
     }
 }
 
-/// An AG-UI interrupt for a card or a tool confirmation (CONTRACT §7).
-pub fn agui_interrupt(i: &Interrupt) -> Value {
-    let buttons = i.buttons.clone().unwrap_or_default();
-    let reason = if buttons.iter().any(|b| b == "reply") {
-        "input_required"
-    } else {
-        "confirmation"
-    };
-    let actions: Vec<String> = if buttons.is_empty() {
-        vec!["approve".into(), "reject".into()]
-    } else {
-        buttons.clone()
-    };
-    let mut meta = Map::new();
-    meta.insert("nodeId".into(), json!(i.node_id));
-    meta.insert("buttons".into(), json!(actions));
-    meta.insert("display".into(), i.payload.clone());
-    meta.insert("parleyReason".into(), json!(i.reason));
-    if i.editable {
-        meta.insert("editable".into(), json!(true));
+/// An AG-UI event as a `Value` (same fields, same order as on the wire).
+fn translated(seq: u64, e: &AgEvent<'_>) -> Translated {
+    Translated {
+        seq,
+        // These types serialise to a JSON object (string keys only): this cannot fail.
+        event: serde_json::to_value(e).unwrap_or(Value::Null),
     }
-    let mut v = json!({
-        "id": i.id,
-        "reason": reason,
-        "message": i.message,
-        "responseSchema": {
-            "type": "object",
-            "properties": {"action": {"type": "string", "enum": actions}, "value": {}},
-            "required": ["action"],
-        },
-        "metadata": meta,
-    });
-    if let Some(t) = &i.tool_call_id {
-        v["toolCallId"] = json!(t);
-    }
-    if let Some(at) = &i.expires_at {
-        v["expiresAt"] = json!(at);
-    }
-    v
 }
 
 /// The message id of a user echo event, if `e` is one.
@@ -416,38 +552,11 @@ pub fn translate_all(thread_id: &str, events: &[(u64, Event)]) -> Vec<Translated
     events.iter().flat_map(|(s, e)| t.push(*s, e)).collect()
 }
 
-impl Translator {
-    /// For a client that rejoins mid-run: `RUN_STARTED` of the open run and the starts of its
-    /// open steps, text messages and tool calls, so what follows is a valid run on its own.
-    pub fn reopen(&self, seq: u64) -> Vec<Translated> {
-        let Some(run) = &self.run else {
-            return Vec::new();
-        };
-        let mut out = vec![json!({"type": "RUN_STARTED", "threadId": self.thread_id,
-            "runId": run, "metadata": {"rejoined": true}})];
-        for (name, node) in &self.open_steps {
-            out.push(json!({"type": "STEP_STARTED", "stepName": name,
-                "metadata": {"nodeId": node}}));
-        }
-        for id in &self.open_text {
-            out.push(json!({"type": "TEXT_MESSAGE_START", "messageId": id, "role": "assistant"}));
-        }
-        for id in &self.open_tools {
-            out.push(
-                json!({"type": "TOOL_CALL_START", "toolCallId": id, "toolCallName": "",
-                "metadata": {"rejoined": true}}),
-            );
-        }
-        out.into_iter()
-            .map(|event| Translated { seq, event })
-            .collect()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::llm::Usage;
+    use serde_json::json;
 
     fn start(node: &str) -> Event {
         Event::StepStarted {
@@ -462,6 +571,64 @@ mod tests {
             node_type: "reply".into(),
             output: Value::Null,
         }
+    }
+
+    /// Stored events (and `reopen` points) whose translation is pinned in `golden/translated.sse`.
+    const CORPUS: &str = include_str!("golden/corpus.jsonl");
+    /// The SSE the translator wrote for [`CORPUS`] (regenerate with `PARLEY_WRITE_GOLDEN=1`
+    /// only when the wire form changes on purpose).
+    const GOLDEN: &str = include_str!("golden/translated.sse");
+
+    fn sse_of(tr: &Translated) -> String {
+        format!("id: {}\ndata: {}\n\n", tr.seq, tr.event)
+    }
+
+    /// The corpus through the translator, as the SSE a client reads: through the response's
+    /// writer (`write_json`), and through the `Value`s of `push_json` (the two must agree).
+    fn golden_run() -> (String, String) {
+        let mut typed = Translator::new("thread-\"1\"");
+        let mut valued = Translator::new("thread-\"1\"");
+        let mut w = SseWriter::default();
+        let mut out = String::new();
+        for line in CORPUS.lines() {
+            let v: Value = serde_json::from_str(line).expect("a corpus line is JSON");
+            if let Some(seq) = v.get("reopen").and_then(Value::as_u64) {
+                typed.reopen_with(&mut |a| w.event(Some(seq), &a));
+                valued.reopen(seq).iter().for_each(|tr| out += &sse_of(tr));
+                continue;
+            }
+            let seq = v["seq"].as_u64().expect("a corpus line has a seq");
+            let json = match v.get("raw").and_then(Value::as_str) {
+                Some(raw) => raw.to_owned(),
+                None => v["event"].to_string(),
+            };
+            typed.write_json(seq, json.as_bytes(), &mut w);
+            valued
+                .push_json(seq, json.as_bytes())
+                .iter()
+                .for_each(|tr| out += &sse_of(tr));
+        }
+        let typed = String::from_utf8(w.take().to_vec()).expect("SSE is UTF-8");
+        (typed, out)
+    }
+
+    #[test]
+    fn the_corpus_translates_to_the_golden_sse() {
+        let (out, valued) = golden_run();
+        assert_eq!(out, valued, "the SSE writer and the Values disagree");
+        if std::env::var_os("PARLEY_WRITE_GOLDEN").is_some() {
+            let path = concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/src/gateway/agui/golden/translated.sse"
+            );
+            std::fs::write(path, &out).expect("writing the golden file");
+            return;
+        }
+        assert!(!GOLDEN.is_empty(), "the golden file is empty");
+        for (i, (a, b)) in out.lines().zip(GOLDEN.lines()).enumerate() {
+            assert_eq!(a, b, "line {} differs", i + 1);
+        }
+        assert_eq!(out, GOLDEN);
     }
 
     fn types(out: &[Translated]) -> Vec<String> {
