@@ -50,13 +50,10 @@ impl Handler<msg::HandOver> for Conversation {
         let rx = self.durable_waiter(ctx);
         let durable = async move { rx.await.unwrap_or(Err(ConversationError::Stopped)) };
         Box::pin(durable.into_actor(self).then(|stored, act, ctx| {
-            let release = match stored {
-                Ok(()) => {
-                    act.deps.live.remove(&act.id, &ctx.address());
-                    act.deps.cluster.clone()
-                }
-                Err(_) => None,
-            };
+            // Either way this actor ends: the next request finds no entry and looks again.
+            act.deps.live.remove(&act.id, &ctx.address());
+            // A failed commit: nothing to hand over; `stopped` releases the lease as usual.
+            let release = stored.is_ok().then(|| act.deps.cluster.clone()).flatten();
             let id = act.id.clone();
             async move {
                 stored?;
