@@ -40,7 +40,9 @@ use crate::engine::{Event, Interrupt, InterruptReason, Outcome};
 use crate::error::ErrorCode;
 use crate::llm::Role;
 
-/// One AG-UI event and the seq of the stored event it came from (its SSE `id:`).
+/// One AG-UI event and the seq of the stored event it came from (its SSE `id:`), as a
+/// `Value`: the form the tests read. The server writes [`AgEvent`]s straight to SSE.
+#[cfg(test)]
 #[derive(Debug, Clone, PartialEq)]
 pub struct Translated {
     pub seq: u64,
@@ -155,6 +157,7 @@ impl Translator {
     }
 
     /// Translate one stored event (its JSON as stored). Unreadable events are skipped.
+    #[cfg(test)]
     pub fn push_json(&mut self, seq: u64, json: &[u8]) -> Vec<Translated> {
         match Event::from_stored(json) {
             Ok(e) => self.push(seq, &e),
@@ -166,6 +169,7 @@ impl Translator {
     }
 
     /// Translate one stored event into `Value`s.
+    #[cfg(test)]
     pub fn push(&mut self, seq: u64, e: &Event) -> Vec<Translated> {
         let mut out = Vec::new();
         self.push_with(e, &mut |a| out.push(translated(seq, &a)));
@@ -505,6 +509,7 @@ impl Translator {
     }
 
     /// [`Translator::reopen_with`] as `Value`s, each with `seq`.
+    #[cfg(test)]
     pub fn reopen(&self, seq: u64) -> Vec<Translated> {
         let mut out = Vec::new();
         self.reopen_with(&mut |a| out.push(translated(seq, &a)));
@@ -513,6 +518,7 @@ impl Translator {
 }
 
 /// An AG-UI event as a `Value` (same fields, same order as on the wire).
+#[cfg(test)]
 fn translated(seq: u64, e: &AgEvent<'_>) -> Translated {
     Translated {
         seq,
@@ -546,7 +552,8 @@ fn run_id_of(e: &Event) -> Option<&str> {
     }
 }
 
-/// Translate a whole stored log (tests, replays).
+/// Translate a whole stored log.
+#[cfg(test)]
 pub fn translate_all(thread_id: &str, events: &[(u64, Event)]) -> Vec<Translated> {
     let mut t = Translator::new(thread_id);
     events.iter().flat_map(|(s, e)| t.push(*s, e)).collect()
