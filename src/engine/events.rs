@@ -175,8 +175,8 @@ impl Event {
 }
 
 /// The `type` of a stored event when it is the first field and has no escapes (as serde
-/// writes it), else `None`.
-fn stored_tag(json: &[u8]) -> Option<&str> {
+/// writes it), else `None`: read without parsing the rest.
+pub fn stored_tag(json: &[u8]) -> Option<&str> {
     let rest = json.strip_prefix(br#"{"type":""#)?;
     let end = rest.iter().position(|&b| b == b'"' || b == b'\\')?;
     if rest[end] != b'"' {

@@ -252,13 +252,8 @@ pub fn concat(queue: &mut VecDeque<Bytes>) -> Bytes {
 /// first (`{"type":"RUN_STARTED",…`), so that prefix is read without parsing the rest (every
 /// streamed event passes here); any other shape is parsed.
 pub fn event_type(event_json: &[u8]) -> Option<String> {
-    const PREFIX: &[u8] = br#"{"type":""#;
-    if let Some(rest) = event_json.strip_prefix(PREFIX) {
-        if let Some(end) = rest.iter().position(|&b| b == b'"' || b == b'\\') {
-            if rest[end] == b'"' {
-                return std::str::from_utf8(&rest[..end]).ok().map(str::to_owned);
-            }
-        }
+    if let Some(tag) = crate::engine::events::stored_tag(event_json) {
+        return Some(tag.to_owned());
     }
     #[derive(serde::Deserialize)]
     struct Typed {
