@@ -75,33 +75,18 @@ impl EventStream {
         since: u64,
     ) -> Result<EventStream, ApiError> {
         let addr = svc.registry.get_as(conversation, owner).await?;
-        let capacity = svc.config.server.socket_outbound_buffer.max(16);
-        let (tx, rx) = outbound_queue(capacity);
-        let slow = CancellationToken::new();
-        let subscriber_id = Subscriber::next_id();
+        let (mut stream, subscriber) =
+            Self::with_subscriber(svc, addr.clone(), conversation, since);
         let subscribed = addr
             .send(msg::Subscribe {
                 owner: owner.to_owned(),
-                subscriber: Subscriber {
-                    id: subscriber_id,
-                    tx,
-                    slow: slow.clone(),
-                },
+                subscriber,
             })
             .await
             .map_err(|_| ApiError::internal("the conversation stopped; subscribe again"))??;
-        Ok(EventStream {
-            conversation: Arc::from(conversation),
-            addr,
-            subscriber_id,
-            slow,
-            rx,
-            store: svc.store.clone(),
-            high: subscribed.high,
-            cursor: since,
-            page: VecDeque::new(),
-            running: subscribed.running,
-        })
+        stream.high = subscribed.high;
+        stream.running = subscribed.running;
+        Ok(stream)
     }
 
     /// A stream of a conversation just created, with nothing stored yet: no `msg::Subscribe`
@@ -113,6 +98,17 @@ impl EventStream {
         svc: &Arc<Services>,
         addr: Handle,
         conversation: &str,
+    ) -> (EventStream, Subscriber) {
+        Self::with_subscriber(svc, addr, conversation, 0)
+    }
+
+    /// A subscriber with this server's queue bound, and the stream that reads it after
+    /// `since` (mark 0, no run active, until the actor says otherwise).
+    fn with_subscriber(
+        svc: &Arc<Services>,
+        addr: Handle,
+        conversation: &str,
+        since: u64,
     ) -> (EventStream, Subscriber) {
         let capacity = svc.config.server.socket_outbound_buffer.max(16);
         let (tx, rx) = outbound_queue(capacity);
@@ -130,7 +126,7 @@ impl EventStream {
             rx,
             store: svc.store.clone(),
             high: 0,
-            cursor: 0,
+            cursor: since,
             page: VecDeque::new(),
             running: false,
         };
