@@ -17,8 +17,8 @@ use redb::{ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetada
 use super::encode::decode_chunk;
 use super::handle::DbHandle;
 use super::tables::{
-    decode_conversation, inverted_time, Cursor, BY_OWNER, BY_OWNER_ASSISTANT, CHECKPOINTS,
-    CONVERSATIONS, EVENTS, IDEMPOTENCY, MESSAGES,
+    decode_conversation, inverted_time, read_key, Cursor, BY_OWNER, BY_OWNER_ASSISTANT,
+    CHECKPOINTS, CONVERSATIONS, EVENTS, IDEMPOTENCY, MESSAGES,
 };
 use crate::store::{
     ConversationPage, ConversationRecord, IdempotencyRecord, MessageRecord, RunStatus, StoreError,
@@ -132,13 +132,15 @@ impl Reader {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let upper = match before {
-            Some(before) => Bound::Excluded((conversation, before)),
-            None => Bound::Included((conversation, u64::MAX)),
-        };
         let txn = self.read_txn()?;
+        let key = read_key(&txn, conversation)?;
+        let k = key.as_str();
+        let upper = match before {
+            Some(before) => Bound::Excluded((k, before)),
+            None => Bound::Included((k, u64::MAX)),
+        };
         let table = txn.open_table(MESSAGES)?;
-        let range = table.range::<(&str, u64)>((Bound::Included((conversation, 0u64)), upper))?;
+        let range = table.range::<(&str, u64)>((Bound::Included((k, 0u64)), upper))?;
         let mut out = Vec::with_capacity(limit.min(256));
         for entry in range.rev().take(limit) {
             let (key, value) = entry?;
@@ -158,9 +160,11 @@ impl Reader {
             return Ok(Vec::new());
         }
         let txn = self.read_txn()?;
+        let key = read_key(&txn, conversation)?;
+        let k = key.as_str();
         let table = txn.open_table(EVENTS)?;
         // Chunks are keyed by their last seq: the first one in range holds `since + 1`.
-        let range = table.range((conversation, since + 1)..=(conversation, u64::MAX))?;
+        let range = table.range((k, since + 1)..=(k, u64::MAX))?;
         let mut out = Vec::with_capacity(limit.min(1024));
         for entry in range {
             let (key, value) = entry?;
@@ -182,8 +186,10 @@ impl Reader {
     /// The highest stored seq of the conversation's events (0 when it has none).
     pub(super) fn last_seq(&self, conversation: &str) -> Result<u64, StoreError> {
         let txn = self.read_txn()?;
+        let key = read_key(&txn, conversation)?;
+        let k = key.as_str();
         let table = txn.open_table(EVENTS)?;
-        let mut range = table.range((conversation, 0u64)..=(conversation, u64::MAX))?;
+        let mut range = table.range((k, 0u64)..=(k, u64::MAX))?;
         match range.next_back() {
             Some(entry) => Ok(entry?.0.value().1),
             None => Ok(0),
@@ -193,8 +199,9 @@ impl Reader {
     /// The conversation's checkpoint, if any.
     pub(super) fn checkpoint(&self, conversation: &str) -> Result<Option<Bytes>, StoreError> {
         let txn = self.read_txn()?;
+        let key = read_key(&txn, conversation)?;
         let table = txn.open_table(CHECKPOINTS)?;
-        let found = table.get(conversation)?;
+        let found = table.get(key.as_str())?;
         Ok(found.map(|guard| Bytes::copy_from_slice(guard.value())))
     }
 

@@ -31,6 +31,9 @@ const EVENTS_V1: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("eve
 /// conversation → checkpoint bytes.
 pub(super) const CHECKPOINTS: TableDefinition<&str, &[u8]> = TableDefinition::new("checkpoints");
 
+/// conversation id → its storage key, for ids that are not time-ordered (see [`time_ordered`]).
+pub(super) const STORAGE_KEYS: TableDefinition<&str, &str> = TableDefinition::new("storage_keys");
+
 /// scoped idempotency key → `IdempotencyRecord` JSON.
 pub(super) const IDEMPOTENCY: TableDefinition<&str, &[u8]> =
     TableDefinition::new("idempotency_keys");
@@ -45,6 +48,7 @@ pub(super) fn create_all(db: &Database) -> Result<(), StoreError> {
     txn.open_table(EVENTS)?;
     txn.open_table(CHECKPOINTS)?;
     txn.open_table(IDEMPOTENCY)?;
+    txn.open_table(STORAGE_KEYS)?;
     migrate_events_v1(&txn)?;
     txn.commit()?;
     Ok(())
@@ -88,6 +92,55 @@ fn migrate_events_v1(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
     txn.delete_table(EVENTS_V1)?;
     tracing::info!(chunks = moved, "moved stored events into event chunks");
     Ok(())
+}
+
+// ---- storage keys -----------------------------------------------------------------------------
+//
+// A conversation's messages, event chunks and checkpoint are keyed by its *storage key*. For an
+// id the server made (a UUID v7, which orders by creation time) the storage key is the id
+// itself. An id a client chose (an AG-UI `threadId`, typically a random UUID v4) would scatter
+// each new conversation's rows over the whole of those tables, and a copy-on-write B-tree pays
+// for every leaf a commit touches (copy, checksum, write): such a conversation gets a storage
+// key of its own when its first row is written, `~` and a fresh UUID v7 (a client's id cannot
+// hold `~`), kept in `storage_keys`, so its rows are appended at the end like the server's.
+// A conversation stored before this table existed has its record but no entry: its rows are
+// keyed by its id, and stay so.
+
+/// Whether `id` orders by creation time by itself (a UUID v7, as the server makes them).
+pub(super) fn time_ordered(id: &str) -> bool {
+    uuid::Uuid::try_parse(id).is_ok_and(|u| u.get_version_num() == 7)
+}
+
+/// The storage key of conversation `id` in a read (the id itself when it has no entry).
+pub(super) fn read_key(txn: &redb::ReadTransaction, id: &str) -> Result<String, StoreError> {
+    if time_ordered(id) {
+        return Ok(id.to_owned());
+    }
+    let keys = txn.open_table(STORAGE_KEYS)?;
+    let found = keys.get(id)?;
+    Ok(found.map_or_else(|| id.to_owned(), |k| k.value().to_owned()))
+}
+
+/// The storage key of conversation `id` in the writer: its entry, or the id itself (a
+/// time-ordered id, or a conversation stored before `storage_keys`); a new conversation with an
+/// id that is not time-ordered gets its entry here, whichever of its rows is written first.
+pub(super) fn write_key(
+    keys: &mut redb::Table<&str, &str>,
+    conversations: &redb::Table<&str, &[u8]>,
+    id: &str,
+) -> Result<String, StoreError> {
+    if time_ordered(id) {
+        return Ok(id.to_owned());
+    }
+    if let Some(k) = keys.get(id)? {
+        return Ok(k.value().to_owned());
+    }
+    if conversations.get(id)?.is_some() {
+        return Ok(id.to_owned());
+    }
+    let key = format!("~{}", uuid::Uuid::now_v7());
+    keys.insert(id, key.as_str())?;
+    Ok(key)
 }
 
 /// Newest first: a later `updated_at` gives a smaller key. Negative times sort as 0.

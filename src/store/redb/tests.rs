@@ -12,10 +12,10 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use ::redb::backends::InMemoryBackend;
-use ::redb::{ReadableDatabase, StorageBackend};
+use ::redb::{ReadableDatabase, ReadableTable, StorageBackend};
 use bytes::Bytes;
 
-use super::tables::{Cursor, BY_OWNER, CONVERSATIONS, MESSAGES};
+use super::tables::{Cursor, BY_OWNER, CHECKPOINTS, CONVERSATIONS, EVENTS, MESSAGES, STORAGE_KEYS};
 use super::writer::{Batch, Queue};
 use super::*;
 use crate::store::suite::{self, append_event, append_message, conv, event_json, ids, put};
@@ -130,6 +130,140 @@ async fn cursors_are_opaque_and_checked() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// storage keys
+
+/// The storage key of `id` as the file holds it (`None`: its rows are keyed by its id).
+fn stored_key(store: &RedbStore, id: &str) -> Option<String> {
+    let txn = store.inner.db.get().unwrap().begin_read().unwrap();
+    let keys = txn.open_table(STORAGE_KEYS).unwrap();
+    let found = keys.get(id).unwrap();
+    found.map(|k| k.value().to_owned())
+}
+
+/// Rows of each of `messages`, `event_chunks` and `checkpoints` under `key`.
+fn rows_under(store: &RedbStore, key: &str) -> [usize; 3] {
+    let txn = store.inner.db.get().unwrap().begin_read().unwrap();
+    let messages = txn.open_table(MESSAGES).unwrap();
+    let events = txn.open_table(EVENTS).unwrap();
+    let checkpoints = txn.open_table(CHECKPOINTS).unwrap();
+    [
+        messages
+            .range((key, 0u64)..=(key, u64::MAX))
+            .unwrap()
+            .count(),
+        events.range((key, 0u64)..=(key, u64::MAX)).unwrap().count(),
+        usize::from(checkpoints.get(key).unwrap().is_some()),
+    ]
+}
+
+fn checkpoint_op(conversation: &str) -> WriteOp {
+    WriteOp::PutCheckpoint {
+        conversation: conversation.to_owned(),
+        data: Bytes::from_static(b"cp"),
+    }
+}
+
+#[tokio::test]
+async fn a_client_chosen_id_gets_a_time_ordered_storage_key_and_loses_it_on_delete() {
+    let store = mem_store();
+    // A UUID v4, as AG-UI clients make them.
+    let thread = "3f0c8a9e-1b2d-4c5e-8f70-123456789abc";
+    // Its rows come first in the batch, before its record: one key whatever the order.
+    store
+        .write(vec![
+            append_message(thread, 1),
+            append_event(thread, 1),
+            put(&conv(thread, "u", "a", 5)),
+            checkpoint_op(thread),
+        ])
+        .await
+        .unwrap();
+    store.write(vec![append_event(thread, 2)]).await.unwrap();
+    let key = stored_key(&store, thread).expect("a storage key");
+    assert!(key.starts_with('~'), "{key}");
+    assert!(super::tables::time_ordered(&key[1..]), "{key}");
+    assert_eq!(rows_under(&store, &key), [1, 2, 1]);
+    assert_eq!(
+        rows_under(&store, thread),
+        [0, 0, 0],
+        "nothing under the id"
+    );
+    // Every read finds the rows through the key.
+    assert_eq!(store.messages(thread, None, 10).await.unwrap().len(), 1);
+    assert_eq!(store.events_since(thread, 0, 10).await.unwrap().len(), 2);
+    assert_eq!(store.last_seq(thread).await.unwrap(), 2);
+    assert!(store.checkpoint(thread).await.unwrap().is_some());
+
+    // A second such conversation gets a later key: new rows go to the end of the tables.
+    let other = "thread-b";
+    store.write(vec![append_event(other, 1)]).await.unwrap();
+    let later = stored_key(&store, other).expect("a storage key");
+    assert!(later > key, "{later} after {key}");
+
+    store
+        .write(vec![WriteOp::DeleteConversation {
+            conversation: thread.to_owned(),
+        }])
+        .await
+        .unwrap();
+    assert_eq!(stored_key(&store, thread), None);
+    assert_eq!(rows_under(&store, &key), [0, 0, 0]);
+    assert!(store.events_since(thread, 0, 10).await.unwrap().is_empty());
+    assert_eq!(store.events_since(other, 0, 10).await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn server_ids_and_conversations_stored_before_storage_keys_keep_their_id_as_key() {
+    let store = mem_store();
+    let server = uuid::Uuid::now_v7().to_string();
+    store
+        .write(vec![
+            put(&conv(&server, "u", "a", 5)),
+            append_event(&server, 1),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(stored_key(&store, &server), None);
+    assert_eq!(rows_under(&store, &server), [0, 1, 0]);
+
+    // A conversation written by an older version: its record and rows under its id, no entry.
+    {
+        let txn = store.inner.db.get().unwrap().begin_write().unwrap();
+        {
+            let record = serde_json::to_vec(&conv("legacy", "u", "a", 6)).unwrap();
+            let mut records = txn.open_table(CONVERSATIONS).unwrap();
+            records.insert("legacy", record.as_slice()).unwrap();
+            let mut events = txn.open_table(EVENTS).unwrap();
+            let chunk = encode::encode(vec![append_event("legacy", 1)]).unwrap();
+            for op in chunk {
+                if let encode::Encoded::AppendEvents { last, chunk, .. } = op {
+                    events.insert(("legacy", last), chunk.as_slice()).unwrap();
+                }
+            }
+        }
+        txn.commit().unwrap();
+    }
+    store
+        .write(vec![append_event("legacy", 2), append_message("legacy", 1)])
+        .await
+        .unwrap();
+    assert_eq!(
+        stored_key(&store, "legacy"),
+        None,
+        "no new key for an old conversation"
+    );
+    assert_eq!(rows_under(&store, "legacy"), [1, 2, 0]);
+    let seqs: Vec<u64> = store
+        .events_since("legacy", 0, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(s, _)| s)
+        .collect();
+    assert_eq!(seqs, vec![1, 2]);
+}
+
+// ---------------------------------------------------------------------------------------------
 // corrupt data
 
 #[tokio::test]
@@ -149,9 +283,17 @@ async fn corrupt_records_become_errors_not_panics() {
             index.insert(("u", u64::MAX - 2, "bad"), ()).unwrap();
             // An index key whose record is gone.
             index.insert(("u", u64::MAX - 3, "ghost"), ()).unwrap();
+            // "good" is not a UUID v7: its rows are under its storage key.
+            let key = txn
+                .open_table(STORAGE_KEYS)
+                .unwrap()
+                .get("good")
+                .unwrap()
+                .map(|k| k.value().to_owned())
+                .expect("a storage key for \"good\"");
             let mut messages = txn.open_table(MESSAGES).unwrap();
             messages
-                .insert(("good", 1u64), b"\xff\xfe".as_slice())
+                .insert((key.as_str(), 1u64), b"\xff\xfe".as_slice())
                 .unwrap();
         }
         txn.commit().unwrap();

@@ -31,8 +31,8 @@ use tokio::sync::Notify;
 use super::encode::Encoded;
 use super::handle::DbHandle;
 use super::tables::{
-    inverted_time, IndexFields, BY_OWNER, BY_OWNER_ASSISTANT, CHECKPOINTS, CONVERSATIONS, EVENTS,
-    IDEMPOTENCY, MESSAGES,
+    inverted_time, write_key, IndexFields, BY_OWNER, BY_OWNER_ASSISTANT, CHECKPOINTS,
+    CONVERSATIONS, EVENTS, IDEMPOTENCY, MESSAGES, STORAGE_KEYS,
 };
 use crate::store::{AckSender, StoreError};
 
@@ -446,12 +446,15 @@ fn apply_group(txn: &WriteTransaction, group: &[Batch]) -> Result<(), StoreError
     let mut events = txn.open_table(EVENTS)?;
     let mut checkpoints = txn.open_table(CHECKPOINTS)?;
     let mut idempotency = txn.open_table(IDEMPOTENCY)?;
+    let mut keys = txn.open_table(STORAGE_KEYS)?;
 
     for batch in group {
         for op in &batch.ops {
             match op {
                 Encoded::PutConversation { id, index, json } => {
                     let id = id.as_str();
+                    // Before the record: a new conversation's storage key is made here.
+                    write_key(&mut keys, &conversations, id)?;
                     unindex(&conversations, &mut by_owner, &mut by_assistant, id)?;
                     conversations.insert(id, json.as_slice())?;
                     let time = inverted_time(index.updated_at);
@@ -466,17 +469,20 @@ fn apply_group(txn: &WriteTransaction, group: &[Batch]) -> Result<(), StoreError
                     no,
                     json,
                 } => {
-                    messages.insert((conversation.as_str(), *no), json.as_slice())?;
+                    let key = write_key(&mut keys, &conversations, conversation)?;
+                    messages.insert((key.as_str(), *no), json.as_slice())?;
                 }
                 Encoded::AppendEvents {
                     conversation,
                     last,
                     chunk,
                 } => {
-                    events.insert((conversation.as_str(), *last), chunk.as_slice())?;
+                    let key = write_key(&mut keys, &conversations, conversation)?;
+                    events.insert((key.as_str(), *last), chunk.as_slice())?;
                 }
                 Encoded::PutCheckpoint { conversation, data } => {
-                    checkpoints.insert(conversation.as_str(), data.as_ref())?;
+                    let key = write_key(&mut keys, &conversations, conversation)?;
+                    checkpoints.insert(key.as_str(), data.as_ref())?;
                 }
                 Encoded::PutIdempotencyKey { key, json } => {
                     idempotency.insert(key.as_str(), json.as_slice())?;
@@ -491,12 +497,16 @@ fn apply_group(txn: &WriteTransaction, group: &[Batch]) -> Result<(), StoreError
                 }
                 Encoded::DeleteConversation { conversation } => {
                     let id = conversation.as_str();
+                    let key = keys
+                        .remove(id)?
+                        .map_or_else(|| id.to_owned(), |k| k.value().to_owned());
                     if unindex(&conversations, &mut by_owner, &mut by_assistant, id)? {
                         conversations.remove(id)?;
                     }
-                    messages.retain_in((id, 0u64)..=(id, u64::MAX), |_, _| false)?;
-                    events.retain_in((id, 0u64)..=(id, u64::MAX), |_, _| false)?;
-                    checkpoints.remove(id)?;
+                    let k = key.as_str();
+                    messages.retain_in((k, 0u64)..=(k, u64::MAX), |_, _| false)?;
+                    events.retain_in((k, 0u64)..=(k, u64::MAX), |_, _| false)?;
+                    checkpoints.remove(k)?;
                 }
             }
         }
