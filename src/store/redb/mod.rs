@@ -31,21 +31,21 @@
 //!
 //! | table | key | value |
 //! |---|---|---|
-//! | `conversations` | id | JSON of [`ConversationRecord`] |
+//! | `conversations` | storage key | JSON of [`ConversationRecord`] |
 //! | `conversations_by_owner` | (owner, `u64::MAX - updated_at`, id) | () |
 //! | `conversations_by_owner_assistant` | (owner, assistant, `u64::MAX - updated_at`, id) | () |
-//! | `messages` | (conversation, no) | JSON of [`MessageRecord`] |
-//! | `event_chunks` | (conversation, last seq of the chunk) | consecutive events, as sent to clients (see `encode.rs`) |
-//! | `checkpoints` | conversation | opaque bytes |
-//! | `storage_keys` | conversation id | its storage key, for ids that are not time-ordered |
+//! | `messages` | (storage key, no) | JSON of [`MessageRecord`] |
+//! | `event_chunks` | (storage key, last seq of the chunk) | consecutive events, as sent to clients (see `encode.rs`) |
+//! | `checkpoints` | storage key | opaque bytes |
+//! | `storage_keys` | conversation id | its storage key; an entry for every stored conversation |
 //! | `idempotency_keys` | scoped key | JSON of [`IdempotencyRecord`] |
 //!
-//! "conversation" in `messages`, `event_chunks` and `checkpoints` is the conversation's
-//! *storage key*: its id when the id is a UUID v7 (the server's, time-ordered), else a key of
-//! its own, `~` and a UUID v7 made when its first row is written (`storage_keys`). A client's
-//! random id (an AG-UI `threadId`) would otherwise scatter every new conversation's rows over
-//! those tables, and each leaf a commit touches costs a page copy, a checksum and a write
-//! (`tables.rs`). Conversations stored before `storage_keys` existed keep their id as key.
+//! A conversation's rows are keyed by its *storage key*: its id when the id is a UUID v7 (the
+//! server's, time-ordered), else a key of its own, `~` and a UUID v7 made when its first row is
+//! written. A client's random id (an AG-UI `threadId`) would otherwise scatter every new
+//! conversation's rows over four tables, and each leaf a commit touches costs a page copy, a
+//! checksum and a write; this way only its small `storage_keys` entry does (`tables.rs`). Files
+//! written before `storage_keys` get an entry per conversation, its id, when opened.
 //!
 //! Replay and history are range scans on a `(conversation, n)` prefix; listing is a range scan on
 //! an owner prefix, newest activity first. `PutConversation` reads the previous record in the

@@ -17,8 +17,8 @@ use redb::{ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetada
 use super::encode::decode_chunk;
 use super::handle::DbHandle;
 use super::tables::{
-    decode_conversation, inverted_time, read_key, Cursor, BY_OWNER, BY_OWNER_ASSISTANT,
-    CHECKPOINTS, CONVERSATIONS, EVENTS, IDEMPOTENCY, MESSAGES,
+    decode_conversation, inverted_time, read_key, storage_key, Cursor, BY_OWNER,
+    BY_OWNER_ASSISTANT, CHECKPOINTS, CONVERSATIONS, EVENTS, IDEMPOTENCY, MESSAGES, STORAGE_KEYS,
 };
 use crate::store::{
     ConversationPage, ConversationRecord, IdempotencyRecord, MessageRecord, RunStatus, StoreError,
@@ -42,8 +42,12 @@ impl Reader {
         id: &str,
     ) -> Result<Option<ConversationRecord>, StoreError> {
         let txn = self.read_txn()?;
+        let keys = txn.open_table(STORAGE_KEYS)?;
+        let Some(key) = storage_key(&keys, id)? else {
+            return Ok(None);
+        };
         let table = txn.open_table(CONVERSATIONS)?;
-        let found = table.get(id)?;
+        let found = table.get(key.as_str())?;
         found
             .map(|guard| decode_conversation(id, guard.value()))
             .transpose()
@@ -66,7 +70,10 @@ impl Reader {
         let limit = limit.max(1);
         let after = cursor.map(Cursor::decode).transpose()?;
         let txn = self.read_txn()?;
-        let records = txn.open_table(CONVERSATIONS)?;
+        let records = Records {
+            keys: txn.open_table(STORAGE_KEYS)?,
+            table: txn.open_table(CONVERSATIONS)?,
+        };
 
         // Index positions, in listing order, read lazily until the page is full.
         let mut items: Vec<ConversationRecord> = Vec::with_capacity(limit.min(128));
@@ -252,15 +259,19 @@ impl Reader {
         limit: usize,
     ) -> Result<Vec<ConversationRecord>, StoreError> {
         let txn = self.read_txn()?;
+        let keys = txn.open_table(STORAGE_KEYS)?;
         let table = txn.open_table(CONVERSATIONS)?;
         let range = match after {
-            Some(after) => table.range::<&str>((Bound::Excluded(after), Bound::Unbounded))?,
-            None => table.range::<&str>(..)?,
+            Some(after) => keys.range::<&str>((Bound::Excluded(after), Bound::Unbounded))?,
+            None => keys.range::<&str>(..)?,
         };
         let mut out = Vec::new();
         for entry in range {
-            let (key, value) = entry?;
-            match decode_conversation(key.value(), value.value()) {
+            let (id, key) = entry?;
+            let Some(value) = table.get(key.value())? else {
+                continue; // rows written before their record (see `writer.rs`)
+            };
+            match decode_conversation(id.value(), value.value()) {
                 Ok(record) if record.updated_at < updated_before => {
                     out.push(record);
                     if out.len() >= limit {
@@ -282,16 +293,26 @@ impl Reader {
     }
 }
 
+/// The conversation records of a read and the keys they are stored under.
+struct Records {
+    keys: redb::ReadOnlyTable<&'static str, &'static str>,
+    table: redb::ReadOnlyTable<&'static str, &'static [u8]>,
+}
+
 /// The record behind an index key, if the key is current: the record exists, decodes, and still
 /// has this owner, assistant and time (a key left behind by an unreadable old record is not).
 fn load_listed(
-    records: &redb::ReadOnlyTable<&str, &[u8]>,
+    records: &Records,
     owner: &str,
     assistant: Option<&str>,
     time: u64,
     id: &str,
 ) -> Result<Option<ConversationRecord>, StoreError> {
-    let Some(guard) = records.get(id)? else {
+    let found = match storage_key(&records.keys, id)? {
+        Some(key) => records.table.get(key.as_str())?,
+        None => None,
+    };
+    let Some(guard) = found else {
         tracing::warn!(conversation = id, "index key without a conversation record");
         return Ok(None);
     };

@@ -12,7 +12,7 @@ use serde::Deserialize;
 
 use crate::store::{ConversationRecord, StoreError, WriteOp};
 
-/// id → JSON of `ConversationRecord`.
+/// storage key (see [`storage_key`]) → JSON of `ConversationRecord`.
 pub(super) const CONVERSATIONS: TableDefinition<&str, &[u8]> =
     TableDefinition::new("conversations");
 /// (owner, inverted updated_at, id) → ().
@@ -31,7 +31,7 @@ const EVENTS_V1: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("eve
 /// conversation → checkpoint bytes.
 pub(super) const CHECKPOINTS: TableDefinition<&str, &[u8]> = TableDefinition::new("checkpoints");
 
-/// conversation id → its storage key, for ids that are not time-ordered (see [`time_ordered`]).
+/// conversation id → its storage key (see [`storage_key`]), for every stored conversation.
 pub(super) const STORAGE_KEYS: TableDefinition<&str, &str> = TableDefinition::new("storage_keys");
 
 /// scoped idempotency key → `IdempotencyRecord` JSON.
@@ -48,7 +48,10 @@ pub(super) fn create_all(db: &Database) -> Result<(), StoreError> {
     txn.open_table(EVENTS)?;
     txn.open_table(CHECKPOINTS)?;
     txn.open_table(IDEMPOTENCY)?;
-    txn.open_table(STORAGE_KEYS)?;
+    let keys_are_new = !txn.list_tables()?.any(|t| t.name() == STORAGE_KEYS.name());
+    if keys_are_new {
+        migrate_storage_keys(&txn)?;
+    }
     migrate_events_v1(&txn)?;
     txn.commit()?;
     Ok(())
@@ -96,51 +99,77 @@ fn migrate_events_v1(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
 
 // ---- storage keys -----------------------------------------------------------------------------
 //
-// A conversation's messages, event chunks and checkpoint are keyed by its *storage key*. For an
-// id the server made (a UUID v7, which orders by creation time) the storage key is the id
-// itself. An id a client chose (an AG-UI `threadId`, typically a random UUID v4) would scatter
-// each new conversation's rows over the whole of those tables, and a copy-on-write B-tree pays
-// for every leaf a commit touches (copy, checksum, write): such a conversation gets a storage
-// key of its own when its first row is written, `~` and a fresh UUID v7 (a client's id cannot
-// hold `~`), kept in `storage_keys`, so its rows are appended at the end like the server's.
-// A conversation stored before this table existed has its record but no entry: its rows are
-// keyed by its id, and stay so.
+// A conversation's record, messages, event chunks and checkpoint are keyed by its *storage
+// key*. For an id the server made (a UUID v7, which orders by creation time) the storage key is
+// the id itself. An id a client chose (an AG-UI `threadId`, typically a random UUID v4) would
+// scatter each new conversation's rows over the whole of those tables, and a copy-on-write
+// B-tree pays for every leaf a commit touches (copy, checksum, write): such a conversation gets
+// a storage key of its own when its first row is written, `~` and a fresh UUID v7 (a client's
+// id cannot hold `~`), so its rows are appended at the end like the server's. Only its entry in
+// `storage_keys` (a few dozen bytes) lands at a random place.
+//
+// Invariant: `storage_keys` holds an entry for every stored conversation (id → key; the id
+// itself for a UUID v7), so the retention sweeper can page through conversations in id order.
+// A file written before `storage_keys` existed gets the entries of its conversations (each
+// keyed by its id) when it is opened ([`create_all`]).
 
 /// Whether `id` orders by creation time by itself (a UUID v7, as the server makes them).
 pub(super) fn time_ordered(id: &str) -> bool {
     uuid::Uuid::try_parse(id).is_ok_and(|u| u.get_version_num() == 7)
 }
 
-/// The storage key of conversation `id` in a read (the id itself when it has no entry).
-pub(super) fn read_key(txn: &redb::ReadTransaction, id: &str) -> Result<String, StoreError> {
+/// The storage key of conversation `id`, `None` when it has none (it does not exist). A UUID
+/// v7 is its own key: no lookup.
+pub(super) fn storage_key(
+    keys: &impl ReadableTable<&'static str, &'static str>,
+    id: &str,
+) -> Result<Option<String>, StoreError> {
     if time_ordered(id) {
-        return Ok(id.to_owned());
+        return Ok(Some(id.to_owned()));
     }
-    let keys = txn.open_table(STORAGE_KEYS)?;
-    let found = keys.get(id)?;
-    Ok(found.map_or_else(|| id.to_owned(), |k| k.value().to_owned()))
+    Ok(keys.get(id)?.map(|k| k.value().to_owned()))
 }
 
-/// The storage key of conversation `id` in the writer: its entry, or the id itself (a
-/// time-ordered id, or a conversation stored before `storage_keys`); a new conversation with an
-/// id that is not time-ordered gets its entry here, whichever of its rows is written first.
+/// The storage key of conversation `id` in a read: its key, or the id (under which nothing is
+/// stored) when it does not exist.
+pub(super) fn read_key(txn: &redb::ReadTransaction, id: &str) -> Result<String, StoreError> {
+    let keys = txn.open_table(STORAGE_KEYS)?;
+    Ok(storage_key(&keys, id)?.unwrap_or_else(|| id.to_owned()))
+}
+
+/// The storage key of conversation `id` in the writer. A new conversation whose id is not
+/// time-ordered gets its key and entry here, whichever of its rows is written first (the
+/// entry of a new UUID v7 is written with its record: `writer.rs`).
 pub(super) fn write_key(
     keys: &mut redb::Table<&str, &str>,
-    conversations: &redb::Table<&str, &[u8]>,
     id: &str,
 ) -> Result<String, StoreError> {
-    if time_ordered(id) {
-        return Ok(id.to_owned());
-    }
-    if let Some(k) = keys.get(id)? {
-        return Ok(k.value().to_owned());
-    }
-    if conversations.get(id)?.is_some() {
-        return Ok(id.to_owned());
+    if let Some(key) = storage_key(keys, id)? {
+        return Ok(key);
     }
     let key = format!("~{}", uuid::Uuid::now_v7());
     keys.insert(id, key.as_str())?;
     Ok(key)
+}
+
+/// Gives every conversation of a file written before `storage_keys` its entry (its id, under
+/// which its rows are stored), in the transaction that creates the table.
+fn migrate_storage_keys(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
+    let conversations = txn.open_table(CONVERSATIONS)?;
+    let mut keys = txn.open_table(STORAGE_KEYS)?;
+    let mut moved = 0usize;
+    for entry in conversations.iter()? {
+        let (id, _) = entry?;
+        keys.insert(id.value(), id.value())?;
+        moved += 1;
+    }
+    if moved > 0 {
+        tracing::info!(
+            conversations = moved,
+            "listed stored conversations in storage_keys"
+        );
+    }
+    Ok(())
 }
 
 /// Newest first: a later `updated_at` gives a smaller key. Negative times sort as 0.

@@ -132,7 +132,7 @@ async fn cursors_are_opaque_and_checked() {
 // ---------------------------------------------------------------------------------------------
 // storage keys
 
-/// The storage key of `id` as the file holds it (`None`: its rows are keyed by its id).
+/// The entry of `id` in `storage_keys` (`None`: it has none).
 fn stored_key(store: &RedbStore, id: &str) -> Option<String> {
     let txn = store.inner.db.get().unwrap().begin_read().unwrap();
     let keys = txn.open_table(STORAGE_KEYS).unwrap();
@@ -213,7 +213,7 @@ async fn a_client_chosen_id_gets_a_time_ordered_storage_key_and_loses_it_on_dele
 }
 
 #[tokio::test]
-async fn server_ids_and_conversations_stored_before_storage_keys_keep_their_id_as_key() {
+async fn a_server_id_is_its_own_storage_key_and_is_listed_for_the_sweeper() {
     let store = mem_store();
     let server = uuid::Uuid::now_v7().to_string();
     store
@@ -223,19 +223,30 @@ async fn server_ids_and_conversations_stored_before_storage_keys_keep_their_id_a
         ])
         .await
         .unwrap();
-    assert_eq!(stored_key(&store, &server), None);
+    assert_eq!(
+        stored_key(&store, &server).as_deref(),
+        Some(server.as_str())
+    );
     assert_eq!(rows_under(&store, &server), [0, 1, 0]);
+    let idle = store.idle_conversations(6, None, 10).await.unwrap();
+    assert_eq!(idle.len(), 1);
+    assert_eq!(idle[0].id, server);
+}
 
-    // A conversation written by an older version: its record and rows under its id, no entry.
+#[tokio::test]
+async fn a_file_written_before_storage_keys_lists_its_conversations_under_their_ids_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.redb");
     {
-        let txn = store.inner.db.get().unwrap().begin_write().unwrap();
+        // The format before storage keys: every row under the conversation's id, no entries.
+        let db = ::redb::Database::create(&path).unwrap();
+        let txn = db.begin_write().unwrap();
         {
             let record = serde_json::to_vec(&conv("legacy", "u", "a", 6)).unwrap();
             let mut records = txn.open_table(CONVERSATIONS).unwrap();
             records.insert("legacy", record.as_slice()).unwrap();
             let mut events = txn.open_table(EVENTS).unwrap();
-            let chunk = encode::encode(vec![append_event("legacy", 1)]).unwrap();
-            for op in chunk {
+            for op in encode::encode(vec![append_event("legacy", 1)]).unwrap() {
                 if let encode::Encoded::AppendEvents { last, chunk, .. } = op {
                     events.insert(("legacy", last), chunk.as_slice()).unwrap();
                 }
@@ -243,15 +254,19 @@ async fn server_ids_and_conversations_stored_before_storage_keys_keep_their_id_a
         }
         txn.commit().unwrap();
     }
+    let store = RedbStore::open(&path).unwrap();
+    assert_eq!(stored_key(&store, "legacy").as_deref(), Some("legacy"));
+    let rec = store
+        .get_conversation("legacy")
+        .await
+        .unwrap()
+        .expect("found");
+    assert_eq!(rec.updated_at, 6);
+    // Later rows go under the id too, next to the old ones.
     store
         .write(vec![append_event("legacy", 2), append_message("legacy", 1)])
         .await
         .unwrap();
-    assert_eq!(
-        stored_key(&store, "legacy"),
-        None,
-        "no new key for an old conversation"
-    );
     assert_eq!(rows_under(&store, "legacy"), [1, 2, 0]);
     let seqs: Vec<u64> = store
         .events_since("legacy", 0, 10)
@@ -261,6 +276,19 @@ async fn server_ids_and_conversations_stored_before_storage_keys_keep_their_id_a
         .map(|(s, _)| s)
         .collect();
     assert_eq!(seqs, vec![1, 2]);
+    assert_eq!(
+        store.idle_conversations(7, None, 10).await.unwrap()[0].id,
+        "legacy"
+    );
+    store
+        .write(vec![WriteOp::DeleteConversation {
+            conversation: "legacy".into(),
+        }])
+        .await
+        .unwrap();
+    assert_eq!(stored_key(&store, "legacy"), None);
+    assert_eq!(rows_under(&store, "legacy"), [0, 0, 0]);
+    assert!(store.get_conversation("legacy").await.unwrap().is_none());
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -279,14 +307,14 @@ async fn corrupt_records_become_errors_not_panics() {
         {
             let mut records = txn.open_table(CONVERSATIONS).unwrap();
             records.insert("bad", b"{not json".as_slice()).unwrap();
+            let mut keys = txn.open_table(STORAGE_KEYS).unwrap();
+            keys.insert("bad", "bad").unwrap();
             let mut index = txn.open_table(BY_OWNER).unwrap();
             index.insert(("u", u64::MAX - 2, "bad"), ()).unwrap();
             // An index key whose record is gone.
             index.insert(("u", u64::MAX - 3, "ghost"), ()).unwrap();
             // "good" is not a UUID v7: its rows are under its storage key.
-            let key = txn
-                .open_table(STORAGE_KEYS)
-                .unwrap()
+            let key = keys
                 .get("good")
                 .unwrap()
                 .map(|k| k.value().to_owned())

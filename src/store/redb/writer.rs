@@ -453,10 +453,14 @@ fn apply_group(txn: &WriteTransaction, group: &[Batch]) -> Result<(), StoreError
             match op {
                 Encoded::PutConversation { id, index, json } => {
                     let id = id.as_str();
-                    // Before the record: a new conversation's storage key is made here.
-                    write_key(&mut keys, &conversations, id)?;
-                    unindex(&conversations, &mut by_owner, &mut by_assistant, id)?;
-                    conversations.insert(id, json.as_slice())?;
+                    let key = write_key(&mut keys, id)?;
+                    let existed =
+                        unindex(&conversations, &mut by_owner, &mut by_assistant, id, &key)?;
+                    if !existed && key == id {
+                        // A new UUID v7: its entry (for paging in id order, `tables.rs`).
+                        keys.insert(id, id)?;
+                    }
+                    conversations.insert(key.as_str(), json.as_slice())?;
                     let time = inverted_time(index.updated_at);
                     by_owner.insert((index.owner.as_str(), time, id), ())?;
                     by_assistant.insert(
@@ -469,7 +473,7 @@ fn apply_group(txn: &WriteTransaction, group: &[Batch]) -> Result<(), StoreError
                     no,
                     json,
                 } => {
-                    let key = write_key(&mut keys, &conversations, conversation)?;
+                    let key = write_key(&mut keys, conversation)?;
                     messages.insert((key.as_str(), *no), json.as_slice())?;
                 }
                 Encoded::AppendEvents {
@@ -477,11 +481,11 @@ fn apply_group(txn: &WriteTransaction, group: &[Batch]) -> Result<(), StoreError
                     last,
                     chunk,
                 } => {
-                    let key = write_key(&mut keys, &conversations, conversation)?;
+                    let key = write_key(&mut keys, conversation)?;
                     events.insert((key.as_str(), *last), chunk.as_slice())?;
                 }
                 Encoded::PutCheckpoint { conversation, data } => {
-                    let key = write_key(&mut keys, &conversations, conversation)?;
+                    let key = write_key(&mut keys, conversation)?;
                     checkpoints.insert(key.as_str(), data.as_ref())?;
                 }
                 Encoded::PutIdempotencyKey { key, json } => {
@@ -500,8 +504,8 @@ fn apply_group(txn: &WriteTransaction, group: &[Batch]) -> Result<(), StoreError
                     let key = keys
                         .remove(id)?
                         .map_or_else(|| id.to_owned(), |k| k.value().to_owned());
-                    if unindex(&conversations, &mut by_owner, &mut by_assistant, id)? {
-                        conversations.remove(id)?;
+                    if unindex(&conversations, &mut by_owner, &mut by_assistant, id, &key)? {
+                        conversations.remove(key.as_str())?;
                     }
                     let k = key.as_str();
                     messages.retain_in((k, 0u64)..=(k, u64::MAX), |_, _| false)?;
@@ -514,14 +518,16 @@ fn apply_group(txn: &WriteTransaction, group: &[Batch]) -> Result<(), StoreError
     Ok(())
 }
 
-/// Removes the index keys of the conversation's current record. Returns whether a record exists.
+/// Removes the index keys of conversation `id`'s current record (stored under `key`). Returns
+/// whether a record exists.
 fn unindex(
     conversations: &Table<&str, &[u8]>,
     by_owner: &mut Table<(&str, u64, &str), ()>,
     by_assistant: &mut Table<(&str, &str, u64, &str), ()>,
     id: &str,
+    key: &str,
 ) -> Result<bool, StoreError> {
-    let previous = match conversations.get(id)? {
+    let previous = match conversations.get(key)? {
         None => return Ok(false),
         Some(guard) => serde_json::from_slice::<IndexFields>(guard.value()),
     };
