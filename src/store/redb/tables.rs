@@ -137,19 +137,58 @@ pub(super) fn read_key(txn: &redb::ReadTransaction, id: &str) -> Result<String, 
     Ok(storage_key(&keys, id)?.unwrap_or_else(|| id.to_owned()))
 }
 
-/// The storage key of conversation `id` in the writer. A new conversation whose id is not
-/// time-ordered gets its key and entry here, whichever of its rows is written first (the
-/// entry of a new UUID v7 is written with its record: `writer.rs`).
-pub(super) fn write_key(
-    keys: &mut redb::Table<&str, &str>,
-    id: &str,
-) -> Result<String, StoreError> {
-    if let Some(key) = storage_key(keys, id)? {
-        return Ok(key);
+/// `storage_keys` as the writer sees it during one group: each id that is not time-ordered is
+/// looked up once per group, not once per row (a run writes about five rows).
+pub(super) struct WriteKeys<'t> {
+    table: redb::Table<'t, &'static str, &'static str>,
+    seen: std::collections::HashMap<String, String>,
+}
+
+impl<'t> WriteKeys<'t> {
+    pub(super) fn open(txn: &'t redb::WriteTransaction) -> Result<Self, StoreError> {
+        Ok(WriteKeys {
+            table: txn.open_table(STORAGE_KEYS)?,
+            seen: std::collections::HashMap::new(),
+        })
     }
-    let key = format!("~{}", uuid::Uuid::now_v7());
-    keys.insert(id, key.as_str())?;
-    Ok(key)
+
+    /// The storage key of conversation `id`. A new conversation whose id is not time-ordered
+    /// gets its key and entry here, whichever of its rows is written first (a new UUID v7 gets
+    /// its entry with its record: [`WriteKeys::record_created`]).
+    pub(super) fn key(&mut self, id: &str) -> Result<String, StoreError> {
+        if time_ordered(id) {
+            return Ok(id.to_owned());
+        }
+        if let Some(key) = self.seen.get(id) {
+            return Ok(key.clone());
+        }
+        let key = match storage_key(&self.table, id)? {
+            Some(key) => key,
+            None => {
+                let key = format!("~{}", uuid::Uuid::now_v7());
+                self.table.insert(id, key.as_str())?;
+                key
+            }
+        };
+        self.seen.insert(id.to_owned(), key.clone());
+        Ok(key)
+    }
+
+    /// The first record of conversation `id` (stored under `key`) is being written.
+    pub(super) fn record_created(&mut self, id: &str, key: &str) -> Result<(), StoreError> {
+        if key == id {
+            // A UUID v7: its entry, for paging in id order.
+            self.table.insert(id, id)?;
+        }
+        Ok(())
+    }
+
+    /// Removes the entry of conversation `id`; its storage key (the id when it had none).
+    pub(super) fn remove(&mut self, id: &str) -> Result<String, StoreError> {
+        self.seen.remove(id);
+        let removed = self.table.remove(id)?;
+        Ok(removed.map_or_else(|| id.to_owned(), |k| k.value().to_owned()))
+    }
 }
 
 /// Gives every conversation of a file written before `storage_keys` its entry (its id, under

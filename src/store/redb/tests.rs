@@ -213,6 +213,30 @@ async fn a_client_chosen_id_gets_a_time_ordered_storage_key_and_loses_it_on_dele
 }
 
 #[tokio::test]
+async fn a_thread_deleted_and_made_again_in_one_group_gets_a_new_key() {
+    let store = mem_store();
+    let thread = "thread-a";
+    store.write(vec![append_event(thread, 1)]).await.unwrap();
+    let first = stored_key(&store, thread).expect("a storage key");
+    // One batch is one group: the writer's per-group cache must forget the deleted key.
+    store
+        .write(vec![
+            append_event(thread, 2),
+            WriteOp::DeleteConversation {
+                conversation: thread.to_owned(),
+            },
+            append_event(thread, 1),
+        ])
+        .await
+        .unwrap();
+    let second = stored_key(&store, thread).expect("a storage key");
+    assert_ne!(first, second);
+    assert_eq!(rows_under(&store, &first), [0, 0, 0]);
+    assert_eq!(rows_under(&store, &second), [0, 1, 0]);
+    assert_eq!(store.last_seq(thread).await.unwrap(), 1);
+}
+
+#[tokio::test]
 async fn a_server_id_is_its_own_storage_key_and_is_listed_for_the_sweeper() {
     let store = mem_store();
     let server = uuid::Uuid::now_v7().to_string();

@@ -31,8 +31,8 @@ use tokio::sync::Notify;
 use super::encode::Encoded;
 use super::handle::DbHandle;
 use super::tables::{
-    inverted_time, write_key, IndexFields, BY_OWNER, BY_OWNER_ASSISTANT, CHECKPOINTS,
-    CONVERSATIONS, EVENTS, IDEMPOTENCY, MESSAGES, STORAGE_KEYS,
+    inverted_time, IndexFields, WriteKeys, BY_OWNER, BY_OWNER_ASSISTANT, CHECKPOINTS,
+    CONVERSATIONS, EVENTS, IDEMPOTENCY, MESSAGES,
 };
 use crate::store::{AckSender, StoreError};
 
@@ -446,19 +446,16 @@ fn apply_group(txn: &WriteTransaction, group: &[Batch]) -> Result<(), StoreError
     let mut events = txn.open_table(EVENTS)?;
     let mut checkpoints = txn.open_table(CHECKPOINTS)?;
     let mut idempotency = txn.open_table(IDEMPOTENCY)?;
-    let mut keys = txn.open_table(STORAGE_KEYS)?;
+    let mut keys = WriteKeys::open(txn)?;
 
     for batch in group {
         for op in &batch.ops {
             match op {
                 Encoded::PutConversation { id, index, json } => {
                     let id = id.as_str();
-                    let key = write_key(&mut keys, id)?;
-                    let existed =
-                        unindex(&conversations, &mut by_owner, &mut by_assistant, id, &key)?;
-                    if !existed && key == id {
-                        // A new UUID v7: its entry (for paging in id order, `tables.rs`).
-                        keys.insert(id, id)?;
+                    let key = keys.key(id)?;
+                    if !unindex(&conversations, &mut by_owner, &mut by_assistant, id, &key)? {
+                        keys.record_created(id, &key)?;
                     }
                     conversations.insert(key.as_str(), json.as_slice())?;
                     let time = inverted_time(index.updated_at);
@@ -473,7 +470,7 @@ fn apply_group(txn: &WriteTransaction, group: &[Batch]) -> Result<(), StoreError
                     no,
                     json,
                 } => {
-                    let key = write_key(&mut keys, conversation)?;
+                    let key = keys.key(conversation)?;
                     messages.insert((key.as_str(), *no), json.as_slice())?;
                 }
                 Encoded::AppendEvents {
@@ -481,11 +478,11 @@ fn apply_group(txn: &WriteTransaction, group: &[Batch]) -> Result<(), StoreError
                     last,
                     chunk,
                 } => {
-                    let key = write_key(&mut keys, conversation)?;
+                    let key = keys.key(conversation)?;
                     events.insert((key.as_str(), *last), chunk.as_slice())?;
                 }
                 Encoded::PutCheckpoint { conversation, data } => {
-                    let key = write_key(&mut keys, conversation)?;
+                    let key = keys.key(conversation)?;
                     checkpoints.insert(key.as_str(), data.as_ref())?;
                 }
                 Encoded::PutIdempotencyKey { key, json } => {
@@ -501,9 +498,7 @@ fn apply_group(txn: &WriteTransaction, group: &[Batch]) -> Result<(), StoreError
                 }
                 Encoded::DeleteConversation { conversation } => {
                     let id = conversation.as_str();
-                    let key = keys
-                        .remove(id)?
-                        .map_or_else(|| id.to_owned(), |k| k.value().to_owned());
+                    let key = keys.remove(id)?;
                     if unindex(&conversations, &mut by_owner, &mut by_assistant, id, &key)? {
                         conversations.remove(key.as_str())?;
                     }
