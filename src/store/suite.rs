@@ -8,7 +8,7 @@
 //! crate::store::suite::store_suite!(make_a_fresh_empty_store());
 //! ```
 //!
-//! (`redb/tests.rs` does so with an in-memory redb.) Backend-specific behaviour (crash
+//! (`redb/tests/mod.rs` does so with an in-memory redb.) Backend-specific behaviour (crash
 //! consistency, group-commit sizes, on-disk formats, migration of old files) is tested next to
 //! the backend instead.
 
