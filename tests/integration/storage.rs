@@ -224,8 +224,9 @@ async fn a_full_disk_answers_storage_unavailable_and_recovers_without_a_restart(
 }
 
 /// Retention: conversations of an assistant with a short `retentionDays` are deleted by the
-/// sweeper once finished and idle that long; those with no retention are kept; `/metrics`
-/// shows the swept count, the stored conversations and the store's size.
+/// sweeper once finished and idle that long, whether the server or a client (an AG-UI thread)
+/// chose their id; those with no retention are kept; `/metrics` shows the swept count, the
+/// stored conversations and the store's size.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sweeper_deletes_expired_finished_conversations_only() {
     let dir = tempfile::tempdir().unwrap();
@@ -237,6 +238,9 @@ async fn the_sweeper_deletes_expired_finished_conversations_only() {
     let chat = dir.path().join("chat.json");
     let mut def: Value = serde_json::from_str(&std::fs::read_to_string(&chat).unwrap()).unwrap();
     def["retentionDays"] = json!(0.00002);
+    // An AG-UI thread's actor stays for `sessionTimeout` after its run (the sweeper leaves a
+    // conversation alone while its actor is live); invoke's leave at once.
+    def["sessionTimeout"] = json!(1);
     std::fs::write(&chat, def.to_string()).unwrap();
     let s = Server::start_with(Options {
         assistants: dir.path().to_path_buf(),
@@ -254,6 +258,25 @@ async fn the_sweeper_deletes_expired_finished_conversations_only() {
         .await;
         assert_eq!(st, 200, "{v}");
         chats.push(v["conversationId"].as_str().unwrap().to_string());
+    }
+    // Two AG-UI threads: ids the client chose (UUID v4), stored under keys of their own.
+    for i in 0..2 {
+        let thread = format!("5b1c6f0e-9a2d-4e7b-8c3f-0000000000{i:02}");
+        let res = http()
+            .post(s.http("/agui/chat"))
+            .header("accept", "text/event-stream")
+            .json(
+                &json!({"threadId": thread, "runId": format!("r{i}"), "state": {},
+                "messages": [{"id": format!("m{i}"), "role": "user", "content": "hi"}],
+                "tools": [], "context": [], "forwardedProps": {}}),
+            )
+            .send()
+            .await
+            .expect("POST /agui/chat");
+        assert_eq!(res.status().as_u16(), 200);
+        let body = res.text().await.expect("body");
+        assert!(body.contains("RUN_FINISHED"), "{body}");
+        chats.push(thread);
     }
     let (st, v, _) = call(
         &s,
@@ -293,7 +316,7 @@ async fn the_sweeper_deletes_expired_finished_conversations_only() {
     loop {
         let m = metrics_text(&s).await;
         assert!(metric(&m, "parley_store_size_bytes") > 0.0);
-        if metric(&m, "parley_conversations_swept_total") == 5.0
+        if metric(&m, "parley_conversations_swept_total") == 7.0
             && metric(&m, "parley_stored_conversations") == 1.0
         {
             break;
