@@ -140,7 +140,9 @@ impl Reader {
             return Ok(Vec::new());
         }
         let txn = self.read_txn()?;
-        let key = read_key(&txn, conversation)?;
+        let Some(key) = read_key(&txn, conversation)? else {
+            return Ok(Vec::new());
+        };
         let k = key.as_str();
         let upper = match before {
             Some(before) => Bound::Excluded((k, before)),
@@ -167,7 +169,9 @@ impl Reader {
             return Ok(Vec::new());
         }
         let txn = self.read_txn()?;
-        let key = read_key(&txn, conversation)?;
+        let Some(key) = read_key(&txn, conversation)? else {
+            return Ok(Vec::new());
+        };
         let k = key.as_str();
         let table = txn.open_table(EVENTS)?;
         // Chunks are keyed by their last seq: the first one in range holds `since + 1`.
@@ -193,7 +197,9 @@ impl Reader {
     /// The highest stored seq of the conversation's events (0 when it has none).
     pub(super) fn last_seq(&self, conversation: &str) -> Result<u64, StoreError> {
         let txn = self.read_txn()?;
-        let key = read_key(&txn, conversation)?;
+        let Some(key) = read_key(&txn, conversation)? else {
+            return Ok(0);
+        };
         let k = key.as_str();
         let table = txn.open_table(EVENTS)?;
         let mut range = table.range((k, 0u64)..=(k, u64::MAX))?;
@@ -206,7 +212,9 @@ impl Reader {
     /// The conversation's checkpoint, if any.
     pub(super) fn checkpoint(&self, conversation: &str) -> Result<Option<Bytes>, StoreError> {
         let txn = self.read_txn()?;
-        let key = read_key(&txn, conversation)?;
+        let Some(key) = read_key(&txn, conversation)? else {
+            return Ok(None);
+        };
         let table = txn.open_table(CHECKPOINTS)?;
         let found = table.get(key.as_str())?;
         Ok(found.map(|guard| Bytes::copy_from_slice(guard.value())))

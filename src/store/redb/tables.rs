@@ -130,11 +130,14 @@ pub(super) fn storage_key(
     Ok(keys.get(id)?.map(|k| k.value().to_owned()))
 }
 
-/// The storage key of conversation `id` in a read: its key, or the id (under which nothing is
-/// stored) when it does not exist.
-pub(super) fn read_key(txn: &redb::ReadTransaction, id: &str) -> Result<String, StoreError> {
+/// The storage key of conversation `id` in a read, `None` when it does not exist. (Never the
+/// id itself then: an id someone made up could be another conversation's storage key.)
+pub(super) fn read_key(
+    txn: &redb::ReadTransaction,
+    id: &str,
+) -> Result<Option<String>, StoreError> {
     let keys = txn.open_table(STORAGE_KEYS)?;
-    Ok(storage_key(&keys, id)?.unwrap_or_else(|| id.to_owned()))
+    storage_key(&keys, id)
 }
 
 /// `storage_keys` as the writer sees it during one group: each id that is not time-ordered is

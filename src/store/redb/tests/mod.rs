@@ -61,6 +61,12 @@ async fn a_file_with_one_key_per_event_is_moved_into_chunks_on_open() {
                 t.insert(("a", seq), event_json("a", seq).as_ref()).unwrap();
             }
             t.insert(("b", 1), event_json("b", 1).as_ref()).unwrap();
+            // Their records, keyed by id (a file that old has no storage keys either).
+            let mut records = txn.open_table(CONVERSATIONS).unwrap();
+            for id in ["a", "b"] {
+                let json = serde_json::to_vec(&conv(id, "u", "x", 1)).unwrap();
+                records.insert(id, json.as_slice()).unwrap();
+            }
         }
         txn.commit().unwrap();
     }

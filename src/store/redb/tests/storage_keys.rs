@@ -184,3 +184,26 @@ async fn a_file_written_before_storage_keys_lists_its_conversations_under_their_
     assert_eq!(rows_under(&store, "legacy"), [0, 0, 0]);
     assert!(store.get_conversation("legacy").await.unwrap().is_none());
 }
+
+#[tokio::test]
+async fn an_id_that_names_another_conversations_storage_key_reads_nothing() {
+    let store = mem_store();
+    let thread = "thread-a";
+    store
+        .write(vec![
+            put(&conv(thread, "u", "a", 5)),
+            append_message(thread, 1),
+            append_event(thread, 1),
+            checkpoint_op(thread),
+        ])
+        .await
+        .unwrap();
+    let key = stored_key(&store, thread).expect("a storage key");
+    // An id someone made up, equal to that key (`~` cannot come from a client's thread id, but
+    // other routes take ids in paths): it is not a conversation, and reads find nothing.
+    assert!(store.get_conversation(&key).await.unwrap().is_none());
+    assert!(store.messages(&key, None, 10).await.unwrap().is_empty());
+    assert!(store.events_since(&key, 0, 10).await.unwrap().is_empty());
+    assert_eq!(store.last_seq(&key).await.unwrap(), 0);
+    assert!(store.checkpoint(&key).await.unwrap().is_none());
+}
