@@ -42,12 +42,11 @@ impl Reader {
         id: &str,
     ) -> Result<Option<ConversationRecord>, StoreError> {
         let txn = self.read_txn()?;
-        let keys = txn.open_table(STORAGE_KEYS)?;
-        let Some(key) = storage_key(&keys, id)? else {
+        let Some(key) = read_key(&txn, id)? else {
             return Ok(None);
         };
         let table = txn.open_table(CONVERSATIONS)?;
-        let found = table.get(key.as_str())?;
+        let found = table.get(key.as_ref())?;
         found
             .map(|guard| decode_conversation(id, guard.value()))
             .transpose()
@@ -143,7 +142,7 @@ impl Reader {
         let Some(key) = read_key(&txn, conversation)? else {
             return Ok(Vec::new());
         };
-        let k = key.as_str();
+        let k = key.as_ref();
         let upper = match before {
             Some(before) => Bound::Excluded((k, before)),
             None => Bound::Included((k, u64::MAX)),
@@ -172,7 +171,7 @@ impl Reader {
         let Some(key) = read_key(&txn, conversation)? else {
             return Ok(Vec::new());
         };
-        let k = key.as_str();
+        let k = key.as_ref();
         let table = txn.open_table(EVENTS)?;
         // Chunks are keyed by their last seq: the first one in range holds `since + 1`.
         let range = table.range((k, since + 1)..=(k, u64::MAX))?;
@@ -200,7 +199,7 @@ impl Reader {
         let Some(key) = read_key(&txn, conversation)? else {
             return Ok(0);
         };
-        let k = key.as_str();
+        let k = key.as_ref();
         let table = txn.open_table(EVENTS)?;
         let mut range = table.range((k, 0u64)..=(k, u64::MAX))?;
         match range.next_back() {
@@ -216,7 +215,7 @@ impl Reader {
             return Ok(None);
         };
         let table = txn.open_table(CHECKPOINTS)?;
-        let found = table.get(key.as_str())?;
+        let found = table.get(key.as_ref())?;
         Ok(found.map(|guard| Bytes::copy_from_slice(guard.value())))
     }
 
@@ -317,7 +316,7 @@ fn load_listed(
     id: &str,
 ) -> Result<Option<ConversationRecord>, StoreError> {
     let found = match storage_key(&records.keys, id)? {
-        Some(key) => records.table.get(key.as_str())?,
+        Some(key) => records.table.get(key.as_ref())?,
         None => None,
     };
     let Some(guard) = found else {

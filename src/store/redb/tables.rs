@@ -7,6 +7,8 @@
 //! order and lets a cursor name an exact position (stable paging under equal timestamps).
 //! Only the writer thread (see `writer.rs`) opens these tables for writing.
 
+use std::borrow::Cow;
+
 use redb::{Database, ReadableTable, TableDefinition, TableHandle};
 use serde::Deserialize;
 
@@ -119,25 +121,28 @@ pub(super) fn time_ordered(id: &str) -> bool {
 }
 
 /// The storage key of conversation `id`, `None` when it has none (it does not exist). A UUID
-/// v7 is its own key: no lookup.
-pub(super) fn storage_key(
+/// v7 is its own key: no lookup, no copy.
+pub(super) fn storage_key<'a>(
     keys: &impl ReadableTable<&'static str, &'static str>,
-    id: &str,
-) -> Result<Option<String>, StoreError> {
+    id: &'a str,
+) -> Result<Option<Cow<'a, str>>, StoreError> {
     if time_ordered(id) {
-        return Ok(Some(id.to_owned()));
+        return Ok(Some(Cow::Borrowed(id)));
     }
-    Ok(keys.get(id)?.map(|k| k.value().to_owned()))
+    Ok(keys.get(id)?.map(|k| Cow::Owned(k.value().to_owned())))
 }
 
 /// The storage key of conversation `id` in a read, `None` when it does not exist. (Never the
-/// id itself then: an id someone made up could be another conversation's storage key.)
-pub(super) fn read_key(
+/// id itself then: an id someone made up could be another conversation's storage key.) The
+/// keys table is opened only for an id that is not time-ordered.
+pub(super) fn read_key<'a>(
     txn: &redb::ReadTransaction,
-    id: &str,
-) -> Result<Option<String>, StoreError> {
-    let keys = txn.open_table(STORAGE_KEYS)?;
-    storage_key(&keys, id)
+    id: &'a str,
+) -> Result<Option<Cow<'a, str>>, StoreError> {
+    if time_ordered(id) {
+        return Ok(Some(Cow::Borrowed(id)));
+    }
+    storage_key(&txn.open_table(STORAGE_KEYS)?, id)
 }
 
 /// `storage_keys` as the writer sees it during one group: each id that is not time-ordered is
@@ -158,15 +163,15 @@ impl<'t> WriteKeys<'t> {
     /// The storage key of conversation `id`. A new conversation whose id is not time-ordered
     /// gets its key and entry here, whichever of its rows is written first (a new UUID v7 gets
     /// its entry with its record: [`WriteKeys::record_created`]).
-    pub(super) fn key(&mut self, id: &str) -> Result<String, StoreError> {
+    pub(super) fn key<'a>(&mut self, id: &'a str) -> Result<Cow<'a, str>, StoreError> {
         if time_ordered(id) {
-            return Ok(id.to_owned());
+            return Ok(Cow::Borrowed(id));
         }
         if let Some(key) = self.seen.get(id) {
-            return Ok(key.clone());
+            return Ok(Cow::Owned(key.clone()));
         }
         let key = match storage_key(&self.table, id)? {
-            Some(key) => key,
+            Some(key) => key.into_owned(),
             None => {
                 let key = format!("~{}", uuid::Uuid::now_v7());
                 self.table.insert(id, key.as_str())?;
@@ -174,7 +179,7 @@ impl<'t> WriteKeys<'t> {
             }
         };
         self.seen.insert(id.to_owned(), key.clone());
-        Ok(key)
+        Ok(Cow::Owned(key))
     }
 
     /// The first record of conversation `id` (stored under `key`) is being written.

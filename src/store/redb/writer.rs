@@ -457,7 +457,7 @@ fn apply_group(txn: &WriteTransaction, group: &[Batch]) -> Result<(), StoreError
                     if !unindex(&conversations, &mut by_owner, &mut by_assistant, id, &key)? {
                         keys.record_created(id, &key)?;
                     }
-                    conversations.insert(key.as_str(), json.as_slice())?;
+                    conversations.insert(key.as_ref(), json.as_slice())?;
                     let time = inverted_time(index.updated_at);
                     by_owner.insert((index.owner.as_str(), time, id), ())?;
                     by_assistant.insert(
@@ -471,7 +471,7 @@ fn apply_group(txn: &WriteTransaction, group: &[Batch]) -> Result<(), StoreError
                     json,
                 } => {
                     let key = keys.key(conversation)?;
-                    messages.insert((key.as_str(), *no), json.as_slice())?;
+                    messages.insert((key.as_ref(), *no), json.as_slice())?;
                 }
                 Encoded::AppendEvents {
                     conversation,
@@ -479,11 +479,11 @@ fn apply_group(txn: &WriteTransaction, group: &[Batch]) -> Result<(), StoreError
                     chunk,
                 } => {
                     let key = keys.key(conversation)?;
-                    events.insert((key.as_str(), *last), chunk.as_slice())?;
+                    events.insert((key.as_ref(), *last), chunk.as_slice())?;
                 }
                 Encoded::PutCheckpoint { conversation, data } => {
                     let key = keys.key(conversation)?;
-                    checkpoints.insert(key.as_str(), data.as_ref())?;
+                    checkpoints.insert(key.as_ref(), data.as_ref())?;
                 }
                 Encoded::PutIdempotencyKey { key, json } => {
                     idempotency.insert(key.as_str(), json.as_slice())?;
