@@ -191,11 +191,17 @@ impl<'t> WriteKeys<'t> {
         Ok(())
     }
 
-    /// Removes the entry of conversation `id`; its storage key (the id when it had none).
-    pub(super) fn remove(&mut self, id: &str) -> Result<String, StoreError> {
+    /// Removes the entry of conversation `id` and answers its storage key; `None` when it
+    /// has none (nothing is stored for it: never the id itself, which could be another
+    /// conversation's key).
+    pub(super) fn remove<'a>(&mut self, id: &'a str) -> Result<Option<Cow<'a, str>>, StoreError> {
         self.seen.remove(id);
         let removed = self.table.remove(id)?;
-        Ok(removed.map_or_else(|| id.to_owned(), |k| k.value().to_owned()))
+        Ok(match removed {
+            Some(k) => Some(Cow::Owned(k.value().to_owned())),
+            // A UUID v7 whose rows came before its record has no entry yet.
+            None => time_ordered(id).then_some(Cow::Borrowed(id)),
+        })
     }
 }
 

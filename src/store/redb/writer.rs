@@ -498,11 +498,13 @@ fn apply_group(txn: &WriteTransaction, group: &[Batch]) -> Result<(), StoreError
                 }
                 Encoded::DeleteConversation { conversation } => {
                     let id = conversation.as_str();
-                    let key = keys.remove(id)?;
+                    let Some(key) = keys.remove(id)? else {
+                        continue;
+                    };
                     if unindex(&conversations, &mut by_owner, &mut by_assistant, id, &key)? {
-                        conversations.remove(key.as_str())?;
+                        conversations.remove(key.as_ref())?;
                     }
-                    let k = key.as_str();
+                    let k = key.as_ref();
                     messages.retain_in((k, 0u64)..=(k, u64::MAX), |_, _| false)?;
                     events.retain_in((k, 0u64)..=(k, u64::MAX), |_, _| false)?;
                     checkpoints.remove(k)?;

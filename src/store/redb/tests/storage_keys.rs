@@ -207,3 +207,27 @@ async fn an_id_that_names_another_conversations_storage_key_reads_nothing() {
     assert_eq!(store.last_seq(&key).await.unwrap(), 0);
     assert!(store.checkpoint(&key).await.unwrap().is_none());
 }
+
+#[tokio::test]
+async fn deleting_an_id_that_names_another_conversations_storage_key_deletes_nothing() {
+    let store = mem_store();
+    let thread = "thread-a";
+    store
+        .write(vec![
+            put(&conv(thread, "u", "a", 5)),
+            append_message(thread, 1),
+            append_event(thread, 1),
+            checkpoint_op(thread),
+        ])
+        .await
+        .unwrap();
+    let key = stored_key(&store, thread).expect("a storage key");
+    store
+        .write(vec![WriteOp::DeleteConversation {
+            conversation: key.clone(),
+        }])
+        .await
+        .unwrap();
+    assert_eq!(rows_under(&store, &key), [1, 1, 1]);
+    assert!(store.get_conversation(thread).await.unwrap().is_some());
+}
