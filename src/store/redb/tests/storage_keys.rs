@@ -185,10 +185,8 @@ async fn a_file_written_before_storage_keys_lists_its_conversations_under_their_
     assert!(store.get_conversation("legacy").await.unwrap().is_none());
 }
 
-#[tokio::test]
-async fn an_id_that_names_another_conversations_storage_key_reads_nothing() {
-    let store = mem_store();
-    let thread = "thread-a";
+/// A conversation `thread` with a record, a message, an event and a checkpoint; its key.
+async fn store_thread(store: &RedbStore, thread: &str) -> String {
     store
         .write(vec![
             put(&conv(thread, "u", "a", 5)),
@@ -198,7 +196,13 @@ async fn an_id_that_names_another_conversations_storage_key_reads_nothing() {
         ])
         .await
         .unwrap();
-    let key = stored_key(&store, thread).expect("a storage key");
+    stored_key(store, thread).expect("a storage key")
+}
+
+#[tokio::test]
+async fn an_id_that_names_another_conversations_storage_key_reads_nothing() {
+    let (store, thread) = (mem_store(), "thread-a");
+    let key = store_thread(&store, thread).await;
     // An id someone made up, equal to that key (`~` cannot come from a client's thread id, but
     // other routes take ids in paths): it is not a conversation, and reads find nothing.
     assert!(store.get_conversation(&key).await.unwrap().is_none());
@@ -210,18 +214,8 @@ async fn an_id_that_names_another_conversations_storage_key_reads_nothing() {
 
 #[tokio::test]
 async fn deleting_an_id_that_names_another_conversations_storage_key_deletes_nothing() {
-    let store = mem_store();
-    let thread = "thread-a";
-    store
-        .write(vec![
-            put(&conv(thread, "u", "a", 5)),
-            append_message(thread, 1),
-            append_event(thread, 1),
-            checkpoint_op(thread),
-        ])
-        .await
-        .unwrap();
-    let key = stored_key(&store, thread).expect("a storage key");
+    let (store, thread) = (mem_store(), "thread-a");
+    let key = store_thread(&store, thread).await;
     store
         .write(vec![WriteOp::DeleteConversation {
             conversation: key.clone(),
