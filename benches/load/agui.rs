@@ -7,7 +7,6 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use bytes::Bytes;
-use serde_json::json;
 
 use super::client::HttpConn;
 use super::server::Home;
@@ -90,12 +89,11 @@ fn agui_body(n: u64) -> Bytes {
     } else {
         format!("bench-{}-{n}", std::process::id())
     };
-    Bytes::from(
-        json!({"threadId": thread, "runId": format!("r{n}"), "state": {},
-               "messages": [{"id": format!("m{n}"), "role": "user", "content": "hi"}],
-               "tools": [], "context": [], "forwardedProps": {}})
-        .to_string(),
-    )
+    // Written directly (its ids need no escaping): the load generator shares the two cores
+    // with the server, and building a `serde_json::Value` per run cost it several µs.
+    Bytes::from(format!(
+        r#"{{"threadId":"{thread}","runId":"r{n}","state":{{}},"messages":[{{"id":"m{n}","role":"user","content":"hi"}}],"tools":[],"context":[],"forwardedProps":{{}}}}"#
+    ))
 }
 
 /// The order of the two halves: the measure is `invoke` first, then AG-UI on the same server.
