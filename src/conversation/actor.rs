@@ -201,11 +201,12 @@ impl Conversation {
     ///
     /// It does not start a commit: the caller kicks once it has queued everything of the step
     /// (a user message's three events and the record go in one commit, not two).
-    fn emit(&mut self, event: &Event) -> u64 {
-        match self.journal.push_event(event) {
+    fn emit(&mut self, event: Event) -> u64 {
+        let event = Arc::new(event);
+        match self.journal.push_event(event.clone()) {
             Ok(seq) => {
                 self.deps.metrics.events_emitted.fetch_add(1, Relaxed);
-                self.track_text(event);
+                self.track_text(&event);
                 self.rec.last_seq = seq;
                 seq
             }
@@ -373,17 +374,21 @@ impl Conversation {
     fn deliver(&mut self) {
         let mut slow = 0;
         if let Some(cluster) = &self.deps.cluster {
-            let batch: Vec<(u64, Bytes)> = self.journal.deliverable().collect();
-            for (seq, event) in &batch {
-                if !self.fanout.is_empty() {
-                    slow += self.fanout.deliver(&self.id, *seq, event);
-                }
-            }
+            let batch: Vec<(u64, Bytes)> = self
+                .journal
+                .deliverable()
+                .map(|(seq, json, event)| {
+                    if !self.fanout.is_empty() {
+                        slow += self.fanout.deliver(&self.id, seq, &json, Some(&event));
+                    }
+                    (seq, json)
+                })
+                .collect();
             cluster.publish(&self.id, &batch);
         }
-        for (seq, event) in self.journal.deliverable() {
+        for (seq, json, event) in self.journal.deliverable() {
             if !self.fanout.is_empty() {
-                slow += self.fanout.deliver(&self.id, seq, &event);
+                slow += self.fanout.deliver(&self.id, seq, &json, Some(&event));
             }
         }
         if slow > 0 {
@@ -415,15 +420,15 @@ impl Conversation {
     fn user_message(&mut self, content: &str, starts: Option<&str>) {
         self.message_run = starts.map(str::to_owned);
         let message_id = uuid::Uuid::now_v7().to_string();
-        self.emit(&Event::TextMessageStart {
+        self.emit(Event::TextMessageStart {
             message_id: message_id.clone(),
             role: Role::User,
         });
-        self.emit(&Event::TextMessageContent {
+        self.emit(Event::TextMessageContent {
             message_id: message_id.clone(),
             delta: content.to_string(),
         });
-        self.emit(&Event::TextMessageEnd { message_id });
+        self.emit(Event::TextMessageEnd { message_id });
         self.message_run = None;
     }
 

@@ -12,6 +12,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc::error::TrySendError;
 
 use super::{Outbound, Subscriber};
+use crate::engine::Event;
 
 #[derive(Debug, Default)]
 pub struct Fanout {
@@ -38,13 +39,22 @@ impl Fanout {
 
     /// Queue one durable event for every subscriber. Returns how many were dropped for being
     /// too slow.
-    pub fn deliver(&mut self, conversation: &Arc<str>, seq: u64, event: &Bytes) -> u64 {
+    /// `typed` is the event itself when this process made it (not when it was relayed from
+    /// another node): a front that translates events reads it instead of the JSON.
+    pub fn deliver(
+        &mut self,
+        conversation: &Arc<str>,
+        seq: u64,
+        event: &Bytes,
+        typed: Option<&Arc<Event>>,
+    ) -> u64 {
         let mut slow = 0;
         self.subscribers.retain(|_, s| {
             let out = Outbound {
                 conversation: conversation.clone(),
                 seq,
                 event: event.clone(),
+                typed: if s.typed { typed.cloned() } else { None },
             };
             match s.tx.try_send(out) {
                 Ok(()) => true,
@@ -57,5 +67,46 @@ impl Fanout {
             }
         });
         slow
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conversation::outbound_queue;
+    use tokio_util::sync::CancellationToken;
+
+    fn subscriber(typed: bool) -> (Subscriber, crate::conversation::OutboundRx) {
+        let (tx, rx) = outbound_queue(4);
+        let s = Subscriber {
+            id: Subscriber::next_id(),
+            tx,
+            slow: CancellationToken::new(),
+            typed,
+        };
+        (s, rx)
+    }
+
+    #[test]
+    fn the_event_itself_goes_only_to_subscribers_that_translate() {
+        let mut f = Fanout::default();
+        let (front, mut front_rx) = subscriber(true);
+        let (socket, mut socket_rx) = subscriber(false);
+        f.insert(front);
+        f.insert(socket);
+        let event = Arc::new(Event::TextMessageEnd {
+            message_id: "m".into(),
+        });
+        let json = Bytes::from_static(br#"{"type":"TEXT_MESSAGE_END","messageId":"m"}"#);
+        assert_eq!(f.deliver(&Arc::from("c"), 7, &json, Some(&event)), 0);
+        let a = front_rx.try_recv().expect("the front got the event");
+        let b = socket_rx.try_recv().expect("the socket got the event");
+        assert_eq!((a.seq, &a.event), (7, &json));
+        assert_eq!((b.seq, &b.event), (7, &json));
+        assert_eq!(a.typed.as_deref(), Some(&*event));
+        assert!(b.typed.is_none(), "a socket's queue holds the JSON only");
+        // A relayed event has no typed form for anyone.
+        f.deliver(&Arc::from("c"), 8, &json, None);
+        assert!(front_rx.try_recv().expect("relayed").typed.is_none());
     }
 }

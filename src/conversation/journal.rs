@@ -117,8 +117,8 @@ pub struct Journal {
     durable_seq: u64,
     /// The same, watched by the engine's sink; only while a run is active.
     durable_watch: Option<watch::Sender<u64>>,
-    /// Assigned, not yet delivered: (seq, event JSON as stored).
-    undelivered: VecDeque<(u64, Bytes)>,
+    /// Assigned, not yet delivered: (seq, event JSON as stored, the event itself).
+    undelivered: VecDeque<(u64, Bytes, Arc<Event>)>,
     /// Writes queued for the next commit (messages; checkpoint, record and events are added
     /// when it starts).
     ops: Vec<WriteOp>,
@@ -167,12 +167,15 @@ impl Journal {
 
     /// Assign the next seq to an event and queue it for the next commit and for delivery.
     /// Nothing is assigned if the event cannot be serialized.
-    pub fn push_event(&mut self, event: &Event) -> Result<u64, serde_json::Error> {
+    /// The event is kept beside its JSON until it is delivered: a front that translates it
+    /// (AG-UI) reads it as it is instead of parsing its JSON again.
+    pub fn push_event(&mut self, event: impl Into<Arc<Event>>) -> Result<u64, serde_json::Error> {
+        let event = event.into();
         let mut buf = Vec::with_capacity(128);
-        serde_json::to_writer(&mut buf, event)?;
+        serde_json::to_writer(&mut buf, &*event)?;
         let json = Bytes::from(buf);
         self.seq += 1;
-        self.undelivered.push_back((self.seq, json.clone()));
+        self.undelivered.push_back((self.seq, json.clone(), event));
         self.events.push(json);
         self.upto = self.seq;
         Ok(self.seq)
@@ -323,7 +326,7 @@ impl Journal {
         while self
             .undelivered
             .front()
-            .is_some_and(|(seq, _)| *seq <= failed.upto)
+            .is_some_and(|(seq, ..)| *seq <= failed.upto)
         {
             self.undelivered.pop_front();
         }
@@ -342,11 +345,11 @@ impl Journal {
     }
 
     /// The events that are durable and not delivered yet, in seq order (removed as iterated).
-    pub fn deliverable(&mut self) -> Drain<'_, (u64, Bytes)> {
+    pub fn deliverable(&mut self) -> Drain<'_, (u64, Bytes, Arc<Event>)> {
         let n = self
             .undelivered
             .iter()
-            .take_while(|(seq, _)| *seq <= self.durable_seq)
+            .take_while(|(seq, ..)| *seq <= self.durable_seq)
             .count();
         self.undelivered.drain(..n)
     }

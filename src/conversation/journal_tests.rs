@@ -59,19 +59,19 @@ fn chunk(ops: &[WriteOp]) -> Option<(u64, usize)> {
 }
 
 fn delivered(j: &mut Journal) -> Vec<u64> {
-    j.deliverable().map(|(seq, _)| seq).collect()
+    j.deliverable().map(|(seq, ..)| seq).collect()
 }
 
 #[test]
 fn seqs_continue_from_the_store_and_batches_are_contiguous() {
     let mut j = journal(10);
-    let seqs: Vec<u64> = (0..3).map(|n| j.push_event(&event(n)).unwrap()).collect();
+    let seqs: Vec<u64> = (0..3).map(|n| j.push_event(event(n)).unwrap()).collect();
     assert_eq!(seqs, [11, 12, 13]);
     let ops = j.begin_commit(&record());
     assert_eq!(chunk(&ops), Some((11, 3)));
     // Events queued while the commit is in flight form the next chunk.
-    j.push_event(&event(3)).unwrap();
-    j.push_event(&event(4)).unwrap();
+    j.push_event(event(3)).unwrap();
+    j.push_event(event(4)).unwrap();
     j.commit_landed();
     let ops = j.begin_commit(&record());
     assert_eq!(chunk(&ops), Some((14, 2)));
@@ -81,11 +81,11 @@ fn seqs_continue_from_the_store_and_batches_are_contiguous() {
 fn nothing_is_delivered_before_its_commit_lands() {
     let mut j = journal(0);
     for n in 0..3 {
-        j.push_event(&event(n)).unwrap();
+        j.push_event(event(n)).unwrap();
     }
     assert!(delivered(&mut j).is_empty());
     j.begin_commit(&record());
-    j.push_event(&event(3)).unwrap();
+    j.push_event(event(3)).unwrap();
     assert!(delivered(&mut j).is_empty(), "in flight is not durable");
     assert!(j.commit_landed().is_empty());
     assert_eq!(j.durable_seq(), 3);
@@ -99,7 +99,7 @@ fn nothing_is_delivered_before_its_commit_lands() {
 #[test]
 fn a_waiter_is_answered_by_the_commit_that_holds_what_came_before_it() {
     let mut j = journal(0);
-    j.push_event(&event(0)).unwrap();
+    j.push_event(event(0)).unwrap();
     let (w1, _r1) = waiter();
     j.add_waiter(w1);
     j.begin_commit(&record());
@@ -114,11 +114,11 @@ fn a_waiter_is_answered_by_the_commit_that_holds_what_came_before_it() {
 #[test]
 fn at_most_one_commit_in_flight() {
     let mut j = journal(0);
-    j.push_event(&event(0)).unwrap();
+    j.push_event(event(0)).unwrap();
     assert_eq!(j.kick(IDLE), Kick::Commit);
     j.begin_commit(&record());
     assert!(j.flushing());
-    j.push_event(&event(1)).unwrap();
+    j.push_event(event(1)).unwrap();
     assert_eq!(j.kick(IDLE), Kick::Nothing);
     j.commit_landed();
     assert_eq!(
@@ -131,7 +131,7 @@ fn at_most_one_commit_in_flight() {
 #[test]
 fn nothing_is_written_before_the_conversation_is_stored() {
     let mut j = journal(0);
-    j.push_event(&event(0)).unwrap();
+    j.push_event(event(0)).unwrap();
     let (w, _r) = waiter();
     j.add_waiter(w);
     let unstored = Conditions {
@@ -177,14 +177,14 @@ fn without_a_run_a_commit_starts_at_once() {
 #[test]
 fn a_running_engine_is_waited_for_until_it_is_quiet() {
     let mut j = journal(0);
-    j.push_event(&event(0)).unwrap();
+    j.push_event(event(0)).unwrap();
     let Kick::Coalesce(mut w) = j.kick(RUNNING) else {
         panic!("a running engine coalesces");
     };
     assert_eq!(j.kick(RUNNING), Kick::Nothing, "one wait at a time");
     // The engine produces in every round: the wait goes on.
     for n in 1..10 {
-        j.push_event(&event(n)).unwrap();
+        j.push_event(event(n)).unwrap();
         match j.round(w, RUNNING) {
             Round::Again(next) => w = next,
             other => panic!("round {n}: {other:?}"),
@@ -204,13 +204,13 @@ fn a_running_engine_is_waited_for_until_it_is_quiet() {
 #[test]
 fn the_wait_is_bounded_in_rounds_and_in_writes() {
     let mut j = journal(0);
-    j.push_event(&event(0)).unwrap();
+    j.push_event(event(0)).unwrap();
     let Kick::Coalesce(mut w) = j.kick(RUNNING) else {
         panic!()
     };
     let mut rounds = 0;
     loop {
-        j.push_event(&event(rounds)).unwrap();
+        j.push_event(event(rounds)).unwrap();
         match j.round(w, RUNNING) {
             Round::Again(next) => w = next,
             Round::Commit => break,
@@ -221,12 +221,12 @@ fn the_wait_is_bounded_in_rounds_and_in_writes() {
     assert_eq!(rounds, COALESCE_ROUNDS as u64);
 
     let mut j = journal(0);
-    j.push_event(&event(0)).unwrap();
+    j.push_event(event(0)).unwrap();
     let Kick::Coalesce(w) = j.kick(RUNNING) else {
         panic!()
     };
     for n in 0..COALESCE_OPS as u64 {
-        j.push_event(&event(n)).unwrap();
+        j.push_event(event(n)).unwrap();
     }
     assert_eq!(j.round(w, RUNNING), Round::Commit, "enough queued");
 }
@@ -234,11 +234,11 @@ fn the_wait_is_bounded_in_rounds_and_in_writes() {
 #[test]
 fn a_run_that_ends_during_the_wait_commits_at_once() {
     let mut j = journal(0);
-    j.push_event(&event(0)).unwrap();
+    j.push_event(event(0)).unwrap();
     let Kick::Coalesce(w) = j.kick(RUNNING) else {
         panic!()
     };
-    j.push_event(&event(1)).unwrap();
+    j.push_event(event(1)).unwrap();
     assert_eq!(j.round(w, IDLE), Round::Commit);
 }
 
@@ -250,7 +250,7 @@ fn an_unobserved_call_commits_only_when_waited_on_or_half_the_bound_piles_up() {
         unobserved_call: true,
     };
     let mut j = journal(0);
-    j.push_event(&event(0)).unwrap();
+    j.push_event(event(0)).unwrap();
     assert_eq!(j.kick(lazy), Kick::Nothing);
     let (w, _r) = waiter();
     j.add_waiter(w);
@@ -258,22 +258,22 @@ fn an_unobserved_call_commits_only_when_waited_on_or_half_the_bound_piles_up() {
 
     let mut j = journal(0);
     for n in 0..MAX_UNDURABLE / 2 - 1 {
-        j.push_event(&event(n)).unwrap();
+        j.push_event(event(n)).unwrap();
     }
     assert!(!j.wants_commit(lazy));
-    j.push_event(&event(0)).unwrap();
+    j.push_event(event(0)).unwrap();
     assert!(j.wants_commit(lazy), "half the bound is not durable");
 }
 
 #[test]
 fn a_failed_commit_fails_its_waiters_and_never_delivers_its_events() {
     let mut j = journal(5);
-    j.push_event(&event(0)).unwrap();
-    j.push_event(&event(1)).unwrap();
+    j.push_event(event(0)).unwrap();
+    j.push_event(event(1)).unwrap();
     let (w, _r) = waiter();
     j.add_waiter(w);
     j.begin_commit(&record());
-    j.push_event(&event(2)).unwrap();
+    j.push_event(event(2)).unwrap();
     assert_eq!(j.commit_failed().len(), 1);
     assert!(!j.flushing());
     assert_eq!(j.durable_seq(), 5, "the mark does not move");
@@ -290,7 +290,7 @@ fn the_watch_follows_the_durable_mark_while_a_run_holds_it() {
     let mut j = journal(3);
     let rx = j.watch();
     assert_eq!(*rx.borrow(), 3);
-    j.push_event(&event(0)).unwrap();
+    j.push_event(event(0)).unwrap();
     j.begin_commit(&record());
     j.commit_landed();
     assert_eq!(*rx.borrow(), 4);
@@ -304,7 +304,7 @@ fn the_watch_follows_the_durable_mark_while_a_run_holds_it() {
 #[test]
 fn discard_forgets_everything_queued() {
     let mut j = journal(0);
-    j.push_event(&event(0)).unwrap();
+    j.push_event(event(0)).unwrap();
     j.push_op(WriteOp::DeleteConversation {
         conversation: "c1".into(),
     });

@@ -69,6 +69,8 @@ pub struct Outbound {
     pub conversation: Arc<str>,
     pub seq: u64,
     pub event: Bytes,
+    /// The event itself, when this process made it (`None`: relayed from another node).
+    pub typed: Option<Arc<crate::engine::Event>>,
 }
 
 /// A socket's subscription handle: a bounded queue of frames, and a token the actor cancels
@@ -79,6 +81,10 @@ pub struct Subscriber {
     pub id: u64,
     pub tx: OutboundTx,
     pub slow: CancellationToken,
+    /// Whether its queue also gets each event itself ([`Outbound::typed`]): a front that
+    /// translates events wants it; a socket, which writes the JSON, does not (its queue would
+    /// hold both while it is behind).
+    pub typed: bool,
 }
 
 impl Subscriber {

@@ -165,6 +165,7 @@ mod tests {
             conversation: Arc::from("c"),
             seq,
             event: Bytes::from_static(b"{}"),
+            typed: None,
         }
     }
 

@@ -316,7 +316,7 @@ impl Relay {
             self.running = running;
         }
         if !self.fanout.is_empty() {
-            self.fanout.deliver(&self.id, seq, event);
+            self.fanout.deliver(&self.id, seq, event, None);
         }
     }
 }

@@ -29,6 +29,7 @@ use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
 use crate::conversation::{msg, outbound_queue, Handle, OutboundRx, Subscriber};
+use crate::engine::Event;
 use crate::error::ApiError;
 use crate::services::Services;
 use crate::store::Store;
@@ -36,12 +37,33 @@ use crate::store::Store;
 /// Stored events read per store call while replaying.
 const REPLAY_PAGE: usize = 512;
 
+/// One event of the log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Item {
+    pub seq: u64,
+    /// The event's JSON as stored (what a WebSocket frame carries under `event`).
+    pub json: Bytes,
+    /// The event itself when it was delivered live by this process's actor (`None` when it
+    /// was read from the store or relayed from another node): a front that translates it
+    /// reads this instead of parsing `json` again.
+    pub typed: Option<Arc<Event>>,
+}
+
+impl Item {
+    fn stored(seq: u64, json: Bytes) -> Item {
+        Item {
+            seq,
+            json,
+            typed: None,
+        }
+    }
+}
+
 /// What [`EventStream::next`] hands out.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Next {
-    /// The next event: its seq and its JSON as stored (what a WebSocket frame carries under
-    /// `event`).
-    Event(u64, Bytes),
+    /// The next event.
+    Event(Item),
     /// The reader fell too far behind and was dropped; resume from the last seq received.
     Lagged,
     /// The conversation's actor stopped (the conversation was deleted, or the server is
@@ -117,6 +139,7 @@ impl EventStream {
             id: Subscriber::next_id(),
             tx,
             slow: slow.clone(),
+            typed: true,
         };
         let stream = EventStream {
             conversation: Arc::from(conversation),
@@ -174,7 +197,11 @@ impl EventStream {
             };
             if out.seq > self.cursor {
                 self.cursor = out.seq;
-                return Ok(Next::Event(out.seq, out.event));
+                return Ok(Next::Event(Item {
+                    seq: out.seq,
+                    json: out.event,
+                    typed: out.typed,
+                }));
             }
         }
     }
@@ -182,10 +209,10 @@ impl EventStream {
     /// The next event if one can be handed out without waiting: a stored one already read, or
     /// a live one already queued. `None` says nothing about the stream's end: call
     /// [`EventStream::next`] for that (and for stored events not read yet, a lag or a close).
-    pub fn try_next(&mut self) -> Option<(u64, Bytes)> {
+    pub fn try_next(&mut self) -> Option<Item> {
         if let Some((seq, json)) = self.page.pop_front() {
             self.cursor = seq;
-            return Some((seq, json));
+            return Some(Item::stored(seq, json));
         }
         if self.cursor < self.high || self.slow.is_cancelled() {
             return None;
@@ -193,7 +220,11 @@ impl EventStream {
         while let Some(out) = self.rx.try_recv() {
             if out.seq > self.cursor {
                 self.cursor = out.seq;
-                return Some((out.seq, out.event));
+                return Some(Item {
+                    seq: out.seq,
+                    json: out.event,
+                    typed: out.typed,
+                });
             }
         }
         None
@@ -218,7 +249,7 @@ impl EventStream {
         }
         Ok(self.page.pop_front().map(|(seq, json)| {
             self.cursor = seq;
-            Next::Event(seq, json)
+            Next::Event(Item::stored(seq, json))
         }))
     }
 }

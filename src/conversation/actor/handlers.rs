@@ -336,7 +336,7 @@ impl Conversation {
         if let Some(k) = key {
             self.store_key(k, &run_id, Some(true));
         }
-        self.emit(&Event::RunError {
+        self.emit(Event::RunError {
             run_id,
             code: ErrorCode::Cancelled,
             message: "the run was cancelled while it waited".into(),

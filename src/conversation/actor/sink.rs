@@ -52,7 +52,7 @@ impl Sink for ActorSink {
 impl Handler<EngineEvent> for Conversation {
     type Result = ();
     fn handle(&mut self, m: EngineEvent, ctx: &mut Self::Context) {
-        self.emit(&m.0);
+        self.emit(m.0);
         self.kick(ctx);
     }
 }

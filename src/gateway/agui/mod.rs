@@ -367,9 +367,9 @@ struct Rejoin {
 impl Rejoin {
     async fn step(&mut self) {
         match self.stream.next().await {
-            Ok(Next::Event(seq, json)) => {
-                if seq <= self.since {
-                    self.t.skip_json(seq, &json);
+            Ok(Next::Event(item)) => {
+                if item.seq <= self.since {
+                    self.t.skip_json(item.seq, &item.json);
                     return;
                 }
                 if !self.started {
@@ -379,7 +379,7 @@ impl Rejoin {
                     // A rejoin's opening is not the end of a run.
                     let _ = out.take_ended();
                 }
-                self.t.write_json(seq, &json, &mut self.out);
+                self.t.write_item(&item, &mut self.out);
                 if self.out.take_ended() && self.until_idle && self.stream.replayed() {
                     self.done = true;
                 }
@@ -406,16 +406,16 @@ fn run_response(stream: EventStream, t: Translator) -> HttpResponse {
                     return None;
                 }
                 match stream.next().await {
-                    Ok(Next::Event(seq, json)) if seq > since => {
-                        t.write_json(seq, &json, &mut out);
+                    Ok(Next::Event(item)) if item.seq > since => {
+                        t.write_item(&item, &mut out);
                         // The events already waiting join this chunk.
                         let mut events = 1;
                         while !out.ended() && events < CHUNK_EVENTS {
-                            let Some((seq, json)) = stream.try_next() else {
+                            let Some(item) = stream.try_next() else {
                                 break;
                             };
-                            if seq > since {
-                                t.write_json(seq, &json, &mut out);
+                            if item.seq > since {
+                                t.write_item(&item, &mut out);
                                 events += 1;
                             }
                         }

@@ -38,6 +38,7 @@ use super::wire::{
 };
 use crate::engine::{Event, Interrupt, InterruptReason, Outcome};
 use crate::error::ErrorCode;
+use crate::gateway::stream::Item;
 use crate::llm::Role;
 
 /// One AG-UI event and the seq of the stored event it came from (its SSE `id:`), as a
@@ -101,6 +102,18 @@ impl Translator {
     /// Whether a run is open (started and not yet finished or failed).
     pub fn run_open(&self) -> bool {
         self.run.is_some()
+    }
+
+    /// Translate one event of the log into SSE messages on `out`: the event itself when it
+    /// came with it (delivered live), else its JSON. Both give the same bytes (tested).
+    pub fn write_item(&mut self, item: &Item, out: &mut SseWriter) {
+        match &item.typed {
+            Some(e) => {
+                let seq = item.seq;
+                self.push_with(e, &mut |a: AgEvent<'_>| out.event(Some(seq), &a));
+            }
+            None => self.write_json(item.seq, &item.json, out),
+        }
     }
 
     /// Translate one stored event (its JSON as stored) into SSE messages on `out`.
@@ -591,16 +604,21 @@ mod tests {
     }
 
     /// The corpus through the translator, as the SSE a client reads: through the response's
-    /// writer (`write_json`), and through the `Value`s of `push_json` (the two must agree).
-    fn golden_run() -> (String, String) {
+    /// writer from stored JSON (`write_json`), from the events themselves as a live delivery
+    /// hands them over (`write_item`), and through the `Value`s of `push_json` (all three
+    /// must agree).
+    fn golden_run() -> (String, String, String) {
         let mut typed = Translator::new("thread-\"1\"");
+        let mut live = Translator::new("thread-\"1\"");
         let mut valued = Translator::new("thread-\"1\"");
         let mut w = SseWriter::default();
+        let mut lw = SseWriter::default();
         let mut out = String::new();
         for line in CORPUS.lines() {
             let v: Value = serde_json::from_str(line).expect("a corpus line is JSON");
             if let Some(seq) = v.get("reopen").and_then(Value::as_u64) {
                 typed.reopen_with(&mut |a| w.event(Some(seq), &a));
+                live.reopen_with(&mut |a| lw.event(Some(seq), &a));
                 valued.reopen(seq).iter().for_each(|tr| out += &sse_of(tr));
                 continue;
             }
@@ -610,19 +628,33 @@ mod tests {
                 None => v["event"].to_string(),
             };
             typed.write_json(seq, json.as_bytes(), &mut w);
+            // Delivered live, an event comes as itself (an unreadable one cannot be made).
+            let item = Item {
+                seq,
+                json: bytes::Bytes::from(json.clone()),
+                typed: Event::from_stored(json.as_bytes())
+                    .ok()
+                    .map(std::sync::Arc::new),
+            };
+            live.write_item(&item, &mut lw);
             valued
                 .push_json(seq, json.as_bytes())
                 .iter()
                 .for_each(|tr| out += &sse_of(tr));
         }
         let typed = String::from_utf8(w.take().to_vec()).expect("SSE is UTF-8");
-        (typed, out)
+        let live = String::from_utf8(lw.take().to_vec()).expect("SSE is UTF-8");
+        (typed, live, out)
     }
 
     #[test]
     fn the_corpus_translates_to_the_golden_sse() {
-        let (out, valued) = golden_run();
+        let (out, live, valued) = golden_run();
         assert_eq!(out, valued, "the SSE writer and the Values disagree");
+        assert_eq!(
+            out, live,
+            "events delivered live translate unlike their stored JSON"
+        );
         if std::env::var_os("PARLEY_WRITE_GOLDEN").is_some() {
             let path = concat!(
                 env!("CARGO_MANIFEST_DIR"),

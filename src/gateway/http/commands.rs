@@ -23,7 +23,7 @@ use crate::assistant::model::OnBusy;
 use crate::conversation::{msg, Accepted};
 use crate::error::{ApiError, ErrorCode};
 use crate::gateway::auth::User;
-use crate::gateway::stream::{EventStream, Next};
+use crate::gateway::stream::{EventStream, Item, Next};
 use crate::gateway::{ErrorBody, GatewayState};
 use crate::services::Services;
 use crate::store::IdempotencyRecord;
@@ -493,7 +493,7 @@ impl Waiter {
         };
         let end = loop {
             match stream.next().await? {
-                Next::Event(_, json) => {
+                Next::Event(Item { json, .. }) => {
                     let ev: Value = match serde_json::from_slice(&json) {
                         Ok(v) => v,
                         Err(_) => continue,

@@ -20,7 +20,7 @@ use super::ApiResult;
 use crate::conversation::{msg, Handle};
 use crate::error::ApiError;
 use crate::gateway::auth::User;
-use crate::gateway::stream::{ends_run, EventStream, Next};
+use crate::gateway::stream::{ends_run, EventStream, Item, Next};
 use crate::services::Services;
 
 /// Whether the caller asked for the streamed form.
@@ -60,7 +60,7 @@ impl Run {
                 }
             };
             match next {
-                Ok(Next::Event(seq, json)) => {
+                Ok(Next::Event(Item { seq, json, .. })) => {
                     // Everything after the mark (the user's message, then the run), up to
                     // this run's end.
                     let ours = || {

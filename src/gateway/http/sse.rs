@@ -27,7 +27,7 @@ use utoipa::IntoParams;
 use super::{owned_record, query, ApiResult, Svc};
 use crate::error::ApiError;
 use crate::gateway::auth::User;
-use crate::gateway::stream::{ends_run, event_type, EventStream, Next};
+use crate::gateway::stream::{ends_run, event_type, EventStream, Item, Next};
 use crate::gateway::ErrorBody;
 
 /// When a stream ends on its own.
@@ -164,7 +164,7 @@ impl Sse {
         };
         let mut out = Vec::new();
         match next {
-            Ok(Next::Event(seq, json)) => self.push(&mut out, seq, &json),
+            Ok(Next::Event(Item { seq, json, .. })) => self.push(&mut out, seq, &json),
             Ok(Next::Lagged) => {
                 tracing::debug!("an SSE reader fell behind; its response ends");
                 return None;
@@ -177,7 +177,7 @@ impl Sse {
         }
         // The events already waiting go out in the same chunk.
         while !self.done && !self.idle_end() && out.len() < CHUNK_BYTES {
-            let Some((seq, json)) = self.events.try_next() else {
+            let Some(Item { seq, json, .. }) = self.events.try_next() else {
                 break;
             };
             self.push(&mut out, seq, &json);

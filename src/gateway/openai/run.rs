@@ -22,7 +22,7 @@ use crate::conversation::msg;
 use crate::engine::Event;
 use crate::error::{ApiError, ErrorCode};
 use crate::gateway::auth::User;
-use crate::gateway::stream::{EventStream, Next};
+use crate::gateway::stream::{EventStream, Item, Next};
 use crate::gateway::GatewayState;
 use crate::services::Services;
 
@@ -183,7 +183,7 @@ impl Started {
                 Err(e) => return tr_error(tr, e),
             };
             let (seq, json) = match next {
-                Next::Event(seq, json) => (seq, json),
+                Next::Event(Item { seq, json, .. }) => (seq, json),
                 Next::Lagged => {
                     return tr_error(
                         tr,
@@ -218,7 +218,7 @@ impl Started {
             if tr.is_done() {
                 break;
             }
-            let Some((seq, json)) = self.stream.try_next() else {
+            let Some(Item { seq, json, .. }) = self.stream.try_next() else {
                 break;
             };
             if seq <= self.mark {

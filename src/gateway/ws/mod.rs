@@ -181,6 +181,7 @@ impl SocketSession {
             id: Subscriber::next_id(),
             tx,
             slow: CancellationToken::new(),
+            typed: false,
         };
         let account = gw.sockets.open(subscriber.id, subscriber.slow.clone());
         SocketSession {

@@ -101,7 +101,10 @@ impl SocketSession {
             conversation,
             seq,
             event,
+            typed,
         } = out;
+        // A socket writes the JSON as stored; the typed event is not kept across the write.
+        drop(typed);
         let Some(sub) = self.subs.get_mut(&conversation) else {
             return;
         };
