@@ -20,9 +20,11 @@
 //! - **Group commit is allowed, never required for correctness.** A backend may commit many
 //!   callers' batches together (redb does: one fsync for every conversation with pending
 //!   records, DESIGN invariant 2), as long as each batch stays whole and in order.
-//! - **Reads never block an async worker.** Every read is `async` and does its blocking work
-//!   elsewhere (redb: tokio's blocking pool); it sees only committed data and holds no snapshot
-//!   after it answers.
+//! - **Reads never block an async worker for long.** Every read is `async`; a read that may
+//!   touch many pages (ranges: history, replay, listings) does its blocking work elsewhere
+//!   (redb: tokio's blocking pool). A point read of one record may run on the caller (redb:
+//!   [`Store::get_conversation`], see its module docs). A read sees only committed data and
+//!   holds no snapshot after it answers.
 //!
 //! # Ordering of the hand-off (read this before calling the write API)
 //!

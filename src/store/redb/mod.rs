@@ -58,10 +58,18 @@
 //!
 //! # Reads
 //!
-//! Each read is one short read transaction (MVCC: it never waits for the writer) run by
-//! `read.rs` on tokio's blocking pool (`spawn_blocking`), never on an async worker: a read
-//! that touches the disk cannot stall the actors and sockets of that worker. The read's
-//! arguments are copied into the task; nothing is locked while it runs.
+//! Each read is one short read transaction (MVCC: it never waits for the writer) in `read.rs`.
+//! A range read (history, replay, listing, sweeping) runs on tokio's blocking pool
+//! (`spawn_blocking`), never on an async worker: it may touch many pages, and a read that goes
+//! to the disk would stall the actors and sockets of that worker. The read's arguments are
+//! copied into the task; nothing is locked while it runs.
+//!
+//! The one exception is `get_conversation`, a point read (one `storage_keys` lookup, one
+//! record), which runs on the caller. Its B-tree pages are normally in redb's cache or the
+//! OS's (~5 µs), and the hop to the pool and back costs more than that: two thread wake-ups,
+//! ~11 µs of CPU, and AG-UI ÷ invoke in load scenario 7 went from ~0.72 to ~0.84 without it
+//! (BENCHMARKS.md, session 8). The price: on a cold cache it blocks its worker for the few
+//! page reads of two lookups (at most the depth of two trees).
 
 mod encode;
 mod handle;
@@ -186,6 +194,18 @@ impl RedbStore {
         })
     }
 
+    /// Runs one point read on the caller, when the future is first polled (see "Reads" in
+    /// the module docs).
+    fn read_here<'a, T: Send + 'a>(
+        &self,
+        f: impl FnOnce(&Reader) -> Result<T, StoreError> + Send + 'a,
+    ) -> StoreFuture<'a, T> {
+        let reader = Reader {
+            db: self.inner.db.clone(),
+        };
+        Box::pin(async move { f(&reader) })
+    }
+
     /// Runs one synchronous read on tokio's blocking pool.
     fn read<T: Send + 'static>(
         &self,
@@ -261,8 +281,7 @@ impl Store for RedbStore {
     }
 
     fn get_conversation<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<ConversationRecord>> {
-        let id = id.to_owned();
-        self.read(move |r| r.get_conversation(&id))
+        self.read_here(|r| r.get_conversation(id))
     }
 
     fn list_conversations<'a>(
