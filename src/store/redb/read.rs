@@ -1,6 +1,6 @@
 //! The read side: synchronous methods of [`Reader`], one short read transaction each. They
 //! block (disk reads), so `RedbStore` runs them on tokio's blocking pool, never on an async
-//! worker (see `mod.rs`).
+//! worker, except the point read `get_conversation` (see "Reads" in `mod.rs`).
 //!
 //! Invariants: readers never write and never wait for the writer (redb MVCC snapshots); each
 //! method opens one read transaction and drops it before returning, so no snapshot outlives the
