@@ -67,9 +67,10 @@
 //! The one exception is `get_conversation`, a point read (one `storage_keys` lookup, one
 //! record), which runs on the caller. Its B-tree pages are normally in redb's cache or the
 //! OS's (~5 µs), and the hop to the pool and back costs more than that: two thread wake-ups,
-//! ~11 µs of CPU, and AG-UI ÷ invoke in load scenario 7 went from ~0.72 to ~0.84 without it
-//! (BENCHMARKS.md, session 8). The price: on a cold cache it blocks its worker for the few
-//! page reads of two lookups (at most the depth of two trees).
+//! ~11 µs of CPU. Every AG-UI run reads its thread this way; with the hop, it was the largest
+//! single AG-UI-only cost in load scenario 7 (BENCHMARKS.md, session 8). The price: on a cold
+//! cache it blocks its worker for the few page reads of two lookups (at most the depth of two
+//! trees).
 
 mod encode;
 mod handle;
