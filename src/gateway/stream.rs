@@ -28,7 +28,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
-use crate::conversation::{msg, outbound_queue, Handle, OutboundRx, Subscriber};
+use crate::conversation::{msg, outbound_queue, Handle, Outbound, OutboundRx, Subscriber};
 use crate::engine::Event;
 use crate::error::ApiError;
 use crate::services::Services;
@@ -47,6 +47,17 @@ pub struct Item {
     /// was read from the store or relayed from another node): a front that translates it
     /// reads this instead of parsing `json` again.
     pub typed: Option<Arc<Event>>,
+}
+
+impl From<Outbound> for Item {
+    /// A live event, as its actor delivered it.
+    fn from(out: Outbound) -> Item {
+        Item {
+            seq: out.seq,
+            json: out.event,
+            typed: out.typed,
+        }
+    }
 }
 
 impl Item {
@@ -197,11 +208,7 @@ impl EventStream {
             };
             if out.seq > self.cursor {
                 self.cursor = out.seq;
-                return Ok(Next::Event(Item {
-                    seq: out.seq,
-                    json: out.event,
-                    typed: out.typed,
-                }));
+                return Ok(Next::Event(Item::from(out)));
             }
         }
     }
@@ -220,11 +227,7 @@ impl EventStream {
         while let Some(out) = self.rx.try_recv() {
             if out.seq > self.cursor {
                 self.cursor = out.seq;
-                return Some(Item {
-                    seq: out.seq,
-                    json: out.event,
-                    typed: out.typed,
-                });
+                return Some(Item::from(out));
             }
         }
         None
