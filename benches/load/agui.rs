@@ -1,7 +1,7 @@
 //! Scenario 7: AG-UI runs beside invoke. The same automated assistant (`bench_auto`) on one
-//! server, first through `POST /api/assistants/bench_auto/invoke`, then through
-//! `POST /agui/bench_auto` (a new thread per run, the whole SSE answer read until
-//! `RUN_FINISHED`), at the same number of connections. Target: AG-UI at least 0.8× invoke.
+//! server, through `POST /api/assistants/bench_auto/invoke` and through `POST /agui/bench_auto`
+//! (a new thread per run, the whole SSE answer read until `RUN_FINISHED`) in alternating
+//! slices ([`rounds`]), at the same number of connections. Target: AG-UI at least 0.8× invoke.
 
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -14,8 +14,10 @@ use super::stats::{Tally, Window};
 use super::{Options, Report, Row, Target, Unit};
 
 /// `connections` clients posting bodies made by `body(n)` until the window is over; an answer
-/// counts when it is a 200 holding `expect`.
+/// counts when it is a 200 holding `expect`. `slice` keeps each slice's `n` (thread ids) apart
+/// from every other slice's.
 async fn load(
+    slice: u32,
     addr: SocketAddr,
     path: &'static str,
     body: fn(u64) -> Bytes,
@@ -34,12 +36,12 @@ async fn load(
                     return t;
                 }
             };
-            let mut n = (c as u64) << 32;
+            let mut n = (u64::from(slice) << 48) | ((c as u64) << 32);
             while !w.over() && t.errors <= 100 {
                 n += 1;
                 let began = Instant::now();
                 match conn.post(path, body(n)).await {
-                    Ok((200, b)) if b.windows(expect.len()).any(|x| x == expect) => {
+                    Ok((200, b)) if memchr::memmem::find(&b, expect).is_some() => {
                         let now = Instant::now();
                         if w.counts(began, now) {
                             t.ops += 1;
@@ -96,72 +98,46 @@ fn agui_body(n: u64) -> Bytes {
     ))
 }
 
-/// The order of the two halves: the measure is `invoke` first, then AG-UI on the same server.
-/// `LOAD_AGUI_ORDER=agui-first` swaps them and `fresh` gives AG-UI a server of its own (an
-/// empty database like invoke's): experiments on what the database's growth during the first
-/// half costs the second (BENCHMARKS.md, session 6).
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Order {
-    InvokeFirst,
-    AguiFirst,
-    Fresh,
+/// How many times the measure alternates: `rounds` slices of invoke, each followed by a slice
+/// of AG-UI, each slice `duration / rounds` long (after one warm-up of each). Alternating puts
+/// both halves on the same machine weather and the same database growth: run one after the
+/// other, the second half always ran on a database the first had grown, and a machine whose
+/// speed drifts by ±10 % over a minute moved a single run's ratio between 0.70 and 0.95
+/// (BENCHMARKS.md, session 9). `LOAD_AGUI_ROUNDS=1` is the old order: all of invoke, then all
+/// of AG-UI.
+fn rounds() -> u32 {
+    std::env::var("LOAD_AGUI_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&r| r >= 1)
+        .unwrap_or(4)
 }
 
-fn order() -> Order {
-    match std::env::var("LOAD_AGUI_ORDER").as_deref() {
-        Ok("agui-first") => Order::AguiFirst,
-        Ok("fresh") => Order::Fresh,
-        _ => Order::InvokeFirst,
-    }
-}
+/// Not counted at the start of each slice after the first: the other protocol's last commits.
+const SLICE_SETTLE: std::time::Duration = std::time::Duration::from_millis(200);
 
 pub async fn agui(o: &Options, report: &mut Report) -> anyhow::Result<()> {
     let home = Home::new()?;
-    let mut server = home.start()?;
+    let server = home.start()?;
     let n = o.invoke_connections;
+    let addr = server.addr;
     let path = "/api/assistants/bench_auto/invoke";
     let invoke_expect: &'static [u8] = br#""status":"completed""#;
-    let order = order();
-    if order != Order::InvokeFirst {
-        eprintln!("scenario 7: LOAD_AGUI_ORDER={order:?} (an experiment, not the measure)");
+    let agui_path = "/agui/bench_auto";
+    let agui_expect: &'static [u8] = b"\"RUN_FINISHED\"";
+    let rounds = rounds();
+    let slice = o.duration / rounds;
+    let (mut inv, mut ag) = (Tally::default(), Tally::default());
+    let (mut inv_s, mut ag_s) = (0.0, 0.0);
+    for r in 0..rounds {
+        let settle = if r == 0 { o.warmup } else { SLICE_SETTLE };
+        let w = Window::after(settle, slice);
+        inv.merge(load(r, addr, path, invoke_body, n, w, invoke_expect).await);
+        inv_s += w.seconds();
+        let w = Window::after(settle, slice);
+        ag.merge(load(r, addr, agui_path, agui_body, n, w, agui_expect).await);
+        ag_s += w.seconds();
     }
-    let run_agui = |addr| {
-        let w = Window::after(o.warmup, o.duration);
-        async move {
-            let t = load(
-                addr,
-                "/agui/bench_auto",
-                agui_body,
-                n,
-                w,
-                b"\"RUN_FINISHED\"",
-            )
-            .await;
-            (t, w)
-        }
-    };
-    let run_invoke = |addr| {
-        let w = Window::after(o.warmup, o.duration);
-        async move { (load(addr, path, invoke_body, n, w, invoke_expect).await, w) }
-    };
-    let _fresh_home;
-    let ((inv, w), (mut ag, w2)) = match order {
-        Order::InvokeFirst => {
-            let i = run_invoke(server.addr).await;
-            (i, run_agui(server.addr).await)
-        }
-        Order::AguiFirst => {
-            let a = run_agui(server.addr).await;
-            (run_invoke(server.addr).await, a)
-        }
-        Order::Fresh => {
-            let i = run_invoke(server.addr).await;
-            server.stop()?;
-            _fresh_home = Home::new()?;
-            server = _fresh_home.start()?;
-            (i, run_agui(server.addr).await)
-        }
-    };
     for (what, t) in [("7 invoke", &inv), ("7 agui", &ag)] {
         if t.errors > 0 {
             report.problem(format!(
@@ -171,11 +147,11 @@ pub async fn agui(o: &Options, report: &mut Report) -> anyhow::Result<()> {
             ));
         }
     }
-    let inv_rps = inv.ops as f64 / w.seconds();
-    let ag_rps = ag.ops as f64 / w2.seconds();
+    let inv_rps = inv.ops as f64 / inv_s;
+    let ag_rps = ag.ops as f64 / ag_s;
     report.row(Row::new(
         "7",
-        format!("invoke (same server, before AG-UI), {n} connections: requests/s"),
+        format!("invoke (same server, alternating with AG-UI), {n} connections: requests/s"),
         inv_rps,
         Unit::PerSec,
     ));

@@ -64,7 +64,7 @@ impl SseReader {
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
+    memchr::memmem::find(hay, needle)
 }
 
 /// One message block; `None` for a comment-only block.
