@@ -5,8 +5,6 @@
 //! A message is `id: <seq>\n` (when the event came from a stored one: a client resumes from
 //! it) then `data: <json>\n\n`.
 
-use std::io::Write as _;
-
 use bytes::Bytes;
 use serde::Serialize;
 
@@ -32,11 +30,7 @@ impl SseWriter {
     /// refusals, a lost stream).
     pub fn message(&mut self, seq: Option<u64>, data: &impl Serialize) {
         let start = self.buf.len();
-        if let Some(s) = seq {
-            // Writing into a Vec cannot fail.
-            let _ = writeln!(self.buf, "id: {s}");
-        }
-        self.buf.extend_from_slice(b"data: ");
+        self.head(seq);
         if let Err(e) = serde_json::to_writer(&mut self.buf, data) {
             // Only a map with non-string keys fails, and these types have none: drop the
             // message rather than write half of it.
@@ -45,6 +39,29 @@ impl SseWriter {
             return;
         }
         self.buf.extend_from_slice(b"\n\n");
+    }
+
+    /// Append one message whose data is `json` as it is: JSON already written by serde (one
+    /// line). `false`, writing nothing, when it is not one line.
+    pub fn raw(&mut self, seq: Option<u64>, json: &[u8]) -> bool {
+        if json.iter().any(|&b| b == b'\n' || b == b'\r') {
+            return false;
+        }
+        self.head(seq);
+        self.buf.extend_from_slice(json);
+        self.buf.extend_from_slice(b"\n\n");
+        true
+    }
+
+    /// `id: <seq>` (when there is one) and `data: `.
+    fn head(&mut self, seq: Option<u64>) {
+        if let Some(s) = seq {
+            self.buf.extend_from_slice(b"id: ");
+            self.buf
+                .extend_from_slice(itoa::Buffer::new().format(s).as_bytes());
+            self.buf.push(b'\n');
+        }
+        self.buf.extend_from_slice(b"data: ");
     }
 
     /// Whether a `RUN_FINISHED` or `RUN_ERROR` was written since the last
@@ -99,5 +116,20 @@ mod tests {
             &b"id: 7\ndata: {\"type\":\"TEXT_MESSAGE_CONTENT\",\"messageId\":\"m\",\"delta\":\"a \\\"b\\\"\\n\"}\n\ndata: {\"type\":\"RUN_ERROR\",\"message\":\"x\",\"code\":\"llm_error\"}\n\n"[..]
         );
         assert!(w.is_empty());
+    }
+
+    #[test]
+    fn raw_json_is_copied_as_one_message_and_more_than_one_line_is_refused() {
+        let mut w = SseWriter::default();
+        assert!(w.raw(
+            Some(12),
+            br#"{"type":"TEXT_MESSAGE_CONTENT","messageId":"m","delta":"x"}"#
+        ));
+        assert!(!w.raw(Some(13), b"{\n\"type\": \"RUN_STARTED\"}"));
+        assert!(!w.raw(None, b"{}\r"));
+        assert_eq!(
+            &w.take()[..],
+            &b"id: 12\ndata: {\"type\":\"TEXT_MESSAGE_CONTENT\",\"messageId\":\"m\",\"delta\":\"x\"}\n\n"[..]
+        );
     }
 }

@@ -75,6 +75,9 @@ pub fn page_tool_call_id(i: &Interrupt) -> &str {
 
 /// How serde stores a `TEXT_MESSAGE_CONTENT` (the tag first).
 const TEXT_DELTA_PREFIX: &[u8] = br#"{"type":"TEXT_MESSAGE_CONTENT","#;
+/// How serde writes [`AgEvent::TextMessageContent`] (and stores the engine's event: the same
+/// fields in the same order) up to the message id.
+const TEXT_DELTA_WIRE: &[u8] = br#"{"type":"TEXT_MESSAGE_CONTENT","messageId":""#;
 
 /// A stored `TEXT_MESSAGE_CONTENT`, borrowing its strings (owned only when they hold escapes).
 #[derive(serde::Deserialize)]
@@ -107,56 +110,86 @@ impl Translator {
     /// Translate one event of the log into SSE messages on `out`: the event itself when it
     /// came with it (delivered live), else its JSON. Both give the same bytes (tested).
     pub fn write_item(&mut self, item: &Item, out: &mut SseWriter) {
-        match &item.typed {
-            Some(e) => {
-                let seq = item.seq;
-                self.push_with(e, &mut |a: AgEvent<'_>| out.event(Some(seq), &a));
+        let seq = item.seq;
+        match item.typed.as_deref() {
+            Some(Event::TextMessageContent { message_id, delta }) => {
+                if self.text_delta(message_id, delta, &mut |a| out.event(Some(seq), &a)) {
+                    self.write_delta(seq, message_id, delta, &item.json, out);
+                }
             }
-            None => self.write_json(item.seq, &item.json, out),
+            Some(e) => self.push_with(e, &mut |a: AgEvent<'_>| out.event(Some(seq), &a)),
+            None => self.write_json(seq, &item.json, out),
+        }
+    }
+
+    /// A `TEXT_MESSAGE_CONTENT` whose stored JSON is in serde's own form (the tag, then
+    /// `messageId`, then `delta`: [`AgEvent::TextMessageContent`] exactly) is copied as it is
+    /// instead of written again: most of a run's events are text deltas.
+    fn write_delta(
+        &self,
+        seq: u64,
+        message_id: &str,
+        delta: &str,
+        json: &[u8],
+        out: &mut SseWriter,
+    ) {
+        if !(json.starts_with(TEXT_DELTA_WIRE) && out.raw(Some(seq), json)) {
+            out.event(
+                Some(seq),
+                &AgEvent::TextMessageContent { message_id, delta },
+            );
         }
     }
 
     /// Translate one stored event (its JSON as stored) into SSE messages on `out`.
     /// Unreadable events are skipped.
     pub fn write_json(&mut self, seq: u64, json: &[u8], out: &mut SseWriter) {
-        let mut emit = |a: AgEvent<'_>| out.event(Some(seq), &a);
         if json.starts_with(TEXT_DELTA_PREFIX) {
             // Most of a run's events: read without copying their strings.
             match serde_json::from_slice::<TextDelta<'_>>(json) {
-                Ok(d) => self.text_delta(&d.message_id, &d.delta, &mut emit),
+                Ok(d) => {
+                    if self.text_delta(&d.message_id, &d.delta, &mut |a| out.event(Some(seq), &a)) {
+                        self.write_delta(seq, &d.message_id, &d.delta, json, out);
+                    }
+                }
                 Err(e) => unreadable(seq, e),
             }
             return;
         }
         match Event::from_stored(json) {
-            Ok(e) => self.push_with(&e, &mut emit),
+            Ok(e) => self.push_with(&e, &mut |a| out.event(Some(seq), &a)),
             Err(e) => unreadable(seq, e),
         }
     }
 
     /// A `TEXT_MESSAGE_CONTENT`: what [`Translator::push_with`] does with one, without the
-    /// `Event`.
-    fn text_delta(&mut self, message_id: &str, delta: &str, emit: &mut impl FnMut(AgEvent<'_>)) {
+    /// `Event`, up to the content itself: whether the caller writes it (not for the user's echo
+    /// or an empty delta).
+    fn text_delta(
+        &mut self,
+        message_id: &str,
+        delta: &str,
+        emit: &mut impl FnMut(AgEvent<'_>),
+    ) -> bool {
         if self.user_messages.contains(message_id) {
-            return; // the user's echo
+            return false; // the user's echo
         }
         self.close_reasoning(emit);
         if self.run.is_none() {
             self.open_run("run", emit);
         }
-        self.text_content(message_id, delta, emit);
+        self.text_opened(message_id, emit);
+        !delta.is_empty()
     }
 
-    fn text_content(&mut self, message_id: &str, delta: &str, emit: &mut impl FnMut(AgEvent<'_>)) {
+    /// Opens the text message `message_id` unless it is open.
+    fn text_opened(&mut self, message_id: &str, emit: &mut impl FnMut(AgEvent<'_>)) {
         if !self.open_text.iter().any(|m| m == message_id) {
             self.open_text.push(message_id.to_owned());
             emit(AgEvent::TextMessageStart {
                 message_id,
                 role: "assistant",
             });
-        }
-        if !delta.is_empty() {
-            emit(AgEvent::TextMessageContent { message_id, delta });
         }
     }
 
@@ -293,7 +326,10 @@ impl Translator {
                 emit(AgEvent::TextMessageStart { message_id, role });
             }
             Event::TextMessageContent { message_id, delta } => {
-                self.text_content(message_id, delta, emit)
+                self.text_opened(message_id, emit);
+                if !delta.is_empty() {
+                    emit(AgEvent::TextMessageContent { message_id, delta });
+                }
             }
             Event::TextMessageEnd { message_id } => {
                 if let Some(pos) = self.open_text.iter().position(|m| m == message_id) {
