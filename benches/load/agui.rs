@@ -110,7 +110,7 @@ fn rounds() -> u32 {
         .ok()
         .and_then(|v| v.parse().ok())
         .filter(|&r| r >= 1)
-        .unwrap_or(4)
+        .unwrap_or(10)
 }
 
 /// Not counted at the start of each slice after the first: the other protocol's last commits.
