@@ -24,7 +24,8 @@
 //! Every event of every run passes here, so the output is typed ([`AgEvent`], borrowing the
 //! stored event's strings) and goes straight into the response's buffer
 //! ([`Translator::write_json`] into an [`SseWriter`]); stored events are read with
-//! [`Event::from_stored`] (the frequent kinds without serde's buffering of tagged enums).
+//! [`Event::from_stored`] (the frequent kinds without serde's buffering of tagged enums). A text
+//! delta's stored JSON is already its AG-UI form and is copied, not written again.
 //! [`Translator::push`] gives the same events as `Value`s (tests, tools).
 
 use std::borrow::Cow;
@@ -89,6 +90,18 @@ struct TextDelta<'a> {
     delta: Cow<'a, str>,
 }
 
+/// A `TEXT_MESSAGE_CONTENT` whose stored JSON is in serde's own form (the tag, then `messageId`,
+/// then `delta`: [`AgEvent::TextMessageContent`] exactly) is copied as it is instead of written
+/// again: most of a run's events are text deltas.
+fn write_delta(seq: u64, message_id: &str, delta: &str, json: &[u8], out: &mut SseWriter) {
+    if !(json.starts_with(TEXT_DELTA_WIRE) && out.raw(Some(seq), json)) {
+        out.event(
+            Some(seq),
+            &AgEvent::TextMessageContent { message_id, delta },
+        );
+    }
+}
+
 /// A stored event that could not be read: skipped, with a warning.
 fn unreadable(seq: u64, e: serde_json::Error) {
     tracing::warn!(seq, error = %e, "agui: a stored event could not be read");
@@ -114,30 +127,11 @@ impl Translator {
         match item.typed.as_deref() {
             Some(Event::TextMessageContent { message_id, delta }) => {
                 if self.text_delta(message_id, delta, &mut |a| out.event(Some(seq), &a)) {
-                    self.write_delta(seq, message_id, delta, &item.json, out);
+                    write_delta(seq, message_id, delta, &item.json, out);
                 }
             }
             Some(e) => self.push_with(e, &mut |a: AgEvent<'_>| out.event(Some(seq), &a)),
             None => self.write_json(seq, &item.json, out),
-        }
-    }
-
-    /// A `TEXT_MESSAGE_CONTENT` whose stored JSON is in serde's own form (the tag, then
-    /// `messageId`, then `delta`: [`AgEvent::TextMessageContent`] exactly) is copied as it is
-    /// instead of written again: most of a run's events are text deltas.
-    fn write_delta(
-        &self,
-        seq: u64,
-        message_id: &str,
-        delta: &str,
-        json: &[u8],
-        out: &mut SseWriter,
-    ) {
-        if !(json.starts_with(TEXT_DELTA_WIRE) && out.raw(Some(seq), json)) {
-            out.event(
-                Some(seq),
-                &AgEvent::TextMessageContent { message_id, delta },
-            );
         }
     }
 
@@ -149,7 +143,7 @@ impl Translator {
             match serde_json::from_slice::<TextDelta<'_>>(json) {
                 Ok(d) => {
                     if self.text_delta(&d.message_id, &d.delta, &mut |a| out.event(Some(seq), &a)) {
-                        self.write_delta(seq, &d.message_id, &d.delta, json, out);
+                        write_delta(seq, &d.message_id, &d.delta, json, out);
                     }
                 }
                 Err(e) => unreadable(seq, e),
