@@ -373,23 +373,18 @@ impl Conversation {
     /// every node's relay).
     fn deliver(&mut self) {
         let mut slow = 0;
-        if let Some(cluster) = &self.deps.cluster {
-            let batch: Vec<(u64, Bytes)> = self
-                .journal
-                .deliverable()
-                .map(|(seq, json, event)| {
-                    if !self.fanout.is_empty() {
-                        slow += self.fanout.deliver(&self.id, seq, &json, Some(&event));
-                    }
-                    (seq, json)
-                })
-                .collect();
-            cluster.publish(&self.id, &batch);
-        }
+        let cluster = self.deps.cluster.as_ref();
+        let mut batch: Vec<(u64, Bytes)> = Vec::new();
         for (seq, json, event) in self.journal.deliverable() {
             if !self.fanout.is_empty() {
                 slow += self.fanout.deliver(&self.id, seq, &json, Some(&event));
             }
+            if cluster.is_some() {
+                batch.push((seq, json));
+            }
+        }
+        if let Some(cluster) = cluster {
+            cluster.publish(&self.id, &batch);
         }
         if slow > 0 {
             self.deps
