@@ -946,7 +946,7 @@ async fn garbage_chunk_is_a_protocol_error() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Faults: each has a defined outcome (docs/llm-providers.md, the table in src/llm/openai.rs).
+// Faults: each has a defined outcome (docs/llm-providers.md, the table in src/llm/openai/mod.rs).
 
 fn always(code: u16, headers: &[(&str, &str)], body: &str) -> Vec<Reply> {
     vec![status(code, headers, body)]
