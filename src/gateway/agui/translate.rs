@@ -103,6 +103,18 @@ fn write_delta(seq: u64, message_id: &str, delta: &str, json: &[u8], out: &mut S
 }
 
 /// A stored event that could not be read: skipped, with a warning.
+/// Removes `id` from the open ones; whether it was open (an end of something never started,
+/// or ended twice, gives nothing).
+fn take_open(open: &mut Vec<String>, id: &str) -> bool {
+    match open.iter().position(|o| o == id) {
+        Some(pos) => {
+            open.remove(pos);
+            true
+        }
+        None => false,
+    }
+}
+
 fn unreadable(seq: u64, e: serde_json::Error) {
     tracing::warn!(seq, error = %e, "agui: a stored event could not be read");
 }
@@ -273,44 +285,12 @@ impl Translator {
             Event::StepStarted {
                 step_name,
                 node_type,
-            } => {
-                let n = self.starts.entry(step_name.clone()).or_insert(0);
-                *n += 1;
-                let name = if *n == 1 {
-                    step_name.clone()
-                } else {
-                    format!("{step_name}#{n}")
-                };
-                emit(AgEvent::StepStarted {
-                    step_name: &name,
-                    metadata: StepMeta {
-                        node_id: step_name,
-                        node_type: Some(node_type),
-                        output: None,
-                        paused: None,
-                    },
-                });
-                self.open_steps.push((name, step_name.clone()));
-            }
+            } => self.step_started(step_name, node_type, emit),
             Event::StepFinished {
                 step_name,
                 node_type,
                 output,
-            } => {
-                let Some(pos) = self.open_steps.iter().rposition(|(_, n)| n == step_name) else {
-                    return;
-                };
-                let (name, _) = self.open_steps.remove(pos);
-                emit(AgEvent::StepFinished {
-                    step_name: &name,
-                    metadata: StepMeta {
-                        node_id: step_name,
-                        node_type: Some(node_type),
-                        output: (!output.is_null()).then_some(output),
-                        paused: None,
-                    },
-                });
-            }
+            } => self.step_finished(step_name, node_type, output, emit),
             Event::TextMessageStart { message_id, role } => {
                 let role = match role {
                     Role::System => "system",
@@ -326,24 +306,12 @@ impl Translator {
                 }
             }
             Event::TextMessageEnd { message_id } => {
-                if let Some(pos) = self.open_text.iter().position(|m| m == message_id) {
-                    self.open_text.remove(pos);
+                if take_open(&mut self.open_text, message_id) {
                     emit(AgEvent::TextMessageEnd { message_id });
                 }
             }
             Event::ReasoningMessageContent { message_id, delta } => {
-                if self.reasoning.as_deref() != Some(message_id.as_str()) {
-                    self.close_reasoning(emit);
-                    self.reasoning = Some(message_id.clone());
-                    emit(AgEvent::ReasoningStart { message_id });
-                    emit(AgEvent::ReasoningMessageStart {
-                        message_id,
-                        role: "reasoning",
-                    });
-                }
-                if !delta.is_empty() {
-                    emit(AgEvent::ReasoningMessageContent { message_id, delta });
-                }
+                self.reasoning_content(message_id, delta, emit)
             }
             Event::ToolCallStart {
                 tool_call_id,
@@ -360,17 +328,13 @@ impl Translator {
             Event::ToolCallArgs {
                 tool_call_id,
                 delta,
-            } => {
-                if self.open_tools.contains(tool_call_id) {
-                    emit(AgEvent::ToolCallArgs {
-                        tool_call_id,
-                        delta,
-                    });
-                }
-            }
+            } if self.open_tools.contains(tool_call_id) => emit(AgEvent::ToolCallArgs {
+                tool_call_id,
+                delta,
+            }),
+            Event::ToolCallArgs { .. } => {}
             Event::ToolCallEnd { tool_call_id } => {
-                if let Some(pos) = self.open_tools.iter().position(|t| t == tool_call_id) {
-                    self.open_tools.remove(pos);
+                if take_open(&mut self.open_tools, tool_call_id) {
                     emit(AgEvent::ToolCallEnd { tool_call_id });
                 }
             }
@@ -388,51 +352,138 @@ impl Translator {
             Event::Custom { name, value } => emit(AgEvent::Custom { name, value }),
             Event::RunFinished {
                 run_id, outcome, ..
-            } => {
-                self.close_all(emit);
-                let (result, outcome) = match outcome {
-                    Outcome::Success { result } => (
-                        (!result.is_null()).then_some(result),
-                        RunOutcome::Success {
-                            pending_tool_call_ids: None,
-                        },
-                    ),
-                    Outcome::Interrupt { interrupts } => {
-                        (None, self.interrupt_outcome(interrupts, emit))
-                    }
-                };
-                self.run = None;
-                emit(AgEvent::RunFinished {
-                    thread_id: &self.thread_id,
-                    run_id,
-                    result,
-                    outcome: Some(outcome),
-                    metadata: None,
-                });
-            }
+            } => self.run_finished(run_id, outcome, emit),
             Event::RunError {
                 run_id,
                 code,
                 message,
-            } => {
-                if *code == ErrorCode::Cancelled {
-                    self.close_all(emit);
-                    emit(AgEvent::RunFinished {
-                        thread_id: &self.thread_id,
-                        run_id,
-                        result: None,
-                        outcome: Some(RunOutcome::Cancelled),
-                        metadata: Some(MessageMeta { message }),
-                    });
-                } else {
-                    emit(AgEvent::RunError {
-                        message,
-                        code: code.as_str(),
-                    });
-                }
-                self.run = None;
-            }
+            } => self.run_error(run_id, *code, message, emit),
         }
+    }
+
+    /// A step's start. A node that runs again (a loop) gets `name#2`, `name#3` …: AG-UI step
+    /// names must be unique among the open steps.
+    fn step_started(
+        &mut self,
+        step_name: &str,
+        node_type: &str,
+        emit: &mut impl FnMut(AgEvent<'_>),
+    ) {
+        let n = self.starts.entry(step_name.to_owned()).or_insert(0);
+        *n += 1;
+        let name = if *n == 1 {
+            step_name.to_owned()
+        } else {
+            format!("{step_name}#{n}")
+        };
+        emit(AgEvent::StepStarted {
+            step_name: &name,
+            metadata: StepMeta {
+                node_id: step_name,
+                node_type: Some(node_type),
+                output: None,
+                paused: None,
+            },
+        });
+        self.open_steps.push((name, step_name.to_owned()));
+    }
+
+    /// A step's end, under the name its start was given; an end without a start gives nothing.
+    fn step_finished(
+        &mut self,
+        step_name: &str,
+        node_type: &str,
+        output: &Value,
+        emit: &mut impl FnMut(AgEvent<'_>),
+    ) {
+        let Some(pos) = self.open_steps.iter().rposition(|(_, n)| n == step_name) else {
+            return;
+        };
+        let (name, _) = self.open_steps.remove(pos);
+        emit(AgEvent::StepFinished {
+            step_name: &name,
+            metadata: StepMeta {
+                node_id: step_name,
+                node_type: Some(node_type),
+                output: (!output.is_null()).then_some(output),
+                paused: None,
+            },
+        });
+    }
+
+    /// Reasoning text; the first piece of a reasoning message opens it (and closes another).
+    fn reasoning_content(
+        &mut self,
+        message_id: &str,
+        delta: &str,
+        emit: &mut impl FnMut(AgEvent<'_>),
+    ) {
+        if self.reasoning.as_deref() != Some(message_id) {
+            self.close_reasoning(emit);
+            self.reasoning = Some(message_id.to_owned());
+            emit(AgEvent::ReasoningStart { message_id });
+            emit(AgEvent::ReasoningMessageStart {
+                message_id,
+                role: "reasoning",
+            });
+        }
+        if !delta.is_empty() {
+            emit(AgEvent::ReasoningMessageContent { message_id, delta });
+        }
+    }
+
+    /// A run's end: what is open is closed, then `RUN_FINISHED` with the result or the
+    /// interrupt outcome.
+    fn run_finished(
+        &mut self,
+        run_id: &str,
+        outcome: &Outcome,
+        emit: &mut impl FnMut(AgEvent<'_>),
+    ) {
+        self.close_all(emit);
+        let (result, outcome) = match outcome {
+            Outcome::Success { result } => (
+                (!result.is_null()).then_some(result),
+                RunOutcome::Success {
+                    pending_tool_call_ids: None,
+                },
+            ),
+            Outcome::Interrupt { interrupts } => (None, self.interrupt_outcome(interrupts, emit)),
+        };
+        self.run = None;
+        emit(AgEvent::RunFinished {
+            thread_id: &self.thread_id,
+            run_id,
+            result,
+            outcome: Some(outcome),
+            metadata: None,
+        });
+    }
+
+    /// A failed run is `RUN_ERROR`; a cancelled one finishes with the `cancelled` outcome.
+    fn run_error(
+        &mut self,
+        run_id: &str,
+        code: ErrorCode,
+        message: &str,
+        emit: &mut impl FnMut(AgEvent<'_>),
+    ) {
+        if code == ErrorCode::Cancelled {
+            self.close_all(emit);
+            emit(AgEvent::RunFinished {
+                thread_id: &self.thread_id,
+                run_id,
+                result: None,
+                outcome: Some(RunOutcome::Cancelled),
+                metadata: Some(MessageMeta { message }),
+            });
+        } else {
+            emit(AgEvent::RunError {
+                message,
+                code: code.as_str(),
+            });
+        }
+        self.run = None;
     }
 
     /// The outcome of a pausing `RUN_FINISHED`; page actions are streamed as tool calls here.

@@ -18,7 +18,7 @@ use super::error::OpenAiError;
 use super::request::Command;
 use super::translate::{Output, Translator};
 use crate::assistant::Assistant;
-use crate::conversation::msg;
+use crate::conversation::{msg, Handle};
 use crate::engine::Event;
 use crate::error::{ApiError, ErrorCode};
 use crate::gateway::auth::User;
@@ -44,50 +44,13 @@ pub(super) async fn start(
     command: Command,
     args: Option<Value>,
 ) -> Result<Started, OpenAiError> {
-    if let Command::Send { content } = &command {
-        let max = svc.config.server.max_message_chars;
-        if content.chars().count() > max {
-            return Err(OpenAiError::from(ApiError::new(
-                ErrorCode::PayloadTooLarge,
-                format!("the user message is longer than {max} characters"),
-            ))
-            .param("messages"));
-        }
-        let max_args = svc.config.server.max_args_bytes;
-        if args
-            .as_ref()
-            .is_some_and(|v| v.to_string().len() > max_args)
-        {
-            return Err(OpenAiError::from(ApiError::new(
-                ErrorCode::PayloadTooLarge,
-                format!("parley.args is larger than {max_args} bytes"),
-            ))
-            .param("parley.args"));
-        }
-        a.check_args(args.as_ref())
-            .map_err(|e| OpenAiError::from(e).param("parley.args"))?;
-    }
+    check_input(svc, a, &command, args.as_ref())?;
     let (conversation, new) = match named {
         Some(cid) => {
             owned_by(svc, user, a, &cid).await?;
             (cid, false)
         }
-        None => {
-            if matches!(command, Command::Resume { .. }) {
-                return Err(OpenAiError::from(ApiError::bad_request(
-                    "a tool message answers an interrupt of a conversation: name it with the X-Parley-Conversation-Id header or parley.conversationId",
-                ))
-                .param("messages"));
-            }
-            gw.limits.new_conversation(&user.0)?;
-            (
-                svc.registry
-                    .create(&user.0, &a.id)
-                    .map_err(ApiError::from)?
-                    .0,
-                true,
-            )
-        }
+        None => (create(svc, gw, user, a, &command)?, true),
     };
     let in_conv = |e: ApiError| OpenAiError::from(e).in_conversation(&conversation);
     gw.limits.message(&user.0).map_err(in_conv)?;
@@ -109,6 +72,78 @@ pub(super) async fn start(
         .get_as(&conversation, &user.0)
         .await
         .map_err(|e| in_conv(e.into()))?;
+    dispatch(&addr, user, command, args)
+        .await
+        .map_err(in_conv)?;
+    Ok(Started {
+        conversation,
+        stream,
+        mark,
+    })
+}
+
+/// The content's length and the args (a `send` only).
+fn check_input(
+    svc: &Services,
+    a: &Assistant,
+    command: &Command,
+    args: Option<&Value>,
+) -> Result<(), OpenAiError> {
+    let Command::Send { content } = command else {
+        return Ok(());
+    };
+    let max = svc.config.server.max_message_chars;
+    if content.chars().count() > max {
+        return Err(OpenAiError::from(ApiError::new(
+            ErrorCode::PayloadTooLarge,
+            format!("the user message is longer than {max} characters"),
+        ))
+        .param("messages"));
+    }
+    let max_args = svc.config.server.max_args_bytes;
+    if args.is_some_and(|v| v.to_string().len() > max_args) {
+        return Err(OpenAiError::from(ApiError::new(
+            ErrorCode::PayloadTooLarge,
+            format!("parley.args is larger than {max_args} bytes"),
+        ))
+        .param("parley.args"));
+    }
+    a.check_args(args)
+        .map_err(|e| OpenAiError::from(e).param("parley.args"))?;
+    Ok(())
+}
+
+/// A new conversation for a request that names none (a `send` only: a resume must name the
+/// conversation whose interrupt it answers).
+fn create(
+    svc: &Services,
+    gw: &GatewayState,
+    user: &User,
+    a: &Assistant,
+    command: &Command,
+) -> Result<String, OpenAiError> {
+    if matches!(command, Command::Resume { .. }) {
+        return Err(OpenAiError::from(ApiError::bad_request(
+            "a tool message answers an interrupt of a conversation: name it with the X-Parley-Conversation-Id header or parley.conversationId",
+        ))
+        .param("messages"));
+    }
+    gw.limits.new_conversation(&user.0)?;
+    Ok(svc
+        .registry
+        .create(&user.0, &a.id)
+        .map_err(ApiError::from)?
+        .0)
+}
+
+/// Sends `command` to the conversation's actor; its refusal (`conversation_busy`, …) is the
+/// error.
+async fn dispatch(
+    addr: &Handle,
+    user: &User,
+    command: Command,
+    args: Option<Value>,
+) -> Result<(), ApiError> {
     let owner = user.0.clone();
     let accepted = match command {
         Command::Send { content } => {
@@ -139,13 +174,9 @@ pub(super) async fn start(
         }
     };
     accepted
-        .map_err(|_| in_conv(ApiError::internal("the conversation stopped; try again")))?
-        .map_err(|e| in_conv(e.into()))?;
-    Ok(Started {
-        conversation,
-        stream,
-        mark,
-    })
+        .map_err(|_| ApiError::internal("the conversation stopped; try again"))?
+        .map_err(ApiError::from)?;
+    Ok(())
 }
 
 /// The conversation must be the caller's (`conversation_not_found` otherwise) and this model's.
