@@ -112,100 +112,41 @@ impl Metrics {
             "parley_run_duration_seconds",
             "Wall time of run segments.",
         );
-        gauge(
-            &mut o,
-            "parley_live_actors",
-            "Conversation actors in memory.",
-            self.live_actors.load(Relaxed),
-        );
-        gauge(
-            &mut o,
-            "parley_open_sockets",
-            "Open WebSocket connections.",
-            self.open_sockets.load(Relaxed),
-        );
-        counter(
-            &mut o,
-            "parley_events_total",
-            "Events emitted.",
-            self.events_emitted.load(Relaxed),
-        );
-        crate::llm::metrics::render(&mut o, &self.llm);
-        counter(
-            &mut o,
-            "parley_slow_consumers_closed_total",
-            "Sockets closed for falling behind.",
-            self.slow_consumers_closed.load(Relaxed),
-        );
-        counter(
-            &mut o,
-            "parley_store_commits_total",
-            "Durable store commits.",
-            store.commits,
-        );
-        counter(
-            &mut o,
-            "parley_store_ops_total",
-            "Writes committed.",
-            store.ops_committed,
-        );
+        let l = |c: &AtomicU64| c.load(Relaxed);
+        // One row a figure: its type, name, help and value.
+        #[rustfmt::skip]
+        let figures = [
+            (Gauge, "parley_live_actors", "Conversation actors in memory.", l(&self.live_actors)),
+            (Gauge, "parley_open_sockets", "Open WebSocket connections.", l(&self.open_sockets)),
+            (Counter, "parley_events_total", "Events emitted.", l(&self.events_emitted)),
+            (Counter, "parley_slow_consumers_closed_total", "Sockets closed for falling behind.", l(&self.slow_consumers_closed)),
+            (Counter, "parley_store_commits_total", "Durable store commits.", store.commits),
+            (Counter, "parley_store_ops_total", "Writes committed.", store.ops_committed),
+            (Gauge, "parley_store_last_batch_ops", "Writes in the last commit.", store.last_group_ops),
+            (Counter, "parley_conversations_swept_total", "Conversations deleted by the retention sweeper.", l(&self.conversations_swept)),
+            (Gauge, "parley_stored_conversations", "Stored conversations (refreshed by each retention sweep).", l(&self.stored_conversations)),
+            (Gauge, "parley_store_size_bytes", "Bytes the store takes on disk.", store.size_bytes),
+            (Counter, "parley_store_failed_commits_total", "Store write attempts that failed (disk full, I/O errors); retries count too.", store.failed_commits),
+            (Counter, "parley_store_reopens_total", "Reopens of the database after a storage fault.", store.reopens),
+            (Gauge, "parley_store_writable", "1 while the store can write, 0 while writes answer storage_unavailable.", u64::from(store.writable)),
+            (Gauge, "parley_store_queued_batches", "Write batches waiting for the store's writer.", store.queued_batches),
+        ];
+        for (kind, name, help, v) in figures {
+            let kind = match kind {
+                Gauge => "gauge",
+                Counter => "counter",
+            };
+            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
+        }
         let _ = writeln!(o, "# HELP parley_store_commit_seconds_sum Time spent committing.\n# TYPE parley_store_commit_seconds_sum counter\nparley_store_commit_seconds_sum {}", store.commit_time.as_secs_f64());
-        gauge(
-            &mut o,
-            "parley_store_last_batch_ops",
-            "Writes in the last commit.",
-            store.last_group_ops,
-        );
-        counter(
-            &mut o,
-            "parley_conversations_swept_total",
-            "Conversations deleted by the retention sweeper.",
-            self.conversations_swept.load(Relaxed),
-        );
-        gauge(
-            &mut o,
-            "parley_stored_conversations",
-            "Stored conversations (refreshed by each retention sweep).",
-            self.stored_conversations.load(Relaxed),
-        );
-        gauge(
-            &mut o,
-            "parley_store_size_bytes",
-            "Bytes the store takes on disk.",
-            store.size_bytes,
-        );
-        counter(
-            &mut o,
-            "parley_store_failed_commits_total",
-            "Store write attempts that failed (disk full, I/O errors); retries count too.",
-            store.failed_commits,
-        );
-        counter(
-            &mut o,
-            "parley_store_reopens_total",
-            "Reopens of the database after a storage fault.",
-            store.reopens,
-        );
-        gauge(
-            &mut o,
-            "parley_store_writable",
-            "1 while the store can write, 0 while writes answer storage_unavailable.",
-            u64::from(store.writable),
-        );
-        gauge(
-            &mut o,
-            "parley_store_queued_batches",
-            "Write batches waiting for the store's writer.",
-            store.queued_batches,
-        );
+        crate::llm::metrics::render(&mut o, &self.llm);
         o
     }
 }
 
-fn gauge(o: &mut String, name: &str, help: &str, v: u64) {
-    let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+/// A figure's Prometheus type.
+enum Kind {
+    Gauge,
+    Counter,
 }
-
-fn counter(o: &mut String, name: &str, help: &str, v: u64) {
-    let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
-}
+use Kind::{Counter, Gauge};
