@@ -81,37 +81,17 @@ pub fn compile(
     let mut templates = Templates::new();
     let tools = check_tools(&mut c, &def, opts, &mut templates);
     let g = graph::Graph::read(&mut c, &def);
-    let mut used_tools: Vec<(String, String)> = Vec::new(); // (node, tool)
-    c.roots = g.index.keys().chain(g.broken.iter()).cloned().collect();
-    c.roots.insert("input".into());
-    if let Some(s) = g
-        .nodes
-        .iter()
-        .find(|n| matches!(n.kind, NodeKind::Start(_)))
-    {
-        c.start_id = s.id.clone();
-    }
-    c.arg_names = def.input_args.iter().map(|a| a.name.clone()).collect();
-    c.arg_names.push("userInput".into());
-    for n in &g.nodes {
-        nodes::check_node(
-            &mut c,
-            n,
-            &mut templates,
-            &tools,
-            &opts.llms,
-            &mut used_tools,
-        );
-    }
+    let used_tools = check_nodes(&mut c, &def, &g, &tools, opts, &mut templates);
     let start = g.check(&mut c, &def, &loose_edges);
     let pause_points = pause_points(&g.nodes, &used_tools, &tools);
-    if let Some(days) = def.retention_days {
-        if !days.is_finite() || days < 0.0 {
-            c.err(
-                "retentionDays",
-                "must be a number of days, 0 or more (0 keeps forever)",
-            );
-        }
+    if def
+        .retention_days
+        .is_some_and(|days| !days.is_finite() || days < 0.0)
+    {
+        c.err(
+            "retentionDays",
+            "must be a number of days, 0 or more (0 keeps forever)",
+        );
     }
     let (Some(start), true) = (start, c.errors.is_empty()) else {
         return Err(c.errors);
@@ -144,13 +124,41 @@ pub fn compile(
         router_schemas: HashMap::new(),
     };
     // Compiled once, here: each run's router checks its model's answer with it.
-    for n in &a.nodes {
-        if matches!(n.kind, NodeKind::Router(_)) {
-            let s = JsonSchema::new(a.router_choices(&n.id));
-            a.router_schemas.insert(n.id.clone(), s);
-        }
-    }
+    a.router_schemas = a
+        .nodes
+        .iter()
+        .filter(|n| matches!(n.kind, NodeKind::Router(_)))
+        .map(|n| (n.id.clone(), JsonSchema::new(a.router_choices(&n.id))))
+        .collect();
     Ok(a)
+}
+
+/// Check every node (the names its templates may use are the graph's nodes, `input`, the args
+/// and `userInput`); returns the `(node, tool)` pairs the nodes use.
+fn check_nodes(
+    c: &mut Checker<'_>,
+    def: &Definition,
+    g: &graph::Graph,
+    tools: &BTreeMap<String, ToolSpec>,
+    opts: &LoadOptions,
+    templates: &mut Templates,
+) -> Vec<(String, String)> {
+    let mut used_tools = Vec::new();
+    c.roots = g.index.keys().chain(g.broken.iter()).cloned().collect();
+    c.roots.insert("input".into());
+    if let Some(s) = g
+        .nodes
+        .iter()
+        .find(|n| matches!(n.kind, NodeKind::Start(_)))
+    {
+        c.start_id = s.id.clone();
+    }
+    c.arg_names = def.input_args.iter().map(|a| a.name.clone()).collect();
+    c.arg_names.push("userInput".into());
+    for n in &g.nodes {
+        nodes::check_node(c, n, templates, tools, &opts.llms, &mut used_tools);
+    }
+    used_tools
 }
 
 /// Parse the file into a [`Definition`], reading tools, args and edges one by one so that each
