@@ -158,27 +158,7 @@ pub(super) async fn check<'a>(
     fences: &Fences,
     batches: impl Iterator<Item = &'a [Op]>,
 ) -> Result<Checked, StoreError> {
-    let mut wanted: HashMap<String, (Belief, Vec<usize>)> = HashMap::new();
-    {
-        let beliefs = fences.beliefs.lock();
-        if beliefs.is_empty() {
-            return Ok(Checked::default());
-        }
-        for (i, ops) in batches.enumerate() {
-            let mut seen = HashSet::new();
-            for c in ops.iter().filter_map(conversation_of) {
-                if let Some(b) = beliefs.get(c) {
-                    if seen.insert(c) {
-                        wanted
-                            .entry(c.to_owned())
-                            .or_insert((*b, Vec::new()))
-                            .1
-                            .push(i);
-                    }
-                }
-            }
-        }
-    }
+    let wanted = fenced_batches(fences, batches);
     if wanted.is_empty() {
         return Ok(Checked::default());
     }
@@ -187,35 +167,9 @@ pub(super) async fn check<'a>(
         .filter(|(_, (b, _))| *b == Belief::New)
         .map(|(c, _)| c.as_str())
         .collect();
-    // A new conversation takes its row as a claim would (missing, expired or already ours).
-    let mut won_new: HashMap<String, i64> = HashMap::new();
-    if !new.is_empty() {
-        let rows = tx
-            .query(
-                "INSERT INTO leases AS l (conversation, node, epoch, lease_until)
-                 SELECT c, $2, 1, now() + $3 * interval '1 millisecond' FROM unnest($1::text[]) AS c
-                 ON CONFLICT (conversation) DO UPDATE
-                   SET node = EXCLUDED.node, epoch = l.epoch + 1, lease_until = EXCLUDED.lease_until
-                   WHERE l.lease_until < now() OR l.node = EXCLUDED.node
-                 RETURNING conversation, epoch",
-                &[&new, &fences.node, &fences.lease_ms()],
-            )
-            .await
-            .map_err(StoreError::db)?;
-        won_new = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
-    }
+    let mut won_new = claim_new(tx, fences, &new).await?;
     let names: Vec<&str> = wanted.keys().map(String::as_str).collect();
-    let rows = tx
-        .query(
-            "SELECT conversation, node, epoch FROM leases WHERE conversation = ANY($1) FOR SHARE",
-            &[&names],
-        )
-        .await
-        .map_err(StoreError::db)?;
-    let mut current: HashMap<String, (String, i64)> = HashMap::new();
-    for row in rows {
-        current.insert(row.get(0), (row.get(1), row.get(2)));
-    }
+    let current = holders(tx, &names).await?;
     let mut refused = HashMap::new();
     for (conversation, (belief, batches)) in wanted {
         let ok = match (belief, current.get(&conversation)) {
@@ -245,6 +199,78 @@ pub(super) async fn check<'a>(
         refused,
         won: won_new,
     })
+}
+
+/// The conversations of `batches` that this node has a belief about, each with its belief and
+/// the batches (by index) that write it. Empty when no fenced conversation is written.
+fn fenced_batches<'a>(
+    fences: &Fences,
+    batches: impl Iterator<Item = &'a [Op]>,
+) -> HashMap<String, (Belief, Vec<usize>)> {
+    let mut wanted: HashMap<String, (Belief, Vec<usize>)> = HashMap::new();
+    let beliefs = fences.beliefs.lock();
+    if beliefs.is_empty() {
+        return wanted;
+    }
+    for (i, ops) in batches.enumerate() {
+        let mut seen = HashSet::new();
+        for c in ops.iter().filter_map(conversation_of) {
+            if let Some(b) = beliefs.get(c) {
+                if seen.insert(c) {
+                    wanted
+                        .entry(c.to_owned())
+                        .or_insert((*b, Vec::new()))
+                        .1
+                        .push(i);
+                }
+            }
+        }
+    }
+    wanted
+}
+
+/// New conversations take their rows as a claim would (missing, expired or already ours):
+/// the ones won, with their epochs.
+async fn claim_new(
+    tx: &Client,
+    fences: &Fences,
+    new: &[&str],
+) -> Result<HashMap<String, i64>, StoreError> {
+    if new.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let rows = tx
+        .query(
+            "INSERT INTO leases AS l (conversation, node, epoch, lease_until)
+             SELECT c, $2, 1, now() + $3 * interval '1 millisecond' FROM unnest($1::text[]) AS c
+             ON CONFLICT (conversation) DO UPDATE
+               SET node = EXCLUDED.node, epoch = l.epoch + 1, lease_until = EXCLUDED.lease_until
+               WHERE l.lease_until < now() OR l.node = EXCLUDED.node
+             RETURNING conversation, epoch",
+            &[&new, &fences.node, &fences.lease_ms()],
+        )
+        .await
+        .map_err(StoreError::db)?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+/// Who holds each of `names` now, and with which epoch; the rows stay locked (`FOR SHARE`)
+/// until the transaction ends, so no claim can slip in before the commit.
+async fn holders(
+    tx: &Client,
+    names: &[&str],
+) -> Result<HashMap<String, (String, i64)>, StoreError> {
+    let rows = tx
+        .query(
+            "SELECT conversation, node, epoch FROM leases WHERE conversation = ANY($1) FOR SHARE",
+            &[&names],
+        )
+        .await
+        .map_err(StoreError::db)?;
+    Ok(rows
+        .iter()
+        .map(|row| (row.get(0), (row.get(1), row.get(2))))
+        .collect())
 }
 
 /// The lease statements, through the store's read pool.
