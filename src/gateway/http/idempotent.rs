@@ -17,16 +17,17 @@
 
 use std::future::Future;
 
+use actix_web::http::header::HeaderValue;
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse};
 
 use super::ApiResult;
 use crate::conversation::IdempotencyKey;
 use crate::error::{ApiError, ErrorCode};
-use crate::gateway::dedup::{fingerprint_bytes, hex, scoped_key, Claim};
+use crate::gateway::dedup::{fingerprint_bytes, hex, scoped_key, Claim, Fingerprint};
 use crate::gateway::GatewayState;
 use crate::services::Services;
-use crate::store::IdempotencyRecord;
+use crate::store::{IdempotencyRecord, StoreError};
 
 /// The header's name.
 pub const HEADER: &str = "Idempotency-Key";
@@ -63,6 +64,73 @@ fn reused() -> ApiError {
 /// §6 commands now).
 pub type Rebuild = Option<fn(&IdempotencyRecord) -> Result<Answer, ApiError>>;
 
+/// The header's value: 1 to [`MAX_KEY_CHARS`] visible ASCII characters.
+fn valid_key(value: &HeaderValue) -> Result<&str, ApiError> {
+    value
+        .to_str()
+        .ok()
+        .filter(|k| !k.is_empty() && k.chars().count() <= MAX_KEY_CHARS)
+        .ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "{HEADER} must be 1 to {MAX_KEY_CHARS} visible ASCII characters"
+            ))
+        })
+}
+
+/// What makes two requests the same: the query and the body.
+fn request_fingerprint(req: &HttpRequest, body: &[u8]) -> Fingerprint {
+    let mut request = Vec::with_capacity(body.len() + req.query_string().len() + 1);
+    request.extend_from_slice(req.query_string().as_bytes());
+    request.push(b'\n');
+    request.extend_from_slice(body);
+    fingerprint_bytes(&request)
+}
+
+/// A key claimed in memory ([`Claim::New`]) while its request is checked against the store.
+struct Held<'a> {
+    gw: &'a GatewayState,
+    user: &'a str,
+    route: &'a str,
+    key: &'a str,
+    fp: Fingerprint,
+}
+
+impl Held<'_> {
+    /// The answer of a request the store has under this key (accepted before a restart), or
+    /// `None` to apply it now. The in-memory claim is released unless the request is applied.
+    fn answer_stored(
+        &self,
+        stored: Result<Option<IdempotencyRecord>, StoreError>,
+        rebuild: fn(&IdempotencyRecord) -> Result<Answer, ApiError>,
+    ) -> Result<Option<Answer>, ApiError> {
+        let Held {
+            gw,
+            user,
+            route,
+            key,
+            fp,
+        } = *self;
+        let rec = match stored {
+            Ok(Some(rec)) => rec,
+            Ok(None) => return Ok(None),
+            Err(e) => {
+                gw.idempotency.release(user, route, key);
+                return Err(ApiError::from(e));
+            }
+        };
+        gw.idempotency.release(user, route, key);
+        if rec.fingerprint != hex(&fp) {
+            return Err(reused());
+        }
+        let a = rebuild(&rec)?;
+        if gw.idempotency.claim(user, route, key, fp) == Claim::New {
+            gw.idempotency
+                .finish(user, route, key, fp, a.status.as_u16(), &a.body);
+        }
+        Ok(Some(a))
+    }
+}
+
 /// Run `apply` at most once per (user, route, key): see the module doc. Without the header,
 /// `apply` runs every time. `apply` gets the key to store with what it writes.
 pub async fn idempotent<F, Fut>(
@@ -82,21 +150,9 @@ where
         let a = apply(None).await?;
         return Ok(Answer::response(a.status, a.body));
     };
-    let key = key
-        .to_str()
-        .ok()
-        .filter(|k| !k.is_empty() && k.chars().count() <= MAX_KEY_CHARS)
-        .ok_or_else(|| {
-            ApiError::bad_request(format!(
-                "{HEADER} must be 1 to {MAX_KEY_CHARS} visible ASCII characters"
-            ))
-        })?;
+    let key = valid_key(key)?;
     let route = format!("{} {}", req.method(), req.path());
-    let mut request = Vec::with_capacity(body.len() + req.query_string().len() + 1);
-    request.extend_from_slice(req.query_string().as_bytes());
-    request.push(b'\n');
-    request.extend_from_slice(body);
-    let fp = fingerprint_bytes(&request);
+    let fp = request_fingerprint(req, body);
     match gw.idempotency.claim(user, &route, key, fp) {
         Claim::New => {}
         Claim::Replay { status, body } => {
@@ -115,24 +171,15 @@ where
     if let Some(rebuild) = rebuild {
         // Not in memory: perhaps accepted before a restart.
         let stored = svc.store.idempotency_key(&scoped).await;
-        match stored {
-            Ok(Some(rec)) => {
-                gw.idempotency.release(user, &route, key);
-                if rec.fingerprint != hex(&fp) {
-                    return Err(reused());
-                }
-                let a = rebuild(&rec)?;
-                if gw.idempotency.claim(user, &route, key, fp) == Claim::New {
-                    gw.idempotency
-                        .finish(user, &route, key, fp, a.status.as_u16(), &a.body);
-                }
-                return Ok(Answer::response(a.status, a.body));
-            }
-            Ok(None) => {}
-            Err(e) => {
-                gw.idempotency.release(user, &route, key);
-                return Err(ApiError::from(e));
-            }
+        let held = Held {
+            gw,
+            user,
+            route: &route,
+            key,
+            fp,
+        };
+        if let Some(a) = held.answer_stored(stored, rebuild)? {
+            return Ok(Answer::response(a.status, a.body));
         }
     }
     let stored_key = rebuild.map(|_| IdempotencyKey {
