@@ -187,37 +187,19 @@ impl Handle {
                     Err(_) => ("the local actor stopped".to_owned(), None),
                 },
                 Target::Remote { node, until } => {
-                    match forward_watched(&cluster, node, &self.id, &command).await {
-                        Ok(Reply::NotOwner) => (format!("node {node} no longer owns it"), None),
-                        Ok(reply) => {
+                    match self
+                        .try_remote(registry, &cluster, node, *until, &command)
+                        .await?
+                    {
+                        Try::Answered(reply) => {
                             trace_took(&self.id, began, "forwarded");
                             return Ok(reply);
                         }
-                        Err(Takeover::OwnerGone) if command.idempotency().is_some() => {
-                            registry.owner_silent(node, Instant::now());
+                        Try::Abandoned(why) => {
                             abandoned = Some(node.clone());
-                            (format!("node {node} did not answer and its lease expired"), None)
+                            (why, None)
                         }
-                        // It may have run there, and nothing can tell: not sent again.
-                        Err(Takeover::OwnerGone) => {
-                            return Err(ConversationError::Unreachable(format!(
-                                "node {node} did not answer and its lease expired; the command may have run there (send it with an idempotency key to have it retried safely)"
-                            )))
-                        }
-                        // The owner is alive but slow: it may still run it; not sent again
-                        // (the client may retry, with an idempotency key if it must not run
-                        // twice).
-                        Err(Takeover::Failed(e @ ClusterError::TimedOut { .. })) => {
-                            return Err(ConversationError::Unreachable(e.to_string()))
-                        }
-                        // Not delivered: nobody listens on the node's subject (it is gone, or
-                        // cut off from NATS). Its lease cannot be claimed before it expires.
-                        Err(Takeover::Failed(e @ ClusterError::NoResponders(_))) => {
-                            registry.owner_silent(node, *until);
-                            (e.to_string(), Some(*until))
-                        }
-                        // Not delivered (no connection): safe to look again.
-                        Err(Takeover::Failed(e)) => (e.to_string(), None),
+                        Try::Again(why, wake) => (why, wake),
                     }
                 }
             };
@@ -238,7 +220,57 @@ impl Handle {
     }
 }
 
+/// What one forward of a command gave.
+enum Try {
+    Answered(Reply),
+    /// The owner did not answer and its lease expired: the command may have run there (see
+    /// [`Handle::after_abandon`]).
+    Abandoned(String),
+    /// Not answered: why, and when to look for the owner again (`None`: soon).
+    Again(String, Option<Instant>),
+}
+
 impl Handle {
+    /// Forwards `command` to `node`, the owner as last known, whose lease runs `until`.
+    async fn try_remote(
+        &self,
+        registry: &Registry,
+        cluster: &Cluster,
+        node: &str,
+        until: Instant,
+        command: &Command,
+    ) -> Result<Try, ConversationError> {
+        Ok(match forward_watched(cluster, node, &self.id, command).await {
+            Ok(Reply::NotOwner) => Try::Again(format!("node {node} no longer owns it"), None),
+            Ok(reply) => Try::Answered(reply),
+            Err(Takeover::OwnerGone) if command.idempotency().is_some() => {
+                registry.owner_silent(node, Instant::now());
+                Try::Abandoned(format!(
+                    "node {node} did not answer and its lease expired"
+                ))
+            }
+            // It may have run there, and nothing can tell: not sent again.
+            Err(Takeover::OwnerGone) => {
+                return Err(ConversationError::Unreachable(format!(
+                    "node {node} did not answer and its lease expired; the command may have run there (send it with an idempotency key to have it retried safely)"
+                )))
+            }
+            // The owner is alive but slow: it may still run it; not sent again (the client
+            // may retry, with an idempotency key if it must not run twice).
+            Err(Takeover::Failed(e @ ClusterError::TimedOut { .. })) => {
+                return Err(ConversationError::Unreachable(e.to_string()))
+            }
+            // Not delivered: nobody listens on the node's subject (it is gone, or cut off from
+            // NATS). Its lease cannot be claimed before it expires.
+            Err(Takeover::Failed(e @ ClusterError::NoResponders(_))) => {
+                registry.owner_silent(node, until);
+                Try::Again(e.to_string(), Some(until))
+            }
+            // Not delivered (no connection): safe to look again.
+            Err(Takeover::Failed(e)) => Try::Again(e.to_string(), None),
+        })
+    }
+
     /// A forward to `old` was abandoned (its lease expired while it did not answer), and
     /// `target` holds the conversation now: the command's stored answer if it ran on `old`.
     async fn after_abandon(
