@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use crate::error::{ApiError, ErrorCode};
+use crate::error::{ApiError, ErrorCode, STORAGE_UNAVAILABLE_MESSAGE};
 use crate::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
@@ -140,5 +140,115 @@ impl From<crate::engine::Refused> for ConversationError {
             code: r.code,
             message: r.message,
         }
+    }
+}
+
+/// The conversation layer's errors at the edge: the same code and message a client always got.
+impl From<ConversationError> for ApiError {
+    fn from(e: ConversationError) -> Self {
+        use ConversationError as E;
+        if e.code() == ErrorCode::StorageUnavailable {
+            tracing::warn!(error = %e, "storage unavailable");
+            return ApiError::new(ErrorCode::StorageUnavailable, STORAGE_UNAVAILABLE_MESSAGE);
+        }
+        match e {
+            E::InvalidArgs(api) | E::Remote(api) => *api,
+            E::NotFound(id) => ApiError::conversation_not_found(&id),
+            E::Shared(shared) => match std::sync::Arc::try_unwrap(shared) {
+                Ok(e) => e.into(),
+                Err(shared) => ApiError::new(shared.code(), shared.to_string()),
+            },
+            E::Refused { code, message } => ApiError::new(code, message),
+            e => ApiError::new(e.code(), e.to_string()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conversation_errors_keep_their_codes_and_messages_at_the_edge() {
+        use ConversationError as E;
+        let cases: Vec<(E, ErrorCode, &str)> = vec![
+            (
+                E::NotFound("c1".into()),
+                ErrorCode::ConversationNotFound,
+                "conversation 'c1' does not exist",
+            ),
+            (
+                E::UnknownAssistant("x".into()),
+                ErrorCode::UnknownAssistant,
+                "there is no assistant 'x'",
+            ),
+            (
+                E::AssistantGone("x".into()),
+                ErrorCode::UnknownAssistant,
+                "assistant 'x' of this conversation is no longer installed",
+            ),
+            (
+                E::Busy,
+                ErrorCode::ConversationBusy,
+                "a run is active in this conversation; wait for it to finish or cancel it",
+            ),
+            (
+                E::RunActive("i1".into()),
+                ErrorCode::InterruptNotPending,
+                "interrupt 'i1' is not pending (a run is active)",
+            ),
+            (
+                E::Paused,
+                ErrorCode::AssistantNotAutomated,
+                "the run paused for a person or the page",
+            ),
+            (E::Cancelled, ErrorCode::Cancelled, "the run was cancelled"),
+            (
+                E::NoRunPermit,
+                ErrorCode::RateLimited,
+                "the server is running as many processes as it allows; try again shortly",
+            ),
+            (
+                E::Broken,
+                ErrorCode::StorageUnavailable,
+                STORAGE_UNAVAILABLE_MESSAGE,
+            ),
+            (E::Stopped, ErrorCode::Internal, "the conversation stopped"),
+            (
+                E::StoppedBeforeStored,
+                ErrorCode::Internal,
+                "the conversation stopped before storing the message",
+            ),
+            (
+                E::CommitFailed(std::sync::Arc::new(crate::store::StoreError::Closed)),
+                ErrorCode::StorageUnavailable,
+                STORAGE_UNAVAILABLE_MESSAGE,
+            ),
+            (
+                E::DeleteFailed(crate::store::StoreError::Closed),
+                ErrorCode::StorageUnavailable,
+                STORAGE_UNAVAILABLE_MESSAGE,
+            ),
+            (
+                E::Store(crate::store::StoreError::Closed),
+                ErrorCode::StorageUnavailable,
+                STORAGE_UNAVAILABLE_MESSAGE,
+            ),
+            (
+                E::Refused {
+                    code: ErrorCode::LlmError,
+                    message: "down".into(),
+                },
+                ErrorCode::LlmError,
+                "down",
+            ),
+        ];
+        for (e, code, message) in cases {
+            let api = ApiError::from(e);
+            assert_eq!((api.code, api.message.as_str()), (code, message));
+            assert_eq!(api.details, None);
+        }
+        let args = ApiError::new(ErrorCode::InvalidArgs, "bad").with_details(serde_json::json!([]));
+        assert_eq!(ApiError::from(E::InvalidArgs(Box::new(args.clone()))), args);
     }
 }
