@@ -174,7 +174,7 @@ pub fn start(services: Arc<Services>) -> anyhow::Result<Running> {
         TcpListener::bind(listen).with_context(|| format!("cannot listen on {listen}"))?;
     let addr = listener.local_addr()?;
     let data = web::Data::new(services.clone());
-    let gateway = web::Data::new(crate::gateway::GatewayState::new(&services.config.server));
+    let gateway = web::Data::new(crate::gateway::GatewayState::new(&services.config));
     let max_body = services.config.server.max_frame_bytes;
     let origins = services.config.auth.allowed_origins.clone();
     let server = HttpServer::new(move || {

@@ -30,8 +30,6 @@ pub struct Services {
     pub invoke_permits: Arc<Semaphore>,
     /// What every conversation actor is given (shares the fields above).
     pub actors: Arc<Deps>,
-    /// Who is calling (`[auth]`: tokens, or JWTs with their cached keys).
-    pub auth: Arc<crate::gateway::auth::Authenticator>,
     /// Cluster mode: this node (`[cluster]`); `None` on a single node.
     pub cluster: Option<Arc<Cluster>>,
 }
@@ -61,9 +59,7 @@ impl Services {
             .as_ref()
             .map(|c| Relays::new(c.clone(), store.clone(), c.reconnects()));
         let registry = Arc::new(Registry::new(catalog.clone(), actors.clone(), relays));
-        let auth = Arc::new(crate::gateway::auth::Authenticator::new(&config.auth));
         Arc::new(Services {
-            auth,
             config,
             catalog,
             engine,

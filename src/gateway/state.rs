@@ -1,14 +1,17 @@
 //! The gateway's own state, registered as actix-web app data next to the services.
 
-use crate::config::ServerConfig;
+use crate::config::Config;
 
 use std::sync::Arc;
 
+use super::auth::Authenticator;
 use super::dedup::Idempotency;
 use super::limits::{AuthThrottle, UserLimits};
 use super::ws::SocketBudget;
 
 pub struct GatewayState {
+    /// Who is calling (`[auth]`: tokens, or JWTs with their cached keys).
+    pub auth: Arc<Authenticator>,
     /// Idempotency keys: HTTP `Idempotency-Key`s and WebSocket frame ids (`dedup.rs`).
     pub idempotency: Idempotency,
     /// Per-user rate limits.
@@ -20,8 +23,10 @@ pub struct GatewayState {
 }
 
 impl GatewayState {
-    pub fn new(cfg: &ServerConfig) -> Self {
+    pub fn new(config: &Config) -> Self {
+        let cfg = &config.server;
         GatewayState {
+            auth: Arc::new(Authenticator::new(&config.auth)),
             idempotency: Idempotency::default(),
             limits: UserLimits::new(cfg),
             auth_throttle: AuthThrottle::new(cfg.auth_failures_per_minute),

@@ -28,12 +28,13 @@ use sha2::{Digest, Sha256};
 
 use crate::config::{AuthConfig, AuthMode};
 use crate::error::{ApiError, ErrorCode};
+use crate::gateway::GatewayState;
 use crate::services::Services;
 
 /// The user of a request or socket: the user id and (JWT mode) the token's roles.
 ///
 /// As a handler parameter it is the authenticated caller (see the module doc); extraction uses
-/// the app's [`Services`]' [`Authenticator`] (or an `Arc<Authenticator>` registered as app data,
+/// the app's [`GatewayState`]'s [`Authenticator`] (or an `Arc<Authenticator>` registered as app data,
 /// for an app without services, such as the tests).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct User(pub String, pub Vec<String>);
@@ -93,8 +94,8 @@ impl FromRequest for User {
 
 /// The authenticator of the app that serves `req`.
 fn authenticator(req: &HttpRequest) -> Option<Arc<Authenticator>> {
-    req.app_data::<web::Data<Arc<Services>>>()
-        .map(|svc| svc.auth.clone())
+    req.app_data::<web::Data<GatewayState>>()
+        .map(|gw| gw.auth.clone())
         .or_else(|| req.app_data::<Arc<Authenticator>>().cloned())
 }
 

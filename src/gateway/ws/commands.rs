@@ -273,7 +273,7 @@ impl SocketSession {
         }
         // Refused before the token is looked at while this address has failed too often.
         self.gw.auth_throttle.admit(self.ip)?;
-        let u = match self.svc.auth.user_for_token(token).await {
+        let u = match self.gw.auth.user_for_token(token).await {
             Ok(u) => u,
             Err(e) => {
                 self.gw.auth_throttle.failed(self.ip);

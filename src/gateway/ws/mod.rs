@@ -104,15 +104,11 @@ pub async fn handshake(
     if has_header {
         gw.auth_throttle.admit(ip)?;
     }
-    let user = svc
-        .auth
-        .authenticate_optional(&req)
-        .await
-        .inspect_err(|_| {
-            if has_header {
-                gw.auth_throttle.failed(ip);
-            }
-        })?;
+    let user = gw.auth.authenticate_optional(&req).await.inspect_err(|_| {
+        if has_header {
+            gw.auth_throttle.failed(ip);
+        }
+    })?;
     let (response, session, stream) = actix_ws::handle(&req, body)?;
     let stream = stream
         .max_frame_size(cfg.server.max_frame_bytes)
