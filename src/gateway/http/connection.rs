@@ -2,11 +2,30 @@
 //! closed its connection, so a synchronous call watches the connection's socket itself.
 //!
 //! [`on_connect`] (registered with `HttpServer::on_connect`) keeps each connection's socket
-//! descriptor in its data; `client_gone` peeks at it while a handler waits.
+//! descriptor in its data; `client_gone` peeks at it while a handler waits. A streamed answer
+//! notices instead when actix drops its body: [`CancelOnDrop`] cancels the run then.
 
 use std::time::Duration;
 
 use actix_web::HttpRequest;
+
+use crate::conversation::{msg, Handle};
+
+/// Cancels a synchronous run if its HTTP request goes away before the answer.
+pub(super) struct CancelOnDrop {
+    pub(super) addr: Option<Handle>,
+    pub(super) owner: String,
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if let Some(a) = self.addr.take() {
+            a.do_send(msg::Cancel {
+                owner: self.owner.clone(),
+            });
+        }
+    }
+}
 
 /// The file descriptor of a connection's socket, kept in the connection's data to notice a
 /// client that goes away while a synchronous run is pending (see [`on_connect`]). Only the

@@ -22,7 +22,7 @@ use serde_json::{json, Value};
 use tokio::sync::oneshot;
 use utoipa::ToSchema;
 
-use super::connection::client_gone;
+use super::connection::{client_gone, CancelOnDrop};
 use super::views::MessageView;
 use super::{owned_record, parse_body, unknown_assistant, ApiResult, Svc};
 use crate::assistant::Assistant;
@@ -78,22 +78,6 @@ pub enum InvokeStatus {
 
 /// How long a timed-out synchronous call waits for its cancelled run to be stored.
 const CANCEL_GRACE: Duration = Duration::from_secs(5);
-
-/// Cancels a synchronous run if its HTTP request goes away before the answer.
-pub(super) struct CancelOnDrop {
-    pub(super) addr: Option<Handle>,
-    pub(super) owner: String,
-}
-
-impl Drop for CancelOnDrop {
-    fn drop(&mut self) {
-        if let Some(a) = self.addr.take() {
-            a.do_send(msg::Cancel {
-                owner: self.owner.clone(),
-            });
-        }
-    }
-}
 
 /// Synchronous call of an automated assistant.
 ///

@@ -14,7 +14,7 @@ use actix_web::{HttpRequest, HttpResponse};
 use serde_json::Value;
 use tokio::sync::OwnedSemaphorePermit;
 
-use super::invoke::CancelOnDrop;
+use super::connection::CancelOnDrop;
 use super::sse::sse_message;
 use super::ApiResult;
 use crate::conversation::{msg, Handle};
