@@ -2,8 +2,8 @@
 //! generic reply. Each is a pure function of the text it is given; the cue that selects one is
 //! read in `plan.rs`, the words they match in `tables.rs`.
 
+use super::conversation::Conversation;
 use super::extract::*;
-use super::plan::Conversation;
 use super::tables::*;
 use super::text::*;
 

@@ -55,6 +55,7 @@
 //! - `tests.rs`, `props.rs`, `prologue_tests.rs`: examples, property tests, and what the
 //!   example assistants' prologues need.
 
+mod conversation;
 mod extract;
 mod fill;
 mod generate;
@@ -72,8 +73,9 @@ mod text;
 
 use std::time::Duration;
 
+use conversation::Conversation;
 use futures_util::stream::{self, StreamExt};
-use plan::{plan, reasoning, Conversation, Plan};
+use plan::{plan, reasoning, Plan};
 
 use super::{ChatRequest, DeltaStream, LlmDelta, LlmError, LlmProvider, ResponseFormat, Usage};
 use crate::config::LlmConfig;
