@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use parking_lot::RwLock;
 use redb::{Database, DatabaseError};
 
-use super::tables;
+use super::schema;
 use crate::store::StoreError;
 
 /// Opens the database again (the file at the configured path, with the configured cache).
@@ -80,7 +80,7 @@ impl DbHandle {
                 Err(e) => return Err(StoreError::db(e)),
             }
         };
-        tables::create_all(&db)?;
+        schema::create_all(&db)?;
         *self.current.write() = Some(Arc::new(db));
         tracing::info!("store reopened after a storage fault");
         Ok(())

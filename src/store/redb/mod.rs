@@ -75,6 +75,7 @@
 mod encode;
 mod handle;
 mod read;
+mod schema;
 mod tables;
 #[cfg(test)]
 mod tests;
@@ -179,7 +180,7 @@ impl RedbStore {
     }
 
     fn from_database(db: Database, opener: Option<Opener>) -> Result<RedbStore, StoreError> {
-        tables::create_all(&db)?;
+        schema::create_all(&db)?;
         let db = Arc::new(DbHandle::new(db, opener));
         let queue = Arc::new(Queue::new(QUEUE_SOFT_CAP, QUEUE_HARD_CAP));
         let metrics = Arc::new(Metrics::default());

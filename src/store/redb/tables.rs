@@ -9,10 +9,10 @@
 
 use std::borrow::Cow;
 
-use redb::{Database, ReadableTable, TableDefinition, TableHandle};
+use redb::{ReadableTable, TableDefinition};
 use serde::Deserialize;
 
-use crate::store::{ConversationRecord, StoreError, WriteOp};
+use crate::store::{ConversationRecord, StoreError};
 
 /// storage key (see [`storage_key`]) → JSON of `ConversationRecord`.
 pub(super) const CONVERSATIONS: TableDefinition<&str, &[u8]> =
@@ -28,8 +28,8 @@ pub(super) const MESSAGES: TableDefinition<(&str, u64), &[u8]> = TableDefinition
 /// (conversation, last seq of the chunk) → a chunk of consecutive events (see `encode.rs`).
 pub(super) const EVENTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("event_chunks");
 /// The format before event chunks: (conversation, seq) → one event's JSON bytes. Read once, by
-/// [`create_all`], to move its rows into chunks.
-const EVENTS_V1: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("events");
+/// `schema::create_all`, to move its rows into chunks.
+pub(super) const EVENTS_V1: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("events");
 /// conversation → checkpoint bytes.
 pub(super) const CHECKPOINTS: TableDefinition<&str, &[u8]> = TableDefinition::new("checkpoints");
 
@@ -39,65 +39,6 @@ pub(super) const STORAGE_KEYS: TableDefinition<&str, &str> = TableDefinition::ne
 /// scoped idempotency key → `IdempotencyRecord` JSON.
 pub(super) const IDEMPOTENCY: TableDefinition<&str, &[u8]> =
     TableDefinition::new("idempotency_keys");
-
-/// Creates every table (no-op when they exist) so that read transactions can always open them.
-pub(super) fn create_all(db: &Database) -> Result<(), StoreError> {
-    let txn = db.begin_write()?;
-    txn.open_table(CONVERSATIONS)?;
-    txn.open_table(BY_OWNER)?;
-    txn.open_table(BY_OWNER_ASSISTANT)?;
-    txn.open_table(MESSAGES)?;
-    txn.open_table(EVENTS)?;
-    txn.open_table(CHECKPOINTS)?;
-    txn.open_table(IDEMPOTENCY)?;
-    let keys_are_new = !txn.list_tables()?.any(|t| t.name() == STORAGE_KEYS.name());
-    if keys_are_new {
-        migrate_storage_keys(&txn)?;
-    }
-    migrate_events_v1(&txn)?;
-    txn.commit()?;
-    Ok(())
-}
-
-/// Moves the events of a file written before event chunks into chunks (in the same write
-/// transaction as the table creation, so a crash leaves either format whole), then deletes
-/// the old table.
-fn migrate_events_v1(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
-    let exists = txn.list_tables()?.any(|t| t.name() == EVENTS_V1.name());
-    if !exists {
-        return Ok(());
-    }
-    let mut ops = Vec::new();
-    let mut moved = 0usize;
-    {
-        let old = txn.open_table(EVENTS_V1)?;
-        for entry in old.iter()? {
-            let (key, value) = entry?;
-            let (conversation, seq) = key.value();
-            ops.push(WriteOp::AppendEvent {
-                conversation: conversation.to_owned(),
-                seq,
-                json: bytes::Bytes::copy_from_slice(value.value()),
-            });
-        }
-    }
-    let mut events = txn.open_table(EVENTS)?;
-    for op in super::encode::encode(ops)? {
-        if let super::encode::Encoded::AppendEvents {
-            conversation,
-            last,
-            chunk,
-        } = op
-        {
-            events.insert((conversation.as_str(), last), chunk.as_slice())?;
-            moved += 1;
-        }
-    }
-    drop(events);
-    txn.delete_table(EVENTS_V1)?;
-    tracing::info!(chunks = moved, "moved stored events into event chunks");
-    Ok(())
-}
 
 // ---- storage keys -----------------------------------------------------------------------------
 //
@@ -113,7 +54,7 @@ fn migrate_events_v1(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
 // Invariant: `storage_keys` holds an entry for every stored conversation (id → key; the id
 // itself for a UUID v7), so the retention sweeper can page through conversations in id order.
 // A file written before `storage_keys` existed gets the entries of its conversations (each
-// keyed by its id) when it is opened ([`create_all`]).
+// keyed by its id) when it is opened (`schema.rs`).
 
 /// Whether `id` orders by creation time by itself (a UUID v7, as the server makes them).
 pub(super) fn time_ordered(id: &str) -> bool {
@@ -203,26 +144,6 @@ impl<'t> WriteKeys<'t> {
             None => time_ordered(id).then_some(Cow::Borrowed(id)),
         })
     }
-}
-
-/// Gives every conversation of a file written before `storage_keys` its entry (its id, under
-/// which its rows are stored), in the transaction that creates the table.
-fn migrate_storage_keys(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
-    let conversations = txn.open_table(CONVERSATIONS)?;
-    let mut keys = txn.open_table(STORAGE_KEYS)?;
-    let mut moved = 0usize;
-    for entry in conversations.iter()? {
-        let (id, _) = entry?;
-        keys.insert(id.value(), id.value())?;
-        moved += 1;
-    }
-    if moved > 0 {
-        tracing::info!(
-            conversations = moved,
-            "listed stored conversations in storage_keys"
-        );
-    }
-    Ok(())
 }
 
 /// Newest first: a later `updated_at` gives a smaller key. Negative times sort as 0.
