@@ -9,6 +9,7 @@ pub mod conversation;
 pub mod engine;
 pub mod error;
 pub mod gateway;
+pub mod histogram;
 pub mod llm;
 pub mod metrics;
 pub mod retention;

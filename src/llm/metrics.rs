@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use super::breaker::Breaker;
 use super::{LlmError, Usage};
-use crate::metrics::Histogram;
+use crate::histogram::Histogram;
 
 /// How one request (one HTTP attempt, or a call refused by the breaker) ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
