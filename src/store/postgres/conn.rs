@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 
 use tokio_postgres::{Client, NoTls};
 
+use super::batch::Batch;
 use super::group::{pipeline, step, Group, Statements};
-use super::writer::Batch;
 use super::{lease, pg_error, Op};
 use crate::store::StoreError;
 

@@ -30,6 +30,7 @@
 //! for a database that is not reachable yet (`connect_retry`, backing off, logged), and
 //! optionally a schema (its `search_path`; tests give each store its own schema).
 
+mod batch;
 mod conn;
 mod group;
 pub mod lease;

@@ -49,7 +49,7 @@ use super::conn::{Conn, Refused};
 use super::lease::Fences;
 use super::overlap::Touches;
 use super::Op;
-use crate::store::{AckSender, StoreError};
+use crate::store::StoreError;
 
 /// `enqueue`/`write` wait while this many batches are queued.
 pub const QUEUE_SOFT_CAP: usize = 1024;
@@ -70,20 +70,8 @@ pub const PROBE_EVERY: Duration = Duration::from_secs(1);
 /// writer_connections`).
 pub const DEFAULT_WRITER_CONNECTIONS: usize = 1;
 
+pub(super) use super::batch::Batch;
 pub(super) use super::conn::retryable;
-
-pub(super) struct Batch {
-    pub ops: Vec<Op>,
-    pub done: Option<AckSender>,
-}
-
-impl Batch {
-    fn answer(self, result: Result<(), StoreError>) {
-        if let Some(done) = self.done {
-            let _ = done.send(result);
-        }
-    }
-}
 
 pub(super) use crate::store::WriterMetrics as Metrics;
 
