@@ -205,6 +205,22 @@ async fn owned_by(
     Ok(())
 }
 
+/// The outputs of one event: the event the actor delivered with it when it came live from
+/// this process (no parse), else the event parsed from its stored JSON; an unreadable stored
+/// event is skipped.
+fn translate(tr: &mut Translator, item: &Item) -> Vec<Output> {
+    if let Some(ev) = item.typed.as_deref() {
+        return tr.push(ev);
+    }
+    match serde_json::from_slice::<Event>(&item.json) {
+        Ok(ev) => tr.push(&ev),
+        Err(e) => {
+            tracing::warn!(seq = item.seq, error = %e, "skipping an unreadable stored event");
+            Vec::new()
+        }
+    }
+}
+
 impl Started {
     /// The next outputs of the run (empty once the translator is done).
     pub async fn next(&mut self, tr: &mut Translator) -> Vec<Output> {
@@ -213,8 +229,8 @@ impl Started {
                 Ok(n) => n,
                 Err(e) => return tr_error(tr, e),
             };
-            let (seq, json) = match next {
-                Next::Event(Item { seq, json, .. }) => (seq, json),
+            let item = match next {
+                Next::Event(item) => item,
                 Next::Lagged => {
                     return tr_error(
                         tr,
@@ -225,17 +241,12 @@ impl Started {
                     return tr_error(tr, ApiError::internal("the conversation stopped"))
                 }
             };
-            if seq <= self.mark {
+            if item.seq <= self.mark {
                 continue;
             }
-            match serde_json::from_slice::<Event>(&json) {
-                Ok(ev) => {
-                    let out = tr.push(&ev);
-                    if !out.is_empty() {
-                        return out;
-                    }
-                }
-                Err(e) => tracing::warn!(seq, error = %e, "skipping an unreadable stored event"),
+            let out = translate(tr, &item);
+            if !out.is_empty() {
+                return out;
             }
         }
         Vec::new()
@@ -249,15 +260,11 @@ impl Started {
             if tr.is_done() {
                 break;
             }
-            let Some(Item { seq, json, .. }) = self.stream.try_next() else {
+            let Some(item) = self.stream.try_next() else {
                 break;
             };
-            if seq <= self.mark {
-                continue;
-            }
-            match serde_json::from_slice::<Event>(&json) {
-                Ok(ev) => out.extend(tr.push(&ev)),
-                Err(e) => tracing::warn!(seq, error = %e, "skipping an unreadable stored event"),
+            if item.seq > self.mark {
+                out.extend(translate(tr, &item));
             }
         }
         out
