@@ -2,8 +2,9 @@
 //! closed its connection, so a synchronous call watches the connection's socket itself.
 //!
 //! [`on_connect`] (registered with `HttpServer::on_connect`) keeps each connection's socket
-//! descriptor in its data; `client_gone` peeks at it while a handler waits. A streamed answer
-//! notices instead when actix drops its body: [`CancelOnDrop`] cancels the run then.
+//! descriptor in its data; `client_gone` peeks at it while a handler waits. What waits for a
+//! run holds a [`CancelOnDrop`]: dropped before the answer (a streamed answer's body that actix
+//! drops when its client goes, a handler that gives up), it cancels the run.
 
 use std::time::Duration;
 
