@@ -42,12 +42,18 @@ pub fn on_connect(conn: &dyn std::any::Any, data: &mut actix_web::dev::Extension
     }
 }
 
-/// Resolves when the request's client has closed its connection (checked every 200 ms by
-/// peeking at the socket: end-of-stream means gone). Never resolves if that cannot be known.
+/// How often a waiting handler peeks at its client's socket.
+const CHECK_EVERY: Duration = Duration::from_millis(200);
+
+/// Resolves when the request's client has closed its connection (checked every
+/// [`CHECK_EVERY`] by peeking at the socket: end-of-stream means gone). Never resolves if that
+/// cannot be known. The first check comes after one period: a call answered sooner (most
+/// automated calls take milliseconds) makes no system call for it.
 pub(super) async fn client_gone(req: &HttpRequest) {
     let Some(ConnFd(fd)) = req.conn_data::<ConnFd>().copied() else {
         return std::future::pending().await;
     };
+    tokio::time::sleep(CHECK_EVERY).await;
     // SAFETY: a handler runs inside the HTTP dispatcher that owns this connection's socket, so
     // while the request is being handled the descriptor is open and is this connection's. The
     // duplicate made here is owned, and lives only as long as this call.
@@ -56,7 +62,7 @@ pub(super) async fn client_gone(req: &HttpRequest) {
         return std::future::pending().await;
     };
     let socket = std::net::TcpStream::from(owned);
-    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    let mut tick = tokio::time::interval(CHECK_EVERY);
     loop {
         tick.tick().await;
         let mut buf = [0u8; 1];
