@@ -260,18 +260,7 @@ async fn agent_page_tool_pauses_and_the_value_is_the_result() {
     // A page tool of an agent does not time out.
     h.llm.call("open_invoice", json!({"invoice": "INV-2"}));
     let i = h.send(&a, &mut cp, "show INV-2").await.interrupt();
-    let e = h
-        .input(
-            &a,
-            &mut cp,
-            Input::Timeout {
-                interrupt_id: i.id.clone(),
-            },
-            &[],
-            VecSink::default(),
-        )
-        .await
-        .err();
+    let e = h.timeout_id(&a, &mut cp, &i.id).await.err();
     assert_eq!(e.map(|e| e.code), Some(ErrorCode::InterruptNotPending));
 }
 

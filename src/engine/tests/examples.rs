@@ -287,18 +287,7 @@ async fn expense_claim_over_the_limit_needs_approval() {
     assert_eq!(i.params.as_ref().unwrap()["amount"], 700);
     assert_eq!(i.params.as_ref().unwrap()["employee"], "");
     // Nobody submits the form in time.
-    let r = h
-        .input(
-            &a,
-            &mut cp,
-            Input::Timeout {
-                interrupt_id: i.id.clone(),
-            },
-            &[],
-            VecSink::default(),
-        )
-        .await
-        .unwrap();
+    let r = h.timeout_id(&a, &mut cp, &i.id).await.unwrap();
     assert_eq!(r.result()["status"], "not_submitted");
     assert!(text(r.events()).contains("not submitted within 10 minutes"));
     // Rejected.

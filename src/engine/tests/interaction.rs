@@ -251,18 +251,7 @@ async fn page_action_timeout_takes_the_timeout_port() {
         fmt(20).as_str() < &at[..19] && &at[..19] <= fmt(30).as_str(),
         "{at}"
     );
-    let r = h
-        .input(
-            &a,
-            &mut cp,
-            Input::Timeout {
-                interrupt_id: i.id.clone(),
-            },
-            &[],
-            VecSink::default(),
-        )
-        .await
-        .unwrap();
+    let r = h.timeout_id(&a, &mut cp, &i.id).await.unwrap();
     assert_eq!(r.result(), json!({}));
     assert_eq!(text(r.events()), "The form was not submitted in time.");
     assert_eq!(cp.state["fill"]["timedOut"], true);

@@ -362,6 +362,11 @@ impl Ran {
 }
 
 impl H {
+    /// The model's next answer is the text `t`.
+    fn text(&self, t: &'static str) {
+        self.llm.text(t);
+    }
+
     pub async fn send(&self, a: &Arc<Assistant>, cp: &mut Checkpoint, content: &str) -> Ran {
         self.send_args(a, cp, content, json!({})).await
     }
@@ -411,6 +416,19 @@ impl H {
             interrupt_id: id.to_string(),
             action: action.map(str::to_string),
             value,
+        };
+        self.input(a, cp, input, &[], VecSink::default()).await
+    }
+
+    /// The interrupt `id`'s wait timed out.
+    pub async fn timeout_id(
+        &self,
+        a: &Arc<Assistant>,
+        cp: &mut Checkpoint,
+        id: &str,
+    ) -> Result<Ran, Refused> {
+        let input = Input::Timeout {
+            interrupt_id: id.to_string(),
         };
         self.input(a, cp, input, &[], VecSink::default()).await
     }
@@ -608,12 +626,6 @@ fn run_error(ev: &[Event]) -> (ErrorCode, String) {
     match ev.last() {
         Some(Event::RunError { code, message, .. }) => (*code, message.clone()),
         other => panic!("expected RUN_ERROR last, got {other:?}"),
-    }
-}
-
-impl H {
-    fn text(&self, t: &'static str) {
-        self.llm.text(t);
     }
 }
 
