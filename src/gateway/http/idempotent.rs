@@ -86,49 +86,36 @@ fn request_fingerprint(req: &HttpRequest, body: &[u8]) -> Fingerprint {
     fingerprint_bytes(&request)
 }
 
-/// A key claimed in memory ([`Claim::New`]) while its request is checked against the store.
-struct Held<'a> {
-    gw: &'a GatewayState,
-    user: &'a str,
-    route: &'a str,
-    key: &'a str,
+/// The answer of a request the store has under `key` (accepted before a restart), or `None`
+/// to apply it now. The in-memory claim ([`Claim::New`]) is given up unless the request is
+/// applied.
+fn answer_stored(
+    gw: &GatewayState,
+    user: &str,
+    route: &str,
+    key: &str,
     fp: Fingerprint,
-}
-
-impl Held<'_> {
-    /// The answer of a request the store has under this key (accepted before a restart), or
-    /// `None` to apply it now. The in-memory claim is released unless the request is applied.
-    fn answer_stored(
-        &self,
-        stored: Result<Option<IdempotencyRecord>, StoreError>,
-        rebuild: fn(&IdempotencyRecord) -> Result<Answer, ApiError>,
-    ) -> Result<Option<Answer>, ApiError> {
-        let Held {
-            gw,
-            user,
-            route,
-            key,
-            fp,
-        } = *self;
-        let rec = match stored {
-            Ok(Some(rec)) => rec,
-            Ok(None) => return Ok(None),
-            Err(e) => {
-                gw.idempotency.release(user, route, key);
-                return Err(ApiError::from(e));
-            }
-        };
-        gw.idempotency.release(user, route, key);
-        if rec.fingerprint != hex(&fp) {
-            return Err(reused());
+    stored: Result<Option<IdempotencyRecord>, StoreError>,
+    rebuild: fn(&IdempotencyRecord) -> Result<Answer, ApiError>,
+) -> Result<Option<Answer>, ApiError> {
+    let rec = match stored {
+        Ok(None) => return Ok(None),
+        Ok(Some(rec)) => rec,
+        Err(e) => {
+            gw.idempotency.release(user, route, key);
+            return Err(ApiError::from(e));
         }
-        let a = rebuild(&rec)?;
-        if gw.idempotency.claim(user, route, key, fp) == Claim::New {
-            gw.idempotency
-                .finish(user, route, key, fp, a.status.as_u16(), &a.body);
-        }
-        Ok(Some(a))
+    };
+    gw.idempotency.release(user, route, key);
+    if rec.fingerprint != hex(&fp) {
+        return Err(reused());
     }
+    let a = rebuild(&rec)?;
+    if gw.idempotency.claim(user, route, key, fp) == Claim::New {
+        gw.idempotency
+            .finish(user, route, key, fp, a.status.as_u16(), &a.body);
+    }
+    Ok(Some(a))
 }
 
 /// Run `apply` at most once per (user, route, key): see the module doc. Without the header,
@@ -171,14 +158,7 @@ where
     if let Some(rebuild) = rebuild {
         // Not in memory: perhaps accepted before a restart.
         let stored = svc.store.idempotency_key(&scoped).await;
-        let held = Held {
-            gw,
-            user,
-            route: &route,
-            key,
-            fp,
-        };
-        if let Some(a) = held.answer_stored(stored, rebuild)? {
+        if let Some(a) = answer_stored(gw, user, &route, key, fp, stored, rebuild)? {
             return Ok(Answer::response(a.status, a.body));
         }
     }
