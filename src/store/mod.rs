@@ -64,6 +64,7 @@
 //!   queued after it would recreate data, so its owner (the actor) stops first.
 
 mod ack;
+mod chunk;
 mod error;
 pub mod postgres;
 mod records;

@@ -9,7 +9,8 @@
 //!   either of other conversations (unaffected by the delete) or came after the delete in the
 //!   queue (and must survive it). So a group is at most: one delete statement (every table, by
 //!   `= ANY`), then one multi-row upsert (`unnest` of column arrays) per table, whatever the
-//!   number and interleaving of its ops. Idempotency keys are never deleted with a
+//!   number and interleaving of its ops. A conversation's consecutive events in the group are
+//!   one row of `event_chunks` (`store/chunk.rs`). Idempotency keys are never deleted with a
 //!   conversation (as in redb). The sweep of expired keys (`DeleteExpiredKeys`) is one more
 //!   delete, also before the upserts, with the latest `now` of the group: a key written in the
 //!   same group was written after it expired nothing of its own (it expires in the future).
@@ -25,7 +26,7 @@
 //! - The statements are prepared once per connection ([`Statements::prepare`]), so a group only
 //!   binds and executes.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::task::Poll;
@@ -37,9 +38,10 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Statement};
 
 use super::Op;
+use crate::store::chunk::{Chunk, Chunker};
 
 const DELETE: &str = "WITH m AS (DELETE FROM messages WHERE conversation = ANY($1)),
-       e AS (DELETE FROM events WHERE conversation = ANY($1)),
+       e AS (DELETE FROM event_chunks WHERE conversation = ANY($1)),
        c AS (DELETE FROM checkpoints WHERE conversation = ANY($1))
      DELETE FROM conversations WHERE id = ANY($1)";
 const CONVERSATIONS: &str =
@@ -51,9 +53,9 @@ const CONVERSATIONS: &str =
 const MESSAGES: &str = "INSERT INTO messages (conversation, no, record)
      SELECT * FROM unnest($1::text[], $2::int8[], $3::text[])
      ON CONFLICT (conversation, no) DO UPDATE SET record = excluded.record";
-const EVENTS: &str = "INSERT INTO events (conversation, seq, json)
+const EVENTS: &str = "INSERT INTO event_chunks (conversation, last_seq, data)
      SELECT * FROM unnest($1::text[], $2::int8[], $3::bytea[])
-     ON CONFLICT (conversation, seq) DO UPDATE SET json = excluded.json";
+     ON CONFLICT (conversation, last_seq) DO UPDATE SET data = excluded.data";
 const CHECKPOINTS: &str = "INSERT INTO checkpoints (conversation, data)
      SELECT * FROM unnest($1::text[], $2::bytea[])
      ON CONFLICT (conversation) DO UPDATE SET data = excluded.data";
@@ -116,7 +118,8 @@ pub(super) struct Group<'a> {
     expire_keys: Option<i64>,
     conversations: HashMap<&'a str, &'a Op>,
     messages: HashMap<(&'a str, i64), &'a str>,
-    events: HashMap<(&'a str, i64), &'a Bytes>,
+    /// Ordered by conversation, then seq: consecutive events become one chunk.
+    events: BTreeMap<(&'a str, i64), &'a Bytes>,
     checkpoints: HashMap<&'a str, &'a Bytes>,
     keys: HashMap<&'a str, (i64, &'a str)>,
 }
@@ -208,10 +211,17 @@ impl<'a> Group<'a> {
             c.messages.1.push(no);
             c.messages.2.push(record);
         }
-        for (&(conversation, seq), &json) in &self.events {
-            c.events.0.push(conversation);
-            c.events.1.push(seq);
-            c.events.2.push(json.as_ref());
+        // Consecutive events of a conversation become one chunk (seqs were clamped to
+        // `0..=i64::MAX` when encoded, so the casts are exact).
+        let mut chunker = Chunker::default();
+        let mut chunks: Vec<Chunk> = (self.events.iter())
+            .filter_map(|(&(conversation, seq), json)| chunker.add(conversation, seq as u64, json))
+            .collect();
+        chunks.extend(chunker.close());
+        for chunk in chunks {
+            c.events.0.push(chunk.conversation);
+            c.events.1.push(chunk.last as i64);
+            c.events.2.push(chunk.bytes);
         }
         for (&conversation, &data) in &self.checkpoints {
             c.checkpoints.0.push(conversation);
@@ -235,7 +245,8 @@ pub(super) struct Columns<'a> {
     expire_keys: Option<i64>,
     conversations: (Text<'a>, Text<'a>, Text<'a>, Vec<i64>, Text<'a>, Text<'a>),
     messages: (Text<'a>, Vec<i64>, Text<'a>),
-    events: (Text<'a>, Vec<i64>, Vec<&'a [u8]>),
+    /// Chunks: conversation, last seq, the packed events (`store/chunk.rs`).
+    events: (Vec<String>, Vec<i64>, Vec<Vec<u8>>),
     checkpoints: (Text<'a>, Vec<&'a [u8]>),
     keys: (Text<'a>, Vec<i64>, Text<'a>),
 }

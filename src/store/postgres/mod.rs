@@ -21,8 +21,8 @@
 //! - **Encoding before the queue**: records become JSON on the caller's thread (`Op`).
 //!
 //! A consistent snapshot for `parley export` (one read-only REPEATABLE READ transaction):
-//! `snapshot.rs`. Tables and indexes: `schema.rs`. Replay is one range scan of `events (conversation, seq)`;
-//! a listing cursor is the `(updated_at, id)` of a page's last item, hex-encoded.
+//! `snapshot.rs`. Tables and indexes: `schema.rs`. Replay is one range scan of
+//! `event_chunks (conversation, last_seq)` (events in chunks, as in redb: `store/chunk.rs`); a listing cursor is the `(updated_at, id)` of a page's last item, hex-encoded.
 //!
 //! # Configuration
 //!

@@ -198,7 +198,7 @@ async fn a_group_failing_in_the_middle_fails_one_run_of_batches_around_it() {
 }
 
 /// Writer connections killed in the middle of their transactions (`pg_terminate_backend` of
-/// every backend holding a lock on this store's `events`), again and again while groups are in
+/// every backend holding a lock on this store's `event_chunks`), again and again while groups are in
 /// flight: each lost group is retried on a fresh connection (a group is idempotent), every ack
 /// is `Ok`, still in queue order, and each conversation's events and record are exactly as if
 /// nothing had happened.
@@ -229,7 +229,7 @@ async fn connections_killed_mid_transaction_lose_and_reorder_nothing() {
                         "SELECT pg_terminate_backend(l.pid) FROM pg_locks l
                          JOIN pg_class c ON c.oid = l.relation
                          JOIN pg_namespace n ON n.oid = c.relnamespace
-                         WHERE n.nspname = $1 AND c.relname = 'events'
+                         WHERE n.nspname = $1 AND c.relname = 'event_chunks'
                            AND l.pid <> pg_backend_pid()",
                         &[&schema],
                     )

@@ -8,6 +8,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
 use super::writer::retryable;
+use crate::store::chunk::events_after;
 use crate::store::{
     ConversationPage, ConversationRecord, IdempotencyRecord, MessageRecord, RunStatus, StoreError,
 };
@@ -152,28 +153,39 @@ pub(super) async fn events_since(
     }
     let rows = query(
         pool,
-        "SELECT seq, json FROM events WHERE conversation = $1 AND seq > $2
-         ORDER BY seq LIMIT $3",
+        EVENT_CHUNKS,
         &[&conversation, &clamp(since), &clamp(limit as u64)],
     )
     .await?;
-    Ok(rows
-        .iter()
-        .map(|row| {
-            let seq: i64 = row.get(0);
-            let json: Vec<u8> = row.get(1);
-            (seq as u64, Bytes::from(json))
-        })
-        .collect())
+    events_from_rows(conversation, since, limit, &rows)
+}
+
+/// The chunks holding events after `$2`, enough for `$3` events (each chunk adds at least one:
+/// `store/chunk.rs`).
+pub(super) const EVENT_CHUNKS: &str = "SELECT last_seq, data FROM event_chunks
+     WHERE conversation = $1 AND last_seq > $2 ORDER BY last_seq LIMIT $3";
+
+/// The highest stored seq of a conversation.
+pub(super) const LAST_SEQ: &str =
+    "SELECT last_seq FROM event_chunks WHERE conversation = $1 ORDER BY last_seq DESC LIMIT 1";
+
+/// The events after `since` in the rows of [`EVENT_CHUNKS`].
+pub(super) fn events_from_rows(
+    conversation: &str,
+    since: u64,
+    limit: usize,
+    rows: &[Row],
+) -> Result<Vec<(u64, Bytes)>, StoreError> {
+    let chunks = rows.iter().map(|row| {
+        let last: i64 = row.try_get(0).map_err(pg_error)?;
+        let data: &[u8] = row.try_get(1).map_err(pg_error)?;
+        Ok((last as u64, data))
+    });
+    events_after(conversation, since, limit, chunks)
 }
 
 pub(super) async fn last_seq(pool: &Pool, conversation: &str) -> Result<u64, StoreError> {
-    let rows = query(
-        pool,
-        "SELECT seq FROM events WHERE conversation = $1 ORDER BY seq DESC LIMIT 1",
-        &[&conversation],
-    )
-    .await?;
+    let rows = query(pool, LAST_SEQ, &[&conversation]).await?;
     Ok(rows.first().map_or(0, |r| r.get::<_, i64>(0) as u64))
 }
 

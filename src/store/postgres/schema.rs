@@ -9,11 +9,11 @@
 //! |---|---|---|
 //! | `conversations` | `id` | the record's JSON, plus `owner`, `assistant`, `updated_at`, `status` for the indexes |
 //! | `messages` | `(conversation, no)` | the message record's JSON |
-//! | `events` | `(conversation, seq)` | the event JSON, exactly as sent to clients |
+//! | `event_chunks` | `(conversation, last_seq)` | consecutive events ending at `last_seq`, as sent to clients (`store/chunk.rs`, v5) |
 //! | `checkpoints` | `conversation` | opaque bytes |
 //! | `leases` | `conversation` | cluster mode: the owner node, its fencing epoch, `lease_until` (`lease.rs`) |
 //!
-//! Replay is one range scan of the `events` primary key; listings are range scans of
+//! Replay is one range scan of the `event_chunks` primary key; listings are range scans of
 //! `conversations_owner` / `conversations_owner_assistant` (newest `updated_at` first, then id);
 //! the retention sweep's `idle_conversations` is a range scan of `conversations_idle`
 //! (`(id, updated_at)`, v4) that tests `updated_at` on the index entry.
@@ -81,6 +81,31 @@ const MIGRATIONS: &[(i32, &str)] = &[
         // rows that are not idle are skipped without reading their records.
         "CREATE INDEX conversations_idle ON conversations (id, updated_at);",
     ),
+    (
+        5,
+        // Events in chunks (`store/chunk.rs`), as redb stores them: one row per commit of a
+        // conversation's events instead of one per event (an invoke wrote ~26 rows and index
+        // entries). A chunk up to a page stays in the row, uncompressed (`toast_tuple_target`,
+        // `STORAGE EXTERNAL`: compressing JSON that is read back at once costs more than it
+        // saves). Each stored event becomes a chunk of one: `count = 1` (u32 LE), its length
+        // (u32 LE), its bytes.
+        "CREATE TABLE event_chunks (
+        conversation text NOT NULL,
+        last_seq bigint NOT NULL,
+        data bytea NOT NULL,
+        PRIMARY KEY (conversation, last_seq)
+    ) WITH (toast_tuple_target = 8160);
+    ALTER TABLE event_chunks ALTER COLUMN data SET STORAGE EXTERNAL;
+    INSERT INTO event_chunks (conversation, last_seq, data)
+        SELECT conversation, seq,
+            '\\x01000000'::bytea
+            || set_byte(set_byte(set_byte(set_byte('\\x00000000'::bytea,
+                0, length(json) & 255), 1, (length(json) >> 8) & 255),
+                2, (length(json) >> 16) & 255), 3, (length(json) >> 24) & 255)
+            || json
+        FROM events;
+    DROP TABLE events;",
+    ),
 ];
 
 /// How many migrations this build knows.
@@ -91,6 +116,12 @@ pub const SCHEMA_VERSION: i32 = MIGRATIONS[MIGRATIONS.len() - 1].0;
 
 /// Applies every migration not applied yet; returns how many were applied.
 pub async fn migrate(client: &mut Client) -> Result<usize, StoreError> {
+    migrate_to(client, SCHEMA_VERSION).await
+}
+
+/// Applies every migration up to `version` not applied yet (tests start from an older schema).
+pub(super) async fn migrate_to(client: &mut Client, version: i32) -> Result<usize, StoreError> {
+    let upto = version;
     client
         .batch_execute(
             "CREATE TABLE IF NOT EXISTS parley_migrations (
@@ -101,7 +132,7 @@ pub async fn migrate(client: &mut Client) -> Result<usize, StoreError> {
         .await
         .map_err(pg_error)?;
     let mut applied = 0;
-    for (version, sql) in MIGRATIONS {
+    for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v <= upto) {
         let tx = client.transaction().await.map_err(pg_error)?;
         // One migrator at a time (per database): others wait here, then see the row.
         tx.execute("SELECT pg_advisory_xact_lock(7203144)", &[])

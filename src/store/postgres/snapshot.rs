@@ -17,7 +17,7 @@ use super::pg_error;
 use bytes::Bytes;
 use tokio_postgres::{Client, NoTls, Row, Statement};
 
-use super::read::clamp;
+use super::read::{clamp, events_from_rows, EVENT_CHUNKS, LAST_SEQ};
 use super::PgOptions;
 use crate::store::transfer::Source;
 use crate::store::{ConversationRecord, MessageRecord, StoreError, StoreFuture};
@@ -25,7 +25,7 @@ use crate::store::{ConversationRecord, MessageRecord, StoreError, StoreFuture};
 /// An open snapshot of the store named by a [`PgOptions`].
 pub struct PgSnapshot {
     client: Client,
-    /// The reads, prepared once: [`CONVERSATIONS`], [`MESSAGES`], [`EVENTS`], [`LAST_SEQ`],
+    /// The reads, prepared once: [`CONVERSATIONS`], [`MESSAGES`], [`EVENT_CHUNKS`], [`LAST_SEQ`],
     /// [`CHECKPOINT`].
     statements: Vec<Statement>,
     task: tokio::task::JoinHandle<()>,
@@ -34,11 +34,8 @@ pub struct PgSnapshot {
 const CONVERSATIONS: &str = "SELECT id, record FROM conversations ORDER BY id";
 const MESSAGES: &str = "SELECT no, record FROM messages WHERE conversation = $1 AND no < $2
      ORDER BY no DESC LIMIT $3";
-const EVENTS: &str = "SELECT seq, json FROM events WHERE conversation = $1 AND seq > $2
-     ORDER BY seq LIMIT $3";
-const LAST_SEQ: &str = "SELECT seq FROM events WHERE conversation = $1 ORDER BY seq DESC LIMIT 1";
 const CHECKPOINT: &str = "SELECT data FROM checkpoints WHERE conversation = $1";
-const ALL: [&str; 5] = [CONVERSATIONS, MESSAGES, EVENTS, LAST_SEQ, CHECKPOINT];
+const ALL: [&str; 5] = [CONVERSATIONS, MESSAGES, EVENT_CHUNKS, LAST_SEQ, CHECKPOINT];
 
 impl std::fmt::Debug for PgSnapshot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -144,19 +141,16 @@ impl Source for PgSnapshot {
         limit: usize,
     ) -> StoreFuture<'a, Vec<(u64, Bytes)>> {
         Box::pin(async move {
+            if limit == 0 || since >= i64::MAX as u64 {
+                return Ok(Vec::new());
+            }
             let rows = self
                 .query(
-                    EVENTS,
+                    EVENT_CHUNKS,
                     &[&conversation, &clamp(since), &clamp(limit as u64)],
                 )
                 .await?;
-            Ok(rows
-                .iter()
-                .map(|row| {
-                    let seq: i64 = row.get(0);
-                    (seq as u64, Bytes::from(row.get::<_, Vec<u8>>(1)))
-                })
-                .collect())
+            events_from_rows(conversation, since, limit, &rows)
         })
     }
 

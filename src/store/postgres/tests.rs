@@ -1,7 +1,11 @@
 //! The shared suite against a real PostgreSQL (`PARLEY_TEST_POSTGRES_URL`, set by `scripts/test`),
 //! each test in a schema of its own, plus backend-specific checks.
 
+use bytes::Bytes;
+use tokio_postgres::NoTls;
+
 use super::{PgOptions, PgStore};
+use crate::store::{Store, WriteOp};
 
 /// A fresh, empty store in a new schema. Fails loudly without a test database.
 pub(crate) async fn fresh_options() -> PgOptions {
@@ -394,4 +398,68 @@ async fn size_bytes_is_measured_and_grows_with_the_data() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
+}
+
+/// A database written before v5 (one row per event) is moved into chunks of one event by the
+/// migration: replay, the last seq and later appends read as before.
+#[tokio::test]
+async fn events_written_before_chunks_read_the_same_after_the_migration() {
+    let options = fresh_options().await;
+    let schema = options.schema.clone().unwrap();
+    let mut plain = options.config().unwrap();
+    plain.options("-c synchronous_commit=on");
+    let (client, connection) = plain.connect(NoTls).await.unwrap();
+    tokio::spawn(connection);
+    client
+        .batch_execute(&format!("CREATE SCHEMA {schema}"))
+        .await
+        .unwrap();
+    let (mut client, connection) = options.config().unwrap().connect(NoTls).await.unwrap();
+    tokio::spawn(connection);
+    assert_eq!(super::schema::migrate_to(&mut client, 4).await.unwrap(), 4);
+    let big = format!("{{\"text\":\"{}\"}}", "é".repeat(70_000));
+    for (seq, json) in [(1, "{\"a\":1}"), (2, "{\"a\":2}"), (3, big.as_str())] {
+        client
+            .execute(
+                "INSERT INTO events (conversation, seq, json) VALUES ('c', $1, $2)",
+                &[&(seq as i64), &json.as_bytes()],
+            )
+            .await
+            .unwrap();
+    }
+    let store = PgStore::open(&options).await.unwrap();
+    let events = store.events_since("c", 0, 10).await.unwrap();
+    let got: Vec<(u64, &[u8])> = events.iter().map(|(s, j)| (*s, j.as_ref())).collect();
+    assert_eq!(
+        got,
+        vec![
+            (1, &b"{\"a\":1}"[..]),
+            (2, b"{\"a\":2}"),
+            (3, big.as_bytes())
+        ]
+    );
+    assert_eq!(store.last_seq("c").await.unwrap(), 3);
+    assert_eq!(seqs(store.events_since("c", 1, 1).await.unwrap()), vec![2]);
+    let more = WriteOp::AppendEvents {
+        conversation: "c".into(),
+        first_seq: 4,
+        events: vec![Bytes::from_static(b"{\"a\":4}"), Bytes::from_static(b"{}")],
+    };
+    store.enqueue(vec![more]).await.unwrap().await.unwrap();
+    assert_eq!(
+        seqs(store.events_since("c", 2, 10).await.unwrap()),
+        vec![3, 4, 5]
+    );
+    let old_table = client
+        .query_opt(
+            "SELECT 1 FROM pg_tables WHERE schemaname = $1 AND tablename = 'events'",
+            &[&schema],
+        )
+        .await
+        .unwrap();
+    assert!(old_table.is_none(), "the old table is gone");
+}
+
+fn seqs(events: Vec<(u64, Bytes)>) -> Vec<u64> {
+    events.into_iter().map(|(s, _)| s).collect()
 }

@@ -89,7 +89,7 @@ use ::redb::{Builder, Database, StorageBackend};
 use bytes::Bytes;
 use parking_lot::Mutex;
 
-pub use encode::{CHUNK_MAX_BYTES, CHUNK_MAX_EVENTS};
+pub use super::chunk::{CHUNK_MAX_BYTES, CHUNK_MAX_EVENTS};
 pub use writer::{
     MAX_GROUP_BATCHES, MAX_GROUP_OPS, PROBE_EVERY, QUEUE_HARD_CAP, QUEUE_SOFT_CAP, RETRY_BACKOFF,
 };

@@ -14,12 +14,12 @@ use std::sync::Arc;
 
 use redb::{ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 
-use super::encode::decode_chunk;
 use super::handle::DbHandle;
 use super::tables::{
     decode_conversation, inverted_time, read_key, storage_key, Cursor, BY_OWNER,
     BY_OWNER_ASSISTANT, CHECKPOINTS, CONVERSATIONS, EVENTS, IDEMPOTENCY, MESSAGES, STORAGE_KEYS,
 };
+use crate::store::chunk::events_after;
 use crate::store::{
     ConversationPage, ConversationRecord, IdempotencyRecord, MessageRecord, RunStatus, StoreError,
 };
@@ -175,22 +175,11 @@ impl Reader {
         let table = txn.open_table(EVENTS)?;
         // Chunks are keyed by their last seq: the first one in range holds `since + 1`.
         let range = table.range((k, since + 1)..=(k, u64::MAX))?;
-        let mut out = Vec::with_capacity(limit.min(1024));
-        for entry in range {
+        let chunks = range.map(|entry| {
             let (key, value) = entry?;
-            let events = decode_chunk(conversation, key.value().1, value.value())?;
-            let wanted = limit - out.len();
-            out.extend(
-                events
-                    .into_iter()
-                    .filter(|(seq, _)| *seq > since)
-                    .take(wanted),
-            );
-            if out.len() == limit {
-                break;
-            }
-        }
-        Ok(out)
+            Ok((key.value().1, Stored(value)))
+        });
+        events_after(conversation, since, limit, chunks)
     }
 
     /// The highest stored seq of the conversation's events (0 when it has none).
@@ -343,4 +332,13 @@ fn decode_message(conversation: &str, no: u64, bytes: &[u8]) -> Result<MessageRe
             e,
         )
     })
+}
+
+/// A stored chunk, read in place.
+struct Stored<'a>(redb::AccessGuard<'a, &'static [u8]>);
+
+impl AsRef<[u8]> for Stored<'_> {
+    fn as_ref(&self) -> &[u8] {
+        self.0.value()
+    }
 }
