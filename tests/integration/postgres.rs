@@ -516,7 +516,7 @@ async fn retention_sweeps_postgres_conversations() {
         .await
         .expect("connect");
     tokio::spawn(connection);
-    for table in ["conversations", "messages", "events", "checkpoints"] {
+    for table in ["conversations", "messages", "event_chunks", "checkpoints"] {
         let n: i64 = client
             .query_one(&format!("SELECT count(*) FROM {table}"), &[])
             .await
