@@ -7,13 +7,71 @@
 //! writes are already refused by the fence). A failed renewal (database unreachable) is retried
 //! at the next tick; if the database stays away longer than the lease, the leases may be taken
 //! over and the fence refuses this node's writes.
+//!
+//! Releases of stopped actors are batched: [`Cluster::release`] queues one, and one task sends
+//! everything queued meanwhile as one `UPDATE` ([`release_in_batches`]). One statement (and one
+//! WAL flush) per release was the largest cost of a cluster's invoke traffic: a call creates a
+//! conversation whose actor stops when it ends (BENCHMARKS.md, session 11). The queue is
+//! bounded ([`RELEASE_QUEUE`]); a release that does not fit is dropped, and that lease expires
+//! by itself (`lease_seconds`), as it would after a crash. A hand-over ([`Cluster::release_now`])
+//! and shutdown ([`Cluster::release_all`], which first flushes the queue) do not wait for a batch.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
+use tokio::sync::{mpsc, oneshot};
+
 use super::Cluster;
-use crate::store::postgres::lease::{Belief, Claim};
+use crate::store::postgres::lease::{Belief, Claim, Leases};
 use crate::store::StoreError;
+
+/// Releases waiting for the batch task, at most (beyond: dropped, the lease expires by itself).
+pub(super) const RELEASE_QUEUE: usize = 65_536;
+/// Releases in one statement, at most.
+const RELEASE_BATCH: usize = 4_096;
+/// How long the first release of a batch waits for others. Nobody waits for a release (a node
+/// that wants the conversation meanwhile forwards to this one, which still holds the lease), so
+/// a few milliseconds cost nothing and let one statement carry the releases of many calls.
+const RELEASE_LINGER: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// What the release task is asked.
+pub(super) enum Release {
+    /// Give this lease up (`None`: a conversation created here, whatever its epoch).
+    One(String, Option<i64>),
+    /// Answer once everything queued before this is sent.
+    Flush(oneshot::Sender<()>),
+}
+
+/// The release task: everything queued within [`RELEASE_LINGER`] of a batch's first release,
+/// or while the previous statement ran, goes in one statement; a flush is answered without the
+/// linger.
+/// Ends when the [`Cluster`] (the only sender) is dropped.
+pub(super) async fn release_in_batches(leases: Leases, mut queue: mpsc::Receiver<Release>) {
+    let mut asked = Vec::with_capacity(RELEASE_BATCH);
+    while queue.recv_many(&mut asked, RELEASE_BATCH).await > 0 {
+        if !matches!(asked.last(), Some(Release::Flush(_))) {
+            tokio::time::sleep(RELEASE_LINGER).await;
+            while asked.len() < RELEASE_BATCH {
+                let Ok(r) = queue.try_recv() else { break };
+                asked.push(r);
+            }
+        }
+        let mut held = Vec::with_capacity(asked.len());
+        let mut flushed = Vec::new();
+        for r in asked.drain(..) {
+            match r {
+                Release::One(c, epoch) => held.push((c, epoch)),
+                Release::Flush(done) => flushed.push(done),
+            }
+        }
+        if let Err(e) = leases.release(&held).await {
+            tracing::warn!(error = %e, leases = held.len(), "lease release failed (they expire by themselves)");
+        }
+        for done in flushed {
+            let _ = done.send(());
+        }
+    }
+}
 
 impl Cluster {
     /// Claims `conversation` for this node unless another node's lease is live.
@@ -44,27 +102,36 @@ impl Cluster {
         self.fences().set(conversation, Belief::New);
     }
 
-    /// The conversation's actor has stopped: forget it, and give its lease up now.
+    /// The conversation's actor has stopped: forget it, and give its lease up with the next
+    /// batch of releases (see the module docs).
     pub fn release(&self, conversation: &str) {
-        if let Some(release) = self.release_soon(conversation) {
-            tokio::spawn(release);
+        let Some(epoch) = self.forget(conversation) else {
+            return;
+        };
+        let queued = self
+            .releases
+            .try_send(Release::One(conversation.to_owned(), epoch));
+        if queued.is_err() {
+            tracing::debug!("lease release queue full; the lease expires by itself");
         }
     }
 
     /// [`Cluster::release`], answered once the database has the lease released (a hand-over:
     /// the node that asked claims right after the answer).
     pub async fn release_now(&self, conversation: &str) {
-        if let Some(release) = self.release_soon(conversation) {
-            release.await;
+        let Some(epoch) = self.forget(conversation) else {
+            return;
+        };
+        let held = [(conversation.to_owned(), epoch)];
+        if let Err(e) = self.leases.release(&held).await {
+            tracing::warn!(error = %e, "lease release failed (it expires by itself)");
         }
     }
 
-    /// Forgets `conversation` now (nothing of it is fenced any more) and returns the statement
-    /// that releases its lease; `None` if this node does not hold it.
-    fn release_soon(
-        &self,
-        conversation: &str,
-    ) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
+    /// Forgets `conversation` now (nothing of it is fenced any more) and answers the epoch its
+    /// release names (`Some(None)`: created here, any epoch); `None` if this node does not hold
+    /// it.
+    fn forget(&self, conversation: &str) -> Option<Option<i64>> {
         let epoch = match self.fences().get(conversation) {
             Some(Belief::Held(e)) => Some(e),
             Some(Belief::New) => None,
@@ -73,18 +140,17 @@ impl Cluster {
         };
         self.fences().forget(conversation);
         self.metrics.leases_released.fetch_add(1, Relaxed);
-        let leases = self.leases.clone();
-        let held = vec![(conversation.to_owned(), epoch)];
-        Some(async move {
-            if let Err(e) = leases.release(&held).await {
-                tracing::warn!(error = %e, "lease release failed (it expires by itself)");
-            }
-        })
+        Some(epoch)
     }
 
-    /// Gives up every lease (graceful shutdown, after the store was flushed). Every belief
-    /// becomes `Lost` first, so nothing this node still had running can write afterwards.
+    /// Gives up every lease (graceful shutdown, after the store was flushed): the queued
+    /// releases first, then every lease still held. Every belief becomes `Lost` first, so
+    /// nothing this node still had running can write afterwards.
     pub async fn release_all(&self) {
+        let (flushed, done) = oneshot::channel();
+        if self.releases.send(Release::Flush(flushed)).await.is_ok() {
+            let _ = done.await;
+        }
         let held = self.fences().held();
         for (c, _) in &held {
             self.fences().set(c, Belief::Lost);

@@ -84,6 +84,8 @@ pub struct Cluster {
     reconnects: tokio::sync::watch::Receiver<u64>,
     /// Committed batches to publish, in commit order (one publisher task).
     outbox: tokio::sync::mpsc::Sender<(String, Bytes)>,
+    /// Lease releases of stopped actors, sent in batches (`lease.rs`).
+    releases: tokio::sync::mpsc::Sender<lease::Release>,
     pub metrics: ClusterMetrics,
 }
 
@@ -141,8 +143,11 @@ impl Cluster {
                 }
             }
         });
+        let (releases, queue) = tokio::sync::mpsc::channel(lease::RELEASE_QUEUE);
+        tokio::spawn(lease::release_in_batches(leases.clone(), queue));
         Ok(Arc::new(Cluster {
             outbox,
+            releases,
             node,
             nats,
             lease: config.lease(),
