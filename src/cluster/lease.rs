@@ -212,3 +212,54 @@ impl Cluster {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::store::postgres::lease::Fences;
+    use crate::store::postgres::tests::fresh_options;
+    use crate::store::postgres::PgStore;
+
+    /// Releases queued one by one go out together, and a flush is answered only after every
+    /// release queued before it is in the database; dropping the sender ends the task.
+    #[tokio::test]
+    async fn queued_releases_go_out_in_one_batch_and_a_flush_waits_for_them() {
+        let lease = Duration::from_secs(30);
+        let store = PgStore::open_fenced(&fresh_options().await, Fences::new("a", lease))
+            .await
+            .expect("open");
+        let leases = store.leases().clone();
+        let names = ["c1", "c2", "c3"];
+        let mut epochs = Vec::new();
+        for c in names {
+            match leases.claim(c).await.unwrap() {
+                Claim::Won(e) => epochs.push(e),
+                other => panic!("{other:?}"),
+            }
+        }
+        let (tx, rx) = mpsc::channel(RELEASE_QUEUE);
+        let task = tokio::spawn(release_in_batches(leases.clone(), rx));
+        for (c, e) in names.iter().zip(&epochs) {
+            tx.send(Release::One(c.to_string(), Some(*e))).await.unwrap();
+        }
+        // A release naming an older epoch gives nothing up.
+        assert_eq!(leases.claim("c4").await.unwrap(), Claim::Won(1));
+        tx.send(Release::One("c4".into(), Some(0))).await.unwrap();
+        let (done, flushed) = oneshot::channel();
+        tx.send(Release::Flush(done)).await.unwrap();
+        flushed.await.expect("the flush is answered");
+        for c in names {
+            let (node, left) = leases.lease_of(c).await.unwrap().expect("a row");
+            assert_eq!((node.as_str(), left), ("a", Duration::ZERO), "{c}");
+        }
+        let (_, left) = leases.lease_of("c4").await.unwrap().expect("a row");
+        assert!(left > Duration::ZERO, "c4 is still held");
+        drop(tx);
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("the task ends with its queue")
+            .unwrap();
+    }
+}

@@ -42,7 +42,7 @@ pub mod schema;
 mod size;
 mod snapshot;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 mod writer;
 
 use std::str::FromStr;
