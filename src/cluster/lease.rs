@@ -242,7 +242,9 @@ mod tests {
         let (tx, rx) = mpsc::channel(RELEASE_QUEUE);
         let task = tokio::spawn(release_in_batches(leases.clone(), rx));
         for (c, e) in names.iter().zip(&epochs) {
-            tx.send(Release::One(c.to_string(), Some(*e))).await.unwrap();
+            tx.send(Release::One(c.to_string(), Some(*e)))
+                .await
+                .unwrap();
         }
         // A release naming an older epoch gives nothing up.
         assert_eq!(leases.claim("c4").await.unwrap(), Claim::Won(1));
