@@ -64,12 +64,18 @@ pub(super) async fn release_in_batches(leases: Leases, mut queue: mpsc::Receiver
                 Release::Flush(done) => flushed.push(done),
             }
         }
-        if let Err(e) = leases.release(&held).await {
-            tracing::warn!(error = %e, leases = held.len(), "lease release failed (they expire by themselves)");
-        }
+        give_up(&leases, &held).await;
         for done in flushed {
             let _ = done.send(());
         }
+    }
+}
+
+/// Releases `held` in the database; a failure is logged only, since each lease expires by
+/// itself after `lease_seconds`.
+async fn give_up(leases: &Leases, held: &[(String, Option<i64>)]) {
+    if let Err(e) = leases.release(held).await {
+        tracing::warn!(error = %e, leases = held.len(), "lease release failed (they expire by themselves)");
     }
 }
 
@@ -122,10 +128,7 @@ impl Cluster {
         let Some(epoch) = self.forget(conversation) else {
             return;
         };
-        let held = [(conversation.to_owned(), epoch)];
-        if let Err(e) = self.leases.release(&held).await {
-            tracing::warn!(error = %e, "lease release failed (it expires by itself)");
-        }
+        give_up(&self.leases, &[(conversation.to_owned(), epoch)]).await;
     }
 
     /// Forgets `conversation` now (nothing of it is fenced any more) and answers the epoch its
@@ -158,9 +161,7 @@ impl Cluster {
         self.metrics
             .leases_released
             .fetch_add(held.len() as u64, Relaxed);
-        if let Err(e) = self.leases.release(&held).await {
-            tracing::warn!(error = %e, "releasing leases at shutdown failed (they expire by themselves)");
-        }
+        give_up(&self.leases, &held).await;
     }
 
     /// Who holds `conversation`'s lease, and for how long still (zero: expired).

@@ -148,7 +148,7 @@ pub(super) async fn events_since(
     since: u64,
     limit: usize,
 ) -> Result<Vec<(u64, Bytes)>, StoreError> {
-    if limit == 0 || since >= i64::MAX as u64 {
+    if nothing_after(since, limit) {
         return Ok(Vec::new());
     }
     let rows = query(
@@ -158,6 +158,12 @@ pub(super) async fn events_since(
     )
     .await?;
     events_from_rows(conversation, since, limit, &rows)
+}
+
+/// Whether a read of events after `since` (at most `limit`) can only be empty: seqs are stored
+/// as `int8`, so none is above `i64::MAX`.
+pub(super) fn nothing_after(since: u64, limit: usize) -> bool {
+    limit == 0 || since >= i64::MAX as u64
 }
 
 /// The chunks holding events after `$2`, enough for `$3` events (each chunk adds at least one:

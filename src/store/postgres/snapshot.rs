@@ -17,7 +17,7 @@ use super::pg_error;
 use bytes::Bytes;
 use tokio_postgres::{Client, NoTls, Row, Statement};
 
-use super::read::{clamp, events_from_rows, EVENT_CHUNKS, LAST_SEQ};
+use super::read::{clamp, events_from_rows, nothing_after, EVENT_CHUNKS, LAST_SEQ};
 use super::PgOptions;
 use crate::store::transfer::Source;
 use crate::store::{ConversationRecord, MessageRecord, StoreError, StoreFuture};
@@ -141,7 +141,7 @@ impl Source for PgSnapshot {
         limit: usize,
     ) -> StoreFuture<'a, Vec<(u64, Bytes)>> {
         Box::pin(async move {
-            if limit == 0 || since >= i64::MAX as u64 {
+            if nothing_after(since, limit) {
                 return Ok(Vec::new());
             }
             let rows = self
